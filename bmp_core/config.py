@@ -1,0 +1,329 @@
+"""Configuration: YAML files parsed into frozen dataclasses, with ``key.path=value`` overrides.
+
+Every threshold of the loop is a field here, with the reference default and where it comes from
+(bmp-method.md / decisions.md). Unknown keys are errors that name the full dotted key, values are
+type-checked, and ``dump_config`` writes the resolved config back as YAML (stored in every output).
+
+Example:
+    >>> cfg = load_config("configs/bmp_d3.yaml", ["loop.iterations=3"])
+    >>> cfg.loop.pose_nms.oks_thr
+    0.8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and says what to fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# The loop (decisions.md "The loop")
+
+
+@dataclass(frozen=True)
+class DetectFilterConfig:
+    person_label: int = 0  # COCO class id of `person` in the detector's label space
+    score_thr: float = 0.3  # keep detections with score > this (strict), bmp-method §1 DEFAULT_BBOX_THR
+    nms_iou_thr: float = 0.3  # greedy box NMS: suppress when IoU > this, DEFAULT_NMS_THR
+    nms_pixel_offset: float = 1.0  # box areas as (x2-x1+offset)*(y2-y1+offset); mmpose nms uses +1
+
+
+@dataclass(frozen=True)
+class PoseNmsConfig:
+    oks_thr: float = 0.8  # remove one of a pair when OKS > this (oks_nms_thr)
+    keypoint_thr: float = 0.3  # a keypoint is "valid"/visible for OKS when score > this (confidence_thr)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    num_pos_keypoints: int = 6  # positive SAM points per instance (D3: 6, J1: 4)
+    confidence_thr: float = 0.3  # keypoints with score < this are zeroed before selection
+    visibility_thr: float = 0.3  # keypoints with score >= this may become prompts
+    selection_method: str = "distance+confidence"  # or "confidence" (most confident first)
+    collapse_face: bool = True  # nose + eyes become their single most confident point
+    confidence_percentile: float = 80.0  # distance+confidence draws from the top (100-p)% band
+
+    def __post_init__(self) -> None:
+        if self.selection_method not in ("distance+confidence", "confidence"):
+            raise ConfigError(
+                f"loop.prompt.selection_method: {self.selection_method!r} is not one of "
+                "'distance+confidence', 'confidence'"
+            )
+        if self.num_pos_keypoints < 1:
+            raise ConfigError("loop.prompt.num_pos_keypoints must be >= 1")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    exclusive: bool = True  # each contested pixel goes to the highest SAM score (bmp-method §2.5)
+    mask_out_dilate_px: int = 0  # grow the masked-out region by this many pixels (0 = reference)
+
+    def __post_init__(self) -> None:
+        if self.mask_out_dilate_px < 0:
+            raise ConfigError("loop.masks.mask_out_dilate_px must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    iterations: int = 2  # BMP 2x (configs D3 and J1)
+    detect: DetectFilterConfig = field(default_factory=DetectFilterConfig)
+    pose_nms: PoseNmsConfig = field(default_factory=PoseNmsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"loop.iterations must be >= 1, got {self.iterations}")
+        for key, value in (
+            ("loop.detect.score_thr", self.detect.score_thr),
+            ("loop.detect.nms_iou_thr", self.detect.nms_iou_thr),
+            ("loop.pose_nms.oks_thr", self.pose_nms.oks_thr),
+            ("loop.pose_nms.keypoint_thr", self.pose_nms.keypoint_thr),
+            ("loop.prompt.confidence_thr", self.prompt.confidence_thr),
+            ("loop.prompt.visibility_thr", self.prompt.visibility_thr),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
+
+
+# --------------------------------------------------------------------------------------------
+# The models (bmp-method.md §3-§5, §10)
+
+
+@dataclass(frozen=True)
+class DetectorModelConfig:
+    config: str = "rtmdet/rtmdet-ins_l_8xb32-300e_coco.py"  # mmdet config, relative to mmdet's shipped configs
+    checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
+    score_thr: float = 0.05  # RTMDet test_cfg (bmp-method §4)
+    nms_iou_thr: float = 0.6
+    max_per_img: int = 40
+    batch_size: int = 4  # images per forward pass
+
+
+@dataclass(frozen=True)
+class PoseModelConfig:
+    config: str = "maskpose-b"  # architecture name known to the adapter, or an mmpose config path
+    checkpoint: str | None = None
+    mask_conditioning: bool = True  # MaskPose: dim the background before the crop; False for plain ViTPose
+    mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
+    bbox_padding: float = 1.25
+    flip_test: bool = True
+    batch_size: int = 64  # crops per forward pass
+
+
+@dataclass(frozen=True)
+class SegmenterModelConfig:
+    config: str = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # sam2 package config
+    checkpoint: str | None = None
+    image_size: int = 1024
+    dynamic_multimask_via_stability: bool = True  # HEAD applies it (decisions.md)
+    stability_delta: float = 0.05
+    stability_thresh: float = 0.98
+    max_hole_area: float = 10.0  # low-res post-processing (needs sam2._C; skipped when absent)
+    max_sprinkle_area: float = 50.0
+
+
+@dataclass(frozen=True)
+class FakeModelsConfig:
+    num_people: int = 8  # candidate people the fake detector places in each image
+    seed: int = 0
+    latency_ms: float = 0.0  # simulated per-image model latency (benchmarks)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    kind: str = "bmp"  # "bmp" = RTMDet-Ins + MaskPose + SAM 2.1; "fake" = bmp_core.testing fakes
+    device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
+    precision: str = "fp32"  # "fp32", "bf16", "fp16" (autocast on CUDA only)
+    cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
+    detector: DetectorModelConfig = field(default_factory=DetectorModelConfig)
+    pose: PoseModelConfig = field(default_factory=PoseModelConfig)
+    segmenter: SegmenterModelConfig = field(default_factory=SegmenterModelConfig)
+    fake: FakeModelsConfig = field(default_factory=FakeModelsConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bmp", "fake"):
+            raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake'")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"models.precision: {self.precision!r} is not one of 'fp32', 'bf16', 'fp16'")
+
+
+# --------------------------------------------------------------------------------------------
+# The job (jobs/)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    shard_size: int = 256  # images per shard (the unit of work and of commit)
+    max_attempts: int = 3  # tries per shard before the job fails
+    max_image_pixels: int = 100_000_000  # refuse larger images (decompression bombs)
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError(f"job.shard_size must be >= 1, got {self.shard_size}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"job.max_attempts must be >= 1, got {self.max_attempts}")
+
+
+@dataclass(frozen=True)
+class BmpConfig:
+    """The whole resolved configuration of a run."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    job: JobConfig = field(default_factory=JobConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides, dumping
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - a coding error
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s}"
+            + (f" (and {', '.join(where + u for u in unknown[1:])})" if len(unknown) > 1 else "")
+            + f"; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - dataclass signature mismatch is a coding error
+        raise ConfigError(f"{prefix or 'config'}: {err}") from err
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a copy."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        node = out
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> BmpConfig:
+    """Build a ``BmpConfig`` from a plain dict (e.g. parsed YAML) plus overrides."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
+    return _build(BmpConfig, apply_overrides(data, overrides or []), "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BmpConfig:
+    """Load a YAML config file and apply ``key.path=value`` overrides.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or has an unknown key / bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any) -> str:
+    """The resolved config as YAML text; ``load_config`` of it gives back an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

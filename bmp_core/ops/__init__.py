@@ -1,0 +1,1 @@
+"""Pure numpy operations of the BMP loop: boxes, OKS, pose-NMS, prompts, masks, RLE."""

@@ -1,0 +1,93 @@
+"""The three model ports the BMP loop depends on.
+
+Real adapters (``bmp_core/models/``) and fakes (``bmp_core/testing/``) satisfy them structurally.
+All images are ``(H, W, 3) uint8`` **BGR** at the port; an adapter that needs RGB (SAM) converts.
+The ports are batch-first so that adapters can run one forward pass for many images / crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from bmp_core.records import Detections, SegmentOutput
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Instance-segmentation detector (RTMDet-Ins in the real setup)."""
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects in each image.
+
+        Args:
+            images_bgr: B images, each (H_i, W_i, 3) uint8 BGR.
+
+        Returns:
+            B ``Detections`` (all classes; the loop keeps the person label), masks at full resolution.
+        """
+        ...
+
+
+@runtime_checkable
+class PoseEstimator(Protocol):
+    """Top-down pose estimator (MaskPose in the real setup)."""
+
+    def estimate(
+        self,
+        images_bgr: Sequence[np.ndarray],
+        boxes_xyxy: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray | None],
+    ) -> list[np.ndarray]:
+        """Estimate 17 COCO keypoints for every box of every image.
+
+        Args:
+            images_bgr: B images, each (H_i, W_i, 3) uint8 BGR (the ORIGINAL image, never masked out).
+            boxes_xyxy: B arrays (N_i, 4) float32 pixel boxes.
+            masks: B arrays (N_i, H_i, W_i) bool conditioning masks, or None for box-only pose. An
+                all-False mask means "no mask for this instance": it is posed from its box alone.
+
+        Returns:
+            B arrays (N_i, 17, 3) float32 ``(x, y, score)`` in pixels of the original image.
+        """
+        ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Point-promptable segmenter (SAM 2.1 in the real setup)."""
+
+    def prepare(self, image_bgr: np.ndarray) -> Any:
+        """Compute what every later prompt on this image reuses (SAM: the image embedding).
+
+        Args:
+            image_bgr: (H, W, 3) uint8 BGR.
+
+        Returns:
+            An opaque handle for ``segment``; the loop computes it once per image for all iterations.
+        """
+        ...
+
+    def segment(self, prepared: Any, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
+        """Segment one instance per prompt, positive points only.
+
+        Args:
+            prepared: the handle ``prepare`` returned for this image.
+            points_xy: N arrays (K_i, 2) float32 pixel coordinates, K_i >= 1.
+
+        Returns:
+            ``SegmentOutput`` with (N, H, W) bool masks and (N,) scores.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class BmpModels:
+    """The three models the loop runs, built once per worker."""
+
+    detector: Detector
+    pose: PoseEstimator
+    segmenter: Segmenter

@@ -1,0 +1,197 @@
+"""Typed per-image records that cross module boundaries.
+
+Every record is a frozen dataclass of numpy arrays. Shapes and units are in the field names and
+docstrings: ``boxes_xyxy`` are absolute pixel corners ``(x1, y1, x2, y2)``, keypoints are
+``(x, y, score)`` in pixels of the original image, masks are ``bool`` arrays of the image's size.
+``__post_init__`` checks that all per-instance fields agree on ``N`` (detectron2 ``Instances`` idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NUM_KEYPOINTS = 17  # COCO-17 keypoints; the pose adapters cut wider heads (21 channels) to these.
+
+
+def _check_len(name: str, arr: np.ndarray | None, n: int) -> None:
+    if arr is not None and len(arr) != n:
+        raise ValueError(f"{name} has {len(arr)} rows, expected {n}")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detector output for one image.
+
+    Attributes:
+        boxes_xyxy: (N, 4) float32, pixel corners.
+        scores: (N,) float32 in [0, 1].
+        labels: (N,) int64 class ids (COCO: person = 0).
+        masks: (N, H, W) bool instance masks at full image resolution, or None when the source has no
+            masks (user-given boxes).
+    """
+
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes_xyxy)
+        if self.boxes_xyxy.shape != (n, 4):
+            raise ValueError(f"boxes_xyxy must be (N, 4), got {self.boxes_xyxy.shape}")
+        _check_len("scores", self.scores, n)
+        _check_len("labels", self.labels, n)
+        _check_len("masks", self.masks, n)
+
+    def __len__(self) -> int:
+        return len(self.boxes_xyxy)
+
+    @staticmethod
+    def empty(height: int, width: int) -> Detections:
+        return Detections(
+            boxes_xyxy=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            labels=np.zeros((0,), np.int64),
+            masks=np.zeros((0, height, width), bool),
+        )
+
+    def take(self, index: np.ndarray) -> Detections:
+        """Rows ``index`` (int indices or a bool mask), in that order."""
+        return Detections(
+            boxes_xyxy=self.boxes_xyxy[index],
+            scores=self.scores[index],
+            labels=self.labels[index],
+            masks=None if self.masks is None else self.masks[index],
+        )
+
+
+@dataclass(frozen=True)
+class SegmentOutput:
+    """Segmenter output for N prompted instances of one image.
+
+    Attributes:
+        masks: (N, H, W) bool, original image resolution.
+        scores: (N,) float32 predicted mask IoU (SAM's ``iou_predictions``).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_len("scores", self.scores, len(self.masks))
+
+
+@dataclass(frozen=True)
+class Instances:
+    """The people found in one image by the BMP loop, in merge order (older iterations first).
+
+    Attributes:
+        boxes_xyxy: (N, 4) float32 detector boxes (or the user-given boxes), pixels.
+        det_scores: (N,) float32 detector scores (1.0 for user-given boxes).
+        keypoints: (N, 17, 3) float32 ``(x, y, score)`` COCO-17, pixels of the original image.
+        pose_scores: (N,) float32 mean of the 17 keypoint scores (the COCO ``score``).
+        sam_scores: (N,) float32 SAM predicted IoU; NaN where the instance was not prompted.
+        masks: (N, H, W) bool refined masks (mutually exclusive among SAM-refined ones).
+        det_masks: (N, H, W) bool detector masks (all-False for user-given boxes).
+        det_mask_iou: (N,) float32 IoU between ``det_masks`` and ``masks``.
+        iteration: (N,) int32 0-based BMP iteration that found the instance.
+        mask_boxes_xyxy: (N, 4) float32 tight box of ``masks`` (NaN for an empty mask).
+        prompts: (N, K, 3) float32 SAM prompt points ``(x, y, score)``, zero-padded to K.
+        prompted: (N,) bool False when no keypoint was confident enough to prompt SAM; such an
+            instance keeps its detector mask.
+    """
+
+    boxes_xyxy: np.ndarray
+    det_scores: np.ndarray
+    keypoints: np.ndarray
+    pose_scores: np.ndarray
+    sam_scores: np.ndarray
+    masks: np.ndarray
+    det_masks: np.ndarray
+    det_mask_iou: np.ndarray
+    iteration: np.ndarray
+    mask_boxes_xyxy: np.ndarray
+    prompts: np.ndarray
+    prompted: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes_xyxy)
+        for name in (
+            "det_scores", "keypoints", "pose_scores", "sam_scores", "masks", "det_masks",
+            "det_mask_iou", "iteration", "mask_boxes_xyxy", "prompts", "prompted",
+        ):
+            _check_len(name, getattr(self, name), n)
+        if self.keypoints.shape[1:] != (NUM_KEYPOINTS, 3):
+            raise ValueError(f"keypoints must be (N, 17, 3), got {self.keypoints.shape}")
+
+    def __len__(self) -> int:
+        return len(self.boxes_xyxy)
+
+    @staticmethod
+    def empty(height: int, width: int, num_prompts: int) -> Instances:
+        return Instances(
+            boxes_xyxy=np.zeros((0, 4), np.float32),
+            det_scores=np.zeros((0,), np.float32),
+            keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
+            pose_scores=np.zeros((0,), np.float32),
+            sam_scores=np.zeros((0,), np.float32),
+            masks=np.zeros((0, height, width), bool),
+            det_masks=np.zeros((0, height, width), bool),
+            det_mask_iou=np.zeros((0,), np.float32),
+            iteration=np.zeros((0,), np.int32),
+            mask_boxes_xyxy=np.zeros((0, 4), np.float32),
+            prompts=np.zeros((0, num_prompts, 3), np.float32),
+            prompted=np.zeros((0,), bool),
+        )
+
+    def take(self, index: np.ndarray) -> Instances:
+        """Rows ``index`` (int indices or a bool mask), in that order."""
+        return Instances(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+    @staticmethod
+    def concat(first: Instances, second: Instances) -> Instances:
+        """``first`` rows, then ``second`` rows (merge order: old, then new)."""
+        return Instances(
+            **{
+                name: np.concatenate([getattr(first, name), getattr(second, name)], axis=0)
+                for name in first.__dataclass_fields__
+            }
+        )
+
+
+@dataclass(frozen=True)
+class IterationTrace:
+    """What one BMP iteration saw and did (kept only when the loop is asked to trace; for GIFs).
+
+    Attributes:
+        iteration: 0-based iteration index.
+        detector_input_bgr: (H, W, 3) uint8 the (masked-out) image the detector ran on.
+        detections: detector output after the person/score/NMS filter.
+        num_new: instances this iteration added after pose-NMS.
+        num_removed_old: earlier instances this iteration's pose-NMS removed.
+    """
+
+    iteration: int
+    detector_input_bgr: np.ndarray
+    detections: Detections
+    num_new: int
+    num_removed_old: int
+
+
+@dataclass(frozen=True)
+class BmpResult:
+    """Result of ``run_bmp`` for one image.
+
+    Attributes:
+        instances: every person found, merge order.
+        image_hw: (height, width) of the image in pixels.
+        timings_s: seconds per stage (``detect``, ``pose``, ``pose_nms``, ``segment``, ``total``).
+        traces: one ``IterationTrace`` per iteration when tracing was asked for, else empty.
+    """
+
+    instances: Instances
+    image_hw: tuple[int, int]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    traces: tuple[IterationTrace, ...] = ()
