@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+
+from bmp_core.ops.prompts import select_prompt_keypoints
+
+
+def _kpts(points: dict[int, tuple[float, float, float]]) -> np.ndarray:
+    k = np.zeros((17, 3))
+    for i, p in points.items():
+        k[i] = p
+    return k
+
+
+def test_distance_confidence_spreads_points_within_the_confident_band() -> None:
+    # seed (0,0) .99; a near twin .98 at (1,0); a far point .97 at (100,0); weaker points elsewhere.
+    pts = {0: (0, 0, 0.99), 1: (1, 0, 0.98), 2: (100, 0, 0.97), 3: (50, 80, 0.60)}
+    for i, s in zip(range(4, 10), (0.59, 0.58, 0.57, 0.56, 0.55, 0.54)):
+        pts[i] = (10.0 * i, 300.0, s)
+    kpts = _kpts(pts)
+    # Hand-run: band = 80th percentile of the scores with chosen ones at -1.
+    # pick 2: band .674 -> {.98 (dist 1), .97 (dist 100)} -> (100,0)
+    # pick 3: band .592 -> {.98 (dist 1), .60 (dist 94.3)} -> (50,80)
+    out = select_prompt_keypoints(kpts, 3, 0.3, 0.3, "distance+confidence", collapse_face=False)
+    np.testing.assert_allclose(out[:, :2], [[0, 0], [100, 0], [50, 80]])
+    np.testing.assert_allclose(out[:, 2], [0.99, 0.97, 0.60], rtol=1e-6)
+    by_conf = select_prompt_keypoints(kpts, 3, 0.3, 0.3, "confidence", collapse_face=False)
+    np.testing.assert_allclose(by_conf[:, :2], [[0, 0], [1, 0], [100, 0]])
+
+
+def test_face_collapses_to_its_most_confident_point() -> None:
+    kpts = _kpts({0: (10, 10, 0.5), 1: (12, 8, 0.9), 2: (8, 8, 0.4), 5: (0, 40, 0.8), 11: (5, 90, 0.7)})
+    out = select_prompt_keypoints(kpts, 6, 0.3, 0.3)
+    assert len(out) == 3  # one face point + shoulder + hip
+    face = [p for p in out if p[1] < 20]
+    np.testing.assert_allclose(np.array(face)[:, :2], [[12, 8]])
+    no_collapse = select_prompt_keypoints(kpts, 6, 0.3, 0.3, collapse_face=False)
+    assert len(no_collapse) == 5
+
+
+def test_unconfident_points_are_zeroed_and_never_prompt() -> None:
+    # 0.25 passes visibility 0.2 but not confidence 0.3: it is zeroed first, then filtered.
+    kpts = _kpts({5: (0, 40, 0.8), 6: (30, 40, 0.25), 11: (5, 90, 0.31)})
+    out = select_prompt_keypoints(kpts, 6, confidence_thr=0.3, visibility_thr=0.2)
+    np.testing.assert_allclose(sorted(out[:, 2]), [0.31, 0.8], rtol=1e-6)
+    assert not np.any((out[:, 0] == 0) & (out[:, 1] == 0) & (out[:, 2] == 0))
+
+
+def test_no_visible_keypoint_gives_no_prompt() -> None:
+    kpts = _kpts({i: (i * 3.0, i * 5.0, 0.2) for i in range(17)})
+    assert select_prompt_keypoints(kpts, 6, 0.3, 0.3).shape == (0, 3)
+    assert select_prompt_keypoints(np.zeros((17, 3)), 6, 0.0, 0.0).shape == (0, 3)
+
+
+def test_truncates_to_num_points_and_keeps_most_confident_first() -> None:
+    rng = np.random.default_rng(3)
+    kpts = np.concatenate([rng.uniform(0, 200, (17, 2)), rng.uniform(0.31, 1.0, (17, 1))], 1)
+    out = select_prompt_keypoints(kpts, 6, 0.3, 0.3)
+    assert out.shape == (6, 3) and out.dtype == np.float32
+    assert out[0, 2] == np.float32(kpts[:, 2].max())
+    assert len({tuple(p) for p in out.tolist()}) == 6  # no point chosen twice
