@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-
-
-def _testdata_dir() -> Path:
-    # The shared test images live beside the checkout (../shared/testdata); BMP_TESTDATA overrides.
-    import os
-
-    return Path(os.environ.get("BMP_TESTDATA", TESTDATA))
 
 
 @pytest.fixture(autouse=True)
@@ -27,24 +16,3 @@ def _no_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
             raise RuntimeError("ray.init() called in a unit test; put it in tests/integration")
 
         monkeypatch.setattr(sys.modules["ray"], "init", refuse)
-
-
-@pytest.fixture(scope="session")
-def testdata() -> Path:
-    path = _testdata_dir()
-    if not path.is_dir():
-        pytest.fail(f"test data not found at {path}; set BMP_TESTDATA to the shared/testdata folder")
-    return path
-
-
-def read_bgr(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, the layout every port takes."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
-
-
-@pytest.fixture(scope="session")
-def image_004806(testdata: Path) -> np.ndarray:
-    return read_bgr(testdata / "ochuman" / "004806.jpg")

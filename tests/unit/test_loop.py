@@ -18,7 +18,7 @@ from bmp_core.records import Detections
 from bmp_core.testing import FakeDetector, FakePoseEstimator, FakeSegmenter, ScriptedDetector, build_fake_models
 from bmp_core.testing.fakes import _TEMPLATE_XY, _ellipse
 
-from .conftest import read_bgr
+from tests.conftest import read_bgr
 
 GOLDEN = Path(__file__).parent / "golden" / "004806_fake.json"
 CFG = LoopConfig()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create a virtualenv with bmp-label and everything it runs with.
+#
+# Usage: scripts/setup.sh [VENV_DIR] [--no-models]
+#   VENV_DIR      where the virtualenv goes (default: .venv)
+#   --no-models   skip the real-model stack (torch, mmdet, mmpose, sam2, ~7 GB): enough for fake
+#                 models, planning, export and the unit/integration tests of the job.
+#
+# Installs: the project in editable mode with the s3, ray and dev extras, then (unless --no-models)
+# the pinned model stack through scripts/install_models.sh, which holds every install workaround.
+set -euo pipefail
+
+VENV=.venv
+WITH_MODELS=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-models) WITH_MODELS=0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -*) echo "unknown option $arg" >&2; exit 2 ;;
+        *) VENV="$arg" ;;
+    esac
+done
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "bmp-label needs Python >= 3.10"'
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install --disable-pip-version-check -q -U "pip==26.3" "setuptools==80.10.2" "wheel==0.48.0"
+if [[ "$WITH_MODELS" == 1 ]]; then
+    # The model stack first, so that its exact pins (torch, numpy) are what the project then sees.
+    bash "$HERE/scripts/install_models.sh" "$PY"
+fi
+"$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev]"
+echo "setup.sh: ready. Activate with: source $VENV/bin/activate"
