@@ -168,12 +168,23 @@ class JobConfig:
     max_attempts: int = 3  # tries per shard before the job fails
     max_image_pixels: int = 100_000_000  # refuse larger images (decompression bombs)
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    min_image_side: int = 16  # refuse images narrower or shorter than this (1x1 pixels, broken exports)
+    batch_size: int = 4  # images per run_bmp_batch call inside a shard
+    decode_threads: int = 4  # threads per worker reading + decoding images ahead of the models
+    queue_depth: int = 2  # shards in flight per worker (one running, the rest queued: no idle gap)
+    lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
+    coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise ConfigError(f"job.shard_size must be >= 1, got {self.shard_size}")
         if self.max_attempts < 1:
             raise ConfigError(f"job.max_attempts must be >= 1, got {self.max_attempts}")
+        for key in ("min_image_side", "batch_size", "decode_threads", "queue_depth"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"job.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lock_ttl_s <= 0:
+            raise ConfigError(f"job.lock_ttl_s must be > 0, got {self.lock_ttl_s}")
 
 
 @dataclass(frozen=True)

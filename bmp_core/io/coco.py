@@ -1,0 +1,115 @@
+"""``instances`` + ``images`` tables -> a COCO person-keypoints dataset (the format mmpose/mmdet train from).
+
+Only images with status ``ok`` become COCO images (failed ones have no size). Each instance becomes
+an annotation with: ``keypoints`` as 51 numbers ``[x, y, v]*17`` (v = 2 where the keypoint score is
+>= ``keypoint_score_thr``, else the keypoint is marked unlabeled 0, 0, 0 so training ignores it),
+``num_keypoints``, ``bbox`` xywh (tight box of the refined mask, the detector box when the mask is
+empty), ``segmentation`` as compressed RLE, ``area`` (mask pixels), ``score`` (pose score, the
+reference's instance score), ``iscrowd`` 0, plus ``det_score`` / ``sam_score`` extras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bmp_core.io.parquet import STATUS_OK, boxes_array, keypoints_array, rles_of
+
+PERSON_CATEGORY_ID = 1
+COCO_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)
+# 1-based keypoint index pairs, as in COCO's person_keypoints_*.json.
+COCO_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
+    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)
+
+
+def person_category() -> dict[str, Any]:
+    return {
+        "id": PERSON_CATEGORY_ID,
+        "name": "person",
+        "supercategory": "person",
+        "keypoints": list(COCO_KEYPOINT_NAMES),
+        "skeleton": [list(pair) for pair in COCO_SKELETON],
+    }
+
+
+def coco_keypoints(keypoints: np.ndarray, score_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 17, 3) ``(x, y, score)`` -> ((N, 51) COCO ``[x, y, v]`` with v in {0, 2}, (N,) num_keypoints)."""
+    visible = keypoints[:, :, 2] >= score_thr
+    out = np.zeros_like(keypoints, dtype=np.float64)
+    out[:, :, :2] = np.where(visible[:, :, None], keypoints[:, :, :2], 0.0)
+    out[:, :, 2] = np.where(visible, 2, 0)
+    return out.reshape(len(keypoints), -1), visible.sum(axis=1)
+
+
+def coco_dataset(
+    images: pa.Table, instances: pa.Table, keypoint_score_thr: float = 0.3, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build the COCO dict.
+
+    Args:
+        images: the ``images`` table (any row order).
+        instances: the ``instances`` table.
+        keypoint_score_thr: keypoints scoring below this are written as unlabeled (v = 0).
+        info: extra ``info`` fields (tool, version, source output).
+
+    Returns:
+        ``{"info", "licenses", "images", "annotations", "categories"}``; annotation ids are 1-based,
+        in (image_id, instance_id) order; image ids are the job's ``image_id``.
+    """
+    ok = images.filter(pc.equal(images.column("status"), STATUS_OK))
+    ok = ok.sort_by("image_id")
+    coco_images = [
+        {"id": int(i), "file_name": uri, "width": int(w), "height": int(h)}
+        for i, uri, w, h in zip(*(ok.column(c).to_pylist() for c in ("image_id", "uri", "width", "height")))
+    ]
+    inst = instances.filter(pc.is_in(instances.column("image_id"), value_set=ok.column("image_id").combine_chunks()))
+    inst = inst.sort_by([("image_id", "ascending"), ("instance_id", "ascending")])
+    annotations = _annotations(inst, keypoint_score_thr)
+    return {
+        "info": {"description": "BMP pseudo-labels (bmp-label)", **(info or {})},
+        "licenses": [],
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": [person_category()],
+    }
+
+
+def _annotations(inst: pa.Table, keypoint_score_thr: float) -> list[dict[str, Any]]:
+    if inst.num_rows == 0:
+        return []
+    kpts51, num_kpts = coco_keypoints(keypoints_array(inst), keypoint_score_thr)
+    det_boxes = boxes_array(inst, "bbox_xyxy")
+    mask_boxes = boxes_array(inst, "mask_bbox_xyxy")
+    # The tight mask box is what COCO's bbox means for a segmented person; fall back to the detector box.
+    boxes = np.where(np.isnan(mask_boxes).any(axis=1, keepdims=True), det_boxes, mask_boxes).astype(np.float64)
+    bbox_xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    rles = rles_of(inst)
+    cols = {c: inst.column(c).to_pylist() for c in ("image_id", "mask_area", "pose_score", "det_score", "sam_score")}
+    out = []
+    for k in range(inst.num_rows):
+        out.append(
+            {
+                "id": k + 1,
+                "image_id": cols["image_id"][k],
+                "category_id": PERSON_CATEGORY_ID,
+                "keypoints": [round(float(v), 2) for v in kpts51[k]],
+                "num_keypoints": int(num_kpts[k]),
+                "bbox": [round(float(v), 2) for v in bbox_xywh[k]],
+                "segmentation": rles[k],
+                "area": float(cols["mask_area"][k]),
+                "iscrowd": 0,
+                "score": float(cols["pose_score"][k]),
+                "det_score": float(cols["det_score"][k]),
+                "sam_score": cols["sam_score"][k],
+            }
+        )
+    return out

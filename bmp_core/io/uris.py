@@ -1,0 +1,174 @@
+"""Local paths and ``s3://`` URIs behind one fsspec interface, and the listing of an input.
+
+S3 settings come from the standard AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, read by botocore
+itself) plus the endpoint, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, which we pass to s3fs
+explicitly so MinIO and moto work with any s3fs version. Credentials are never copied into our
+own objects, logs or outputs: ``describe_storage`` is what may be logged.
+
+An input is one of: a folder (recursive, filtered by extension), a glob (``*``, ``?``, ``[``;
+filtered by extension), a list file (``.txt``/``.lst``/``.list``: one URI or path per line,
+``#`` comments; relative paths are relative to the list file; not filtered, so a listed
+non-image becomes an error row rather than silently disappearing), or a single image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+logger = logging.getLogger(__name__)
+
+LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
+
+
+class InputError(ValueError):
+    """The input or output location cannot be used; the message says what to fix."""
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    """fsspec options for ``uri``'s protocol (S3: the endpoint from the environment)."""
+    if protocol_of(uri) != "s3":
+        return {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def describe_storage(uri: str) -> str:
+    """A loggable description of where ``uri`` lives (endpoint, never credentials)."""
+    if protocol_of(uri) != "s3":
+        return f"local filesystem ({uri})"
+    endpoint = storage_options(uri).get("client_kwargs", {}).get("endpoint_url", "AWS default endpoint")
+    source = "AWS_PROFILE" if os.environ.get("AWS_PROFILE") else (
+        "AWS_ACCESS_KEY_ID" if os.environ.get("AWS_ACCESS_KEY_ID") else "botocore default chain"
+    )
+    return f"S3 {uri} via {endpoint} (credentials from {source})"
+
+
+def protocol_of(uri: str) -> str:
+    """``"s3"`` for ``s3://`` URIs, ``"file"`` for local paths and ``file://`` URIs."""
+    if "://" not in uri:
+        return "file"
+    scheme = uri.split("://", 1)[0].lower()
+    return "s3" if scheme in ("s3", "s3a") else scheme
+
+
+_FS_CACHE: dict[tuple[str, str], fsspec.AbstractFileSystem] = {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for ``uri``; one filesystem object per protocol and endpoint."""
+    protocol = protocol_of(uri)
+    options = storage_options(uri)
+    key = (protocol, repr(options))
+    if key not in _FS_CACHE:
+        _FS_CACHE[key] = fsspec.filesystem(protocol, **options)
+    fs = _FS_CACHE[key]
+    if protocol == "file":
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return fs, os.path.abspath(os.path.expanduser(path))
+    return fs, fs._strip_protocol(uri)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or an ``s3://`` prefix."""
+    return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return path if protocol_of_fs(fs) == "file" else f"s3://{path}"
+
+
+def protocol_of_fs(fs: fsspec.AbstractFileSystem) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "s3" if protocol in ("s3", "s3a") else ("file" if protocol in ("file", "local") else protocol)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object at ``uri``.
+
+    Raises:
+        FileNotFoundError, PermissionError, OSError: as fsspec reports them.
+    """
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def list_input(uri: str, extensions: Sequence[str]) -> pa.StringArray:
+    """Every image URI of the input, sorted, without duplicates.
+
+    Args:
+        uri: folder, glob, list file or single image, local or ``s3://``.
+        extensions: lower-case suffixes (``.jpg``) kept when listing a folder or a glob.
+
+    Returns:
+        A sorted, de-duplicated ``pa.StringArray`` of absolute paths / ``s3://`` URIs. A list file
+        of a million lines is handled without one Python object per line.
+
+    Raises:
+        InputError: the input does not exist, or lists nothing.
+    """
+    fs, path = filesystem(uri)
+    try:
+        if any(ch in path for ch in "*?["):
+            found = _filter_ext(fs.glob(path), extensions)
+            uris = pa.array([_to_uri(fs, p) for p in found], pa.string())
+        elif fs.isdir(path):
+            found = _filter_ext(fs.find(path), extensions)
+            uris = pa.array([_to_uri(fs, p) for p in found], pa.string())
+        elif fs.isfile(path) and path.lower().endswith(LIST_FILE_SUFFIXES):
+            uris = _read_list_file(fs.cat_file(path), _to_uri(fs, posixpath.dirname(path)))
+        elif fs.isfile(path):
+            uris = pa.array([_to_uri(fs, path)], pa.string())
+        else:
+            raise InputError(f"input not found: {uri} (expected a folder, a glob, a .txt list file or an image)")
+    except InputError:
+        raise
+    except PermissionError as err:
+        raise InputError(f"cannot list {describe_storage(uri)}: permission denied ({err}); check the AWS "
+                         "credentials / bucket policy") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot list {describe_storage(uri)}: {type(err).__name__}: {err}") from err
+    if len(uris) == 0:
+        raise InputError(f"input {uri} lists no images (extensions: {', '.join(extensions)})")
+    return sort_unique(uris)
+
+
+def _filter_ext(paths: Sequence[str], extensions: Sequence[str]) -> list[str]:
+    exts = tuple(e.lower() for e in extensions)
+    return [p for p in paths if p.lower().endswith(exts)]
+
+
+def sort_unique(uris: pa.StringArray) -> pa.StringArray:
+    """Sorted by code point (byte order of UTF-8), duplicates dropped."""
+    uris = pc.take(uris, pc.sort_indices(uris))
+    # unique() keeps first occurrences in order, so on a sorted array the result stays sorted.
+    return pc.unique(uris)
+
+
+def _read_list_file(data: bytes, base_uri: str) -> pa.StringArray:
+    """One URI per line -> StringArray, built from the buffer (no per-line Python objects)."""
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == ord("\n")).astype(np.int64)
+    offsets = np.concatenate([[0], ends + 1]).astype(np.int64)
+    # Each line includes its "\n"; trimming whitespace removes it (and "\r", stray spaces).
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
+    lines = pc.utf8_trim_whitespace(lines)
+    keep = pc.and_(pc.not_equal(pc.utf8_length(lines), 0), pc.invert(pc.starts_with(lines, "#")))
+    lines = pc.filter(lines, keep)
+    # Relative entries are relative to the list file's folder.
+    absolute = pc.or_(pc.match_substring(lines, "://"), pc.starts_with(lines, "/"))
+    base = pa.scalar(base_uri.rstrip("/") + "/", pa.large_string())
+    prefixed = pc.binary_join_element_wise(base, lines, pa.scalar("", pa.large_string()))
+    lines = pc.if_else(absolute, lines, prefixed)
+    return lines.cast(pa.string())

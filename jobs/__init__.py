@@ -1,0 +1,1 @@
+"""The labeling job: planning, commit protocol, workers and the Ray runner (the only Ray importer)."""

@@ -1,0 +1,204 @@
+"""bmp-label: pseudo-label people (box, mask, 17 COCO keypoints) in a folder or bucket of images.
+
+Usage:
+    bmp-label run --config CONFIG --input URI --output URI [--num-workers N] [--shard-size 256]
+                  [--force] [--break-lock] [--address ADDR] [key.path=value ...]
+    bmp-label plan --config CONFIG --input URI --output URI [key.path=value ...]
+    bmp-label validate-config --config CONFIG [key.path=value ...]
+    bmp-label export-coco OUTPUT [--out coco.json] [--keypoint-thr 0.3]
+
+--input is a local folder (searched recursively for job.image_extensions), a glob ("imgs/*.jpg"),
+a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix. --output is a local
+folder or an s3:// prefix. Trailing key.path=value arguments override the config (values are YAML).
+
+Local mode (default: no --address, no RAY_ADDRESS) starts Ray on this machine, one worker per GPU,
+or one CPU worker (more with --num-workers):
+
+    bmp-label run --config configs/fake.yaml --input ../shared/testdata --output out/demo
+    bmp-label run --config configs/bmp_d3.yaml --input s3://bucket/photos/ --output s3://bucket/labels/ \\
+        job.shard_size=512 loop.iterations=3
+
+On a Ray cluster, submit the same command:
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        bmp-label run --config configs/bmp_d3.yaml --input s3://bucket/photos/ --output s3://bucket/labels/
+
+S3: credentials and region come from the usual AWS variables or profile (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_REGION); AWS_ENDPOINT_URL_S3 or
+AWS_ENDPOINT_URL points at MinIO / moto / another S3-compatible store.
+
+Rerunning the same command resumes: committed shards are skipped. A rerun with another config or
+input is refused unless --force (which discards the output's committed shards).
+
+Exit status: 0 done, 1 the job failed (see the message), 2 bad usage / config / input / output state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from bmp_core.config import BmpConfig, ConfigError, dump_config, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bmp-label", description=__doc__.split("\n", 1)[0],
+        epilog="Run 'bmp-label COMMAND --help' for a command's options. Full usage: python -m jobs.cli --usage",
+    )
+    parser.add_argument("--usage", action="store_true", help="print the full usage page with examples")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="YAML config, e.g. configs/bmp_d3.yaml or configs/fake.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                       help="config overrides, e.g. loop.iterations=3 job.batch_size=8")
+
+    def with_io(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--input", required=True, help="folder, glob, list file (.txt) or s3:// prefix")
+        p.add_argument("--output", required=True, help="local folder or s3:// prefix for the results")
+
+    run = sub.add_parser("run", help="label images (resumes an unfinished output)",
+                         description="Label every image of --input into --output. Rerun to resume.")
+    with_io(run)
+    run.add_argument("--num-workers", type=int, default=None,
+                     help="workers (default: one per GPU in the cluster, or 1 without GPUs)")
+    run.add_argument("--shard-size", type=int, default=None, help="images per shard (= job.shard_size, default 256)")
+    run.add_argument("--force", action="store_true",
+                     help="start over when the output was made with another config or input (discards it)")
+    run.add_argument("--break-lock", action="store_true",
+                     help="take the output's lock even though another job seems to hold it (only if it is dead)")
+    run.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    with_config(run)
+
+    plan = sub.add_parser("plan", help="show the listing, the shards and what a rerun would skip",
+                          description="List the input and compare with the output; writes nothing.")
+    with_io(plan)
+    plan.add_argument("--shard-size", type=int, default=None, help="= job.shard_size")
+    plan.add_argument("--show", type=int, default=5, help="how many URIs of the listing to print")
+    with_config(plan)
+
+    validate = sub.add_parser("validate-config", help="check a config and print it resolved",
+                              description="Load the config with overrides; print the resolved YAML or the error.")
+    with_config(validate)
+
+    export = sub.add_parser("export-coco", help="rebuild coco.json from an output's Parquet tables",
+                            description="Write a COCO person-keypoints JSON from the committed shards of OUTPUT.")
+    export.add_argument("output", help="a bmp-label output folder or s3:// prefix")
+    export.add_argument("--out", default="coco.json", help="file name inside OUTPUT (default coco.json)")
+    export.add_argument("--keypoint-thr", type=float, default=None,
+                        help="keypoints below this score are written unlabeled (default: job.coco_keypoint_thr)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> BmpConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "shard_size", None) is not None:
+        overrides.append(f"job.shard_size={args.shard_size}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bmp-label`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.usage:
+        print(__doc__)
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from bmp_core.io.uris import InputError
+    from jobs.commit import OutputStateError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, InputError, OutputStateError) as err:
+        print(f"bmp-label {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        from jobs.ray_runner import JobError
+
+        if isinstance(err, JobError):
+            print(f"bmp-label {args.command}: job failed: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    print(dump_config(_load(args)), end="")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from jobs.ray_runner import RunOptions, run_job
+
+    cfg = _load(args)
+    if args.num_workers is not None and args.num_workers < 1:
+        raise ConfigError("--num-workers must be >= 1")
+    run = run_job(cfg, RunOptions(args.input, args.output, args.num_workers, args.force, args.break_lock,
+                                  args.address, progress=not args.no_progress))
+    c = run["counts"]
+    print(f"done: {c['images']} images ({c['images_ok']} labeled, {c['images_error']} failed, see errors.csv), "
+          f"{c['instances']} people; {c['shards_labeled']} shard(s) labeled, {c['shards_skipped']} skipped as "
+          f"already committed -> {run['output']}")
+    return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from bmp_core.io.uris import list_input
+    from jobs.commit import OutputStore, committed_markers
+    from jobs.planner import Plan, config_digest, listing_digest
+
+    cfg = _load(args)
+    uris = list_input(args.input, cfg.job.image_extensions)
+    plan = Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg))
+    print(f"input: {args.input}\n  {plan.num_images} images, listing digest {plan.listing_digest[:16]}")
+    for uri in uris.slice(0, args.show).to_pylist():
+        print(f"    {uri}")
+    if plan.num_images > args.show:
+        print(f"    ... ({plan.num_images - args.show} more)")
+    print(f"shards: {plan.num_shards} of {plan.shard_size} images; plan {plan.plan_id}")
+    store = OutputStore(args.output)
+    old = store.read_json("plan.json")
+    if old is None:
+        print(f"output: {args.output} is new; a run labels all {plan.num_shards} shard(s)")
+    elif Plan.from_dict(old) != plan:
+        print(f"output: {args.output} holds another plan ({Plan.from_dict(old).plan_id}): a run is refused "
+              "without --force (config or input changed)")
+    else:
+        done = committed_markers(store, plan.plan_id)
+        print(f"output: {args.output}: {len(done)} shard(s) committed and skipped on rerun, "
+              f"{plan.num_shards - len(done)} to do")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from jobs.commit import OutputStore
+    from jobs.finalize import export_coco
+
+    store = OutputStore(args.output)
+    thr = args.keypoint_thr
+    if thr is None:
+        cfg_yaml = store.read_bytes("config.yaml")
+        import yaml
+
+        thr = ((yaml.safe_load(cfg_yaml) or {}).get("job", {}) if cfg_yaml else {}).get("coco_keypoint_thr", 0.3)
+    counts = export_coco(store, float(thr), args.out)
+    print(json.dumps({"coco": store.uri_of(args.out), **counts}))
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "validate-config": _cmd_validate, "export-coco": _cmd_export}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The frozen listing and the fixed-size shards (pure: pyarrow + hashlib, no Ray, no output I/O).
+
+An image's id is its index in the sorted listing, so ids are stable for as long as the listing is,
+and the listing is frozen in the output on the first run. Shard ``s`` holds ids
+``[s * shard_size, min((s + 1) * shard_size, num_images))``. Two digests pin what an output was
+made from: the listing digest (sha256 of every URI followed by ``\\n``, in order) and the config
+digest (sha256 of the result-affecting config sections as canonical JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bmp_core.config import BmpConfig, config_to_dict
+
+# job.* keys that change what the output contains (or how it is sharded); the others only change
+# how fast it is made and may differ between a run and its resume.
+RESULT_JOB_KEYS = ("shard_size", "max_image_pixels", "min_image_side", "image_extensions", "coco_keypoint_thr")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an output is made from, and how it is cut into shards."""
+
+    num_images: int
+    shard_size: int
+    listing_digest: str  # sha256 hex of the sorted listing
+    config_digest: str  # sha256 hex of result_config(cfg)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.shard_size)
+
+    @property
+    def plan_id(self) -> str:
+        """Names this plan in commit markers; a marker of another plan is never trusted."""
+        return hashlib.sha256(f"{self.listing_digest}:{self.config_digest}".encode()).hexdigest()[:16]
+
+    def shard_range(self, shard_id: int) -> tuple[int, int]:
+        """[start, stop) image ids of a shard."""
+        if not 0 <= shard_id < self.num_shards:
+            raise IndexError(f"shard {shard_id} out of range [0, {self.num_shards})")
+        start = shard_id * self.shard_size
+        return start, min(start + self.shard_size, self.num_images)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_images": self.num_images,
+            "shard_size": self.shard_size,
+            "num_shards": self.num_shards,
+            "listing_digest": self.listing_digest,
+            "config_digest": self.config_digest,
+            "plan_id": self.plan_id,
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Plan:
+        return Plan(int(data["num_images"]), int(data["shard_size"]), data["listing_digest"], data["config_digest"])
+
+
+def result_config(cfg: BmpConfig) -> dict[str, Any]:
+    """The part of the config that determines the output's content (see ``RESULT_JOB_KEYS``)."""
+    data = config_to_dict(cfg)
+    return {"models": data["models"], "loop": data["loop"], "job": {k: data["job"][k] for k in RESULT_JOB_KEYS}}
+
+
+def config_digest(cfg: BmpConfig) -> str:
+    canonical = json.dumps(result_config(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def listing_digest(uris: pa.Array) -> str:
+    """sha256 hex of ``"".join(u + "\\n" for u in uris)``, computed on the Arrow buffers."""
+    lines = pc.binary_join_element_wise(
+        uris.cast(pa.large_string()), pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string())
+    )
+    if len(lines) == 0:
+        return hashlib.sha256(b"").hexdigest()
+    _, offsets_buf, data_buf = lines.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[lines.offset: lines.offset + len(lines) + 1]
+    return hashlib.sha256(memoryview(data_buf)[offsets[0]: offsets[-1]]).hexdigest()
+
+
+def make_plan(cfg: BmpConfig, uris: pa.Array) -> Plan:
+    """The plan for a sorted listing under ``cfg``."""
+    return Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg))
+
+
+def shard_uris(uris: pa.Array, plan: Plan, shard_id: int) -> list[str]:
+    """The URIs of one shard, in image-id order."""
+    start, stop = plan.shard_range(shard_id)
+    return uris.slice(start, stop - start).to_pylist()
+
+
+def listing_table(uris: pa.Array) -> pa.Table:
+    """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string)."""
+    return pa.table({"image_id": pa.array(np.arange(len(uris), dtype=np.int64)), "uri": uris.cast(pa.string())})
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` lines for every leaf that differs between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_changes(a, b, name + "."))
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out

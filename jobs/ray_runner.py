@@ -1,0 +1,253 @@
+"""Run a job: plan on the driver, label shards on Ray actors, finish the output.
+
+Local mode (no address, no ``RAY_ADDRESS``) starts an embedded Ray on this machine; on a cluster
+(``ray job submit``, or ``--address``) the same code connects to it. One actor per GPU
+(``num_gpus=1``), or ``--num-workers`` CPU actors when there is no GPU. Each actor has up to
+``job.queue_depth`` shards queued, so it starts the next shard the moment one commits. A shard
+whose attempt fails (the actor died, or the worker raised) is given to a fresh actor, up to
+``job.max_attempts`` attempts; a shard commits at most one set of parts (commit.py), so a retried
+or duplicated attempt never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bmp_core.config import BmpConfig, config_to_dict, dump_config
+from bmp_core.io.uris import describe_storage, list_input
+from jobs.commit import OutputLock, OutputStore, committed_markers, freeze_plan
+from jobs.finalize import finalize_output
+from jobs.planner import Plan, listing_table, make_plan, shard_uris
+from jobs.worker import BmpWorker, ShardReport, ShardTask
+
+logger = logging.getLogger(__name__)
+
+# Non-secret AWS settings forwarded to actors on a cluster (credentials stay with the nodes).
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+class JobError(RuntimeError):
+    """The job cannot go on (a shard failed every attempt, workers could not start)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input_uri: str
+    output_uri: str
+    num_workers: int | None = None  # None: one per GPU, else one
+    force: bool = False
+    break_lock: bool = False
+    address: str | None = None  # None: RAY_ADDRESS, else an embedded local Ray
+    progress: bool = True
+    lock_settle_s: float = 1.0
+
+
+def prepare_output(cfg: BmpConfig, opts: RunOptions, store: OutputStore) -> tuple[Plan, Any]:
+    """List the input, then freeze (or check) the plan in the output. Returns (plan, sorted URIs)."""
+    logger.info("listing %s", describe_storage(opts.input_uri))
+    uris = list_input(opts.input_uri, cfg.job.image_extensions)
+    plan = make_plan(cfg, uris)
+    freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg), opts.force)
+    return plan, uris
+
+
+def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
+    """Label ``opts.input_uri`` into ``opts.output_uri``; returns what run.json records.
+
+    Raises:
+        OutputStateError: the output is locked, or holds another plan (without ``force``).
+        InputError: the input cannot be listed.
+        JobError: a shard failed ``job.max_attempts`` times, or the workers could not start.
+    """
+    t_start = time.time()
+    store = OutputStore(opts.output_uri)
+    lock = OutputLock(store, cfg.job.lock_ttl_s, opts.lock_settle_s)
+    lock.acquire(opts.break_lock)
+    try:
+        t0 = time.perf_counter()
+        plan, uris = prepare_output(cfg, opts, store)
+        listing_s = time.perf_counter() - t0
+        done = committed_markers(store, plan.plan_id)
+        todo = [s for s in range(plan.num_shards) if s not in done]
+        logger.info("%d images in %d shards; %d already committed, %d to do",
+                    plan.num_images, plan.num_shards, len(done), len(todo))
+        t0 = time.perf_counter()
+        stats: dict[str, Any] = {"failed_attempts": 0, "workers": []}
+        if todo:
+            stats = _label_shards(cfg, opts, plan, uris, todo, lock)
+        labeling_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
+        labeled_now = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
+        run = {
+            "config": config_to_dict(cfg),
+            "versions": _versions(),
+            "input": opts.input_uri,
+            "output": store.uri,
+            "plan": plan.to_dict(),
+            "counts": {**counts, "shards": plan.num_shards, "shards_skipped": len(done),
+                       "shards_labeled": len(todo), "failed_attempts": stats["failed_attempts"]},
+            "workers": stats["workers"],
+            "timings_s": {"listing": listing_s, "labeling": labeling_s,
+                          "finalize": time.perf_counter() - t0, "wall": time.time() - t_start},
+            "throughput_images_per_s": labeled_now / labeling_s if labeled_now and labeling_s > 0 else None,
+            "started_unix": t_start,
+        }
+        store.write_json("run.json", run)
+        return run
+    finally:
+        lock.release()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("bmp-label", "numpy", "pyarrow", "fsspec", "s3fs", "ray", "pycocotools", "pillow",
+                "torch", "mmdet", "mmpose", "sam2"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
+    """Connect to (or start) Ray. Returns (ray, whether this call started it)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep an embedded Ray on 127.0.0.1
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    return ray, True
+
+
+class _ActorPool:
+    """Slots of actors; a slot's actor is replaced when one of its shards fails."""
+
+    def __init__(self, ray: Any, cfg: BmpConfig, num_workers: int, num_gpus: float, cluster: bool) -> None:
+        self.ray, self.cfg = ray, cfg
+        self.run_token = uuid.uuid4().hex[:8]
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1, "max_restarts": 0}
+        if cluster and env:
+            options["runtime_env"] = {"env_vars": env}
+        self.remote_cls = ray.remote(BmpWorker)
+        self.options = options
+        self.generation: Counter[int] = Counter()
+        self.actors = {slot: self._new_actor(slot) for slot in range(num_workers)}
+
+    def _new_actor(self, slot: int) -> Any:
+        self.generation[slot] += 1
+        name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
+        return self.remote_cls.options(name=name, **self.options).remote(self.cfg)
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        try:
+            return self.ray.get([a.info.remote() for a in self.actors.values()])
+        except Exception as err:  # the constructor raised: models could not be built
+            raise JobError(f"workers could not start (model build failed?): {err}") from err
+
+    def replace(self, slot: int) -> None:
+        self.ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._new_actor(slot)
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            self.ray.kill(actor, no_restart=True)
+
+
+def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo: list[int],
+                  lock: OutputLock) -> dict[str, Any]:
+    ray, started = _init_ray(opts)
+    try:
+        num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
+        num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
+        pool = _ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0, cluster=bool(opts.address or
+                                                                                   os.environ.get("RAY_ADDRESS")))
+        try:
+            workers = pool.wait_ready()
+            logger.info("%d worker(s) ready (%s): %s", num_workers, "1 GPU each" if use_gpu else "CPU", workers)
+            failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
+        finally:
+            pool.shutdown()
+        return {"failed_attempts": failed, "workers": workers}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any,
+              todo: list[int], lock: OutputLock) -> int:
+    """Keep every actor's queue full until all shards commit. Returns the number of failed attempts."""
+    pending = deque(todo)
+    attempts: Counter[int] = Counter()
+    inflight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, shard)
+    failed = 0
+    total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
+    bar = tqdm(total=total, unit="img", desc="labeling", disable=not opts.progress, smoothing=0.1)
+
+    def submit(slot: int, shard: int) -> None:
+        attempts[shard] += 1
+        start, _ = plan.shard_range(shard)
+        task = ShardTask(opts.output_uri, plan.plan_id, shard, start, tuple(shard_uris(uris, plan, shard)),
+                         attempts[shard])
+        inflight[pool.actors[slot].process_shard.remote(task)] = (slot, shard)
+
+    try:
+        while pending or inflight:
+            for slot in pool.actors:
+                while pending and sum(1 for s, _ in inflight.values() if s == slot) < cfg.job.queue_depth:
+                    submit(slot, pending.popleft())
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
+            if lock.lost.is_set():
+                raise JobError("lost the output lock to another job; stopping")
+            for ref in ready:
+                if ref not in inflight:
+                    continue  # dropped when its actor was replaced
+                slot, shard = inflight.pop(ref)
+                try:
+                    report: ShardReport = ray.get(ref)
+                except Exception as err:  # actor died (killed, OOM) or the worker raised
+                    failed += 1
+                    _retry_slot(pool, inflight, pending, attempts, slot, shard, err, cfg.job.max_attempts)
+                    continue
+                bar.update(report.num_images)
+                bar.set_postfix(errors=report.num_errors, refresh=False)
+                logger.debug("committed %s", asdict(report))
+    finally:
+        bar.close()
+    return failed
+
+
+def _retry_slot(pool: _ActorPool, inflight: dict[Any, tuple[int, int]], pending: deque[int],
+                attempts: Counter[int], slot: int, shard: int, err: Exception, max_attempts: int) -> None:
+    """Requeue a failed shard (and the shards queued behind it on that actor) on a fresh actor."""
+    if attempts[shard] >= max_attempts:
+        raise JobError(f"shard {shard} failed {attempts[shard]} time(s) (job.max_attempts); last error:\n{err}")
+    logger.warning("shard %d attempt %d failed, retrying on a new worker: %s", shard, attempts[shard],
+                   str(err).splitlines()[0] if str(err) else type(err).__name__)
+    # The shards queued on the same actor never ran (or died with it): requeue them without
+    # charging an attempt, ahead of new work so the retried shards finish first.
+    queued = [ref for ref, (s, _) in inflight.items() if s == slot]
+    for ref in queued:
+        _, other = inflight.pop(ref)
+        attempts[other] -= 1
+        pending.appendleft(other)
+    pending.appendleft(shard)
+    pool.replace(slot)

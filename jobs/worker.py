@@ -1,0 +1,199 @@
+"""``BmpWorker``: builds the models once, then labels whole shards and commits them.
+
+A plain class (the Ray Data UDF shape): ``jobs/ray_runner.py`` wraps it in ``ray.remote``; tests
+and a debugger can use it directly. Reading and decoding run on a thread pool a bounded window
+ahead of the models, so the accelerator is not idle while the next images come off storage.
+Masks leave the worker as RLE inside the Parquet parts; the driver only gets a small report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from bmp_core.config import BmpConfig
+from bmp_core.io.images import ImageDecodeError, decode_image_bgr
+from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
+from bmp_core.io.uris import read_bytes
+from bmp_core.loop import run_bmp, run_bmp_batch
+from jobs.commit import OutputStore, commit_shard, new_attempt_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to label: its image ids are ``first_image_id + i`` for ``uris[i]``."""
+
+    output_uri: str
+    plan_id: str
+    shard_id: int
+    first_image_id: int
+    uris: tuple[str, ...]
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What the driver learns about a committed shard (no pixels, no masks)."""
+
+    shard_id: int
+    attempt_id: str
+    num_images: int
+    num_errors: int
+    num_instances: int
+    seconds: float
+    worker: str  # host:pid
+
+
+@dataclass
+class _Decoded:
+    row: ImageRow
+    image_bgr: np.ndarray | None
+
+
+def _read_error(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "missing file (not found)"
+    if isinstance(err, IsADirectoryError):
+        return "not a file (a directory)"
+    if isinstance(err, PermissionError):
+        return f"permission denied ({err})"
+    return f"read failed: {type(err).__name__}: {err}"
+
+
+class BmpWorker:
+    """Labels shards with the BMP loop.
+
+    Args:
+        cfg: the resolved config; ``cfg.models`` is built once here (weights loaded), so a model
+            error surfaces when the worker starts, not on the first image.
+    """
+
+    def __init__(self, cfg: BmpConfig) -> None:
+        from bmp_core.models import build_models  # the heavy imports happen here, on the worker
+
+        self.cfg = cfg
+        self.models = build_models(cfg.models)
+        self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
+
+    def info(self) -> dict[str, object]:
+        """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.cfg.models.device}
+
+    def process_shard(self, task: ShardTask) -> ShardReport:
+        """Label every image of the shard, write its parts and commit marker.
+
+        Returns:
+            The shard's report. Bad images are error rows, not exceptions; an exception here
+            (a model or storage failure) means the shard is not committed and will be retried.
+        """
+        t0 = time.perf_counter()
+        image_ids = [task.first_image_id + i for i in range(len(task.uris))]
+        rows, instances = self.label(image_ids, list(task.uris))
+        attempt_id = new_attempt_id(task.attempt)
+        store = OutputStore(task.output_uri)
+        seconds = time.perf_counter() - t0
+        num_errors = sum(r.error is not None for r in rows)
+        commit_shard(
+            store, task.plan_id, task.shard_id, attempt_id, images_table(rows, task.shard_id), instances,
+            {"seconds": seconds, "num_errors": num_errors, "worker": f"{socket.gethostname()}:{os.getpid()}"},
+        )
+        return ShardReport(task.shard_id, attempt_id, len(rows), num_errors, instances.num_rows,
+                           time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}")
+
+    def label(self, image_ids: Sequence[int], uris: Sequence[str]) -> tuple[list[ImageRow], pa.Table]:
+        """Read, decode and label images.
+
+        Returns:
+            (one ``ImageRow`` per input in input order, the ``instances`` table of the ok images).
+        """
+        rows: list[ImageRow] = []
+        parts: list[pa.Table] = []
+        batch: list[_Decoded] = []
+        for decoded in self._read_ahead(image_ids, uris):
+            if decoded.image_bgr is None:
+                rows.append(decoded.row)
+                continue
+            batch.append(decoded)
+            if len(batch) == self.cfg.job.batch_size:
+                parts.append(self._label_batch(batch, rows))
+                batch = []
+        if batch:
+            parts.append(self._label_batch(batch, rows))
+        rows.sort(key=lambda r: r.image_id)
+        instances = pa.concat_tables(parts) if parts else INSTANCES_SCHEMA.empty_table()
+        return rows, instances
+
+    def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str]) -> Iterator[_Decoded]:
+        """Yield decoded images in order, with at most a bounded window read/decoded in advance."""
+        window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
+        pending: deque[Future[_Decoded]] = deque()
+        todo = iter(zip(image_ids, uris))
+        for image_id, uri in todo:
+            pending.append(self._pool.submit(self._read_one, image_id, uri))
+            if len(pending) >= window:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(self._pool.submit(self._read_one, *nxt))
+            yield done
+
+    def _read_one(self, image_id: int, uri: str) -> _Decoded:
+        t0 = time.perf_counter()
+        try:
+            data = read_bytes(uri)
+        except OSError as err:
+            return _Decoded(ImageRow(image_id, uri, error=_read_error(err)), None)
+        t1 = time.perf_counter()
+        try:
+            image = decode_image_bgr(data, self.cfg.job.max_image_pixels, self.cfg.job.min_image_side)
+        except ImageDecodeError as err:
+            return _Decoded(ImageRow(image_id, uri, error=str(err), read_s=t1 - t0), None)
+        h, w = image.shape[:2]
+        row = ImageRow(image_id, uri, width=w, height=h, read_s=t1 - t0, decode_s=time.perf_counter() - t1)
+        return _Decoded(row, image)
+
+    def _label_batch(self, batch: list[_Decoded], rows: list[ImageRow]) -> pa.Table:
+        """Run the loop on a batch; appends the finished rows to ``rows``; returns their instances."""
+        images = [d.image_bgr for d in batch]
+        try:
+            results = run_bmp_batch(images, self.models, self.cfg.loop)
+        except (ValueError, IndexError, FloatingPointError) as err:
+            # A data-dependent failure: isolate the culprit by running the images one at a time.
+            # Anything else (CUDA, out of memory) fails the shard so it is retried elsewhere.
+            logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), err)
+            results = []
+            for d in batch:
+                try:
+                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop))
+                except (ValueError, IndexError, FloatingPointError) as one_err:
+                    results.append(one_err)
+        ok_ids, ok_results = [], []
+        for d, result in zip(batch, results):
+            if isinstance(result, Exception):
+                rows.append(_with(d.row, error=f"labeling failed: {type(result).__name__}: {result}"))
+                continue
+            label_s = result.timings_s.get("total")
+            rows.append(_with(d.row, num_instances=len(result.instances), label_s=label_s))
+            ok_ids.append(d.row.image_id)
+            ok_results.append(result)
+        # Encode masks to RLE now, so at most one batch of dense masks is alive at a time.
+        return instances_table(ok_ids, ok_results)
+
+
+def _with(row: ImageRow, **changes: object) -> ImageRow:
+    from dataclasses import replace
+
+    return replace(row, **changes)

@@ -1,0 +1,105 @@
+"""The commit protocol, plan freezing and the output lock, on a local folder (S3: integration tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from bmp_core.config import BmpConfig, config_from_dict, config_to_dict, dump_config
+from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table
+from jobs.commit import (
+    OutputLock, OutputStateError, OutputStore, commit_shard, committed_markers, freeze_plan, garbage_collect,
+    read_committed_table,
+)
+from jobs.planner import listing_table, make_plan
+
+
+def _images(ids: list[int], tag: str) -> pa.Table:
+    return images_table([ImageRow(i, f"/in/{i}.jpg", error=tag) for i in ids], shard_id=0)
+
+
+def test_only_marked_parts_are_read_and_the_last_marker_wins(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path))
+    empty = INSTANCES_SCHEMA.empty_table()
+    commit_shard(store, "p1", 0, "a1-x", _images([0, 1], "first"), empty)
+    commit_shard(store, "p1", 0, "a2-y", _images([0, 1], "second"), empty)  # a duplicate attempt
+    store.write_table("images/shard-000001-a1-z.parquet", _images([2, 3], "crashed before its marker"))
+    commit_shard(store, "other-plan", 2, "a1-q", _images([4], "stale plan"), empty)
+    table = read_committed_table(store, "p1", "images")
+    assert table.column("image_id").to_pylist() == [0, 1]
+    assert set(table.column("error").to_pylist()) == {"second"}
+    assert set(committed_markers(store, "p1")) == {0}
+
+    # After garbage collection the folder itself is a clean table for any Parquet reader.
+    assert garbage_collect(store, "p1") == 5  # a1-x (images + instances), the crashed part, the stale plan's 2
+    assert sorted(ds.dataset(str(tmp_path / "images")).to_table().column("image_id").to_pylist()) == [0, 1]
+
+
+def test_unreadable_marker_is_not_trusted(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path))
+    (tmp_path / "_commits").mkdir()
+    (tmp_path / "_commits" / "shard-000000.json").write_text('{"plan_id": "p1", "shard')
+    assert committed_markers(store, "p1") == {}
+
+
+def _freeze(store: OutputStore, cfg: BmpConfig, uris: list[str], force: bool = False) -> None:
+    arr = pa.array(uris)
+    freeze_plan(store, make_plan(cfg, arr), listing_table(arr), dump_config(cfg), config_to_dict(cfg), force)
+
+
+def test_plan_is_frozen_and_changes_are_refused_unless_forced(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path))
+    cfg = BmpConfig()
+    _freeze(store, cfg, ["/a.jpg", "/b.jpg"])
+    plan_id = store.read_json("plan.json")["plan_id"]
+    commit_shard(store, plan_id, 0, "a1-x", _images([0, 1], "x"), INSTANCES_SCHEMA.empty_table())
+    _freeze(store, config_from_dict({}, ["job.queue_depth=4"]), ["/a.jpg", "/b.jpg"])  # same plan: fine
+
+    with pytest.raises(OutputStateError, match=r"loop.iterations: 2 -> 3") as err:
+        _freeze(store, config_from_dict({}, ["loop.iterations=3"]), ["/a.jpg", "/b.jpg"])
+    assert "--force" in str(err.value) and "1 committed shard" in str(err.value)
+    with pytest.raises(OutputStateError, match=r"input listing \(2 images then, 3 now"):
+        _freeze(store, cfg, ["/a.jpg", "/b.jpg", "/c.jpg"])
+
+    _freeze(store, cfg, ["/a.jpg", "/b.jpg", "/c.jpg"], force=True)
+    assert store.read_json("plan.json")["num_images"] == 3
+    assert not (tmp_path / "_commits").exists() and not (tmp_path / "images").exists()
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path))
+    first = OutputLock(store, ttl_s=60, settle_s=0)
+    first.acquire()
+    second = OutputLock(store, ttl_s=60, settle_s=0)
+    with pytest.raises(OutputStateError, match=f"host {socket.gethostname()}, pid {os.getpid()}"):
+        second.acquire()
+    first.release()
+    assert not (tmp_path / "_lock.json").exists()
+    second.acquire()
+    second.release()
+
+    # A holder whose process is gone (a killed driver on this host) does not block a rerun.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.write_json("_lock.json", {"token": "t", "host": socket.gethostname(), "pid": int(dead.stdout),
+                                    "heartbeat_unix": time.time(), "ttl_s": 60})
+    third = OutputLock(store, ttl_s=60, settle_s=0)
+    third.acquire()
+    third.release()
+
+    # A holder on another host is trusted until its lease expires, or the user breaks the lock.
+    store.write_json("_lock.json", {"token": "t", "host": "elsewhere", "pid": 1, "heartbeat_unix": time.time(),
+                                    "ttl_s": 60})
+    with pytest.raises(OutputStateError, match="--break-lock"):
+        OutputLock(store, settle_s=0).acquire()
+    OutputLock(store, settle_s=0).acquire(break_lock=True)
+    store.write_json("_lock.json", {"token": "t", "host": "elsewhere", "pid": 1,
+                                    "heartbeat_unix": time.time() - 61, "ttl_s": 60})
+    OutputLock(store, settle_s=0).acquire()
