@@ -1,0 +1,400 @@
+"""COCO AP/AR of a bmp-label output against ground truth: keypoints (OKS), masks and boxes.
+
+The numbers are pycocotools' own (``COCOeval``): this module only matches the output's images to the
+ground truth's, turns ``instances`` rows into COCO result lists, and collects ``COCOeval.stats``.
+OCHuman/CrowdPose-style ground truth that pycocotools cannot score (annotations without ``area``,
+keypoint sets other than COCO-17) goes through xtcocotools, the COCO fork mmpose uses, which takes
+``use_area`` and ``sigmas`` arguments.
+
+Images are matched by file name: a ground-truth ``file_name`` matches an output ``uri`` that ends with
+it (``val2017/x.jpg`` or ``x.jpg``). Only matched images are scored; the rest are listed in the result
+("missing_in_gt", "missing_in_output") instead of failing, so a labeled subset of a dataset can be
+scored against the whole annotation file. A matched image the job failed on counts, with no
+predictions (a failure is a miss).
+
+Besides the whole output, each prefix of BMP passes is scored ("after pass k": instances with
+``iteration <= k``), which shows what the later passes add.
+
+Scores that rank predictions: the pose score for keypoints, the detector score for masks and boxes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bmp_core.io.parquet import boxes_array, keypoints_array, rles_of
+from bmp_core.output_reader import JobOutput
+
+logger = logging.getLogger(__name__)
+
+IOU_TYPES = ("keypoints", "segm", "bbox")
+# COCOeval.summarize() order of ``stats``.
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# COCO-17 keypoint OKS sigmas, copied from pycocotools/cocoeval.py ``Params.setKpParams`` (BSD-2).
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
+_MAX_LISTED = 100  # image names listed per "missing" kind in eval.json; the counts are always complete
+
+
+class EvaluationError(ValueError):
+    """The ground truth cannot be scored as asked (the message says why and what to install)."""
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """Output images paired with ground-truth images.
+
+    Attributes:
+        output_to_gt: output ``image_id`` -> ground-truth image ``id``.
+        missing_in_gt: output uris no ground-truth image matched.
+        missing_in_output: ground-truth file names no output image matched.
+        ambiguous: output uris that matched a ground-truth image another output image had matched.
+    """
+
+    output_to_gt: dict[int, int]
+    missing_in_gt: list[str] = field(default_factory=list)
+    missing_in_output: list[str] = field(default_factory=list)
+    ambiguous: list[str] = field(default_factory=list)
+
+
+def _path_parts(path: str) -> list[str]:
+    return [p for p in path.replace("\\", "/").split("/") if p and p != "."]
+
+
+def match_images(output_images: Sequence[tuple[int, str]], gt_images: Sequence[dict[str, Any]]) -> ImageMatch:
+    """Pair output images with ground-truth images by file name (path suffix, longest wins).
+
+    Args:
+        output_images: ``(image_id, uri)`` of every output image.
+        gt_images: the ground truth's ``images`` entries (``id``, ``file_name``).
+
+    Returns:
+        ``ImageMatch``.
+    """
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for g in gt_images:
+        by_name.setdefault(posixpath.basename(g["file_name"].replace("\\", "/")), []).append(g)
+    out_to_gt: dict[int, int] = {}
+    taken: set[int] = set()
+    missing_in_gt, ambiguous = [], []
+    for image_id, uri in output_images:
+        uri_parts = _path_parts(uri)
+        best, best_len = None, 0
+        for g in by_name.get(uri_parts[-1] if uri_parts else "", []):
+            parts = _path_parts(g["file_name"])
+            # Both paths must agree on every component the ground truth names (val2017/x.jpg).
+            if uri_parts[-len(parts):] == parts and len(parts) > best_len:
+                best, best_len = g, len(parts)
+        if best is None:
+            missing_in_gt.append(uri)
+        elif best["id"] in taken:
+            ambiguous.append(uri)
+        else:
+            out_to_gt[int(image_id)] = int(best["id"])
+            taken.add(int(best["id"]))
+    missing_in_output = [g["file_name"] for g in gt_images if int(g["id"]) not in taken]
+    return ImageMatch(out_to_gt, missing_in_gt, missing_in_output, ambiguous)
+
+
+def results_from_instances(
+    instances: pa.Table, output_to_gt: dict[int, int], box_source: str = "detector"
+) -> dict[str, list[dict[str, Any]]]:
+    """COCO result lists (one per IoU type) from ``instances`` rows of matched images.
+
+    Args:
+        instances: ``instances`` table rows (any images; unmatched ones are dropped).
+        output_to_gt: output ``image_id`` -> ground-truth image id.
+        box_source: ``"detector"`` (the detector's box) or ``"mask"`` (the refined mask's tight box,
+            the detector box where the mask is empty: what coco.json calls ``bbox``).
+
+    Returns:
+        ``{"keypoints": [...], "segm": [...], "bbox": [...]}``, category 1, in row order.
+    """
+    if box_source not in ("detector", "mask"):
+        raise ValueError(f"box_source must be 'detector' or 'mask', got {box_source!r}")
+    ids = np.array(list(output_to_gt), np.int64)
+    rows = instances.filter(pc.is_in(instances.column("image_id"), value_set=pa.array(ids, pa.int64())))
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
+    if rows.num_rows == 0:
+        return out
+    kpts = keypoints_array(rows).astype(np.float64)
+    boxes = boxes_array(rows, "bbox_xyxy").astype(np.float64)
+    if box_source == "mask":
+        mask_boxes = boxes_array(rows, "mask_bbox_xyxy").astype(np.float64)
+        boxes = np.where(np.isnan(mask_boxes).any(axis=1, keepdims=True), boxes, mask_boxes)
+    boxes_xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    gt_ids = [output_to_gt[i] for i in rows.column("image_id").to_pylist()]
+    pose_scores = rows.column("pose_score").to_pylist()
+    det_scores = rows.column("det_score").to_pylist()
+    for k, rle in enumerate(rles_of(rows)):
+        base = {"image_id": gt_ids[k], "category_id": 1}
+        out["keypoints"].append({**base, "keypoints": kpts[k].reshape(-1).tolist(), "score": pose_scores[k]})
+        out["segm"].append({**base, "segmentation": rle, "score": det_scores[k]})
+        out["bbox"].append({**base, "bbox": boxes_xywh[k].tolist(), "score": det_scores[k]})
+    return out
+
+
+def needs_xtcocotools(gt: dict[str, Any]) -> str | None:
+    """Why pycocotools cannot score this ground truth (None when it can)."""
+    anns = gt.get("annotations", [])
+    if any("area" not in a for a in anns):
+        return "annotations without 'area' (OCHuman/CrowdPose style)"
+    for cat in gt.get("categories", []):
+        if "keypoints" in cat and len(cat["keypoints"]) != len(COCO_SIGMAS):
+            return f"{len(cat['keypoints'])} keypoints instead of COCO's 17"
+    return None
+
+
+def _normalize_gt(gt: dict[str, Any]) -> dict[str, Any]:
+    """A copy with the fields COCOeval reads filled in where a GT file leaves them out."""
+    gt = copy.deepcopy(gt)
+    gt.setdefault("info", {})
+    gt.setdefault("licenses", [])
+    for a in gt["annotations"]:
+        a.setdefault("iscrowd", 0)
+        if a.get("keypoints") is None:
+            # A person annotated with a mask only: keypoint eval must ignore it (num_keypoints 0).
+            a["keypoints"] = [0.0] * (3 * len(COCO_SIGMAS))
+        if "num_keypoints" not in a:
+            a["num_keypoints"] = int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0))
+    return gt
+
+
+def _coco_api(backend: str) -> tuple[Any, Any]:
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    try:
+        from xtcocotools.coco import COCO
+        from xtcocotools.cocoeval import COCOeval
+    except ImportError as err:
+        raise EvaluationError(
+            "this ground truth needs xtcocotools: pip install Cython && pip install --no-build-isolation "
+            "--no-binary xtcocotools xtcocotools (docs/install.md item 5)"
+        ) from err
+    return COCO, COCOeval
+
+
+def choose_backend(gt: dict[str, Any], backend: str = "auto") -> str:
+    """The keypoint backend, ``"pycocotools"`` or ``"xtcocotools"``, for ``auto|pycocotools|xtcocotools``.
+
+    Raises:
+        EvaluationError: pycocotools was asked for a ground truth it cannot score.
+    """
+    reason = needs_xtcocotools(gt)
+    if backend == "auto":
+        return "xtcocotools" if reason else "pycocotools"
+    if backend == "pycocotools" and reason:
+        raise EvaluationError(f"pycocotools cannot score this ground truth ({reason}); use --backend xtcocotools")
+    if backend not in ("pycocotools", "xtcocotools"):
+        raise ValueError(f"unknown backend {backend!r}")
+    return backend
+
+
+class CocoScorer:
+    """Scores result lists against one ground truth, on a fixed set of its images.
+
+    Masks and boxes always go through pycocotools: where a ground-truth ``area`` is missing it is
+    filled with the mask's pixel count (COCO's definition), or the box area without a mask. Keypoints
+    go through ``keypoint_backend``; with xtcocotools and area-less ground truth, OKS uses
+    xtcocotools' ``use_area=False`` scale (0.53 x box area), the convention mmpose's OCHuman and
+    CrowdPose numbers use. (xtcocotools' own mask functions are not used: 1.14.3's ``_mask`` calls
+    ``np.NPY_OWNDATA``, which numpy 2 removed.)
+
+    Args:
+        gt: the ground-truth dataset dict (COCO person keypoints format).
+        image_ids: ground-truth image ids to score on.
+        keypoint_backend: ``pycocotools`` or ``xtcocotools`` (see ``choose_backend``).
+    """
+
+    def __init__(self, gt: dict[str, Any], image_ids: Sequence[int], keypoint_backend: str) -> None:
+        self.image_ids = sorted(int(i) for i in image_ids)
+        self.backends = {"keypoints": keypoint_backend, "segm": "pycocotools", "bbox": "pycocotools"}
+        normalized = _normalize_gt(gt)
+        self._gts = {"pycocotools": _fill_area(_load_coco("pycocotools", copy.deepcopy(normalized)))}
+        if keypoint_backend == "xtcocotools":
+            self._gts["xtcocotools"] = _load_coco("xtcocotools", normalized)
+        self._use_area = all("area" in a for a in gt["annotations"])
+
+    def score(self, results: list[dict[str, Any]], iou_type: str) -> dict[str, float] | None:
+        """COCOeval ``stats`` by name, or None when there is nothing to score (no predictions)."""
+        if not results or not self.image_ids:
+            return None
+        backend = self.backends[iou_type]
+        gt = self._gts[backend]
+        _, eval_cls = _coco_api(backend)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            dt = gt.loadRes(copy.deepcopy(results))  # loadRes adds fields to the dicts it gets
+            if backend == "xtcocotools":
+                ev = eval_cls(gt, dt, iou_type, sigmas=self._sigmas(), use_area=self._use_area)
+            else:
+                ev = eval_cls(gt, dt, iou_type)
+            ev.params.imgIds = self.image_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
+        return {name: float(v) for name, v in zip(names, ev.stats)}
+
+    def _sigmas(self) -> np.ndarray:
+        cats = self._gts["pycocotools"].dataset.get("categories", [])
+        k = len(cats[0].get("keypoints", [])) if cats else 17
+        return COCO_SIGMAS if k in (0, 17) else np.full(k, 0.079)  # 0.079: COCO's mean sigma, for unknown sets
+
+
+def _load_coco(backend: str, dataset: dict[str, Any]) -> Any:
+    coco_cls, _ = _coco_api(backend)
+    coco = coco_cls()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _fill_area(coco: Any) -> Any:
+    """Give every annotation of a pycocotools ``COCO`` an ``area`` (mask pixels, else box area)."""
+    from pycocotools import mask as mask_utils
+
+    for ann in coco.dataset["annotations"]:  # the index holds these same dicts
+        if "area" in ann:
+            continue
+        if ann.get("segmentation"):
+            ann["area"] = float(mask_utils.area(coco.annToRLE(ann)))
+        else:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    return coco
+
+
+def _subset(results: dict[str, list[dict[str, Any]]], keep: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+    return {t: [r for r, k in zip(rs, keep) if k] for t, rs in results.items()}
+
+
+def evaluate_output(
+    output: JobOutput,
+    gt: dict[str, Any],
+    iou_types: Sequence[str] = IOU_TYPES,
+    backend: str = "auto",
+    box_source: str = "detector",
+    per_iteration: bool = True,
+) -> dict[str, Any]:
+    """Score an output against ground truth: overall and after each BMP pass.
+
+    Args:
+        output: the loaded output.
+        gt: ground-truth dataset dict.
+        iou_types: subset of ``("keypoints", "segm", "bbox")``.
+        backend: ``auto`` (xtcocotools only where pycocotools cannot), ``pycocotools`` or ``xtcocotools``.
+        box_source: see ``results_from_instances``.
+        per_iteration: also score instances found up to each pass.
+
+    Returns:
+        The ``eval.json`` dict: ``images`` (matching counts and lists), ``overall`` and
+        ``per_iteration`` (each ``{"num_predictions", <iou_type>: {stat: value} | None}``).
+    """
+    unknown = set(iou_types) - set(IOU_TYPES)
+    if unknown:
+        raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
+    backend = choose_backend(gt, backend)
+    images = output.images
+    match = match_images(list(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist())),
+                         gt.get("images", []))
+    failed_ids = set(images.filter(pc.not_equal(images.column("status"), "ok")).column("image_id").to_pylist())
+    results = results_from_instances(output.instances, match.output_to_gt, box_source)
+    matched_rows = output.instances.filter(
+        pc.is_in(output.instances.column("image_id"), value_set=pa.array(list(match.output_to_gt), pa.int64()))
+    )
+    iterations = matched_rows.column("iteration").to_numpy()
+    scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend)
+
+    def score_subset(keep: np.ndarray) -> dict[str, Any]:
+        sub = _subset(results, keep)
+        return {"num_predictions": int(keep.sum()), **{t: scorer.score(sub[t], t) for t in iou_types}}
+
+    overall = score_subset(np.ones(len(iterations), bool))
+    passes = []
+    if per_iteration and len(iterations) and iterations.max() > 0:
+        for k in range(int(iterations.max()) + 1):
+            passes.append({"max_iteration": k, **score_subset(iterations <= k)})
+    return {
+        "backend": scorer.backends,
+        "box_source": box_source,
+        "iou_types": list(iou_types),
+        "images": _image_summary(match, len(images), len(gt.get("images", [])), failed_ids),
+        "overall": overall,
+        "per_iteration": passes,
+    }
+
+
+def _image_summary(match: ImageMatch, num_output: int, num_gt: int, failed_ids: set[int]) -> dict[str, Any]:
+    return {
+        "output": num_output,
+        "gt": num_gt,
+        "matched": len(match.output_to_gt),
+        "matched_failed": len(failed_ids & set(match.output_to_gt)),
+        "num_missing_in_gt": len(match.missing_in_gt),
+        "num_missing_in_output": len(match.missing_in_output),
+        "num_ambiguous": len(match.ambiguous),
+        "missing_in_gt": match.missing_in_gt[:_MAX_LISTED],
+        "missing_in_output": match.missing_in_output[:_MAX_LISTED],
+        "ambiguous": match.ambiguous[:_MAX_LISTED],
+    }
+
+
+def load_gt(path: str) -> dict[str, Any]:
+    """Read a COCO-format ground-truth JSON (local path or URI)."""
+    from bmp_core.io.uris import read_bytes
+
+    gt = json.loads(read_bytes(path))
+    if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
+        raise EvaluationError(f"{path} is not a COCO dataset (needs 'images' and 'annotations')")
+    return gt
+
+
+_TABLE_COLUMNS = {"keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR"),
+                  "segm": ("AP", "AP50", "AP75", "APm", "APl", "AR100"),
+                  "bbox": ("AP", "AP50", "AP75", "APm", "APl", "AR100")}
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the AP table: one row per (subset, IoU type); "-" where nothing was scored."""
+    header = ["subset", "type", "preds", "AP", "AP50", "AP75", "APm", "APl", "AR"]
+    rows = []
+    subsets = [("all", result["overall"])]
+    subsets += [(f"after pass {p['max_iteration'] + 1}", p) for p in result.get("per_iteration", [])]
+    for name, entry in subsets:
+        for t in result["iou_types"]:
+            stats = entry.get(t)
+            values = ["-"] * 6 if stats is None else [f"{stats[c]:.3f}" for c in _TABLE_COLUMNS[t]]
+            rows.append([name, t, str(entry["num_predictions"]), *values])
+    return header, rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width text table of ``evaluate_output``'s result, with the image matching summary."""
+    header, rows = table_rows(result)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    im = result["images"]
+    lines.append("")
+    lines.append(
+        f"images: {im['matched']} matched ({im['matched_failed']} failed in the job), "
+        f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT "
+        f"not in the output, {im['num_ambiguous']} ambiguous; keypoints scored by {result['backend']['keypoints']}"
+    )
+    return "\n".join(lines)

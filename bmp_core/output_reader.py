@@ -1,0 +1,191 @@
+"""Read a finished bmp-label output (local folder or ``s3://`` prefix) for viz, eval and report.
+
+The job writes (jobs/commit.py)::
+
+    OUT/plan.json, OUT/run.json, OUT/coco.json, OUT/errors.csv
+    OUT/images/shard-000007-<attempt>.parquet, OUT/instances/shard-000007-<attempt>.parquet
+    OUT/_commits/shard-000007.json       marker naming the parts of the committed attempt
+    OUT/traces/<image_id>/...            per-pass data for GIFs, only with the ``trace`` run option
+
+Like the job's own reader, only parts that a commit marker of the current plan names are read, so a
+crashed or duplicate attempt is never counted twice. An output without markers (a hand-made one, or
+an older layout) falls back to every Parquet file under ``images/`` and ``instances/``. This module
+reimplements the read side because ``bmp_core`` must not import ``jobs``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bmp_core.io.parquet import IMAGES_SCHEMA, INSTANCES_SCHEMA, STATUS_OK, boxes_array, keypoints_array, rles_of
+from bmp_core.io.uris import filesystem, join_uri
+from bmp_core.ops.rle import decode_rle
+
+logger = logging.getLogger(__name__)
+
+_SCHEMAS = {"images": IMAGES_SCHEMA, "instances": INSTANCES_SCHEMA}
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """The tables and summaries of one output.
+
+    Attributes:
+        uri: the output location as given.
+        images: ``images`` table (one row per input image, ok or failed), sorted by ``image_id``.
+        instances: ``instances`` table, sorted by ``(image_id, instance_id)``.
+        run_info: ``run.json`` as a dict, or None when the job has not finished.
+        eval_info: ``eval.json`` (written by ``bmp-label eval``), or None.
+    """
+
+    uri: str
+    images: pa.Table
+    instances: pa.Table
+    run_info: dict[str, Any] | None
+    eval_info: dict[str, Any] | None
+
+    def instances_of(self, image_id: int) -> pa.Table:
+        """The ``instances`` rows of one image, in merge order."""
+        return self.instances.filter(pc.equal(self.instances.column("image_id"), image_id))
+
+    def ok_image_ids(self) -> list[int]:
+        ok = self.images.filter(pc.equal(self.images.column("status"), STATUS_OK))
+        return ok.column("image_id").to_pylist()
+
+
+def _read_json(fs: Any, path: str) -> Any:
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
+
+
+def _committed_parts(fs: Any, root: str) -> dict[str, list[str]] | None:
+    """kind -> part paths named by the current plan's markers; None when there are no markers."""
+    plan = _read_json(fs, f"{root}/plan.json")
+    marker_dir = f"{root}/_commits"
+    if plan is None or not fs.exists(marker_dir):
+        return None
+    parts: dict[str, list[str]] = {"images": [], "instances": []}
+    for path in sorted(fs.ls(marker_dir, detail=False)):
+        name = path.rsplit("/", 1)[-1]
+        if not (name.startswith("shard-") and name.endswith(".json")):
+            continue
+        try:
+            marker = json.loads(fs.cat_file(path))
+        except (ValueError, OSError) as err:
+            logger.warning("ignoring unreadable commit marker %s: %s", name, err)
+            continue
+        if marker.get("plan_id") != plan.get("plan_id"):
+            continue  # a marker left from an earlier plan of this output
+        for kind in parts:
+            parts[kind].append(f"{root}/{marker['parts'][kind]}")
+    return parts
+
+
+def _read_parts(fs: Any, paths: list[str], kind: str) -> pa.Table:
+    schema = _SCHEMAS[kind]
+    tables = [pq.read_table(io.BytesIO(fs.cat_file(p))).cast(schema) for p in paths]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def load_output(uri: str) -> JobOutput:
+    """Read an output's tables and JSON summaries.
+
+    Args:
+        uri: local folder or ``s3://bucket/prefix``.
+
+    Returns:
+        ``JobOutput``.
+
+    Raises:
+        FileNotFoundError: ``uri`` holds neither commit markers nor Parquet parts.
+    """
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    parts = _committed_parts(fs, root)
+    if parts is None:
+        parts = {
+            kind: sorted(p for p in fs.glob(f"{root}/{kind}/*.parquet")) for kind in ("images", "instances")
+        }
+    if not parts["images"]:
+        raise FileNotFoundError(f"{uri} has no committed images parts: not a bmp-label output, or nothing done yet")
+    images = _read_parts(fs, parts["images"], "images").sort_by("image_id")
+    instances = _read_parts(fs, parts["instances"], "instances").sort_by(
+        [("image_id", "ascending"), ("instance_id", "ascending")]
+    )
+    return JobOutput(
+        uri=uri,
+        images=images,
+        instances=instances,
+        run_info=_read_json(fs, f"{root}/run.json"),
+        eval_info=_read_json(fs, f"{root}/eval.json"),
+    )
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    """The labels of one image as arrays, ready to draw.
+
+    Attributes:
+        boxes_xyxy: (N, 4) float32 detector boxes.
+        keypoints: (N, 17, 3) float32 ``(x, y, score)``.
+        masks: (N, H, W) bool refined masks.
+        det_scores, pose_scores: (N,) float32.
+        iteration: (N,) int32 pass that found each person.
+    """
+
+    boxes_xyxy: np.ndarray
+    keypoints: np.ndarray
+    masks: np.ndarray
+    det_scores: np.ndarray
+    pose_scores: np.ndarray
+    iteration: np.ndarray
+
+
+def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
+    """Arrays of one image's ``instances`` rows (masks decoded from RLE).
+
+    Args:
+        instances: the rows of a single image.
+        height, width: the image size (for an image with no people).
+    """
+    return ImageLabels(
+        boxes_xyxy=boxes_array(instances, "bbox_xyxy"),
+        keypoints=keypoints_array(instances),
+        masks=decode_rle(rles_of(instances), height, width),
+        det_scores=instances.column("det_score").to_numpy().astype(np.float32),
+        pose_scores=instances.column("pose_score").to_numpy().astype(np.float32),
+        iteration=instances.column("iteration").to_numpy().astype(np.int32),
+    )
+
+
+def output_path(uri: str, *parts: str) -> str:
+    """``uri/part/...`` (local or s3)."""
+    return join_uri(uri, *parts)
+
+
+def read_image_rgb(uri: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an input image, decoded (and EXIF-rotated) exactly as the job did."""
+    from bmp_core.io.images import decode_image_bgr
+    from bmp_core.io.uris import read_bytes
+
+    # No size limits here: the job already accepted this image.
+    return np.ascontiguousarray(decode_image_bgr(read_bytes(uri), max_pixels=2**62, min_side=1)[:, :, ::-1])
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file to a local path or s3 URI (parent folders are created)."""
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)

@@ -1,0 +1,320 @@
+"""Draw BMP labels on images and animate the loop's iterations (numpy + PIL only, no OpenCV).
+
+Like the reference demo's pose and mask pictures (testdata/reference/004806_*.jpg): each person
+gets one colour, used for its refined mask (alpha-blended), its COCO-17 skeleton (keypoints above a
+score threshold) and its box with scores. ``iteration_frames`` turns the loop's ``IterationTrace``s
+into one frame per pass: the detector's (masked-out) input with what the pass found, beside the
+refined masks and poses of everyone found so far, the reference's ``--create-gif`` idea.
+
+Pixels outside every mask, box outline, label, limb and keypoint are left untouched, so an overlay
+can be compared with the original image (tests/unit/test_viz.py relies on it).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from bmp_core.output_reader import ImageLabels
+from bmp_core.records import Instances, IterationTrace
+
+# 1-based COCO keypoint pairs, as in COCO's person_keypoints_*.json ``skeleton``.
+COCO_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
+    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)
+
+# Saturated, mutually distinct RGB colours; the first two are the reference picture's pink and blue.
+PALETTE_RGB = np.array(
+    [
+        (255, 40, 200), (40, 130, 255), (255, 200, 0), (0, 210, 110), (255, 90, 40), (150, 70, 255),
+        (0, 220, 230), (230, 20, 60), (160, 230, 0), (255, 140, 200), (0, 120, 120), (200, 150, 90),
+    ],
+    np.uint8,
+)
+
+
+@dataclass(frozen=True)
+class DrawStyle:
+    """How overlays look. Sizes are in pixels of a 640-pixel-wide image and scale with the image.
+
+    Attributes:
+        keypoint_thr: keypoints scoring below this are not drawn, nor limbs touching them.
+        mask_alpha: weight of the person colour over the image inside a mask (the reference: ~0.7).
+        line_width: limb width.
+        keypoint_radius: keypoint dot radius.
+        box_width: box outline width.
+        draw_masks / draw_pose / draw_boxes: which layers to draw.
+    """
+
+    keypoint_thr: float = 0.3
+    mask_alpha: float = 0.55
+    line_width: int = 3
+    keypoint_radius: int = 3
+    box_width: int = 2
+    draw_masks: bool = True
+    draw_pose: bool = True
+    draw_boxes: bool = True
+
+
+def person_colors_rgb(n: int) -> np.ndarray:
+    """(n, 3) uint8 RGB, one per person, cycling ``PALETTE_RGB``."""
+    return PALETTE_RGB[np.arange(n) % len(PALETTE_RGB)]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 ships a scalable default font
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
+
+
+def _scale(image_hw: tuple[int, int]) -> float:
+    # Line widths and fonts grow with the image so a 4000-pixel photo is as readable as a 640 one.
+    return max(1.0, max(image_hw) / 640.0)
+
+
+def blend_masks(image_rgb: np.ndarray, masks: np.ndarray, colors_rgb: np.ndarray, alpha: float) -> np.ndarray:
+    """Tint each mask with its colour; later masks are drawn over earlier ones.
+
+    Args:
+        image_rgb: (H, W, 3) uint8.
+        masks: (N, H, W) bool.
+        colors_rgb: (N, 3) uint8.
+        alpha: colour weight inside a mask, in [0, 1].
+
+    Returns:
+        (H, W, 3) uint8 copy; pixels outside every mask are unchanged.
+    """
+    out = image_rgb.astype(np.float32)
+    for mask, color in zip(masks, colors_rgb):
+        out[mask] = (1.0 - alpha) * out[mask] + alpha * color.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def draw_overlay(
+    image_rgb: np.ndarray,
+    boxes_xyxy: np.ndarray | None = None,
+    keypoints: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    det_scores: np.ndarray | None = None,
+    pose_scores: np.ndarray | None = None,
+    style: DrawStyle | None = None,
+    title: str | None = None,
+    colors_rgb: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw N people on an image: masks, skeletons, boxes with scores, and an optional title.
+
+    Every per-person array is optional (None: that layer is skipped) but those given share N.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB.
+        boxes_xyxy: (N, 4) float pixel corners; NaN rows are skipped.
+        keypoints: (N, 17, 3) float ``(x, y, score)`` pixels.
+        masks: (N, H, W) bool.
+        det_scores: (N,) detector scores, printed on the box label as ``d``.
+        pose_scores: (N,) pose scores, printed on the box label as ``p``.
+        style: drawing options (``DrawStyle()`` when None).
+        title: text drawn at the top-left, as the reference demo does.
+        colors_rgb: (N, 3) uint8 person colours; ``person_colors_rgb(N)`` when None.
+
+    Returns:
+        (H, W, 3) uint8 RGB copy.
+    """
+    style = style or DrawStyle()
+    n = next((len(a) for a in (boxes_xyxy, keypoints, masks) if a is not None), 0)
+    colors = person_colors_rgb(n) if colors_rgb is None else np.asarray(colors_rgb, np.uint8)
+    out = image_rgb
+    if style.draw_masks and masks is not None and len(masks):
+        out = blend_masks(out, masks, colors, style.mask_alpha)
+    canvas = Image.fromarray(np.ascontiguousarray(out))
+    draw = ImageDraw.Draw(canvas)
+    scale = _scale(image_rgb.shape[:2])
+    if style.draw_boxes and boxes_xyxy is not None:
+        _draw_boxes(draw, boxes_xyxy, colors, det_scores, pose_scores, style, scale)
+    if style.draw_pose and keypoints is not None:
+        for person, color in zip(keypoints, colors):
+            _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
+    if title:
+        draw.text((6 * scale, 4 * scale), title, fill=(255, 255, 0), font=_font(int(18 * scale)),
+                  stroke_width=max(1, int(scale)), stroke_fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _draw_boxes(
+    draw: ImageDraw.ImageDraw,
+    boxes_xyxy: np.ndarray,
+    colors: np.ndarray,
+    det_scores: np.ndarray | None,
+    pose_scores: np.ndarray | None,
+    style: DrawStyle,
+    scale: float,
+) -> None:
+    font = _font(int(12 * scale))
+    for i, (box, color) in enumerate(zip(boxes_xyxy, colors)):
+        if not np.all(np.isfinite(box)):
+            continue
+        rgb = tuple(int(c) for c in color)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=rgb, width=int(style.box_width * scale))
+        parts = []
+        if det_scores is not None:
+            parts.append(f"d{float(det_scores[i]):.2f}")
+        if pose_scores is not None:
+            parts.append(f"p{float(pose_scores[i]):.2f}")
+        if parts:
+            # Label on a filled tab above the box (inside it when the box touches the top edge).
+            text = " ".join(parts)
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            th = bottom - top + 2 * scale
+            ty = y1 - th if y1 - th >= 0 else y1
+            draw.rectangle((x1, ty, x1 + right - left + 4 * scale, ty + th), fill=rgb)
+            draw.text((x1 + 2 * scale, ty + scale - top), text, fill=(0, 0, 0), font=font)
+
+
+def _draw_skeleton(
+    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, ...], style: DrawStyle, scale: float
+) -> None:
+    """Limbs whose both ends score >= the threshold, then the visible keypoints as dots."""
+    visible = (keypoints[:, 2] >= style.keypoint_thr) & np.all(np.isfinite(keypoints[:, :2]), axis=1)
+    width = max(1, int(round(style.line_width * scale)))
+    for a, b in COCO_SKELETON:
+        if visible[a - 1] and visible[b - 1]:
+            (xa, ya), (xb, yb) = keypoints[a - 1, :2], keypoints[b - 1, :2]
+            draw.line((float(xa), float(ya), float(xb), float(yb)), fill=color, width=width)
+    r = style.keypoint_radius * scale
+    for x, y in keypoints[visible, :2]:
+        # A dark rim keeps a dot visible on a mask of its own colour.
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(0, 0, 0))
+
+
+def draw_instances(
+    image_rgb: np.ndarray, instances: Instances, style: DrawStyle | None = None, title: str | None = None
+) -> np.ndarray:
+    """``draw_overlay`` for the loop's ``Instances`` (refined masks, detector boxes, both scores).
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB, the image ``instances`` were found in.
+        instances: N people.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    return draw_overlay(
+        image_rgb, instances.boxes_xyxy, instances.keypoints, instances.masks,
+        instances.det_scores, instances.pose_scores, style, title,
+    )
+
+
+def draw_labels(
+    image_rgb: np.ndarray, labels: ImageLabels, style: DrawStyle | None = None, title: str | None = None
+) -> np.ndarray:
+    """``draw_overlay`` for one image's labels read back from an output (``output_reader.image_labels``)."""
+    return draw_overlay(
+        image_rgb, labels.boxes_xyxy, labels.keypoints, labels.masks, labels.det_scores, labels.pose_scores,
+        style, title,
+    )
+
+
+def iteration_frames(
+    image_rgb: np.ndarray,
+    traces: Sequence[IterationTrace],
+    instances: Instances,
+    style: DrawStyle | None = None,
+    max_width: int = 1280,
+) -> list[np.ndarray]:
+    """One frame per BMP pass, for a GIF: what the detector saw and found | everyone found so far.
+
+    Left panel: the pass's detector input (the image with earlier people blacked out) with this
+    pass's detections (boxes, detector masks). Right panel: the original image with the refined
+    masks and skeletons of the final instances found in this pass or earlier (instances that a
+    later pass's pose-NMS removed are not in ``instances`` and so are not shown).
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB original image.
+        traces: the loop's traces, one per pass, in order.
+        instances: the final instances of the image (their ``iteration`` field picks the panel).
+        style: drawing options.
+        max_width: frames wider than this are downscaled (GIFs of two full-size photos are huge).
+
+    Returns:
+        len(traces) frames, (H', W', 3) uint8 RGB, all the same size.
+    """
+    style = style or DrawStyle()
+    colors = person_colors_rgb(len(instances))
+    frames = []
+    for trace in traces:
+        dets = trace.detections
+        found = instances.take(np.flatnonzero(instances.iteration <= trace.iteration))
+        left = draw_overlay(
+            np.ascontiguousarray(trace.detector_input_bgr[:, :, ::-1]), dets.boxes_xyxy, None, dets.masks,
+            dets.scores, None, style, title=f"pass {trace.iteration + 1}: detector input, {len(dets)} found",
+            colors_rgb=np.full((len(dets), 3), 255, np.uint8),  # white: detections are not yet people
+        )
+        right = draw_overlay(
+            image_rgb, found.boxes_xyxy, found.keypoints, found.masks, found.det_scores, found.pose_scores,
+            style, colors_rgb=colors[instances.iteration <= trace.iteration],
+            title=f"after pass {trace.iteration + 1}: +{trace.num_new} new, -{trace.num_removed_old} old",
+        )
+        frames.append(_fit_width(np.concatenate([left, right], axis=1), max_width))
+    return frames
+
+
+def _fit_width(frame_rgb: np.ndarray, max_width: int) -> np.ndarray:
+    h, w = frame_rgb.shape[:2]
+    if w <= max_width:
+        return frame_rgb
+    size = (max_width, max(1, round(h * max_width / w)))
+    return np.asarray(Image.fromarray(frame_rgb).resize(size, Image.Resampling.LANCZOS))
+
+
+def save_gif(frames_rgb: Sequence[np.ndarray], path: str | Path | io.BytesIO, frame_ms: int = 1500) -> None:
+    """Write frames as a looping GIF.
+
+    Args:
+        frames_rgb: (H, W, 3) uint8 RGB frames of one size.
+        path: the .gif file.
+        frame_ms: display time of each frame.
+    """
+    if not frames_rgb:
+        raise ValueError("a GIF needs at least one frame")
+    images = [Image.fromarray(f).quantize(colors=255, method=Image.Quantize.MEDIANCUT) for f in frames_rgb]
+    # disposal=1 and no frame merging keep exactly one GIF frame per pass, even if two look alike.
+    images[0].save(
+        path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0, disposal=1,
+        optimize=False,
+    )
+
+
+def encode_gif(frames_rgb: Sequence[np.ndarray], frame_ms: int = 1500) -> bytes:
+    """``save_gif`` into bytes (for writing to S3)."""
+    buf = io.BytesIO()
+    save_gif(frames_rgb, buf, frame_ms)
+    return buf.getvalue()
+
+
+def encode_image(image_rgb: np.ndarray, fmt: str = "JPEG", quality: int = 90) -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG or PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image_rgb).save(buf, format=fmt, quality=quality)
+    return buf.getvalue()
+
+
+def save_image(image_rgb: np.ndarray, path: str | Path, quality: int = 90) -> None:
+    """Write (H, W, 3) uint8 RGB as JPEG or PNG (by the suffix)."""
+    Image.fromarray(image_rgb).save(path, quality=quality)
+
+
+def thumbnail(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 downscaled so that its longer side is at most ``max_side``."""
+    h, w = image_rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return image_rgb
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(image_rgb).resize(size, Image.Resampling.LANCZOS))

@@ -1,0 +1,178 @@
+"""``bmp-label viz | eval | report``: look at and measure a finished output (no Ray, no GPU).
+
+Usage::
+
+    bmp-label viz OUT [--images ID|GLOB ...] [--out DIR] [--gif] [--limit N] [--keypoint-thr 0.3]
+    bmp-label eval OUT --gt GT.json [--iou-types keypoints segm bbox] [--backend auto] [--out OUT/eval.json]
+    bmp-label report OUT [--out OUT/report.html] [--samples 12]
+
+``jobs/cli.py`` registers these with ``add_subparsers(subparsers)``; each sub-parser sets
+``func`` to its ``cmd_*`` function, which returns the process exit code. ``python -m jobs.cli_inspect``
+runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from bmp_core.output_reader import JobOutput, image_labels, load_output, output_path, read_image_rgb, write_bytes
+
+from bmp_core.records import Instances
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIZ_LIMIT = 100  # images drawn when none are named: an output may hold millions
+
+
+def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``viz``, ``eval`` and ``report`` to a parser's sub-commands."""
+    viz = subparsers.add_parser("viz", help="draw masks, skeletons and boxes on the images (and GIFs)")
+    viz.add_argument("output", help="a bmp-label output folder or s3:// prefix")
+    viz.add_argument("--images", nargs="+", default=None, metavar="ID|GLOB",
+                     help="image ids or globs on the image uri (e.g. '*/000123.jpg'); default: the first --limit")
+    viz.add_argument("--out", default=None, help="where to write the pictures (default OUTPUT/viz)")
+    viz.add_argument("--gif", action="store_true", help="also animate the BMP passes (needs a run with trace on)")
+    viz.add_argument("--limit", type=int, default=DEFAULT_VIZ_LIMIT, help="at most this many images (0: all)")
+    viz.add_argument("--keypoint-thr", type=float, default=0.3, help="hide keypoints scoring below this")
+    viz.add_argument("--no-masks", action="store_true", help="do not draw masks")
+    viz.add_argument("--no-pose", action="store_true", help="do not draw skeletons")
+    viz.add_argument("--no-boxes", action="store_true", help="do not draw boxes and scores")
+    viz.set_defaults(func=cmd_viz)
+
+    ev = subparsers.add_parser("eval", help="COCO AP/AR of the labels against ground truth")
+    ev.add_argument("output", help="a bmp-label output folder or s3:// prefix")
+    ev.add_argument("--gt", required=True, help="COCO-format person keypoints ground truth (JSON)")
+    ev.add_argument("--iou-types", nargs="+", default=["keypoints", "segm", "bbox"],
+                    choices=["keypoints", "segm", "bbox"])
+    ev.add_argument("--backend", default="auto", choices=["auto", "pycocotools", "xtcocotools"],
+                    help="auto: xtcocotools only for ground truth pycocotools cannot score (OCHuman style)")
+    ev.add_argument("--box-source", default="detector", choices=["detector", "mask"],
+                    help="bbox AP of the detector boxes or of the refined masks' tight boxes")
+    ev.add_argument("--out", default=None, help="where to write the result (default OUTPUT/eval.json)")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = subparsers.add_parser("report", help="one self-contained report.html for an output")
+    rep.add_argument("output", help="a bmp-label output folder or s3:// prefix")
+    rep.add_argument("--out", default=None, help="the HTML file (default OUTPUT/report.html)")
+    rep.add_argument("--samples", type=int, default=12, help="sample overlays in the grid")
+    rep.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only the inspect sub-commands (tests and ``python -m jobs.cli_inspect``)."""
+    parser = argparse.ArgumentParser(prog="bmp-label", description=__doc__.split("\n")[0])
+    add_subparsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def select_images(output: JobOutput, patterns: Sequence[str] | None, limit: int) -> list[tuple[int, str, int, int]]:
+    """``(image_id, uri, width, height)`` of the ok images named by ids or uri globs, capped at ``limit``."""
+    import pyarrow.compute as pc
+
+    ok = output.images.filter(pc.equal(output.images.column("status"), "ok"))
+    rows = list(zip(*(ok.column(c).to_pylist() for c in ("image_id", "uri", "width", "height"))))
+    if patterns:
+        ids = {int(p) for p in patterns if p.isdigit()}
+        globs = [p for p in patterns if not p.isdigit()]
+        rows = [r for r in rows if r[0] in ids or any(fnmatch.fnmatch(r[1], g) for g in globs)]
+    return rows[:limit] if limit > 0 else rows
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    """Draw the labels of the chosen images, as JPEGs (and GIFs of the passes with ``--gif``)."""
+    from tqdm import tqdm
+
+    from bmp_core import viz
+    from bmp_core.traces import load_traces, trace_dir
+
+    output = load_output(args.output)
+    out_dir = args.out or output_path(args.output, "viz")
+    style = viz.DrawStyle(keypoint_thr=args.keypoint_thr, draw_masks=not args.no_masks,
+                          draw_pose=not args.no_pose, draw_boxes=not args.no_boxes)
+    rows = select_images(output, args.images, args.limit)
+    if not rows:
+        print(f"no labeled image matches {args.images}", file=sys.stderr)
+        return 1
+    written, no_trace = 0, []
+    for image_id, uri, width, height in tqdm(rows, desc="viz", unit="img"):
+        image_rgb = read_image_rgb(uri)
+        labels = image_labels(output.instances_of(image_id), height, width)
+        stem = f"{image_id:08d}_{uri.replace(chr(92), '/').rsplit('/', 1)[-1].rsplit('.', 1)[0]}"
+        overlay = viz.draw_labels(image_rgb, labels, style, title=f"BMP: {len(labels.masks)} people")
+        write_bytes(output_path(out_dir, f"{stem}.jpg"), viz.encode_image(overlay))
+        written += 1
+        if args.gif:
+            traces = load_traces(trace_dir(args.output, image_id))
+            if traces is None:
+                no_trace.append(image_id)
+                continue
+            instances = _instances_for_gif(output, image_id, height, width)
+            frames = viz.iteration_frames(image_rgb, traces, instances, style)
+            write_bytes(output_path(out_dir, f"{stem}.gif"), viz.encode_gif(frames))
+    print(f"wrote {written} overlay(s) to {out_dir}")
+    if no_trace:
+        print(f"no GIF for {len(no_trace)} image(s) without traces (run with trace: true): {no_trace[:10]}",
+              file=sys.stderr)
+    return 0
+
+
+def _instances_for_gif(output: JobOutput, image_id: int, height: int, width: int) -> Instances:
+    """The image's rows as ``Instances`` (the fields ``iteration_frames`` draws; the rest zeroed)."""
+    labels = image_labels(output.instances_of(image_id), height, width)
+    n = len(labels.masks)
+    return Instances(
+        boxes_xyxy=labels.boxes_xyxy, det_scores=labels.det_scores, keypoints=labels.keypoints,
+        pose_scores=labels.pose_scores, sam_scores=np.full(n, np.nan, np.float32), masks=labels.masks,
+        det_masks=np.zeros_like(labels.masks), det_mask_iou=np.zeros(n, np.float32), iteration=labels.iteration,
+        mask_boxes_xyxy=np.full((n, 4), np.nan, np.float32), prompts=np.zeros((n, 0, 3), np.float32),
+        prompted=np.ones(n, bool),
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score the output against ``--gt``; print the table and write ``eval.json``."""
+    from bmp_core.evaluation import EvaluationError, evaluate_output, format_table, load_gt
+
+    output = load_output(args.output)
+    try:
+        gt = load_gt(args.gt)
+        result = evaluate_output(output, gt, args.iou_types, args.backend, args.box_source)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = {"gt": args.gt, "output": args.output, **result}
+    out = args.out or output_path(args.output, "eval.json")
+    write_bytes(out, json.dumps(result, indent=1).encode())
+    print(format_table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained ``report.html`` (summary, counts, failures, histograms, samples, eval)."""
+    from bmp_core.report import build_report
+
+    output = load_output(args.output)
+    html = build_report(output, num_samples=args.samples)
+    out = args.out or output_path(args.output, "report.html")
+    write_bytes(out, html.encode())
+    print(f"wrote {out} ({len(html) / 1e6:.1f} MB)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m jobs.cli_inspect``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
