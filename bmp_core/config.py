@@ -107,24 +107,31 @@ class DetectorModelConfig:
     score_thr: float = 0.05  # RTMDet test_cfg (bmp-method §4)
     nms_iou_thr: float = 0.6
     max_per_img: int = 40
+    mask_thr_binary: float = 0.5  # mask logit-probability threshold of RTMDet-Ins
+    num_classes: int | None = None  # override the head's class count (1 = person-only); None = the config's (80)
     batch_size: int = 4  # images per forward pass
+    sha256: str | None = None  # expected hex digest of the checkpoint file (checked on download)
 
 
 @dataclass(frozen=True)
 class PoseModelConfig:
-    config: str = "maskpose-b"  # architecture name known to the adapter, or an mmpose config path
-    checkpoint: str | None = None
+    config: str = "maskpose-b"  # architecture: maskpose-b, vitpose-{s,b,l,h} (bmp_core/models/pose_maskpose.py)
+    checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
+    sha256: str | None = None  # expected hex digest of the checkpoint file
+    num_keypoints: int = 21  # heatmap channels of the head (MaskPose/ViTPose multi: 21); the first 17 are kept
     mask_conditioning: bool = True  # MaskPose: dim the background before the crop; False for plain ViTPose
     mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
     bbox_padding: float = 1.25
     flip_test: bool = True
+    input_size_wh: tuple[int, ...] = (192, 256)  # crop (width, height) in pixels
     batch_size: int = 64  # crops per forward pass
 
 
 @dataclass(frozen=True)
 class SegmenterModelConfig:
     config: str = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # sam2 package config
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
+    sha256: str | None = None  # expected hex digest of the checkpoint file
     image_size: int = 1024
     dynamic_multimask_via_stability: bool = True  # HEAD applies it (decisions.md)
     stability_delta: float = 0.05
@@ -146,6 +153,9 @@ class ModelsConfig:
     device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
     precision: str = "fp32"  # "fp32", "bf16", "fp16" (autocast on CUDA only)
     cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
+    offline: bool = False  # never download; a checkpoint missing from cache_dir is an error (also BMP_OFFLINE=1)
+    allow_pickle_checkpoints: bool = True  # load checkpoints weights_only=True refuses (mmengine meta): trust them!
+    seed: int = 0  # torch seed for random initialisation (checkpoint: null)
     detector: DetectorModelConfig = field(default_factory=DetectorModelConfig)
     pose: PoseModelConfig = field(default_factory=PoseModelConfig)
     segmenter: SegmenterModelConfig = field(default_factory=SegmenterModelConfig)

@@ -1,0 +1,280 @@
+"""Checkpoint resolution (path / s3:// / https:// / hf://) into a local cache, and strict loading.
+
+``resolve_checkpoint`` turns a checkpoint reference into a local file, downloading a remote one once
+per cache directory: concurrent actors on one node serialise on a file lock, the download goes to a
+temporary name in the same directory and is renamed into place atomically (a reader never sees half a
+file), and an optional sha256 is checked before the rename. With ``offline=True`` (or the environment
+variable ``BMP_OFFLINE=1``) nothing is downloaded; a missing cache entry is one error that names the
+file and says how to pre-stage it.
+
+``load_state_dict`` reads the published formats (mmengine ``{'state_dict': ...}``, sam2
+``{'model': ...}``, a bare state dict) with ``torch.load(weights_only=True)``; only when that refuses
+the file (mmengine checkpoints carry pickled numpy/meta objects) and pickle is allowed does it fall back
+to a full unpickle, which can execute code from the file: trust the source (README).
+
+``load_strict`` loads a state dict into a model and fails, naming the keys, on any missing, unexpected
+or mis-shaped parameter: never a silently random layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HF_ENDPOINT_DEFAULT = "https://huggingface.co"
+_CHUNK_BYTES = 1 << 20
+_MAX_KEYS_IN_MESSAGE = 12
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be resolved or does not fit the model; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving a reference to a local file
+
+
+def hf_to_https(uri: str) -> str:
+    """``hf://ORG/REPO/path/in/repo[@REVISION]`` -> the Hub's ``resolve`` URL (``HF_ENDPOINT`` honoured).
+
+    Example: ``hf://vrg-prague/BBoxMaskPose/MaskPose/MaskPose-b-1.0.0.pth`` ->
+    ``https://huggingface.co/vrg-prague/BBoxMaskPose/resolve/main/MaskPose/MaskPose-b-1.0.0.pth``.
+    """
+    rest = uri[len("hf://"):]
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(f"{uri}: an hf:// reference must look like hf://ORG/REPO/path/to/file[@revision]")
+    org, repo, path = parts[0], parts[1], "/".join(parts[2:])
+    revision = "main"
+    if "@" in path:
+        path, revision = path.rsplit("@", 1)
+    base = os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT).rstrip("/")
+    return f"{base}/{org}/{repo}/resolve/{urllib.parse.quote(revision)}/{urllib.parse.quote(path)}"
+
+
+def cache_path_for(uri: str, cache_dir: str | os.PathLike[str]) -> Path:
+    """Where ``uri`` is cached: ``CACHE/<16 hex of sha256(uri)>/<file name>`` (same name, no collisions)."""
+    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(uri).path.rstrip("/"))) or "checkpoint"
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(str(cache_dir))) / digest / name
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str | None, what: str) -> None:
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if actual.lower() != expected.lower():
+        raise CheckpointError(f"{what}: sha256 mismatch: expected {expected.lower()}, got {actual}")
+
+
+def _is_offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("BMP_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "HF_HUB_OFFLINE", ""
+    ).lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (``flock``) shared by every process on this node using the same cache."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _download_http(url: str, out: Any, timeout_s: float) -> None:
+    headers = {"User-Agent": "bmp-label"}
+    token = os.environ.get("HF_TOKEN")
+    if token and urllib.parse.urlparse(url).hostname == urllib.parse.urlparse(
+        os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT)
+    ).hostname:
+        headers["Authorization"] = f"Bearer {token}"  # gated/private Hub repos only
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http/https only)
+        shutil.copyfileobj(response, out, _CHUNK_BYTES)
+
+
+def _download_fsspec(uri: str, out: Any, storage_options: Mapping[str, Any] | None) -> None:
+    import fsspec  # s3:// needs s3fs; credentials/endpoint from the environment or storage_options
+
+    with fsspec.open(uri, "rb", **dict(storage_options or {})) as src:
+        shutil.copyfileobj(src, out, _CHUNK_BYTES)
+
+
+def resolve_checkpoint(
+    uri: str,
+    cache_dir: str | os.PathLike[str],
+    sha256: str | None = None,
+    offline: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Return a local file for ``uri``, downloading it into ``cache_dir`` once.
+
+    Args:
+        uri: a local path (``~`` expanded, or ``file://``), ``s3://bucket/key``, ``http(s)://...`` or
+            ``hf://ORG/REPO/path[@revision]``.
+        cache_dir: cache root; entries are ``<16 hex of sha256(uri)>/<file name>``.
+        sha256: expected hex digest; checked on download and for local paths (not on every cache hit).
+        offline: never download; None = the ``BMP_OFFLINE`` / ``HF_HUB_OFFLINE`` environment variables.
+        storage_options: fsspec options for ``s3://`` (e.g. ``{"endpoint_url": ...}``).
+        timeout_s: socket timeout of an http(s) download.
+
+    Returns:
+        Path of a complete local file.
+
+    Raises:
+        CheckpointError: the file is missing, offline without a cached copy, the download failed, or the
+            sha256 does not match (the bad download is deleted).
+    """
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("", "file"):
+        path = Path(os.path.expanduser(urllib.parse.urlparse(uri).path if scheme == "file" else uri))
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        _check_sha256(path, sha256, str(path))
+        return path
+    if scheme not in ("http", "https", "s3", "hf"):
+        raise CheckpointError(f"{uri}: unsupported checkpoint scheme {scheme!r} (use a path, s3://, https://, hf://)")
+
+    target = cache_path_for(uri, cache_dir)
+    if target.is_file():
+        return target  # cache hit; a complete file only ever appears through the atomic rename
+    if _is_offline(offline):
+        raise CheckpointError(
+            f"offline and checkpoint {uri} is not cached at {target}. Pre-stage it: download the file on a "
+            f"machine with network access and copy it to exactly {target} (same cache_dir), or point the "
+            "config at a local path or an s3:// copy the cluster can read."
+        )
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if target.is_file():  # another actor finished it while we waited for the lock
+            return target
+        url = hf_to_https(uri) if scheme == "hf" else uri
+        log.info("downloading checkpoint %s -> %s", url, target)
+        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if scheme == "s3":
+                    _download_fsspec(uri, out, storage_options)
+                else:
+                    _download_http(url, out, timeout_s)
+            _check_sha256(tmp, sha256, uri)
+            os.replace(tmp, target)  # atomic within one directory
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"could not download checkpoint {url}: {type(err).__name__}: {err}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and strict loading
+
+
+def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file and return its parameter state dict (CPU tensors).
+
+    Accepts ``{'state_dict': sd}`` (mmengine/mmdet/mmpose), ``{'model': sd}`` (sam2) or a bare ``sd``.
+    A leading ``module.`` (DataParallel) is stripped.
+
+    Args:
+        path: local checkpoint file.
+        allow_pickle: when ``weights_only=True`` refuses the file, unpickle it fully instead of failing.
+            Full unpickling runs code from the file: only for checkpoints from a source you trust.
+
+    Raises:
+        CheckpointError: unreadable, refused by the safe loader while ``allow_pickle`` is False, or no
+            state dict inside.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path}: the safe loader (weights_only=True) refused this checkpoint ({str(err).splitlines()[0]}). "
+                "It contains pickled Python objects. If you trust its source, set "
+                "models.allow_pickle_checkpoints=true (this can execute code from the file)."
+            ) from err
+        log.warning("%s: not loadable with weights_only=True; unpickling fully (trusted source assumed)", path)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint: {type(err).__name__}: {err}") from err
+
+    state = obj
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                state = obj[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = sorted(obj)[:_MAX_KEYS_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{path}: no state dict of tensors found (top level: {keys})")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _name_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
+    more = len(keys) - _MAX_KEYS_IN_MESSAGE
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def load_strict(model: Any, state_dict: Mapping[str, Any], what: str) -> None:
+    """Load ``state_dict`` into ``model`` (a torch Module); every key and shape must match.
+
+    Raises:
+        CheckpointError: naming the missing keys, unexpected keys and shape mismatches (first 12 of each).
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mis_shaped = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_name_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_name_keys(unexpected)}")
+    if mis_shaped:
+        problems.append(f"shape mismatches ({len(mis_shaped)}): {_name_keys(mis_shaped)}")
+    if problems:
+        raise CheckpointError(
+            f"{what}: checkpoint does not match the model architecture; " + "; ".join(problems)
+            + ". Check that the config names the architecture this checkpoint was trained with."
+        )
+    model.load_state_dict(dict(state_dict), strict=True)
