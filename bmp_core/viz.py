@@ -276,19 +276,19 @@ def _fit_width(frame_rgb: np.ndarray, max_width: int) -> np.ndarray:
 def save_gif(frames_rgb: Sequence[np.ndarray], path: str | Path | io.BytesIO, frame_ms: int = 1500) -> None:
     """Write frames as a looping GIF.
 
+    Pillow merges consecutive identical frames into one longer frame; ``iteration_frames`` titles
+    each frame with its pass number, so a GIF of its frames has exactly one frame per pass.
+
     Args:
         frames_rgb: (H, W, 3) uint8 RGB frames of one size.
-        path: the .gif file.
+        path: the .gif file, or a binary buffer.
         frame_ms: display time of each frame.
     """
     if not frames_rgb:
         raise ValueError("a GIF needs at least one frame")
+    # One palette per frame (median cut): masks and the photo need more than a fixed web palette.
     images = [Image.fromarray(f).quantize(colors=255, method=Image.Quantize.MEDIANCUT) for f in frames_rgb]
-    # disposal=1 and no frame merging keep exactly one GIF frame per pass, even if two look alike.
-    images[0].save(
-        path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0, disposal=1,
-        optimize=False,
-    )
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 
 
 def encode_gif(frames_rgb: Sequence[np.ndarray], frame_ms: int = 1500) -> bytes:

@@ -1,0 +1,237 @@
+"""One self-contained ``report.html`` for an output: summary, counts, failures, histograms, samples, eval.
+
+Everything is inline (CSS, PNG/JPEG as base64 ``data:`` URIs, no script or font from the network),
+so the file can be mailed or opened from S3 offline. Sections carry stable ids (``summary``,
+``counts``, ``failures``, ``histograms``, ``samples``, ``evaluation``) that the Chromium test checks.
+matplotlib is imported inside the plotting function only (it is an optional dependency and slow to
+import).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import datetime
+import html
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from bmp_core.output_reader import JobOutput, image_labels, read_image_rgb
+
+logger = logging.getLogger(__name__)
+
+SECTION_IDS = ("summary", "counts", "failures", "histograms", "samples", "evaluation")
+MAX_FAILED_ROWS = 200  # failed images listed in the table; the count is always complete
+HEADER_RGB = (31, 42, 68)  # the page's header bar colour (the Chromium test looks for it)
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+header{background:rgb%s;color:#fff;padding:18px 28px}
+header h1{margin:0;font-size:24px} header p{margin:4px 0 0;opacity:.8;font-size:13px}
+main{padding:8px 28px 40px;max-width:1400px}
+section{background:#fff;border-radius:8px;padding:14px 20px;margin:16px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h2{font-size:18px;margin:4px 0 12px}
+table{border-collapse:collapse;font-size:13px} td,th{padding:4px 10px;border-bottom:1px solid #e3e5e8;text-align:left}
+th{background:#f0f2f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
+figure{margin:0} figure img{width:100%%;border-radius:4px} figcaption{font-size:12px;color:#555;margin-top:3px}
+.note{color:#666;font-size:13px} .err{color:#b00020} pre{font-size:12px;background:#f6f7f9;padding:8px;overflow:auto}
+""" % (HEADER_RGB,)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 99) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='num'>{_esc(c)}</td>" if i >= numeric_from else f"<td>{_esc(c)}</td>"
+                         for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _section(section_id: str, title: str, content: str) -> str:
+    return f"<section id='{section_id}'><h2>{_esc(title)}</h2>{content}</section>"
+
+
+def summary_section(run_info: dict[str, Any] | None) -> str:
+    """Input, output, timings, throughput and versions from ``run.json``."""
+    if run_info is None:
+        return _section("summary", "Run summary", "<p class='note'>No run.json: the job has not finished.</p>")
+    rows = [[k, run_info.get(k)] for k in ("input", "output") if k in run_info]
+    if run_info.get("started_unix"):
+        started = datetime.datetime.fromtimestamp(run_info["started_unix"], tz=datetime.timezone.utc)
+        rows.append(["started (UTC)", started.strftime("%Y-%m-%d %H:%M:%S")])
+    for key, seconds in (run_info.get("timings_s") or {}).items():
+        rows.append([f"time: {key}", f"{seconds:.1f} s"])
+    if run_info.get("throughput_images_per_s"):
+        rows.append(["throughput", f"{run_info['throughput_images_per_s']:.2f} images/s"])
+    versions = ", ".join(f"{k} {v}" for k, v in (run_info.get("versions") or {}).items())
+    if versions:
+        rows.append(["versions", versions])
+    config = json.dumps(run_info.get("config", {}), indent=1)
+    content = _table(["", ""], rows) + f"<details><summary>resolved config</summary><pre>{_esc(config)}</pre></details>"
+    return _section("summary", "Run summary", content)
+
+
+def count_rows(output: JobOutput) -> list[list[Any]]:
+    """``[name, value]`` rows: images, failures, instances, people per image, per pass, prompting."""
+    images, inst = output.images, output.instances
+    ok = images.filter(pc.equal(images.column("status"), "ok"))
+    per_image = ok.column("num_instances").to_numpy()
+    rows: list[list[Any]] = [
+        ["images", images.num_rows],
+        ["images labeled", ok.num_rows],
+        ["images failed", images.num_rows - ok.num_rows],
+        ["images with nobody found", int((per_image == 0).sum())],
+        ["people (instances)", inst.num_rows],
+    ]
+    if len(per_image):
+        rows.append(["people per labeled image: mean / median / max",
+                     f"{per_image.mean():.2f} / {np.median(per_image):.0f} / {per_image.max()}"])
+    if inst.num_rows:
+        iteration = inst.column("iteration").to_numpy()
+        for k in range(int(iteration.max()) + 1):
+            rows.append([f"people found in pass {k + 1}", int((iteration == k).sum())])
+        prompted = inst.column("prompted").to_numpy(zero_copy_only=False)
+        rows.append(["people refined by SAM (prompted)", f"{int(prompted.sum())} ({prompted.mean():.0%})"])
+    return rows
+
+
+def failures_section(output: JobOutput) -> str:
+    """The failed images with their reasons (first ``MAX_FAILED_ROWS``)."""
+    failed = output.images.filter(pc.not_equal(output.images.column("status"), "ok"))
+    if failed.num_rows == 0:
+        return _section("failures", "Failed images", "<p class='note'>None: every image was labeled.</p>")
+    rows = [list(r) for r in zip(*(failed.column(c).to_pylist() for c in ("image_id", "uri", "error")))]
+    more = failed.num_rows - MAX_FAILED_ROWS
+    tail = f"<p class='note'>... and {more} more (errors.csv has them all).</p>" if more > 0 else ""
+    content = f"<p class='err'>{failed.num_rows} image(s) failed.</p>" + _table(
+        ["image_id", "uri", "reason"], rows[:MAX_FAILED_ROWS]) + tail
+    return _section("failures", "Failed images", content)
+
+
+def histograms_png(output: JobOutput) -> bytes:
+    """PNG of four histograms: people per image, detector, pose and SAM scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and CI
+    import matplotlib.pyplot as plt
+
+    ok = output.images.filter(pc.equal(output.images.column("status"), "ok"))
+    per_image = ok.column("num_instances").to_numpy()
+    inst = output.instances
+    panels = [
+        ("people per image", per_image, np.arange(-0.5, max(int(per_image.max(initial=0)), 1) + 1.5, 1.0)),
+        ("detector score", inst.column("det_score").to_numpy(), np.linspace(0, 1, 21)),
+        ("pose score (mean keypoint score)", inst.column("pose_score").to_numpy(), np.linspace(0, 1, 21)),
+        ("SAM score (predicted IoU)", inst.column("sam_score").drop_null().to_numpy(), np.linspace(0, 1, 21)),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), dpi=90)
+    for ax, (title, values, bins) in zip(axes, panels):
+        ax.hist(values, bins=bins, color="#3b6fd8", edgecolor="white")
+        ax.set_title(f"{title} (n={len(values)})", fontsize=10)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pick_samples(output: JobOutput, num_samples: int) -> list[int]:
+    """Image ids for the overlay grid: the most crowded image, then labeled images evenly spread.
+
+    Deterministic, so two reports of the same output show the same pictures.
+    """
+    ok = output.images.filter(pc.equal(output.images.column("status"), "ok"))
+    ids = np.asarray(ok.column("image_id").to_pylist(), np.int64)
+    if num_samples <= 0 or len(ids) == 0:
+        return []
+    counts = ok.column("num_instances").to_numpy()
+    chosen = [int(ids[int(np.argmax(counts))])]
+    for i in np.linspace(0, len(ids) - 1, num=min(num_samples, len(ids))).round().astype(int):
+        if int(ids[i]) not in chosen:
+            chosen.append(int(ids[i]))
+    return chosen[:num_samples]
+
+
+def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480) -> str:
+    """A grid of overlays (masks, skeletons, boxes) of sample images, as inline JPEGs."""
+    from tqdm import tqdm
+
+    from bmp_core import viz
+
+    figures = []
+    rows = {r["image_id"]: r for r in output.images.to_pylist()}
+    for image_id in tqdm(pick_samples(output, num_samples), desc="report samples", unit="img", leave=False):
+        row = rows[image_id]
+        try:
+            image_rgb = read_image_rgb(row["uri"])
+        except (OSError, ValueError) as err:  # the input may have moved since the run
+            figures.append(f"<figure><figcaption class='err'>{_esc(row['uri'])}: {_esc(err)}</figcaption></figure>")
+            continue
+        labels = image_labels(output.instances_of(image_id), row["height"], row["width"])
+        overlay = viz.thumbnail(viz.draw_labels(image_rgb, labels), thumb_side)
+        src = _data_uri(viz.encode_image(overlay, "JPEG", 85), "image/jpeg")
+        name = row["uri"].replace("\\", "/").rsplit("/", 1)[-1]
+        figures.append(f"<figure><img alt='{_esc(name)}' src='{src}'>"
+                       f"<figcaption>#{image_id} {_esc(name)}: {len(labels.masks)} people</figcaption></figure>")
+    if not figures:
+        return _section("samples", "Sample overlays", "<p class='note'>No labeled image.</p>")
+    return _section("samples", "Sample overlays", f"<div class='grid'>{''.join(figures)}</div>")
+
+
+def evaluation_section(eval_info: dict[str, Any] | None) -> str:
+    """The AP table of ``eval.json``, or how to make one."""
+    if eval_info is None:
+        return _section("evaluation", "Evaluation",
+                        "<p class='note'>No eval.json. Run <code>bmp-label eval OUTPUT --gt GT.json</code>.</p>")
+    from bmp_core.evaluation import table_rows
+
+    header, rows = table_rows(eval_info)
+    im = eval_info["images"]
+    note = (f"<p class='note'>Ground truth {_esc(eval_info.get('gt', '?'))}: {im['matched']} images matched, "
+            f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT not "
+            f"in the output.</p>")
+    return _section("evaluation", "Evaluation (COCO AP/AR)", note + _table(header, rows, numeric_from=2))
+
+
+def build_report(output: JobOutput, num_samples: int = 12) -> str:
+    """The whole HTML page.
+
+    Args:
+        output: the loaded output (``output_reader.load_output``).
+        num_samples: overlays in the sample grid.
+
+    Returns:
+        HTML text, self-contained.
+    """
+    hist = _data_uri(histograms_png(output), "image/png")
+    parts = [
+        summary_section(output.run_info),
+        _section("counts", "Counts", _table(["", ""], count_rows(output), numeric_from=1)),
+        failures_section(output),
+        _section("histograms", "Histograms", f"<img style='max-width:100%' alt='histograms' src='{hist}'>"),
+        samples_section(output, num_samples),
+        evaluation_section(output.eval_info),
+    ]
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>bmp-label report: {_esc(output.uri)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>bmp-label report</h1><p>{_esc(output.uri)} &middot; generated {generated}</p></header>"
+        f"<main>{''.join(parts)}</main></body></html>"
+    )

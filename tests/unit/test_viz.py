@@ -1,0 +1,134 @@
+"""bmp_core.viz: what is drawn lands where the labels are and nowhere else; GIFs have a frame per pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmp_core import viz
+from bmp_core.config import LoopConfig
+from bmp_core.loop import run_bmp
+from bmp_core.testing.fakes import build_fake_models
+from bmp_core.traces import encode_traces, load_traces, write_traces
+
+H, W = 200, 300
+BOX = np.array([[50.0, 40.0, 150.0, 180.0]], np.float32)
+
+
+@pytest.fixture()
+def image_rgb() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+
+
+def _person_keypoints() -> np.ndarray:
+    """(1, 17, 3): a standing person inside BOX; the left ankle (16) is below threshold."""
+    xy = np.array(
+        [(100, 55), (95, 52), (105, 52), (90, 55), (110, 55), (80, 75), (120, 75), (70, 100), (130, 100),
+         (65, 120), (135, 120), (88, 125), (112, 125), (88, 150), (112, 150), (88, 172), (112, 172)],
+        np.float32,
+    )
+    scores = np.full(17, 0.9, np.float32)
+    scores[15] = 0.1
+    return np.concatenate([xy, scores[:, None]], axis=1)[None]
+
+
+def _distance_to_segment(px: np.ndarray, py: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ab = b - a
+    t = np.clip(((px - a[0]) * ab[0] + (py - a[1]) * ab[1]) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+    return np.hypot(px - (a[0] + t * ab[0]), py - (a[1] + t * ab[1]))
+
+
+def test_masks_only_blend_exactly_inside_the_mask(image_rgb: np.ndarray) -> None:
+    mask = np.zeros((1, H, W), bool)
+    mask[0, 60:170, 70:140] = True
+    style = viz.DrawStyle(draw_pose=False, draw_boxes=False, mask_alpha=0.6)
+    out = viz.draw_overlay(image_rgb, BOX, _person_keypoints(), mask, style=style)
+    color = viz.person_colors_rgb(1)[0].astype(np.float64)
+    expected = np.rint(0.4 * image_rgb[mask[0]].astype(np.float64) + 0.6 * color)
+    assert np.array_equal(out[mask[0]], expected.astype(np.uint8))
+    assert np.array_equal(out[~mask[0]], image_rgb[~mask[0]])
+
+
+def test_skeleton_drawn_at_keypoints_and_nowhere_far_from_them(image_rgb: np.ndarray) -> None:
+    style = viz.DrawStyle(draw_masks=False, draw_boxes=False, keypoint_thr=0.3)
+    kpts = _person_keypoints()
+    out = viz.draw_overlay(image_rgb, BOX, kpts, style=style)
+    color = viz.person_colors_rgb(1)[0]
+    visible = kpts[0, :, 2] >= 0.3
+    for x, y in kpts[0, visible, :2].astype(int):
+        assert np.array_equal(out[y, x], color), (x, y)  # dot centres take the person's colour
+    # The invisible ankle is not drawn (no limb reaches it: its only limb goes to the knee, 14).
+    ax, ay = kpts[0, 15, :2].astype(int)
+    assert np.array_equal(out[ay, ax], image_rgb[ay, ax])
+    # Every changed pixel lies within reach of a drawn limb or keypoint.
+    ys, xs = np.mgrid[:H, :W].astype(np.float64)
+    dist = np.full((H, W), np.inf)
+    pts = kpts[0, :, :2].astype(np.float64)
+    for a, b in viz.COCO_SKELETON:
+        if visible[a - 1] and visible[b - 1]:
+            dist = np.minimum(dist, _distance_to_segment(xs, ys, pts[a - 1], pts[b - 1]))
+    for p in pts[visible]:
+        dist = np.minimum(dist, np.hypot(xs - p[0], ys - p[1]))
+    reach = style.line_width / 2 + style.keypoint_radius + 1.5
+    changed = np.any(out != image_rgb, axis=2)
+    assert changed.sum() > 300
+    assert not np.any(changed & (dist > reach))
+
+
+def test_box_and_score_label_stay_on_the_box(image_rgb: np.ndarray) -> None:
+    style = viz.DrawStyle(draw_masks=False, draw_pose=False)
+    out = viz.draw_overlay(image_rgb, BOX, det_scores=np.array([0.91]), pose_scores=np.array([0.75]), style=style)
+    color = viz.person_colors_rgb(1)[0]
+    assert np.array_equal(out[110, 50], color) and np.array_equal(out[110, 149], color)  # left/right edges
+    assert np.array_equal(out[100:170, 60:140], image_rgb[100:170, 60:140])  # inside, below the label
+    changed = np.any(out != image_rgb, axis=2)
+    changed[20:181, 50:151] = False  # the outline and the label tab above it
+    assert not changed.any()
+    assert np.any(out[20:40, 50:100] != image_rgb[20:40, 50:100])  # the label tab
+
+
+def test_people_get_distinct_colours() -> None:
+    colors = viz.person_colors_rgb(len(viz.PALETTE_RGB))
+    assert len({tuple(c) for c in colors}) == len(viz.PALETTE_RGB)
+    assert np.array_equal(viz.person_colors_rgb(len(viz.PALETTE_RGB) + 1)[-1], colors[0])
+
+
+def test_no_people_leaves_the_image_unchanged(image_rgb: np.ndarray) -> None:
+    out = viz.draw_overlay(image_rgb, np.zeros((0, 4)), np.zeros((0, 17, 3)), np.zeros((0, H, W), bool))
+    assert np.array_equal(out, image_rgb)
+
+
+@pytest.fixture(scope="module")
+def traced(image_004806: np.ndarray):  # noqa: ANN201
+    return run_bmp(image_004806, build_fake_models(), LoopConfig(iterations=3), trace=True)
+
+
+def test_gif_has_one_frame_per_iteration(traced, image_004806: np.ndarray, tmp_path: Path) -> None:  # noqa: ANN001
+    assert len(traced.traces) == 3
+    rgb = np.ascontiguousarray(image_004806[:, :, ::-1])
+    frames = viz.iteration_frames(rgb, traced.traces, traced.instances, max_width=800)
+    assert len(frames) == 3 and len({f.shape for f in frames}) == 1 and frames[0].shape[1] <= 800
+    path = tmp_path / "passes.gif"
+    viz.save_gif(frames, path)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+        assert gif.info.get("loop") == 0
+
+
+def test_traces_round_trip(traced, tmp_path: Path) -> None:  # noqa: ANN001
+    files = encode_traces(traced.traces)
+    assert set(files) == {"trace.json", "pass_0_input.png", "pass_1_input.png", "pass_2_input.png"}
+    write_traces(str(tmp_path / "7"), traced.traces)
+    back = load_traces(str(tmp_path / "7"))
+    assert back is not None and len(back) == len(traced.traces)
+    for a, b in zip(traced.traces, back):
+        assert a.iteration == b.iteration and a.num_new == b.num_new and a.num_removed_old == b.num_removed_old
+        assert np.array_equal(a.detector_input_bgr, b.detector_input_bgr)  # PNG is lossless
+        np.testing.assert_allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=0.01)
+        np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=1e-4)
+        assert np.array_equal(a.detections.masks, b.detections.masks)
+    assert load_traces(str(tmp_path / "missing")) is None
