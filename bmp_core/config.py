@@ -148,6 +148,27 @@ class FakeModelsConfig:
 
 
 @dataclass(frozen=True)
+class LiteModelsConfig:
+    """MediaPipe BlazePose backend (models.kind: lite; bmp_core/models/lite_blazepose.py)."""
+
+    crop_padding: float = 1.25  # person crop = box grown by this factor about its centre (MaskPose: 1.25)
+    square_crop: bool = True  # grow the crop's short side to its long one (BlazePose's ROI is square)
+    mask_conditioning: bool = True  # dim the background outside the conditioning mask, as MaskPose does
+    mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
+    model_complexity: int = 1  # BlazePose landmark model: only 1 (full) ships in the mediapipe wheel
+    min_detection_confidence: float = 0.5  # BlazePose's in-crop person detector threshold (mediapipe default)
+    mask_thr: float = 0.5  # BlazePose person probability -> mask pixel
+    match_tol: float = 0.05  # prompt -> posed person: mean point distance / box diagonal accepted as a match
+    cache_images: int = 16  # images whose posed people the segmenter can look up (>= job.batch_size)
+
+    def __post_init__(self) -> None:
+        if self.model_complexity not in (0, 1, 2):
+            raise ConfigError(f"models.lite.model_complexity must be 0, 1 or 2, got {self.model_complexity}")
+        if self.cache_images < 1:
+            raise ConfigError(f"models.lite.cache_images must be >= 1, got {self.cache_images}")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     kind: str = "bmp"  # "bmp" = RTMDet-Ins + MaskPose + SAM 2.1; "fake" = bmp_core.testing fakes
     device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
@@ -160,10 +181,11 @@ class ModelsConfig:
     pose: PoseModelConfig = field(default_factory=PoseModelConfig)
     segmenter: SegmenterModelConfig = field(default_factory=SegmenterModelConfig)
     fake: FakeModelsConfig = field(default_factory=FakeModelsConfig)
+    lite: LiteModelsConfig = field(default_factory=LiteModelsConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("bmp", "fake"):
-            raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake'")
+        if self.kind not in ("bmp", "fake", "lite"):
+            raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"models.precision: {self.precision!r} is not one of 'fp32', 'bf16', 'fp16'")
 

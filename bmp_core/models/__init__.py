@@ -20,4 +20,8 @@ def build_models(cfg: ModelsConfig) -> BmpModels:
         from bmp_core.models.build import build_bmp_models  # torch, mmdet, mmpose, sam2
 
         return build_bmp_models(cfg)
+    if cfg.kind == "lite":
+        from bmp_core.models.lite_blazepose import build_lite_models  # mediapipe (the lite extra)
+
+        return build_lite_models(cfg)
     raise ValueError(f"unknown models.kind {cfg.kind!r}")
