@@ -48,13 +48,14 @@ def _esc(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 99) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header) if any(header) else ""
     body = "".join(
         "<tr>" + "".join(f"<td class='num'>{_esc(c)}</td>" if i >= numeric_from else f"<td>{_esc(c)}</td>"
                          for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -75,6 +76,9 @@ def summary_section(run_info: dict[str, Any] | None) -> str:
         rows.append(["started (UTC)", started.strftime("%Y-%m-%d %H:%M:%S")])
     for key, seconds in (run_info.get("timings_s") or {}).items():
         rows.append([f"time: {key}", f"{seconds:.1f} s"])
+    for key, value in (run_info.get("counts") or {}).items():
+        if isinstance(value, (int, float)):
+            rows.append([f"job: {key.replace('_', ' ')}", value])
     if run_info.get("throughput_images_per_s"):
         rows.append(["throughput", f"{run_info['throughput_images_per_s']:.2f} images/s"])
     versions = ", ".join(f"{k} {v}" for k, v in (run_info.get("versions") or {}).items())
