@@ -26,7 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bmp_core.io.parquet import IMAGES_SCHEMA, INSTANCES_SCHEMA, STATUS_OK, boxes_array, keypoints_array, rles_of
+from bmp_core.io.parquet import (
+    IMAGES_SCHEMA,
+    INSTANCES_SCHEMA,
+    STATUS_OK,
+    boxes_array,
+    keypoints_array,
+    rles_of,
+)
 from bmp_core.io.uris import filesystem, join_uri
 from bmp_core.ops.rle import decode_rle
 
@@ -86,8 +93,8 @@ def _committed_parts(fs: Any, root: str) -> dict[str, list[str]] | None:
             continue
         if marker.get("plan_id") != plan.get("plan_id"):
             continue  # a marker left from an earlier plan of this output
-        for kind in parts:
-            parts[kind].append(f"{root}/{marker['parts'][kind]}")
+        for kind, paths in parts.items():
+            paths.append(f"{root}/{marker['parts'][kind]}")
     return parts
 
 

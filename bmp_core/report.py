@@ -10,9 +10,9 @@ import).
 from __future__ import annotations
 
 import base64
-import io
 import datetime
 import html
+import io
 import json
 import logging
 from typing import Any
@@ -30,7 +30,7 @@ HEADER_RGB = (31, 42, 68)  # the page's header bar colour (the Chromium test loo
 
 _CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
-header{background:rgb%s;color:#fff;padding:18px 28px}
+header{background:rgb(%HEADER%);color:#fff;padding:18px 28px}
 header h1{margin:0;font-size:24px} header p{margin:4px 0 0;opacity:.8;font-size:13px}
 main{padding:8px 28px 40px;max-width:1400px}
 section{background:#fff;border-radius:8px;padding:14px 20px;margin:16px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
@@ -38,9 +38,10 @@ h2{font-size:18px;margin:4px 0 12px}
 table{border-collapse:collapse;font-size:13px} td,th{padding:4px 10px;border-bottom:1px solid #e3e5e8;text-align:left}
 th{background:#f0f2f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
-figure{margin:0} figure img{width:100%%;border-radius:4px} figcaption{font-size:12px;color:#555;margin-top:3px}
+figure{margin:0} figure img{width:100%;border-radius:4px} figcaption{font-size:12px;color:#555;margin-top:3px}
 .note{color:#666;font-size:13px} .err{color:#b00020} pre{font-size:12px;background:#f6f7f9;padding:8px;overflow:auto}
-""" % (HEADER_RGB,)
+"""
+_CSS = _CSS.replace("%HEADER%", ",".join(map(str, HEADER_RGB)))
 
 
 def _esc(value: Any) -> str:

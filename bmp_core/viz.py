@@ -182,7 +182,7 @@ def _draw_skeleton(
 ) -> None:
     """Limbs whose both ends score >= the threshold, then the visible keypoints as dots."""
     visible = (keypoints[:, 2] >= style.keypoint_thr) & np.all(np.isfinite(keypoints[:, :2]), axis=1)
-    width = max(1, int(round(style.line_width * scale)))
+    width = max(1, round(style.line_width * scale))
     for a, b in COCO_SKELETON:
         if visible[a - 1] and visible[b - 1]:
             (xa, ya), (xb, yb) = keypoints[a - 1, :2], keypoints[b - 1, :2]

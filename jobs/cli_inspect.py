@@ -22,8 +22,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bmp_core.output_reader import JobOutput, image_labels, load_output, output_path, read_image_rgb, write_bytes
-
+from bmp_core.output_reader import (
+    JobOutput,
+    image_labels,
+    load_output,
+    output_path,
+    read_image_rgb,
+    write_bytes,
+)
 from bmp_core.records import Instances
 
 logger = logging.getLogger(__name__)
@@ -65,6 +71,15 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=cmd_report)
 
 
+def _load(output_uri: str) -> JobOutput | None:
+    """The output, or None after printing why it cannot be read (exit status 2)."""
+    try:
+        return load_output(output_uri)
+    except (FileNotFoundError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """A parser with only the inspect sub-commands (tests and ``python -m jobs.cli_inspect``)."""
     parser = argparse.ArgumentParser(prog="bmp-label", description=__doc__.split("\n")[0])
@@ -92,7 +107,9 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from bmp_core import viz
     from bmp_core.traces import load_traces, trace_dir
 
-    output = load_output(args.output)
+    output = _load(args.output)
+    if output is None:
+        return 2
     out_dir = args.out or output_path(args.output, "viz")
     style = viz.DrawStyle(keypoint_thr=args.keypoint_thr, draw_masks=not args.no_masks,
                           draw_pose=not args.no_pose, draw_boxes=not args.no_boxes)
@@ -140,11 +157,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Score the output against ``--gt``; print the table and write ``eval.json``."""
     from bmp_core.evaluation import EvaluationError, evaluate_output, format_table, load_gt
 
-    output = load_output(args.output)
+    output = _load(args.output)
+    if output is None:
+        return 2
     try:
         gt = load_gt(args.gt)
         result = evaluate_output(output, gt, args.iou_types, args.backend, args.box_source)
-    except EvaluationError as err:
+    except (EvaluationError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = {"gt": args.gt, "output": args.output, **result}
@@ -159,12 +178,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained ``report.html`` (summary, counts, failures, histograms, samples, eval)."""
     from bmp_core.report import build_report
 
-    output = load_output(args.output)
+    output = _load(args.output)
+    if output is None:
+        return 2
     html = build_report(output, num_samples=args.samples)
     out = args.out or output_path(args.output, "report.html")
     write_bytes(out, html.encode())
     print(f"wrote {out} ({len(html) / 1e6:.1f} MB)")
     return 0
+
+
+# For jobs/cli.py's dispatch table: ``_COMMANDS.update(COMMANDS)``.
+COMMANDS = {"viz": cmd_viz, "eval": cmd_eval, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
     run = {"input": str(listing), "output": str(out), "plan": plan.to_dict(), "counts": counts,
            "config": config_to_dict(cfg), "timings_s": {"wall": 1.0}, "started_unix": time.time()}
     store.write_json("run.json", run)
-    image_id = [i for i, u in enumerate(uris.to_pylist()) if u.endswith(trace_image)][0]
+    image_id = next(i for i, u in enumerate(uris.to_pylist()) if u.endswith(trace_image))
     result = run_bmp(read_bgr(testdata / "ochuman" / trace_image), build_fake_models(cfg.models.fake),
                      cfg.loop, trace=True)
     write_traces(trace_dir(str(out), image_id), result.traces)
@@ -123,13 +123,14 @@ def test_eval_then_report_renders_in_chromium(job_output: tuple[Path, dict[str, 
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars"]
     url = (out / "report.html").as_uri()
+    env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     for section in SECTION_IDS:
         assert f'id="{section}"' in dom.stdout  # parsed into the DOM, not just present as text
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1280,4000", url],
-                   capture_output=True, timeout=120, check=True, env={**os.environ, "HOME": str(tmp_path)})
+                   capture_output=True, timeout=120, check=True, env=env)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     assert pixels.std() > 20  # not a blank page
     # The header bar is drawn with its CSS colour (the stylesheet was applied).

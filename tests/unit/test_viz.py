@@ -11,6 +11,7 @@ from PIL import Image
 from bmp_core import viz
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp
+from bmp_core.records import BmpResult
 from bmp_core.testing.fakes import build_fake_models
 from bmp_core.traces import encode_traces, load_traces, write_traces
 
@@ -103,11 +104,11 @@ def test_no_people_leaves_the_image_unchanged(image_rgb: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def traced(image_004806: np.ndarray):  # noqa: ANN201
+def traced(image_004806: np.ndarray) -> BmpResult:
     return run_bmp(image_004806, build_fake_models(), LoopConfig(iterations=3), trace=True)
 
 
-def test_gif_has_one_frame_per_iteration(traced, image_004806: np.ndarray, tmp_path: Path) -> None:  # noqa: ANN001
+def test_gif_has_one_frame_per_iteration(traced: BmpResult, image_004806: np.ndarray, tmp_path: Path) -> None:
     assert len(traced.traces) == 3
     rgb = np.ascontiguousarray(image_004806[:, :, ::-1])
     frames = viz.iteration_frames(rgb, traced.traces, traced.instances, max_width=800)
@@ -119,7 +120,7 @@ def test_gif_has_one_frame_per_iteration(traced, image_004806: np.ndarray, tmp_p
         assert gif.info.get("loop") == 0
 
 
-def test_traces_round_trip(traced, tmp_path: Path) -> None:  # noqa: ANN001
+def test_traces_round_trip(traced: BmpResult, tmp_path: Path) -> None:
     files = encode_traces(traced.traces)
     assert set(files) == {"trace.json", "pass_0_input.png", "pass_1_input.png", "pass_2_input.png"}
     write_traces(str(tmp_path / "7"), traced.traces)
