@@ -1,0 +1,171 @@
+"""User-given person boxes: a COCO detections or annotations file, matched to images by file name.
+
+Two inputs are accepted:
+
+- a COCO **annotations dataset** ``{"images": [...], "annotations": [{image_id, bbox, category_id,
+  iscrowd?, score?}]}`` (ground truth, or a detector's output saved as a dataset); boxes without a
+  ``score`` count as 1.0 and crowd regions (``iscrowd: 1``) are skipped;
+- a COCO **results list** ``[{image_id, bbox, score, category_id}]`` (what detectors write for
+  ``COCO.loadRes``), together with ``images_json_path``: a COCO dataset (e.g. the ground truth the
+  detections were made on) or a bare list of ``{id, file_name}`` entries, for image id -> file name.
+  Entries that carry their own ``file_name`` need no images file.
+
+``bbox`` is COCO ``[x, y, width, height]`` in pixels; the result is ``(N, 4) xyxy``. Images are keyed
+by their ``file_name`` as written in the file; ``GivenBoxIndex`` finds an image's entry from its URI.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+PERSON_CATEGORY_ID = 1
+
+
+class GivenBoxesError(ValueError):
+    """The given-boxes file is not a COCO results list / dataset, or cannot be matched to images."""
+
+
+def _read_json(path: str) -> Any:
+    from bmp_core.io.uris import read_bytes  # fsspec: local paths and s3:// alike
+
+    try:
+        return json.loads(read_bytes(path))
+    except json.JSONDecodeError as err:
+        raise GivenBoxesError(f"{path}: not valid JSON ({err})") from err
+
+
+def _id_to_file_name(images: Any, where: str) -> dict[int, str]:
+    if isinstance(images, dict):
+        images = images.get("images")
+    if not isinstance(images, list):
+        raise GivenBoxesError(f"{where}: expected a COCO dataset with 'images' or a list of {{id, file_name}}")
+    try:
+        return {int(im["id"]): str(im["file_name"]) for im in images}
+    except (KeyError, TypeError, ValueError) as err:
+        raise GivenBoxesError(f"{where}: every image entry needs 'id' and 'file_name' ({err!r})") from err
+
+
+def parse_given_boxes(
+    data: Any,
+    id_to_file_name: Mapping[int, str] | None = None,
+    score_thr: float = 0.0,
+    category_id: int | None = PERSON_CATEGORY_ID,
+) -> dict[str, np.ndarray]:
+    """Group COCO boxes by image file name (the pure core of ``load_given_boxes``).
+
+    Args:
+        data: a parsed COCO results list or annotations dataset.
+        id_to_file_name: image id -> file name; taken from ``data["images"]`` for a dataset.
+        score_thr: keep boxes with ``score >= score_thr`` (a box without a score counts as 1.0).
+        category_id: keep only this category (COCO person = 1); None keeps every category.
+
+    Returns:
+        file name -> (N, 4) float32 xyxy pixel boxes, in file order. Every image the mapping knows
+        is present, an image without boxes as a (0, 4) array (so "no people" differs from "unknown").
+
+    Raises:
+        GivenBoxesError: unknown layout, a results list without an id -> name mapping, a bad entry.
+    """
+    if isinstance(data, dict) and "annotations" in data:
+        entries = data["annotations"]
+        if id_to_file_name is None:
+            id_to_file_name = _id_to_file_name(data, "the dataset")
+    elif isinstance(data, list):
+        entries = data
+    else:
+        raise GivenBoxesError("expected a COCO results list or a COCO dataset with 'annotations'")
+    mapping = dict(id_to_file_name or {})
+    grouped: dict[str, list[list[float]]] = {name: [] for name in mapping.values()}
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "bbox" not in entry:
+            raise GivenBoxesError(f"entry {k} has no 'bbox': {entry!r}"[:200])
+        if category_id is not None and entry.get("category_id", category_id) != category_id:
+            continue
+        if entry.get("iscrowd", 0) or float(entry.get("score", 1.0)) < score_thr:
+            continue
+        name = entry.get("file_name")
+        if name is None:
+            if "image_id" not in entry:
+                raise GivenBoxesError(f"entry {k} has neither 'image_id' nor 'file_name'")
+            if int(entry["image_id"]) not in mapping:
+                raise GivenBoxesError(
+                    f"entry {k}: image_id {entry['image_id']} is not in the images list"
+                    + ("" if mapping else " (a results list needs images_json_path: the COCO file of its images)")
+                )
+            name = mapping[int(entry["image_id"])]
+        x, y, w, h = (float(v) for v in entry["bbox"])
+        grouped.setdefault(str(name), []).append([x, y, x + w, y + h])
+    return {name: np.asarray(boxes, np.float32).reshape(-1, 4) for name, boxes in grouped.items()}
+
+
+def load_given_boxes(
+    coco_json_path: str,
+    score_thr: float = 0.0,
+    images_json_path: str | None = None,
+    category_id: int | None = PERSON_CATEGORY_ID,
+) -> dict[str, np.ndarray]:
+    """Read person boxes from a COCO detections / annotations file (local path or URI).
+
+    Args:
+        coco_json_path: a COCO results list or a COCO annotations dataset.
+        score_thr: keep boxes with ``score >= score_thr``.
+        images_json_path: for a results list, the COCO dataset (or ``[{id, file_name}]`` list) that
+            names its image ids; ignored for a dataset, which names its own.
+        category_id: category to keep (person = 1); None keeps all.
+
+    Returns:
+        file name -> (N, 4) float32 xyxy boxes (see ``parse_given_boxes``).
+
+    Example:
+        >>> boxes = load_given_boxes("dets.json", 0.0, images_json_path="test_coco.json")
+        >>> boxes["000000000785.jpg"].shape
+        (22, 4)
+    """
+    data = _read_json(coco_json_path)
+    mapping = None
+    if images_json_path is not None and not (isinstance(data, dict) and "images" in data):
+        mapping = _id_to_file_name(_read_json(images_json_path), images_json_path)
+    try:
+        return parse_given_boxes(data, mapping, score_thr, category_id)
+    except GivenBoxesError as err:
+        raise GivenBoxesError(f"{coco_json_path}: {err}") from err
+
+
+class GivenBoxIndex:
+    """Finds an image's given boxes from its URI: same base name, then the longest common path suffix.
+
+    ``file_name`` may be a bare name (``000000000785.jpg``) or a relative path (``val2017/...``).
+    Built once per job (a dict by base name), so a lookup costs O(entries with that base name).
+
+    Example:
+        >>> index = GivenBoxIndex(load_given_boxes("dets.json", images_json_path="gt.json"))
+        >>> index.lookup("s3://bucket/coco/val2017/000000000785.jpg").shape
+        (22, 4)
+    """
+
+    def __init__(self, boxes_by_name: Mapping[str, np.ndarray]) -> None:
+        self._by_base: dict[str, list[tuple[list[str], np.ndarray]]] = {}
+        for name, boxes in boxes_by_name.items():
+            parts = posixpath.normpath(name.replace("\\", "/")).split("/")
+            self._by_base.setdefault(parts[-1], []).append((parts, boxes))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_base.values())
+
+    def lookup(self, uri: str) -> np.ndarray | None:
+        """(N, 4) float32 xyxy boxes of the image at ``uri``, or None when the file names no such
+        image (the caller decides whether that image is skipped, detected, or an error)."""
+        uri_parts = uri.replace("\\", "/").split("/")
+        best, best_len = None, 0
+        for parts, boxes in self._by_base.get(uri_parts[-1], ()):
+            common = 0
+            while common < min(len(parts), len(uri_parts)) and parts[-1 - common] == uri_parts[-1 - common]:
+                common += 1
+            if common > best_len:
+                best, best_len = boxes, common
+        return best

@@ -1,0 +1,173 @@
+"""Real weights on real images: BlazePose through the BMP loop, scored by pycocotools run right here.
+
+The job's given-boxes option does not exist yet, so these tests run ``run_bmp`` per image with the
+boxes of a COCO file (``bmp_core.io.given_boxes``), the lite backend and ``configs/lite_cpu.yaml``'s
+loop settings, and build the COCO results themselves (same fields as the job's coco.json: keypoints
+and score = pose score, segmentation = the refined mask as RLE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mediapipe")
+
+from bmp_core.config import ModelsConfig, load_config  # noqa: E402
+from bmp_core.io.given_boxes import load_given_boxes  # noqa: E402
+from bmp_core.loop import run_bmp  # noqa: E402
+from bmp_core.models import build_models  # noqa: E402
+from bmp_core.ports import BmpModels  # noqa: E402
+from tests.conftest import read_bgr  # noqa: E402
+
+pytestmark = pytest.mark.lite
+
+REPO = Path(__file__).resolve().parents[2]
+LEFT = [1, 3, 5, 7, 9, 11, 13, 15]  # COCO-17 left_eye ... left_ankle
+RIGHT = [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+@pytest.fixture(scope="module")
+def lite_models() -> BmpModels:
+    return build_models(load_config(REPO / "configs" / "lite_cpu.yaml").models)
+
+
+@pytest.fixture(scope="module")
+def coco_dir(testdata: Path) -> Path:
+    return testdata / "coco"
+
+
+def _label(coco_dir: Path, boxes_by_name: dict[str, np.ndarray], models: BmpModels) -> tuple[list, list, float]:
+    """run_bmp on every image -> (keypoint results, segm results, mean seconds per crop)."""
+    from pycocotools import mask as mask_utils
+
+    loop_cfg = load_config(REPO / "configs" / "lite_cpu.yaml").loop
+    gt = _gt_api(coco_dir)
+    kpt_results, segm_results, pose_s, crops = [], [], 0.0, 0
+    for image in gt.dataset["images"]:
+        boxes = boxes_by_name[image["file_name"]]
+        result = run_bmp(read_bgr(coco_dir / image["file_name"]), models, loop_cfg, boxes_xyxy=boxes)
+        pose_s, crops = pose_s + result.timings_s["pose"], crops + len(boxes)
+        inst = result.instances
+        for i in range(len(inst)):
+            base = {"image_id": image["id"], "category_id": 1, "score": float(inst.pose_scores[i])}
+            kpt_results.append({**base, "keypoints": inst.keypoints[i].reshape(-1).tolist()})
+            rle = mask_utils.encode(np.asfortranarray(inst.masks[i].astype(np.uint8)))
+            segm_results.append({**base, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    return kpt_results, segm_results, pose_s / max(crops, 1)
+
+
+def _gt_api(coco_dir: Path) -> Any:
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(coco_dir / "test_coco.json"))
+
+
+def _ap(coco_dir: Path, results: list[dict[str, Any]], iou_type: str) -> float:
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _gt_api(coco_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+@pytest.mark.parametrize("source", ["detections", "ground_truth"])
+def test_keypoint_and_mask_ap(coco_dir: Path, lite_models: BmpModels, source: str) -> None:
+    if source == "detections":
+        boxes = load_given_boxes(
+            str(coco_dir / "test_coco_det_AP_H_56.json"), images_json_path=str(coco_dir / "test_coco.json")
+        )
+    else:
+        boxes = load_given_boxes(str(coco_dir / "test_coco.json"))
+    kpt_results, segm_results, s_per_crop = _label(coco_dir, boxes, lite_models)
+    kpt_ap, segm_ap = _ap(coco_dir, kpt_results, "keypoints"), _ap(coco_dir, segm_results, "segm")
+    print(f"lite {source}: keypoint AP {kpt_ap:.3f}, segm AP {segm_ap:.3f}, {1000 * s_per_crop:.0f} ms/crop")
+    # Measured 0.594 / 0.468 (detections) and 0.563 / 0.489 (ground-truth boxes) with BlazePose full.
+    assert kpt_ap >= 0.5
+    assert segm_ap >= 0.4
+
+
+def test_flip_swaps_left_and_right(coco_dir: Path, lite_models: BmpModels) -> None:
+    gt = load_given_boxes(str(coco_dir / "test_coco.json"))
+    image = read_bgr(coco_dir / "000000000785.jpg")  # one skier, fully visible
+    boxes = gt["000000000785.jpg"]
+    width = image.shape[1]
+    flipped_boxes = boxes.copy()
+    flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+    (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
+    (kpts_f,) = lite_models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
+    mirrored = kpts_f.copy()
+    mirrored[..., 0] = width - kpts_f[..., 0]
+    size = float(np.hypot(*(boxes[0, 2:] - boxes[0, :2])))
+    swapped = mirrored.copy()
+    swapped[:, LEFT + RIGHT] = mirrored[:, RIGHT + LEFT]
+    # The mirrored result's left joints lie where the original's right joints are, and not where its left are.
+    err_swapped = np.linalg.norm(swapped[0, :, :2] - kpts[0, :, :2], axis=1)
+    err_unswapped = np.linalg.norm(mirrored[0, 5:, :2] - kpts[0, 5:, :2], axis=1)  # body joints, face is tiny
+    assert np.median(err_swapped) < 0.05 * size
+    assert np.median(err_unswapped) > 2 * np.median(err_swapped[5:])
+
+
+def test_segmenter_returns_the_prompted_persons_mask(coco_dir: Path, lite_models: BmpModels) -> None:
+    image = read_bgr(coco_dir / "000000196141.jpg")
+    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000196141.jpg"]
+    (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
+    prepared = lite_models.segmenter.prepare(image.copy())  # a copy: matched by content, not identity
+    confident = [k[k[:, 2] > 0.5, :2] for k in kpts]
+    people = [i for i, pts in enumerate(confident) if len(pts) >= 3]
+    assert len(people) >= 2
+    out = lite_models.segmenter.segment(prepared, [confident[i][:4] for i in people])
+    assert out.masks.shape == (len(people), *image.shape[:2]) and out.masks.dtype == bool
+    for row, i in enumerate(people):
+        x1, y1, x2, y2 = boxes[i]
+        ys, xs = np.nonzero(out.masks[row])
+        assert len(xs) > 0 and 0.0 < out.scores[row] <= 1.0
+        inside = (xs >= x1 - 5) & (xs <= x2 + 5) & (ys >= y1 - 5) & (ys <= y2 + 5)
+        assert inside.mean() > 0.8  # the prompted person's mask, not a neighbour's
+
+
+def test_mask_conditioning_changes_the_crop(lite_models: BmpModels, coco_dir: Path) -> None:
+    image = read_bgr(coco_dir / "000000000785.jpg")
+    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"]
+    seen: list[np.ndarray] = []
+    runner = lite_models.pose.runner
+
+    class Spy:
+        def run(self, crop_bgr: np.ndarray) -> Any:
+            seen.append(crop_bgr)
+            return runner.run(crop_bgr)
+
+    lite_models.pose.runner = Spy()
+    try:
+        mask = np.zeros(image.shape[:2], bool)
+        x1, y1, x2, y2 = boxes[0].astype(int)
+        mask[y1:y2, x1:x2] = True
+        lite_models.pose.estimate([image], [boxes], [mask[None]])
+        lite_models.pose.estimate([image], [boxes], [np.zeros_like(mask)[None]])  # all-False = no mask
+    finally:
+        lite_models.pose.runner = runner
+    conditioned, plain = seen
+    differs = np.any(conditioned != plain, axis=2)
+    assert differs.any()
+    # Only background pixels changed, each to 80% of its value (truncated).
+    np.testing.assert_array_equal(conditioned[differs], (plain[differs].astype(np.float32) * 0.8).astype(np.uint8))
+
+
+def test_no_detector_and_offline_model_check() -> None:
+    from bmp_core.models.lite_blazepose import NoPersonDetector, _require_shipped_model
+
+    with pytest.raises(RuntimeError, match="given_boxes"):
+        NoPersonDetector().detect([np.zeros((8, 8, 3), np.uint8)])
+    _require_shipped_model(1)  # pose_landmark_full + pose_detection are inside the wheel
+    assert ModelsConfig(kind="lite").lite.model_complexity == 1
