@@ -15,10 +15,11 @@ reimplements the read side because ``bmp_core`` must not import ``jobs``.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from dataclasses import dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,13 @@ logger = logging.getLogger(__name__)
 _SCHEMAS = {"images": IMAGES_SCHEMA, "instances": INSTANCES_SCHEMA}
 
 
+# ``instances`` columns small enough to hold for millions of people (no masks, no keypoints): what
+# counts and histograms need. Masks and keypoints are read per image, from that image's shard only.
+SUMMARY_INSTANCE_COLUMNS = (
+    "image_id", "instance_id", "det_score", "pose_score", "sam_score", "mask_area", "iteration", "prompted",
+)
+
+
 @dataclass(frozen=True)
 class JobOutput:
     """The tables and summaries of one output.
@@ -49,9 +57,12 @@ class JobOutput:
     Attributes:
         uri: the output location as given.
         images: ``images`` table (one row per input image, ok or failed), sorted by ``image_id``.
-        instances: ``instances`` table, sorted by ``(image_id, instance_id)``.
+        instances: ``instances`` table, sorted by ``(image_id, instance_id)``; all columns, or only
+            ``SUMMARY_INSTANCE_COLUMNS`` when loaded with ``full_instances=False``.
         run_info: ``run.json`` as a dict, or None when the job has not finished.
         eval_info: ``eval.json`` (written by ``bmp-label eval``), or None.
+        instance_parts: shard id -> path of its committed ``instances`` part (-1: parts whose name
+            carries no shard id).
     """
 
     uri: str
@@ -59,10 +70,18 @@ class JobOutput:
     instances: pa.Table
     run_info: dict[str, Any] | None
     eval_info: dict[str, Any] | None
+    instance_parts: dict[int, list[str]] = field(default_factory=dict)
 
     def instances_of(self, image_id: int) -> pa.Table:
-        """The ``instances`` rows of one image, in merge order."""
-        return self.instances.filter(pc.equal(self.instances.column("image_id"), image_id))
+        """All columns of the ``instances`` rows of one image, in merge order."""
+        if set(INSTANCES_SCHEMA.names) <= set(self.instances.column_names):
+            return self.instances.filter(pc.equal(self.instances.column("image_id"), image_id))
+        row = self.images.filter(pc.equal(self.images.column("image_id"), image_id))
+        shard = row.column("shard_id")[0].as_py() if row.num_rows else -1
+        paths = self.instance_parts.get(shard) or [p for ps in self.instance_parts.values() for p in ps]
+        fs, _ = filesystem(self.uri)
+        table = _read_parts(fs, paths, "instances", filters=[("image_id", "=", int(image_id))])
+        return table.sort_by("instance_id")
 
     def ok_image_ids(self) -> list[int]:
         ok = self.images.filter(pc.equal(self.images.column("status"), STATUS_OK))
@@ -98,17 +117,35 @@ def _committed_parts(fs: Any, root: str) -> dict[str, list[str]] | None:
     return parts
 
 
-def _read_parts(fs: Any, paths: list[str], kind: str) -> pa.Table:
-    schema = _SCHEMAS[kind]
-    tables = [pq.read_table(io.BytesIO(fs.cat_file(p))).cast(schema) for p in paths]
+def _read_parts(
+    fs: Any, paths: list[str], kind: str, columns: Sequence[str] | None = None, filters: list | None = None
+) -> pa.Table:
+    full = _SCHEMAS[kind]
+    schema = full if columns is None else pa.schema([full.field(c) for c in columns])
+    tables = []
+    for path in paths:
+        with fs.open(path, "rb") as f:  # a file object: pyarrow reads only the columns asked for
+            cols = None if columns is None else list(columns)
+            tables.append(pq.read_table(f, columns=cols, filters=filters).cast(schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def load_output(uri: str) -> JobOutput:
+def _parts_by_shard(paths: list[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for path in paths:
+        match = re.search(r"shard-(\d+)", path.rsplit("/", 1)[-1])
+        out.setdefault(int(match.group(1)) if match else -1, []).append(path)
+    return out
+
+
+def load_output(uri: str, full_instances: bool = True) -> JobOutput:
     """Read an output's tables and JSON summaries.
 
     Args:
         uri: local folder or ``s3://bucket/prefix``.
+        full_instances: read every ``instances`` column (masks included: needed by ``eval``); False
+            reads ``SUMMARY_INSTANCE_COLUMNS`` only, and ``instances_of`` fetches one image's masks
+            from its shard's part when asked (``viz``, ``report`` on big outputs).
 
     Returns:
         ``JobOutput``.
@@ -124,9 +161,10 @@ def load_output(uri: str) -> JobOutput:
             kind: sorted(p for p in fs.glob(f"{root}/{kind}/*.parquet")) for kind in ("images", "instances")
         }
     if not parts["images"]:
-        raise FileNotFoundError(f"{uri} has no committed images parts: not a bmp-label output, or nothing done yet")
+        raise FileNotFoundError(f"{uri} has no committed images parts: not a bmp-label output, or not started")
+    columns = None if full_instances else SUMMARY_INSTANCE_COLUMNS
     images = _read_parts(fs, parts["images"], "images").sort_by("image_id")
-    instances = _read_parts(fs, parts["instances"], "instances").sort_by(
+    instances = _read_parts(fs, parts["instances"], "instances", columns).sort_by(
         [("image_id", "ascending"), ("instance_id", "ascending")]
     )
     return JobOutput(
@@ -135,6 +173,7 @@ def load_output(uri: str) -> JobOutput:
         instances=instances,
         run_info=_read_json(fs, f"{root}/run.json"),
         eval_info=_read_json(fs, f"{root}/eval.json"),
+        instance_parts=_parts_by_shard(parts["instances"]),
     )
 
 

@@ -180,9 +180,8 @@ def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480) 
     from bmp_core import viz
 
     figures = []
-    rows = {r["image_id"]: r for r in output.images.to_pylist()}
     for image_id in tqdm(pick_samples(output, num_samples), desc="report samples", unit="img", leave=False):
-        row = rows[image_id]
+        row = output.images.filter(pc.equal(output.images.column("image_id"), image_id)).to_pylist()[0]
         try:
             image_rgb = read_image_rgb(row["uri"])
         except (OSError, ValueError) as err:  # the input may have moved since the run

@@ -71,10 +71,10 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=cmd_report)
 
 
-def _load(output_uri: str) -> JobOutput | None:
+def _load(output_uri: str, full_instances: bool = True) -> JobOutput | None:
     """The output, or None after printing why it cannot be read (exit status 2)."""
     try:
-        return load_output(output_uri)
+        return load_output(output_uri, full_instances)
     except (FileNotFoundError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return None
@@ -107,7 +107,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from bmp_core import viz
     from bmp_core.traces import load_traces, trace_dir
 
-    output = _load(args.output)
+    output = _load(args.output, full_instances=False)  # masks are read per drawn image
     if output is None:
         return 2
     out_dir = args.out or output_path(args.output, "viz")
@@ -178,7 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained ``report.html`` (summary, counts, failures, histograms, samples, eval)."""
     from bmp_core.report import build_report
 
-    output = _load(args.output)
+    output = _load(args.output, full_instances=False)
     if output is None:
         return 2
     html = build_report(output, num_samples=args.samples)

@@ -140,3 +140,17 @@ def test_eval_then_report_renders_in_chromium(job_output: tuple[Path, dict[str, 
     rgb = pixels.astype(np.float64)
     saturation = rgb.max(axis=2) - rgb.min(axis=2)
     assert (saturation > 80).mean() > 0.02
+
+
+def test_summary_load_reads_one_images_masks_from_its_shard(job_output: tuple[Path, dict[str, Any]]) -> None:
+    from bmp_core.output_reader import SUMMARY_INSTANCE_COLUMNS, load_output
+
+    out, info = job_output
+    full = load_output(str(out))
+    light = load_output(str(out), full_instances=False)
+    assert light.instances.column_names == list(SUMMARY_INSTANCE_COLUMNS)
+    assert light.instances.num_rows == full.instances.num_rows == full.run_info["counts"]["instances"]
+    assert len(light.instance_parts) == full.run_info["plan"]["num_shards"]  # one committed part per shard
+    image_id = info["traced_image_id"]
+    assert light.instances_of(image_id).equals(full.instances_of(image_id))
+    assert light.instances_of(image_id).num_rows > 0
