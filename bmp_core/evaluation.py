@@ -290,6 +290,7 @@ def evaluate_output(
     backend: str = "auto",
     box_source: str = "detector",
     per_iteration: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score an output against ground truth: overall and after each BMP pass.
 
@@ -300,6 +301,7 @@ def evaluate_output(
         backend: ``auto`` (xtcocotools only where pycocotools cannot), ``pycocotools`` or ``xtcocotools``.
         box_source: see ``results_from_instances``.
         per_iteration: also score instances found up to each pass.
+        progress: show a tqdm bar (one step per COCOeval run).
 
     Returns:
         The ``eval.json`` dict: ``images`` (matching counts and lists), ``overall`` and
@@ -320,15 +322,23 @@ def evaluate_output(
     iterations = matched_rows.column("iteration").to_numpy()
     scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend)
 
-    def score_subset(keep: np.ndarray) -> dict[str, Any]:
-        sub = _subset(results, keep)
-        return {"num_predictions": int(keep.sum()), **{t: scorer.score(sub[t], t) for t in iou_types}}
+    num_passes = int(iterations.max()) + 1 if per_iteration and len(iterations) else 1
+    subsets = [iterations <= k for k in range(num_passes - 1)] + [np.ones(len(iterations), bool)]
+    from tqdm import tqdm
 
-    overall = score_subset(np.ones(len(iterations), bool))
-    passes = []
-    if per_iteration and len(iterations) and iterations.max() > 0:
-        for k in range(int(iterations.max()) + 1):
-            passes.append({"max_iteration": k, **score_subset(iterations <= k)})
+    bar = tqdm(total=len(subsets) * len(iou_types), desc="eval", unit="score", disable=not progress)
+    scored = []
+    for keep in subsets:
+        sub = _subset(results, keep)
+        entry: dict[str, Any] = {"num_predictions": int(keep.sum())}
+        for t in iou_types:
+            entry[t] = scorer.score(sub[t], t)
+            bar.update()
+        scored.append(entry)
+    bar.close()
+    overall = scored[-1]
+    # "after the last pass" is the whole output: reuse its scores instead of computing them twice.
+    passes = [{"max_iteration": k, **entry} for k, entry in enumerate(scored)] if num_passes > 1 else []
     return {
         "backend": scorer.backends,
         "box_source": box_source,

@@ -61,6 +61,8 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
                     help="auto: xtcocotools only for ground truth pycocotools cannot score (OCHuman style)")
     ev.add_argument("--box-source", default="detector", choices=["detector", "mask"],
                     help="bbox AP of the detector boxes or of the refined masks' tight boxes")
+    ev.add_argument("--overall-only", action="store_true",
+                    help="skip the per-pass scores (each pass costs one more COCOeval run per type)")
     ev.add_argument("--out", default=None, help="where to write the result (default OUTPUT/eval.json)")
     ev.set_defaults(func=cmd_eval)
 
@@ -162,7 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     try:
         gt = load_gt(args.gt)
-        result = evaluate_output(output, gt, args.iou_types, args.backend, args.box_source)
+        result = evaluate_output(output, gt, args.iou_types, args.backend, args.box_source,
+                                 per_iteration=not args.overall_only, progress=True)
     except (EvaluationError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
