@@ -43,7 +43,7 @@ def _id_to_file_name(images: Any, where: str) -> dict[int, str]:
     if isinstance(images, dict):
         images = images.get("images")
     if not isinstance(images, list):
-        raise GivenBoxesError(f"{where}: expected a COCO dataset with 'images' or a list of {{id, file_name}}")
+        raise GivenBoxesError(f"{where}: expected a COCO dataset with 'images', or [{{id, file_name}}]")
     try:
         return {int(im["id"]): str(im["file_name"]) for im in images}
     except (KeyError, TypeError, ValueError) as err:
@@ -95,7 +95,7 @@ def parse_given_boxes(
             if int(entry["image_id"]) not in mapping:
                 raise GivenBoxesError(
                     f"entry {k}: image_id {entry['image_id']} is not in the images list"
-                    + ("" if mapping else " (a results list needs images_json_path: the COCO file of its images)")
+                    + ("" if mapping else " (a results list needs images_json_path: its images' COCO file)")
                 )
             name = mapping[int(entry["image_id"])]
         x, y, w, h = (float(v) for v in entry["bbox"])
@@ -158,8 +158,12 @@ class GivenBoxIndex:
         return sum(len(v) for v in self._by_base.values())
 
     def lookup(self, uri: str) -> np.ndarray | None:
-        """(N, 4) float32 xyxy boxes of the image at ``uri``, or None when the file names no such
-        image (the caller decides whether that image is skipped, detected, or an error)."""
+        """Boxes of the image at ``uri``.
+
+        Returns:
+            (N, 4) float32 xyxy boxes, or None when the file names no such image (the caller decides
+            whether that image is skipped, detected, or an error).
+        """
         uri_parts = uri.replace("\\", "/").split("/")
         best, best_len = None, 0
         for parts, boxes in self._by_base.get(uri_parts[-1], ()):

@@ -45,7 +45,11 @@ logger = logging.getLogger(__name__)
 
 # A prompt with no cached person is posed in its points' box grown this much (prompts are a few joints).
 _FALLBACK_GROW = 1.5
-_LANDMARK_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite", 2: "pose_landmark_heavy.tflite"}
+_LANDMARK_FILES = {
+    0: "pose_landmark_lite.tflite",
+    1: "pose_landmark_full.tflite",  # the only one inside the wheel
+    2: "pose_landmark_heavy.tflite",
+}
 
 
 def _require_shipped_model(model_complexity: int) -> None:
@@ -57,13 +61,16 @@ def _require_shipped_model(model_complexity: int) -> None:
             "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (bmp_core/models/README_LITE.md)"
         ) from err
     root = Path(mediapipe.__file__).parent / "modules"
-    needed = [root / "pose_landmark" / _LANDMARK_FILES[model_complexity], root / "pose_detection" / "pose_detection.tflite"]
+    needed = [
+        root / "pose_landmark" / _LANDMARK_FILES[model_complexity],
+        root / "pose_detection" / "pose_detection.tflite",
+    ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise RuntimeError(
-            f"models.lite.model_complexity={model_complexity} needs {', '.join(missing)}, which this mediapipe "
-            f"({getattr(mediapipe, '__version__', '?')}) does not ship; the lite backend never downloads. "
-            "Use model_complexity: 1 with mediapipe(-numpy2)==0.10.21."
+            f"models.lite.model_complexity={model_complexity} needs {', '.join(missing)}, which this "
+            f"mediapipe ({getattr(mediapipe, '__version__', '?')}) does not ship; the lite backend never "
+            "downloads. Use model_complexity: 1 with mediapipe(-numpy2)==0.10.21."
         )
 
 
@@ -101,6 +108,7 @@ class BlazePoseRunner:
         return landmarks, None if seg is None else np.asarray(seg, np.float32)
 
     def close(self) -> None:
+        """Release the MediaPipe graph."""
         self._pose.close()
 
 
@@ -110,7 +118,9 @@ class BlazePoseEstimator:
     Every posed person is also left in ``cache`` for ``BlazePoseSegmenter``.
     """
 
-    def __init__(self, cfg: LiteModelsConfig, runner: Any | None = None, cache: PersonCache | None = None) -> None:
+    def __init__(
+        self, cfg: LiteModelsConfig, runner: Any | None = None, cache: PersonCache | None = None
+    ) -> None:
         self.cfg = cfg
         self.runner = runner if runner is not None else BlazePoseRunner(cfg)
         self.cache = cache if cache is not None else PersonCache(cfg.cache_images)
@@ -128,18 +138,19 @@ class BlazePoseEstimator:
             finds nobody gives its box centre with score 0 for all 17 keypoints.
         """
         if not len(images_bgr) == len(boxes_xyxy) == len(masks):
-            raise ValueError(f"got {len(images_bgr)} images, {len(boxes_xyxy)} box arrays, {len(masks)} mask arrays")
+            raise ValueError(
+                f"got {len(images_bgr)} images, {len(boxes_xyxy)} box arrays, {len(masks)} mask arrays"
+            )
         out = []
-        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks):
+        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
             people = [
                 self.pose_box(image, box, None if image_masks is None else image_masks[i])
                 for i, box in enumerate(boxes)
             ]
             self.cache.add(image_key(image), people)
-            out.append(
-                np.stack([p.keypoints for p in people]) if people else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
-            )
+            empty = np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+            out.append(np.stack([p.keypoints for p in people]) if people else empty)
         return out
 
     def pose_box(self, image_bgr: np.ndarray, box_xyxy: np.ndarray, mask: np.ndarray | None) -> CachedPerson:
@@ -167,6 +178,7 @@ class BlazePoseEstimator:
         return CachedPerson(keypoints, np.asarray(box_xyxy, np.float32), crop_xyxy, mask_crop)
 
     def close(self) -> None:
+        """Release the BlazePose graph."""
         self.runner.close()
 
 
@@ -189,6 +201,7 @@ class BlazePoseSegmenter:
         self.cfg = estimator.cfg
 
     def prepare(self, image_bgr: np.ndarray) -> BlazePosePrepared:
+        """Key the (H, W, 3) uint8 image by content; nothing to compute (BlazePose ran in ``estimate``)."""
         return BlazePosePrepared(image_key(image_bgr), image_bgr)
 
     def segment(self, prepared: BlazePosePrepared, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
@@ -230,8 +243,10 @@ class NoPersonDetector:
     """The lite backend has no person detector: boxes must come from the input."""
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Refuse: see the class docstring."""
         raise RuntimeError(
-            "models.kind=lite has no person detector: give the boxes (job.given_boxes, or run_bmp(boxes_xyxy=...)) "
+            "models.kind=lite has no person detector: give the boxes (job.given_boxes, or "
+            "run_bmp(boxes_xyxy=...)) "
             "for every image and set loop.iterations: 1"
         )
 

@@ -66,6 +66,7 @@ class PersonCache:
             self._people.popitem(last=False)
 
     def people(self, key: str) -> list[CachedPerson]:
+        """Everyone posed on image ``key`` so far, in pose order ([] for an unknown or evicted image)."""
         return list(self._people.get(key, ()))
 
     def match(self, key: str, points_xy: np.ndarray, match_tol: float) -> CachedPerson | None:

@@ -40,10 +40,9 @@ def padded_crop_box(
     height = max((y2 - y1) * padding, min_side_px)
     if square:
         width = height = max(width, height)
-    return np.array(
-        [np.floor(cx - width / 2), np.floor(cy - height / 2), np.ceil(cx + width / 2), np.ceil(cy + height / 2)],
-        np.int64,
-    )
+    x1, x2 = np.floor(cx - width / 2), np.ceil(cx + width / 2)
+    y1, y2 = np.floor(cy - height / 2), np.ceil(cy + height / 2)
+    return np.array([x1, y1, x2, y2], np.int64)
 
 
 def crop_with_border(image: np.ndarray, crop_xyxy: np.ndarray) -> np.ndarray:

@@ -19,12 +19,12 @@ import pytest
 
 pytest.importorskip("mediapipe")
 
-from bmp_core.config import ModelsConfig, load_config  # noqa: E402
-from bmp_core.io.given_boxes import load_given_boxes  # noqa: E402
-from bmp_core.loop import run_bmp  # noqa: E402
-from bmp_core.models import build_models  # noqa: E402
-from bmp_core.ports import BmpModels  # noqa: E402
-from tests.conftest import read_bgr  # noqa: E402
+from bmp_core.config import ModelsConfig, load_config
+from bmp_core.io.given_boxes import load_given_boxes
+from bmp_core.loop import run_bmp
+from bmp_core.models import build_models
+from bmp_core.ports import BmpModels
+from tests.conftest import read_bgr
 
 pytestmark = pytest.mark.lite
 
@@ -43,7 +43,9 @@ def coco_dir(testdata: Path) -> Path:
     return testdata / "coco"
 
 
-def _label(coco_dir: Path, boxes_by_name: dict[str, np.ndarray], models: BmpModels) -> tuple[list, list, float]:
+def _label(
+    coco_dir: Path, boxes_by_name: dict[str, np.ndarray], models: BmpModels
+) -> tuple[list, list, float]:
     """run_bmp on every image -> (keypoint results, segm results, mean seconds per crop)."""
     from pycocotools import mask as mask_utils
 
@@ -59,7 +61,8 @@ def _label(coco_dir: Path, boxes_by_name: dict[str, np.ndarray], models: BmpMode
             base = {"image_id": image["id"], "category_id": 1, "score": float(inst.pose_scores[i])}
             kpt_results.append({**base, "keypoints": inst.keypoints[i].reshape(-1).tolist()})
             rle = mask_utils.encode(np.asfortranarray(inst.masks[i].astype(np.uint8)))
-            segm_results.append({**base, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            rle_json = {"size": rle["size"], "counts": rle["counts"].decode()}
+            segm_results.append({**base, "segmentation": rle_json})
     return kpt_results, segm_results, pose_s / max(crops, 1)
 
 
@@ -161,7 +164,8 @@ def test_mask_conditioning_changes_the_crop(lite_models: BmpModels, coco_dir: Pa
     differs = np.any(conditioned != plain, axis=2)
     assert differs.any()
     # Only background pixels changed, each to 80% of its value (truncated).
-    np.testing.assert_array_equal(conditioned[differs], (plain[differs].astype(np.float32) * 0.8).astype(np.uint8))
+    expected = (plain[differs].astype(np.float32) * 0.8).astype(np.uint8)
+    np.testing.assert_array_equal(conditioned[differs], expected)
 
 
 def test_no_detector_and_offline_model_check() -> None:

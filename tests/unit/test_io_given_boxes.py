@@ -10,7 +10,11 @@ import pytest
 
 from bmp_core.io.given_boxes import GivenBoxesError, GivenBoxIndex, load_given_boxes, parse_given_boxes
 
-IMAGES = [{"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "sub/b.jpg"}, {"id": 11, "file_name": "c.jpg"}]
+IMAGES = [
+    {"id": 7, "file_name": "a.jpg"},
+    {"id": 9, "file_name": "sub/b.jpg"},
+    {"id": 11, "file_name": "c.jpg"},
+]
 
 
 def test_results_list_with_images_mapping_xywh_to_xyxy_and_score_thr() -> None:
@@ -69,8 +73,11 @@ def test_load_from_files_and_lookup_by_uri(tmp_path: Path) -> None:
 
 def test_shared_coco_testdata(testdata: Path) -> None:
     coco = testdata / "coco"
-    dets = load_given_boxes(str(coco / "test_coco_det_AP_H_56.json"), images_json_path=str(coco / "test_coco.json"))
+    dets = load_given_boxes(
+        str(coco / "test_coco_det_AP_H_56.json"), images_json_path=str(coco / "test_coco.json")
+    )
     gt = load_given_boxes(str(coco / "test_coco.json"))
     assert sum(len(b) for b in dets.values()) == 118
     assert sum(len(b) for b in gt.values()) == 14
-    assert set(dets) == set(gt) == {"000000000785.jpg", "000000040083.jpg", "000000196141.jpg", "000000197388.jpg"}
+    names = {"000000000785.jpg", "000000040083.jpg", "000000196141.jpg", "000000197388.jpg"}
+    assert set(dets) == set(gt) == names
