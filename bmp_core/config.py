@@ -105,8 +105,8 @@ class DetectorModelConfig:
     config: str = "rtmdet/rtmdet-ins_l_8xb32-300e_coco.py"  # mmdet config, relative to mmdet's shipped configs
     checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
     score_thr: float = 0.05  # RTMDet test_cfg (bmp-method §4)
-    nms_iou_thr: float = 0.6
-    max_per_img: int = 40
+    nms_iou_thr: float = 0.6  # RTMDet's own NMS IoU
+    max_per_img: int = 40  # detections kept per image (BMP: 40; upstream mmdet: 100)
     mask_thr_binary: float = 0.5  # mask logit-probability threshold of RTMDet-Ins
     num_classes: int | None = None  # override the head's class count (1 = person-only); None = the config's (80)
     batch_size: int = 4  # images per forward pass
@@ -121,8 +121,8 @@ class PoseModelConfig:
     num_keypoints: int = 21  # heatmap channels of the head (MaskPose/ViTPose multi: 21); the first 17 are kept
     mask_conditioning: bool = True  # MaskPose: dim the background before the crop; False for plain ViTPose
     mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
-    bbox_padding: float = 1.25
-    flip_test: bool = True
+    bbox_padding: float = 1.25  # crop = box grown by this factor, aspect fixed to the input's
+    flip_test: bool = True  # average with the horizontally flipped crop's heatmaps
     input_size_wh: tuple[int, ...] = (192, 256)  # crop (width, height) in pixels
     batch_size: int = 64  # crops per forward pass
 
@@ -132,18 +132,18 @@ class SegmenterModelConfig:
     config: str = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # sam2 package config
     checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
     sha256: str | None = None  # expected hex digest of the checkpoint file
-    image_size: int = 1024
+    image_size: int = 1024  # SAM input side (SAMURAI b+ config; the repo's sam2.1 copy says 512)
     dynamic_multimask_via_stability: bool = True  # HEAD applies it (decisions.md)
-    stability_delta: float = 0.05
-    stability_thresh: float = 0.98
+    stability_delta: float = 0.05  # logit offset of the stability score
+    stability_thresh: float = 0.98  # below it, the best of SAM's 3 multimask outputs is used
     max_hole_area: float = 10.0  # low-res post-processing (needs sam2._C; skipped when absent)
-    max_sprinkle_area: float = 50.0
+    max_sprinkle_area: float = 50.0  # drop foreground specks up to this many low-res pixels
 
 
 @dataclass(frozen=True)
 class FakeModelsConfig:
     num_people: int = 8  # candidate people the fake detector places in each image
-    seed: int = 0
+    seed: int = 0  # changes where the fake people stand
     latency_ms: float = 0.0  # simulated per-image model latency (benchmarks)
 
 
@@ -199,7 +199,7 @@ class JobConfig:
     shard_size: int = 256  # images per shard (the unit of work and of commit)
     max_attempts: int = 3  # tries per shard before the job fails
     max_image_pixels: int = 100_000_000  # refuse larger images (decompression bombs)
-    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # listed in folders
     min_image_side: int = 16  # refuse images narrower or shorter than this (1x1 pixels, broken exports)
     batch_size: int = 4  # images per run_bmp_batch call inside a shard
     decode_threads: int = 4  # threads per worker reading + decoding images ahead of the models
