@@ -254,11 +254,21 @@ class MaskPoseEstimator:
 
     def decode(self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """(N, K, 3) ``(x, y, score)`` in image pixels from (N, K, H, W) heatmaps and the crops' centre/size."""
+        from mmpose.codecs.utils import get_heatmap_maximum
+
         input_wh = np.array(self.input_size_wh, np.float32)
+        # One heatmap pixel in crop pixels, as mmpose's UDP decode scales it (u -> u * w / (W - 1)).
+        hm_px = input_wh / (np.array(heatmaps.shape[:1:-1], np.float32) - 1)
         out = np.zeros((len(heatmaps), heatmaps.shape[1], 3), np.float32)
         for i, hm in enumerate(heatmaps):
             xy_input, scores = self.codec.decode(hm)  # (1, K, 2) in crop pixels, (1, K)
-            out[i, :, :2] = xy_input[0] / input_wh * scales[i] + centers[i] - 0.5 * scales[i]
+            # DARK is a sub-pixel refinement; on flat or non-Gaussian heatmaps its Newton step can jump far
+            # off (seen with random weights: hundreds of pixels). Keep it within one heatmap pixel of the
+            # argmax; on well-formed peaks this never binds.
+            argmax_uv, _ = get_heatmap_maximum(hm)
+            anchor = argmax_uv * hm_px
+            xy = np.clip(xy_input[0], anchor - hm_px, anchor + hm_px)
+            out[i, :, :2] = xy / input_wh * scales[i] + centers[i] - 0.5 * scales[i]
             out[i, :, 2] = scores[0]
         return out
 
