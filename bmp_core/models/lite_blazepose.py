@@ -240,11 +240,16 @@ def _points_box(points_xy: np.ndarray, padding: float) -> np.ndarray:
 
 
 class NoPersonDetector:
-    """The lite backend has no person detector: boxes must come from the input."""
+    """The lite backend has no person detector: boxes must come from the input.
+
+    It raises ``ValueError`` (a per-image data error for the job's worker, which then records the
+    image as failed instead of retrying the whole shard): an image the given-boxes file does not
+    name reaches the detector.
+    """
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Refuse: see the class docstring."""
-        raise RuntimeError(
+        raise ValueError(
             "models.kind=lite has no person detector: give the boxes (job.given_boxes, or "
             "run_bmp(boxes_xyxy=...)) "
             "for every image and set loop.iterations: 1"

@@ -171,7 +171,7 @@ def test_mask_conditioning_changes_the_crop(lite_models: BmpModels, coco_dir: Pa
 def test_no_detector_and_offline_model_check() -> None:
     from bmp_core.models.lite_blazepose import NoPersonDetector, _require_shipped_model
 
-    with pytest.raises(RuntimeError, match="given_boxes"):
+    with pytest.raises(ValueError, match="given_boxes"):
         NoPersonDetector().detect([np.zeros((8, 8, 3), np.uint8)])
     _require_shipped_model(1)  # pose_landmark_full + pose_detection are inside the wheel
     assert ModelsConfig(kind="lite").lite.model_complexity == 1
