@@ -231,9 +231,12 @@ class CocoScorer:
         self._use_area = all("area" in a for a in gt["annotations"])
 
     def score(self, results: list[dict[str, Any]], iou_type: str) -> dict[str, float] | None:
-        """COCOeval ``stats`` by name, or None when there is nothing to score (no predictions)."""
+        """COCOeval ``stats`` by name; all 0 without predictions; None without ground truth either."""
+        names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
         if not results or not self.image_ids:
-            return None
+            # pycocotools' loadRes cannot take an empty list; nobody found among real people is AP 0.
+            has_gt = any(self._gts["pycocotools"].getAnnIds(imgIds=self.image_ids, iscrowd=False))
+            return dict.fromkeys(names, 0.0) if has_gt and self.image_ids else None
         backend = self.backends[iou_type]
         gt = self._gts[backend]
         _, eval_cls = _coco_api(backend)
@@ -247,7 +250,6 @@ class CocoScorer:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
         return {name: float(v) for name, v in zip(names, ev.stats)}
 
     def _sigmas(self) -> np.ndarray:

@@ -186,6 +186,17 @@ def test_no_matching_image_gives_empty_scores(coco_gt_path: Path) -> None:
     assert "-" in format_table(result)
 
 
+def test_matched_images_without_predictions_score_zero(coco_gt_path: Path) -> None:
+    gt = _load(coco_gt_path)
+    output = gt_as_output(gt)
+    output = JobOutput(output.uri, output.images, output.instances.slice(0, 0), None, None)
+    result = evaluate_output(output, gt)
+    assert result["images"]["matched"] == 4
+    for iou_type, recall in (("keypoints", "AR"), ("segm", "AR100"), ("bbox", "AR100")):
+        assert result["overall"][iou_type]["AP"] == 0.0
+        assert result["overall"][iou_type][recall] == 0.0
+
+
 def test_per_iteration_prefixes(coco_gt_path: Path) -> None:
     gt = _load(coco_gt_path)
     # Every third person "found in pass 2": after pass 1 recall is lower, after pass 2 it is complete.
