@@ -16,12 +16,15 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from bmp_core.output_reader import ImageLabels
 from bmp_core.records import Instances, IterationTrace
+
+if TYPE_CHECKING:  # drawing needs no pyarrow/fsspec; only the type comes from the reader
+    from bmp_core.output_reader import ImageLabels
 
 # 1-based COCO keypoint pairs, as in COCO's person_keypoints_*.json ``skeleton``.
 COCO_SKELETON = (
