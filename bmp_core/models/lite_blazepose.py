@@ -168,14 +168,18 @@ class BlazePoseEstimator:
         crop = crop_with_border(image_bgr, crop_xyxy)
         if self.cfg.mask_conditioning and mask is not None and mask.any():
             crop = blend_background(crop, crop_with_border(mask, crop_xyxy), self.cfg.mask_alpha)
-        landmarks, mask_crop = self.runner.run(crop)
+        landmarks, prob_crop = self.runner.run(crop)
+        mask_crop, mask_score = None, 0.0
+        if prob_crop is not None:
+            mask_crop = prob_crop >= self.cfg.mask_thr
+            mask_score = float(prob_crop[mask_crop].mean()) if mask_crop.any() else 0.0
         if landmarks is None:
             keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
             keypoints[:, 0] = (box_xyxy[0] + box_xyxy[2]) / 2.0
             keypoints[:, 1] = (box_xyxy[1] + box_xyxy[3]) / 2.0
         else:
             keypoints = landmarks_to_coco17(landmarks, crop_xyxy)
-        return CachedPerson(keypoints, np.asarray(box_xyxy, np.float32), crop_xyxy, mask_crop)
+        return CachedPerson(keypoints, np.asarray(box_xyxy, np.float32), crop_xyxy, mask_crop, mask_score)
 
     def close(self) -> None:
         """Release the BlazePose graph."""
@@ -222,11 +226,9 @@ class BlazePoseSegmenter:
                 logger.debug("BlazePose segmenter: prompt %s matched no cached person", points.tolist())
                 box_xyxy = _points_box(points, _FALLBACK_GROW)
                 person = self.estimator.pose_box(prepared.image_bgr, box_xyxy, None)
-            if person.mask_crop is None:
-                continue
-            mask_crop = person.mask_crop >= self.cfg.mask_thr
-            masks[i] = paste_crop_mask(mask_crop, person.crop_xyxy, (h, w))
-            scores[i] = float(person.mask_crop[mask_crop].mean()) if mask_crop.any() else 0.0
+            if person.mask_crop is not None:
+                masks[i] = paste_crop_mask(person.mask_crop, person.crop_xyxy, (h, w))
+                scores[i] = person.mask_score
         return SegmentOutput(masks=masks, scores=scores)
 
 

@@ -39,14 +39,17 @@ class CachedPerson:
         keypoints: (17, 3) float32 ``(x, y, score)`` image pixels, as ``estimate`` returned them.
         box_xyxy: (4,) float32 the box it was posed from (its diagonal scales the match distance).
         crop_xyxy: (4,) int64 the crop window.
-        mask_crop: (h, w) float32 BlazePose person probability over the crop, or None when
-            BlazePose found nobody in the crop.
+        mask_crop: (h, w) bool BlazePose person mask over the crop (probability >= mask_thr), or
+            None when BlazePose found nobody in the crop. Bool, not the float probabilities: a
+            cache of 16 images x 40 people must stay small.
+        mask_score: mean BlazePose probability inside ``mask_crop`` (0 when it is empty or None).
     """
 
     keypoints: np.ndarray
     box_xyxy: np.ndarray
     crop_xyxy: np.ndarray
     mask_crop: np.ndarray | None
+    mask_score: float = 0.0
 
 
 class PersonCache:
