@@ -175,3 +175,15 @@ def test_no_detector_and_offline_model_check() -> None:
         NoPersonDetector().detect([np.zeros((8, 8, 3), np.uint8)])
     _require_shipped_model(1)  # pose_landmark_full + pose_detection are inside the wheel
     assert ModelsConfig(kind="lite").lite.model_complexity == 1
+
+
+def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_models: BmpModels) -> None:
+    image = read_bgr(coco_dir / "000000000785.jpg")
+    image[0, 0] = (1, 2, 3)  # new content: nothing of this image is cached
+    box = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"][0]
+    (kpts,) = lite_models.pose.estimate([read_bgr(coco_dir / "000000000785.jpg")], [box[None]], [None])
+    torso = kpts[0, [5, 6, 11, 12], :2]  # shoulders and hips of the skier
+    out = lite_models.segmenter.segment(lite_models.segmenter.prepare(image), [torso])
+    ys, xs = np.nonzero(out.masks[0])
+    assert len(xs) > 500 and out.scores[0] > 0.5
+    assert (xs.mean() - kpts[0, [5, 6, 11, 12], 0].mean()) ** 2 < (0.1 * (box[2] - box[0])) ** 2
