@@ -42,7 +42,7 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     viz = subparsers.add_parser("viz", help="draw masks, skeletons and boxes on the images (and GIFs)")
     viz.add_argument("output", help="a bmp-label output folder or s3:// prefix")
     viz.add_argument("--images", nargs="+", default=None, metavar="ID|GLOB",
-                     help="image ids or globs on the image uri (e.g. '*/000123.jpg'); default: the first --limit")
+                     help="image ids, or globs on the image uri or file name ('000123.jpg', 's3://b/crowd/*')")
     viz.add_argument("--out", default=None, help="where to write the pictures (default OUTPUT/viz)")
     viz.add_argument("--gif", action="store_true", help="also animate the BMP passes (needs a run with trace on)")
     viz.add_argument("--limit", type=int, default=DEFAULT_VIZ_LIMIT, help="at most this many images (0: all)")
@@ -98,8 +98,14 @@ def select_images(output: JobOutput, patterns: Sequence[str] | None, limit: int)
     if patterns:
         ids = {int(p) for p in patterns if p.isdigit()}
         globs = [p for p in patterns if not p.isdigit()]
-        rows = [r for r in rows if r[0] in ids or any(fnmatch.fnmatch(r[1], g) for g in globs)]
+        # A glob matches the whole uri or just the file name ('000123.jpg', '*_crowd_*.png').
+        rows = [r for r in rows if r[0] in ids
+                or any(fnmatch.fnmatch(r[1], g) or fnmatch.fnmatch(_file_name(r[1]), g) for g in globs)]
     return rows[:limit] if limit > 0 else rows
+
+
+def _file_name(uri: str) -> str:
+    return uri.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -123,7 +129,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     for image_id, uri, width, height in tqdm(rows, desc="viz", unit="img"):
         image_rgb = read_image_rgb(uri)
         labels = image_labels(output.instances_of(image_id), height, width)
-        stem = f"{image_id:08d}_{uri.replace(chr(92), '/').rsplit('/', 1)[-1].rsplit('.', 1)[0]}"
+        stem = f"{image_id:08d}_{_file_name(uri).rsplit('.', 1)[0]}"
         overlay = viz.draw_labels(image_rgb, labels, style, title=f"BMP: {len(labels.masks)} people")
         write_bytes(output_path(out_dir, f"{stem}.jpg"), viz.encode_image(overlay))
         written += 1

@@ -92,7 +92,7 @@ def _cli(*argv: str) -> str:
 
 def test_viz_cli_writes_overlays_and_a_gif_per_pass(job_output: tuple[Path, dict[str, Any]]) -> None:
     out, info = job_output
-    _cli("viz", str(out), "--gif", "--images", str(info["traced_image_id"]), "*/000000040083.jpg")
+    _cli("viz", str(out), "--gif", "--images", str(info["traced_image_id"]), "000000040083.jpg")
     jpgs = sorted((out / "viz").glob("*.jpg"))
     gifs = sorted((out / "viz").glob("*.gif"))
     assert len(jpgs) == 2 and len(gifs) == 1  # only the traced image has a GIF
@@ -113,6 +113,7 @@ def test_eval_then_report_renders_in_chromium(job_output: tuple[Path, dict[str, 
     for section in SECTION_IDS:
         assert f"id='{section}'" in page
     assert "gone.jpg" in page and "missing file" in page  # the failed image and its reason
+    assert "after pass 2" in page and "keypoints" in page  # the eval table of eval.json
     assert not re.search(r"(src|href)=['\"]https?://", page)  # self-contained
 
     chromium = _chromium()
@@ -154,3 +155,29 @@ def test_summary_load_reads_one_images_masks_from_its_shard(job_output: tuple[Pa
     image_id = info["traced_image_id"]
     assert light.instances_of(image_id).equals(full.instances_of(image_id))
     assert light.instances_of(image_id).num_rows > 0
+
+
+def test_inspect_commands_read_and_write_s3(job_output: tuple[Path, dict[str, Any]], s3_endpoint: str,
+                                            testdata: Path) -> None:
+    from bmp_core.io.uris import filesystem
+    from bmp_core.output_reader import load_output
+
+    out, info = job_output
+    fs, _ = filesystem("s3://bmp-test/")
+    fs.put(str(out), "bmp-test/inspect/out", recursive=True)
+    fs.invalidate_cache()
+    uri = "s3://bmp-test/inspect/out"
+    loaded = load_output(uri, full_instances=False)
+    assert loaded.images.num_rows == len(info["uris"]) and loaded.run_info is not None
+    assert loaded.instances_of(info["traced_image_id"]).num_rows > 0
+    new = "s3://bmp-test/inspect/new"  # not under the uploaded folder, which holds earlier tests' files
+    _cli("eval", uri, "--gt", str(testdata / "coco" / "test_coco.json"), "--iou-types", "keypoints",
+         "--out", f"{new}/eval.json")
+    _cli("report", uri, "--samples", "2", "--out", f"{new}/report.html")
+    _cli("viz", uri, "--images", str(info["traced_image_id"]), "--gif", "--out", f"{new}/viz")
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.find("bmp-test/inspect/new"))
+    assert {"eval.json", "report.html"} <= set(names)
+    assert len([n for n in names if n.endswith("_004806.gif")]) == 1
+    assert len([n for n in names if n.endswith("_004806.jpg")]) == 1
+    assert json.loads(fs.cat_file("bmp-test/inspect/new/eval.json"))["images"]["matched"] == 4
