@@ -134,7 +134,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
         write_bytes(output_path(out_dir, f"{stem}.jpg"), viz.encode_image(overlay))
         written += 1
         if args.gif:
-            traces = load_traces(trace_dir(args.output, image_id))
+            traces = load_traces(trace_dir(args.output, image_id), np.ascontiguousarray(image_rgb[:, :, ::-1]))
             if traces is None:
                 no_trace.append(image_id)
                 continue

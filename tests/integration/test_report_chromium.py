@@ -69,9 +69,9 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
            "config": config_to_dict(cfg), "timings_s": {"wall": 1.0}, "started_unix": time.time()}
     store.write_json("run.json", run)
     image_id = next(i for i, u in enumerate(uris.to_pylist()) if u.endswith(trace_image))
-    result = run_bmp(read_bgr(testdata / "ochuman" / trace_image), build_fake_models(cfg.models.fake),
-                     cfg.loop, trace=True)
-    write_traces(trace_dir(str(out), image_id), result.traces)
+    image_bgr = read_bgr(testdata / "ochuman" / trace_image)
+    result = run_bmp(image_bgr, build_fake_models(cfg.models.fake), cfg.loop, trace=True)
+    write_traces(trace_dir(str(out), image_id), result.traces, image_bgr)
     return {"run": run, "uris": uris.to_pylist(), "traced_image_id": image_id, "iterations": cfg.loop.iterations}
 
 

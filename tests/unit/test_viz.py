@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -120,16 +121,29 @@ def test_gif_has_one_frame_per_iteration(traced: BmpResult, image_004806: np.nda
         assert gif.info.get("loop") == 0
 
 
-def test_traces_round_trip(traced: BmpResult, tmp_path: Path) -> None:
-    files = encode_traces(traced.traces)
-    assert set(files) == {"trace.json", "pass_0_input.png", "pass_1_input.png", "pass_2_input.png"}
-    write_traces(str(tmp_path / "7"), traced.traces)
-    back = load_traces(str(tmp_path / "7"))
+def test_traces_round_trip_from_one_small_json(traced: BmpResult, image_004806: np.ndarray,
+                                              tmp_path: Path) -> None:
+    files = encode_traces(traced.traces, image_004806)
+    assert set(files) == {"trace.json"}  # every detector input is rebuilt from the original image
+    assert len(files["trace.json"]) < 50_000
+    write_traces(str(tmp_path / "7"), traced.traces, image_004806)
+    back = load_traces(str(tmp_path / "7"), image_004806)
     assert back is not None and len(back) == len(traced.traces)
     for a, b in zip(traced.traces, back):
         assert a.iteration == b.iteration and a.num_new == b.num_new and a.num_removed_old == b.num_removed_old
-        assert np.array_equal(a.detector_input_bgr, b.detector_input_bgr)  # PNG is lossless
+        assert np.array_equal(a.detector_input_bgr, b.detector_input_bgr)  # exact
         np.testing.assert_allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=0.01)
         np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=1e-4)
         assert np.array_equal(a.detections.masks, b.detections.masks)
-    assert load_traces(str(tmp_path / "missing")) is None
+    assert load_traces(str(tmp_path / "missing"), image_004806) is None
+
+
+def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, image_004806: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    greyed = traced.traces[1].detector_input_bgr.copy()
+    greyed[~greyed.any(axis=2)] = 127  # a loop that greys people out instead of blacking them out
+    traces = [traced.traces[0], dataclasses.replace(traced.traces[1], detector_input_bgr=greyed)]
+    assert set(encode_traces(traces, image_004806)) == {"trace.json", "pass_1_input.png"}
+    write_traces(str(tmp_path / "g"), traces, image_004806)
+    back = load_traces(str(tmp_path / "g"), image_004806)
+    assert back is not None and np.array_equal(back[1].detector_input_bgr, greyed)
