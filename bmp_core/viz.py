@@ -48,7 +48,7 @@ class DrawStyle:
 
     Attributes:
         keypoint_thr: keypoints scoring below this are not drawn, nor limbs touching them.
-        mask_alpha: weight of the person colour over the image inside a mask (the reference: ~0.7).
+        mask_alpha: weight of the person colour over the image inside a mask.
         line_width: limb width.
         keypoint_radius: keypoint dot radius.
         box_width: box outline width.
@@ -56,7 +56,7 @@ class DrawStyle:
     """
 
     keypoint_thr: float = 0.3
-    mask_alpha: float = 0.55
+    mask_alpha: float = 0.6  # the reference demo blends masks at 0.6 too
     line_width: int = 3
     keypoint_radius: int = 3
     box_width: int = 2
