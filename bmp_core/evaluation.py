@@ -25,15 +25,14 @@ import copy
 import io
 import json
 import logging
-import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bmp_core.image_matching import ImageMatch, match_images
 from bmp_core.io.parquet import boxes_array, keypoints_array, rles_of
 from bmp_core.output_reader import JobOutput
 
@@ -45,67 +44,12 @@ KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # COCO-17 keypoint OKS sigmas, copied from pycocotools/cocoeval.py ``Params.setKpParams`` (BSD-2).
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
+__all__ = ["EvaluationError", "ImageMatch", "evaluate_output", "format_table", "load_gt", "match_images"]
 _MAX_LISTED = 100  # image names listed per "missing" kind in eval.json; the counts are always complete
 
 
 class EvaluationError(ValueError):
     """The ground truth cannot be scored as asked (the message says why and what to install)."""
-
-
-@dataclass(frozen=True)
-class ImageMatch:
-    """Output images paired with ground-truth images.
-
-    Attributes:
-        output_to_gt: output ``image_id`` -> ground-truth image ``id``.
-        missing_in_gt: output uris no ground-truth image matched.
-        missing_in_output: ground-truth file names no output image matched.
-        ambiguous: output uris that matched a ground-truth image another output image had matched.
-    """
-
-    output_to_gt: dict[int, int]
-    missing_in_gt: list[str] = field(default_factory=list)
-    missing_in_output: list[str] = field(default_factory=list)
-    ambiguous: list[str] = field(default_factory=list)
-
-
-def _path_parts(path: str) -> list[str]:
-    return [p for p in path.replace("\\", "/").split("/") if p and p != "."]
-
-
-def match_images(output_images: Sequence[tuple[int, str]], gt_images: Sequence[dict[str, Any]]) -> ImageMatch:
-    """Pair output images with ground-truth images by file name (path suffix, longest wins).
-
-    Args:
-        output_images: ``(image_id, uri)`` of every output image.
-        gt_images: the ground truth's ``images`` entries (``id``, ``file_name``).
-
-    Returns:
-        ``ImageMatch``.
-    """
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for g in gt_images:
-        by_name.setdefault(posixpath.basename(g["file_name"].replace("\\", "/")), []).append(g)
-    out_to_gt: dict[int, int] = {}
-    taken: set[int] = set()
-    missing_in_gt, ambiguous = [], []
-    for image_id, uri in output_images:
-        uri_parts = _path_parts(uri)
-        best, best_len = None, 0
-        for g in by_name.get(uri_parts[-1] if uri_parts else "", []):
-            parts = _path_parts(g["file_name"])
-            # Both paths must agree on every component the ground truth names (val2017/x.jpg).
-            if uri_parts[-len(parts):] == parts and len(parts) > best_len:
-                best, best_len = g, len(parts)
-        if best is None:
-            missing_in_gt.append(uri)
-        elif best["id"] in taken:
-            ambiguous.append(uri)
-        else:
-            out_to_gt[int(image_id)] = int(best["id"])
-            taken.add(int(best["id"]))
-    missing_in_output = [g["file_name"] for g in gt_images if int(g["id"]) not in taken]
-    return ImageMatch(out_to_gt, missing_in_gt, missing_in_output, ambiguous)
 
 
 def results_from_instances(
