@@ -44,7 +44,11 @@ KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # COCO-17 keypoint OKS sigmas, copied from pycocotools/cocoeval.py ``Params.setKpParams`` (BSD-2).
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
-__all__ = ["EvaluationError", "ImageMatch", "evaluate_output", "format_table", "load_gt", "match_images"]
+__all__ = [  # ImageMatch and match_images are re-exported from image_matching
+    "BOX_STATS", "COCO_SIGMAS", "IOU_TYPES", "KEYPOINT_STATS", "CocoScorer", "EvaluationError", "ImageMatch",
+    "choose_backend", "evaluate_output", "format_table", "load_gt", "match_images", "needs_xtcocotools",
+    "results_from_instances", "table_rows",
+]
 _MAX_LISTED = 100  # image names listed per "missing" kind in eval.json; the counts are always complete
 
 
