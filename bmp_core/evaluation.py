@@ -174,8 +174,13 @@ class CocoScorer:
         self.backends = {"keypoints": keypoint_backend, "segm": "pycocotools", "bbox": "pycocotools"}
         normalized = _normalize_gt(gt)
         self._gts = {"pycocotools": _fill_area(_load_coco("pycocotools", copy.deepcopy(normalized)))}
+        self._gt_of = {"keypoints": keypoint_backend, "segm": "pycocotools", "bbox": "pycocotools"}
         if keypoint_backend == "xtcocotools":
-            self._gts["xtcocotools"] = _load_coco("xtcocotools", normalized)
+            self._gts["xtcocotools"] = _load_coco("xtcocotools", copy.deepcopy(normalized))
+        self.gt_without_mask = sum(not a.get("segmentation") for a in normalized["annotations"])
+        if self.gt_without_mask:
+            self._gts["segm"] = _fill_area(_load_coco("pycocotools", _unmasked_as_crowd(normalized)))
+            self._gt_of["segm"] = "segm"
         self._use_area = all("area" in a for a in gt["annotations"])
 
     def score(self, results: list[dict[str, Any]], iou_type: str) -> dict[str, float] | None:
@@ -186,7 +191,7 @@ class CocoScorer:
             has_gt = any(self._gts["pycocotools"].getAnnIds(imgIds=self.image_ids, iscrowd=False))
             return dict.fromkeys(names, 0.0) if has_gt and self.image_ids else None
         backend = self.backends[iou_type]
-        gt = self._gts[backend]
+        gt = self._gts[self._gt_of[iou_type]]
         _, eval_cls = _coco_api(backend)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             dt = gt.loadRes(copy.deepcopy(results))  # loadRes adds fields to the dicts it gets
@@ -204,6 +209,22 @@ class CocoScorer:
         cats = self._gts["pycocotools"].dataset.get("categories", [])
         k = len(cats[0].get("keypoints", [])) if cats else 17
         return COCO_SIGMAS if k in (0, 17) else np.full(k, 0.079)  # 0.079: COCO's mean sigma, for unknown sets
+
+
+def _unmasked_as_crowd(gt: dict[str, Any]) -> dict[str, Any]:
+    """For mask AP: a person annotated without a mask becomes a crowd region over their box.
+
+    COCOeval neither rewards nor penalises predictions inside a crowd region, which is the honest
+    score for a mask nobody drew (the alternative, dropping the person, would make a correct
+    prediction a false positive).
+    """
+    gt = copy.deepcopy(gt)
+    for a in gt["annotations"]:
+        if not a.get("segmentation"):
+            x, y, w, h = a["bbox"]
+            a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+            a["iscrowd"] = 1
+    return gt
 
 
 def _load_coco(backend: str, dataset: dict[str, Any]) -> Any:
@@ -294,6 +315,7 @@ def evaluate_output(
         "box_source": box_source,
         "iou_types": list(iou_types),
         "images": _image_summary(match, len(images), len(gt.get("images", [])), failed_ids),
+        "gt_without_mask": scorer.gt_without_mask,
         "overall": overall,
         "per_iteration": passes,
     }

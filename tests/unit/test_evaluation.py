@@ -273,3 +273,14 @@ def test_cli_eval_writes_eval_json_from_parquet_parts(tmp_path: Path, coco_gt_pa
     assert written["overall"]["bbox"]["AP"] == pytest.approx(1.0)
     assert written["gt"] == str(coco_gt_path)
     assert "keypoints" in out.getvalue() and "matched" in out.getvalue()
+
+
+def test_gt_people_without_a_mask_are_crowd_regions_for_mask_ap(testdata: Path) -> None:
+    gt = _load(testdata / "ochuman" / "test_ochuman.json")
+    output = gt_as_output(gt)  # predictions made while every GT person still had a mask
+    gt["annotations"][1]["segmentation"] = None
+    result = evaluate_output(output, gt, iou_types=("segm", "keypoints"))
+    assert result["gt_without_mask"] == 1
+    # The person without a mask neither counts as missed nor makes its prediction a false positive.
+    assert result["overall"]["segm"]["AP"] == pytest.approx(1.0)
+    assert result["overall"]["keypoints"]["AP"] == pytest.approx(1.0)
