@@ -3,8 +3,9 @@
 The numbers are pycocotools' own (``COCOeval``): this module only matches the output's images to the
 ground truth's, turns ``instances`` rows into COCO result lists, and collects ``COCOeval.stats``.
 OCHuman/CrowdPose-style ground truth that pycocotools cannot score (annotations without ``area``,
-keypoint sets other than COCO-17) goes through xtcocotools, the COCO fork mmpose uses, which takes
-``use_area`` and ``sigmas`` arguments.
+keypoint sets other than COCO-17) has its keypoints scored by xtcocotools, the COCO fork mmpose
+uses, which takes ``use_area`` and ``sigmas`` arguments; its masks and boxes still go through
+pycocotools (see ``CocoScorer``).
 
 Images are matched by file name: a ground-truth ``file_name`` matches an output ``uri`` that ends with
 it (``val2017/x.jpg`` or ``x.jpg``). Only matched images are scored; the rest are listed in the result
