@@ -210,3 +210,29 @@ def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_mo
     ys, xs = np.nonzero(out.masks[0])
     assert len(xs) > 500 and out.scores[0] > 0.5
     assert (xs.mean() - kpts[0, [5, 6, 11, 12], 0].mean()) ** 2 < (0.1 * (box[2] - box[0])) ** 2
+
+
+def test_flip_swaps_left_and_right_on_every_test_image(coco_dir: Path, lite_models: BmpModels) -> None:
+    swapped_err, unswapped_err = [], []  # per person: median body-joint error / box diagonal
+    for name, boxes in load_given_boxes(str(coco_dir / "test_coco.json")).items():
+        image = read_bgr(coco_dir / name)
+        width = image.shape[1]
+        flipped_boxes = boxes.copy()
+        flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+        (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
+        (kpts_f,) = lite_models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
+        mirrored = kpts_f.copy()
+        mirrored[..., 0] = width - kpts_f[..., 0]
+        swapped = mirrored.copy()
+        swapped[:, LEFT + RIGHT] = mirrored[:, RIGHT + LEFT]
+        for i, box in enumerate(boxes):
+            if kpts[i, :, 2].max() == 0 or kpts_f[i, :, 2].max() == 0:
+                continue  # BlazePose found nobody in one of the two crops
+            diag = float(np.hypot(*(box[2:] - box[:2])))
+            body = kpts[i, 5:, :2]
+            swapped_err.append(np.median(np.linalg.norm(swapped[i, 5:, :2] - body, axis=1)) / diag)
+            unswapped_err.append(np.median(np.linalg.norm(mirrored[i, 5:, :2] - body, axis=1)) / diag)
+    # Measured over 11 people: median 0.018 swapped vs 0.18 unswapped.
+    assert len(swapped_err) >= 8
+    assert np.median(swapped_err) < 0.05
+    assert np.median(swapped_err) < np.median(unswapped_err) / 3
