@@ -5,7 +5,8 @@
 #   INPUT, OUTPUT   URIs as the cluster sees them: s3://bucket/prefix, or an absolute path on a shared
 #                   file system. Relative paths are refused: the job runs in a temporary copy of this
 #                   checkout on the head node, and outputs written there are lost.
-#   CONFIG          a config file inside this repository (uploaded with it; default configs/bmp_d3.yaml),
+#   CONFIG          a config file inside this repository (uploaded with it; default configs/bmp_d3.yaml;
+#                   a relative path is tried from the current folder, then from the repository root),
 #                   or an absolute path that exists on the cluster (e.g. /etc/bmp/config.yaml in the image).
 #   MORE_RUN_ARGS   passed on to `bmp-label run`: --num-workers 8, --force, models.precision=bf16, ...
 #   --no-wait       return once submitted instead of following the logs (then: ray job logs -f JOB_ID).
@@ -17,7 +18,7 @@
 # Resuming: run the same command again; committed shards in OUTPUT are skipped.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" >&2; exit 2; }
+usage() { sed -n '2,18p' "$0" >&2; exit 2; }
 
 WAIT_FLAG=()
 if [[ "${1:-}" == "--no-wait" ]]; then WAIT_FLAG=(--no-wait); shift; fi
@@ -39,6 +40,7 @@ for pair in "INPUT=$INPUT" "OUTPUT=$OUTPUT"; do
 done
 
 # The config travels inside the uploaded working_dir, so the job must see it by its repo-relative path.
+if [[ ! -f "$CONFIG" && "$CONFIG" != /* && -f "$REPO/$CONFIG" ]]; then CONFIG="$REPO/$CONFIG"; fi
 if [[ -f "$CONFIG" ]]; then
     abs="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"
     case "$abs" in
