@@ -123,7 +123,10 @@ def _download_http(url: str, out: Any, timeout_s: float) -> None:
 def _download_fsspec(uri: str, out: Any, storage_options: Mapping[str, Any] | None) -> None:
     import fsspec  # s3:// needs s3fs; credentials/endpoint from the environment or storage_options
 
-    with fsspec.open(uri, "rb", **dict(storage_options or {})) as src:
+    # A fresh filesystem object: fsspec caches instances by their arguments, and a cached one keeps
+    # the endpoint/credentials of the environment it was created in (a downloaded-once file needs no reuse).
+    options = {"skip_instance_cache": True, **dict(storage_options or {})}
+    with fsspec.open(uri, "rb", **options) as src:
         shutil.copyfileobj(src, out, _CHUNK_BYTES)
 
 

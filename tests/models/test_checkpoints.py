@@ -1,0 +1,295 @@
+"""Checkpoint resolution (local, http on 127.0.0.1, hf:// via HF_ENDPOINT, S3 on a moto server) and strict
+loading of random-init checkpoints written in the published formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.models
+torch = pytest.importorskip("torch")
+
+from bmp_core.models.checkpoints import (  # noqa: E402
+    CheckpointError,
+    cache_path_for,
+    hf_to_https,
+    load_state_dict,
+    load_strict,
+    resolve_checkpoint,
+)
+
+# --------------------------------------------------------------------------------------------
+# A local http server that counts requests
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+    delay_s = 0.0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        type(self).requests.append(self.path)
+        time.sleep(type(self).delay_s)
+        super().do_GET()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Handler]]]:
+    """(base URL, served folder, handler class with .requests/.delay_s) on 127.0.0.1, random port."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (_Handler,), {"requests": [], "delay_s": 0.0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_local_path_and_sha256(tmp_path: Path) -> None:
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert resolve_checkpoint(str(f), tmp_path / "cache", sha256=digest) == f
+    assert resolve_checkpoint(f"file://{f}", tmp_path / "cache") == f
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve_checkpoint(str(f), tmp_path / "cache", sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "missing.pth"), tmp_path / "cache")
+
+
+def test_http_download_once_then_cache_hit(tmp_path: Path, http_root: Any) -> None:
+    base, root, handler = http_root
+    (root / "model.pth").write_bytes(b"x" * 3_000_000)
+    cache = tmp_path / "cache"
+    first = resolve_checkpoint(f"{base}/model.pth", cache, sha256=hashlib.sha256(b"x" * 3_000_000).hexdigest())
+    assert first.read_bytes() == b"x" * 3_000_000
+    assert first == cache_path_for(f"{base}/model.pth", cache) and first.name == "model.pth"
+    second = resolve_checkpoint(f"{base}/model.pth", cache)
+    assert second == first
+    assert handler.requests == ["/model.pth"]  # the second call never touched the network
+    assert _leftovers(cache) == ["model.pth"]
+
+
+def test_sha256_mismatch_leaves_nothing_in_the_cache(tmp_path: Path, http_root: Any) -> None:
+    base, root, _ = http_root
+    (root / "model.pth").write_bytes(b"tampered")
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve_checkpoint(f"{base}/model.pth", cache, sha256=hashlib.sha256(b"original").hexdigest())
+    assert _leftovers(cache) == []
+
+
+def test_failed_download_names_the_url_and_leaves_no_partial_file(tmp_path: Path, http_root: Any) -> None:
+    base, _, _ = http_root
+    with pytest.raises(CheckpointError, match=r"could not download checkpoint .*/absent\.pth"):
+        resolve_checkpoint(f"{base}/absent.pth", tmp_path / "cache")
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_offline_without_cache_is_one_clear_error(tmp_path: Path, http_root: Any, monkeypatch: Any) -> None:
+    base, root, handler = http_root
+    (root / "model.pth").write_bytes(b"w")
+    uri = f"{base}/model.pth"
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint(uri, tmp_path / "cache", offline=True)
+    message = str(err.value)
+    assert uri in message and str(cache_path_for(uri, tmp_path / "cache")) in message and "Pre-stage" in message
+    monkeypatch.setenv("BMP_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="offline"):
+        resolve_checkpoint(uri, tmp_path / "cache")
+    assert handler.requests == []
+    # Pre-staged exactly where the error said: found offline.
+    staged = cache_path_for(uri, tmp_path / "cache")
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"w")
+    assert resolve_checkpoint(uri, tmp_path / "cache") == staged
+
+
+def test_concurrent_resolvers_download_once(tmp_path: Path, http_root: Any) -> None:
+    base, root, handler = http_root
+    payload = os.urandom(2_000_000)
+    (root / "big.pth").write_bytes(payload)
+    handler.delay_s = 0.5  # every resolver arrives while the first download is still running
+    results: list[Any] = []
+
+    def worker() -> None:
+        try:
+            results.append(resolve_checkpoint(f"{base}/big.pth", tmp_path / "cache").read_bytes() == payload)
+        except Exception as err:  # pragma: no cover - reported below
+            results.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [True] * 6
+    assert handler.requests == ["/big.pth"]
+
+
+def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_root: Any, monkeypatch: Any) -> None:
+    base, root, handler = http_root
+    target = root / "vrg-prague" / "BBoxMaskPose" / "resolve" / "main" / "MaskPose"
+    target.mkdir(parents=True)
+    (target / "MaskPose-b-1.0.0.pth").write_bytes(b"hf")
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    path = resolve_checkpoint("hf://vrg-prague/BBoxMaskPose/MaskPose/MaskPose-b-1.0.0.pth", tmp_path / "cache")
+    assert path.read_bytes() == b"hf"
+    assert handler.requests == ["/vrg-prague/BBoxMaskPose/resolve/main/MaskPose/MaskPose-b-1.0.0.pth"]
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hf_to_https("hf://o/r/a/b.pt@v1") == "https://huggingface.co/o/r/resolve/v1/a/b.pt"
+
+
+@pytest.fixture()
+def moto_s3(monkeypatch: Any) -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1; s3fs/boto3 reach it through AWS_ENDPOINT_URL."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                           AWS_DEFAULT_REGION="us-east-1").items():
+        monkeypatch.setenv(key, value)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="bmp-weights")
+    try:
+        yield client
+    finally:
+        server.stop()
+
+
+def test_s3_download_through_moto(tmp_path: Path, moto_s3: Any) -> None:
+    moto_s3.put_object(Bucket="bmp-weights", Key="w/sam.pt", Body=b"s3 weights")
+    path = resolve_checkpoint("s3://bmp-weights/w/sam.pt", tmp_path / "cache")
+    assert path.read_bytes() == b"s3 weights" and path.name == "sam.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and strict loading
+
+
+def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path) -> None:
+    sd = {"a.weight": torch.ones(2, 2), "b.bias": torch.zeros(3)}
+    torch.save({"state_dict": sd}, tmp_path / "mm_plain.pth")
+    torch.save({"model": sd}, tmp_path / "sam.pt")
+    torch.save({"module.a.weight": sd["a.weight"], "module.b.bias": sd["b.bias"]}, tmp_path / "bare.pth")
+    for name in ("mm_plain.pth", "sam.pt", "bare.pth"):
+        got = load_state_dict(tmp_path / name, allow_pickle=False)
+        assert sorted(got) == sorted(sd) and torch.equal(got["a.weight"], sd["a.weight"])
+    # mmengine checkpoints carry numpy objects in `meta`: the safe loader refuses them.
+    torch.save({"meta": {"epoch": np.int64(210), "hist": np.arange(3)}, "state_dict": sd}, tmp_path / "mm_meta.pth")
+    with pytest.raises(CheckpointError, match="allow_pickle_checkpoints"):
+        load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=False)
+    assert sorted(load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=True)) == sorted(sd)
+    torch.save({"optimizer": {"lr": torch.ones(1)}}, tmp_path / "nosd.pth")
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load_state_dict(tmp_path / "nosd.pth")
+
+
+def test_load_strict_names_renamed_and_mis_shaped_keys() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    sd = dict(model.state_dict())
+    sd["0.weights"] = sd.pop("0.weight")
+    with pytest.raises(CheckpointError) as err:
+        load_strict(model, sd, "toy")
+    assert "missing keys (1): 0.weight" in str(err.value) and "unexpected keys (1): 0.weights" in str(err.value)
+    sd = dict(model.state_dict())
+    sd["1.bias"] = torch.zeros(5)
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(1\): 1.bias \(5,\) vs model \(2,\)"):
+        load_strict(model, sd, "toy")
+
+
+# --------------------------------------------------------------------------------------------
+# Published formats through build_bmp_models: outputs identical to the in-memory models
+
+
+def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
+    tmp_path: Path, http_root: Any, moto_s3: Any, tiny_cfg: Any, tiny_models: Any,
+    ochuman_images: dict[str, np.ndarray],
+) -> None:
+    from bmp_core.models.build import build_bmp_models
+
+    base, root, _ = http_root
+    # Published formats: mmengine {'meta', 'state_dict'} for RTMDet and MaskPose, sam2 {'model'}.
+    meta = {"epoch": np.int64(300), "mmdet_version": "3.3.0"}
+    # (The smallest file, RTMDet tiny's ~22 MB, goes through moto, the slowest of the three transports.)
+    det_file = tmp_path / "rtmdet.pth"
+    torch.save({"meta": meta, "state_dict": tiny_models.detector.model.state_dict()}, det_file)
+    moto_s3.put_object(Bucket="bmp-weights", Key="weights/rtmdet-ins-tiny.pth", Body=det_file.read_bytes())
+    torch.save({"meta": meta, "state_dict": tiny_models.pose.model.state_dict()}, tmp_path / "maskpose.pth")
+    torch.save({"model": tiny_models.segmenter.predictor.model.state_dict()}, root / "sam2.1_hiera_tiny.pt")
+
+    m = tiny_cfg.models
+    cfg = dataclasses.replace(
+        m,
+        seed=m.seed + 1,  # a different random init: only the checkpoints can make the outputs agree
+        cache_dir=str(tmp_path / "cache"),
+        detector=dataclasses.replace(m.detector, checkpoint="s3://bmp-weights/weights/rtmdet-ins-tiny.pth"),
+        pose=dataclasses.replace(m.pose, checkpoint=str(tmp_path / "maskpose.pth")),
+        segmenter=dataclasses.replace(m.segmenter, checkpoint=f"{base}/sam2.1_hiera_tiny.pt"),
+    )
+    loaded = build_bmp_models(cfg)
+
+    image = ochuman_images["003896"]
+    (d0,), (d1,) = tiny_models.detector.detect([image]), loaded.detector.detect([image])
+    np.testing.assert_array_equal(d1.boxes_xyxy, d0.boxes_xyxy)
+    np.testing.assert_array_equal(d1.masks, d0.masks)
+    boxes = d0.boxes_xyxy[:3]
+    np.testing.assert_array_equal(
+        loaded.pose.estimate([image], [boxes], [d0.masks[:3]])[0],
+        tiny_models.pose.estimate([image], [boxes], [d0.masks[:3]])[0],
+    )
+    small = image[::4, ::4].copy()  # SAM resizes to 1024 anyway; a small image keeps the upsampling cheap
+    points = [np.array([[40, 60], [80, 120]], np.float32)]
+    s0 = tiny_models.segmenter.segment(tiny_models.segmenter.prepare(small), points)
+    s1 = loaded.segmenter.segment(loaded.segmenter.prepare(small), points)
+    np.testing.assert_array_equal(s1.masks, s0.masks)
+    np.testing.assert_array_equal(s1.scores, s0.scores)
+
+    # ...and the seed really changes a random model (so the agreement above is the checkpoints' doing).
+    from bmp_core.models.pose_maskpose import build_maskpose
+
+    torch.manual_seed(cfg.seed)
+    other = build_maskpose(cfg.pose, torch.device("cpu"), None, "fp32")
+    assert not torch.equal(other.model.head.final_layer.weight, tiny_models.pose.model.head.final_layer.weight)
+
+
+def test_a_renamed_key_fails_loudly_through_the_builder(tiny_models: Any, tiny_cfg: Any) -> None:
+    from bmp_core.models.pose_maskpose import build_maskpose
+
+    sd = dict(tiny_models.pose.model.state_dict())
+    sd["head.final_layer.weights"] = sd.pop("head.final_layer.weight")
+    with pytest.raises(CheckpointError) as err:
+        build_maskpose(tiny_cfg.models.pose, torch.device("cpu"), sd, "fp32")
+    assert "head.final_layer.weight" in str(err.value) and "head.final_layer.weights" in str(err.value)
+    # A 17-channel head checkpoint in the 21-channel model: named as a shape mismatch.
+    sd = dict(tiny_models.pose.model.state_dict())
+    sd["head.final_layer.weight"] = sd["head.final_layer.weight"][:17]
+    sd["head.final_layer.bias"] = sd["head.final_layer.bias"][:17]
+    with pytest.raises(CheckpointError, match="shape mismatches .*head.final_layer"):
+        build_maskpose(tiny_cfg.models.pose, torch.device("cpu"), sd, "fp32")
