@@ -11,6 +11,7 @@ concurrent test run finds it through /tmp/ray), free ports, and pinned token aut
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -48,8 +49,14 @@ def _free_port() -> int:
 def _env() -> dict[str, str]:
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every listener on 127.0.0.1 (shared/docs/install.md,
     # item 10); the job's entrypoint finds bmp-label on the PATH the cluster was started with.
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=_TOKEN,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -76,10 +83,8 @@ def _stop_cluster(pgid: int, temp_dir: str) -> None:
     """
     for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         for kill, target in [(os.killpg, pgid)] + [(os.kill, pid) for pid in _processes_mentioning(temp_dir)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 kill(target, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             try:
@@ -96,13 +101,25 @@ def ray_head() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="bmp-ray-", dir="/tmp")  # short: socket paths must stay < 107 bytes
     dashboard = _free_port()
     cmd = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-        "--num-cpus=2", "--num-gpus=0", "--object-store-memory=300000000", "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={_free_port()}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--object-store-memory=300000000",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
-    start = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    start = subprocess.Popen(
+        cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         out, _ = start.communicate(timeout=180)
         assert start.returncode == 0, f"ray start failed:\n{out}"
@@ -110,8 +127,9 @@ def ray_head() -> Iterator[str]:
         deadline = time.monotonic() + 90
         while True:  # `ray start` returns before the dashboard's job API answers
             try:
-                request = urllib.request.Request(f"{address}/api/version",
-                                                 headers={"Authorization": f"Bearer {_TOKEN}"})
+                request = urllib.request.Request(
+                    f"{address}/api/version", headers={"Authorization": f"Bearer {_TOKEN}"}
+                )
                 with urllib.request.urlopen(request, timeout=2) as response:
                     json.load(response)
                 break
@@ -138,7 +156,11 @@ def test_submit_sh_labels_the_folder_on_a_cluster(ray_head: str, testdata: Path,
     # RAY_ADDRESS is the dashboard URL, as on a real cluster; Ray sets the GCS address for the driver.
     done = subprocess.run(
         ["bash", str(REPO / "infra" / "submit.sh"), str(testdata), str(output), "configs/fake.yaml"],
-        env={**_env(), "RAY_ADDRESS": ray_head}, cwd=tmp_path, capture_output=True, text=True, timeout=420,
+        env={**_env(), "RAY_ADDRESS": ray_head},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     log = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0 and "succeeded" in done.stdout, f"submit failed:\n{log}"
