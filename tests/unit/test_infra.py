@@ -97,6 +97,8 @@ def test_cluster_gpu_workers_have_one_gpu_each_and_the_head_none() -> None:
     assert head["resources"].get("GPU", 0) == 0
     workers = [t for name, t in types.items() if name != cfg["head_node_type"]]
     assert workers and all(t["resources"].get("GPU") == 1 for t in workers)
+    # bmp-label sizes its GPU actors from the GPUs present at start: one GPU node must always be up.
+    assert sum(t["min_workers"] for t in workers) >= 1
     assert max(t["max_workers"] for t in workers) <= cfg["max_workers"]
 
 
@@ -169,6 +171,10 @@ def test_rayjob_entrypoint_is_a_valid_bmp_label_run() -> None:
     submitter_env = {e["name"] for e in spec["submitterPodTemplate"]["spec"]["containers"][0]["env"]}
     assert set(re.findall(r"\$\{?(\w+)", spec["entrypoint"])) == {"INPUT", "OUTPUT"} <= submitter_env
     assert (args.input, args.output) == ("$INPUT", "$OUTPUT")
+    # The job sizes its GPU actors from the GPUs present at start: at least one pod must be up then,
+    # and --num-workers beyond that is what makes the autoscaler add pods, up to maxReplicas.
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["minReplicas"] >= 1 and args.num_workers == group["maxReplicas"]
     # --config is the ConfigMap's file, mounted on every Ray pod.
     key = next(iter(_configmap()["data"]))
     for role, pod in _pods(_rayjob()).items():
