@@ -39,6 +39,7 @@ class _ImageState:
 
     image_bgr: np.ndarray
     given_boxes_xyxy: np.ndarray | None
+    given_scores: np.ndarray | None
     instances: Instances
     detector_input_bgr: np.ndarray
     prepared: Any = None  # the segmenter's handle, computed on first use and reused
@@ -53,6 +54,7 @@ def run_bmp(
     cfg: LoopConfig,
     boxes_xyxy: np.ndarray | None = None,
     trace: bool = False,
+    box_scores: np.ndarray | None = None,
 ) -> BmpResult:
     """Run the BMP loop on one image.
 
@@ -63,11 +65,17 @@ def run_bmp(
         boxes_xyxy: optional (N, 4) pixel boxes; pass 0 uses them instead of the detector (no masks,
             so their poses are box-only) and later passes detect as usual.
         trace: keep an ``IterationTrace`` per pass (detector input, detections) for visualisation.
+        box_scores: optional (N,) scores of ``boxes_xyxy`` (e.g. from a detections file), kept as
+            their ``det_scores``; default 1.0.
 
     Returns:
         ``BmpResult``; an image with nobody in it gives 0 instances.
     """
-    return run_bmp_batch([image_bgr], models, cfg, None if boxes_xyxy is None else [boxes_xyxy], trace)[0]
+    return run_bmp_batch(
+        [image_bgr], models, cfg,
+        None if boxes_xyxy is None else [boxes_xyxy], trace,
+        None if box_scores is None else [box_scores],
+    )[0]
 
 
 def run_bmp_batch(
@@ -76,12 +84,14 @@ def run_bmp_batch(
     cfg: LoopConfig,
     boxes_xyxy: Sequence[np.ndarray | None] | None = None,
     trace: bool = False,
+    box_scores: Sequence[np.ndarray | None] | None = None,
 ) -> list[BmpResult]:
     """Run the BMP loop on several images, batching each model call across them.
 
     Args:
         images_bgr: B images (H_i, W_i, 3) uint8 BGR.
         boxes_xyxy: None, or B entries of (N_i, 4) boxes / None (see ``run_bmp``).
+        box_scores: None, or B entries of (N_i,) scores of those boxes / None.
 
     Returns:
         B ``BmpResult``s, in input order. Stage timings of batched calls are split evenly.
@@ -93,9 +103,14 @@ def run_bmp_batch(
     for i, image in enumerate(images_bgr):
         _check_image(image)
         given = None if boxes_xyxy is None or boxes_xyxy[i] is None else _check_boxes(boxes_xyxy[i])
+        scores = None
+        if given is not None and box_scores is not None and box_scores[i] is not None:
+            scores = np.asarray(box_scores[i], np.float32).reshape(-1)
+            if len(scores) != len(given):
+                raise ValueError(f"image {i}: {len(scores)} box scores for {len(given)} boxes")
         h, w = image.shape[:2]
         states.append(
-            _ImageState(image, given, Instances.empty(h, w, cfg.prompt.num_pos_keypoints), image)
+            _ImageState(image, given, scores, Instances.empty(h, w, cfg.prompt.num_pos_keypoints), image)
         )
 
     for iteration in range(cfg.iterations):
@@ -130,10 +145,9 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
         h, w = s.image_bgr.shape[:2]
         if iteration == 0 and s.given_boxes_xyxy is not None:
             n = len(s.given_boxes_xyxy)
+            scores = np.ones(n, np.float32) if s.given_scores is None else s.given_scores
             # User boxes carry no mask: the pose is box-only and SAM draws the first mask.
-            s.new = Detections(
-                s.given_boxes_xyxy, np.ones(n, np.float32), np.zeros(n, np.int64), np.zeros((n, h, w), bool)
-            )
+            s.new = Detections(s.given_boxes_xyxy, scores, np.zeros(n, np.int64), np.zeros((n, h, w), bool))
         else:
             to_detect.append(s)
     if not to_detect:

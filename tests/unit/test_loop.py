@@ -233,6 +233,12 @@ def test_given_boxes_replace_the_first_detector_pass(image_004806: np.ndarray) -
     assert fresh.detector.calls == 1 and set(inst0.iteration.tolist()) <= {1}
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         run_bmp(image_004806, fresh, CFG, boxes_xyxy=np.zeros((3, 5)))
+    # scores of given boxes (a detections file) are kept as the detector scores
+    scored = run_bmp(image_004806, build_fake_models(), CFG, boxes_xyxy=boxes,
+                     box_scores=np.array([0.7, 0.4])).instances
+    np.testing.assert_allclose(scored.det_scores[scored.iteration == 0], [0.7, 0.4], rtol=1e-6)
+    with pytest.raises(ValueError, match="1 box scores for 2 boxes"):
+        run_bmp(image_004806, build_fake_models(), CFG, boxes_xyxy=boxes, box_scores=np.array([0.7]))
 
 
 def test_batch_equals_one_image_at_a_time(testdata: Path) -> None:
