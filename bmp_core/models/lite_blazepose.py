@@ -58,7 +58,7 @@ def _require_shipped_model(model_complexity: int) -> None:
         import mediapipe
     except ImportError as err:
         raise ImportError(
-            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (bmp_core/models/README_LITE.md)"
+            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (README.md, "Lite")"
         ) from err
     root = Path(mediapipe.__file__).parent / "modules"
     needed = [

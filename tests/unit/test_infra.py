@@ -150,7 +150,7 @@ def test_one_image_everywhere_tagged_with_the_project_version() -> None:
     assert image.rsplit(":", 1)[1] == version
     name_and_tag = image.rsplit("/", 1)[-1]  # what `docker build -t` names it before the push
     assert name_and_tag in (INFRA / "Dockerfile").read_text()
-    assert name_and_tag in (INFRA / "README_SECTION.md").read_text()
+    assert name_and_tag in (REPO / "README.md").read_text()
 
 
 def test_rayjob_ray_version_is_the_pinned_one() -> None:
