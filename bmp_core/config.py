@@ -121,6 +121,7 @@ class PoseModelConfig:
     num_keypoints: int = 21  # heatmap channels of the head (MaskPose/ViTPose multi: 21); the first 17 are kept
     mask_conditioning: bool = True  # MaskPose: dim the background before the crop; False for plain ViTPose
     mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
+    mask_as_polygons: bool = True  # blend with the mask's outer polygons, holes filled (reference)
     bbox_padding: float = 1.25  # crop = box grown by this factor, aspect fixed to the input's
     flip_test: bool = True  # average with the horizontally flipped crop's heatmaps
     input_size_wh: tuple[int, ...] = (192, 256)  # crop (width, height) in pixels

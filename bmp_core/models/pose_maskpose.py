@@ -6,8 +6,9 @@ on the full image before the crop. No extra channel, no extra parameters, so the
 ``TopdownPoseEstimator`` (ViT backbone, classic heatmap head) runs it; the blending, the UDP crop and
 the batching are ours:
 
-1. per instance: centre/scale from the xyxy box, padded 1.25, aspect fixed to 192:256 by growing the
-   short side; UDP warp matrix (mmpose's ``get_udp_warp_matrix``), bilinear ``warpAffine``, border 0,
+1. per instance: the mask's outer contours rasterised as polygons (holes filled, as the reference does),
+   the background outside them dimmed; centre/scale from the xyxy box, padded 1.25, aspect fixed to
+   192:256 by growing the short side; UDP warp matrix (mmpose's ``get_udp_warp_matrix``), bilinear ``warpAffine``, border 0,
 2. every crop of every image in one batch (chunks of ``batch_size``), BGR -> RGB, ImageNet mean/std,
 3. flip test: the mirrored crops go through the same forward; their heatmaps are mirrored back, left and
    right channels swapped, and averaged with the plain ones (flip_mode heatmap, no shift),
@@ -141,6 +142,32 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     return np.where(mask[..., None], image_bgr, dimmed)
 
 
+def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
+    """The conditioning mask as the reference builds it: outer contours only, rasterised as polygons.
+
+    MaskPose was trained on COCO polygon masks, and the reference's inference turns a binary mask into
+    its outer contours (``RETR_EXTERNAL``; contours with fewer than 4 points dropped) and rasterises those
+    polygons with pycocotools. Holes inside the mask are therefore filled, and specks vanish.
+
+    Args:
+        mask: (H, W) bool.
+        min_points: contours with fewer points are dropped (a polygon needs more than 3).
+
+    Returns:
+        (H, W) bool; all False when no contour survives (the instance is then posed from its box).
+    """
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    h, w = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = [c.reshape(-1).astype(np.float64).tolist() for c in contours if len(c) >= min_points]
+    if not polygons:
+        return np.zeros((h, w), bool)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+    return mask_utils.decode(rle).astype(bool)
+
+
 def crop_to_input(image_bgr: np.ndarray, warp: np.ndarray, input_size_wh: tuple[int, int]) -> np.ndarray:
     """(h, w, 3) uint8 crop through ``warp``: bilinear, constant-0 border (mmpose's TopdownAffine)."""
     import cv2
@@ -193,7 +220,9 @@ class MaskPoseEstimator:
         for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
             source = image_bgr
             if self.cfg.mask_conditioning and masks is not None and masks[i].any():
-                source = blend_background(image_bgr, masks[i], self.cfg.mask_alpha)
+                mask = outer_polygon_mask(masks[i]) if self.cfg.mask_as_polygons else masks[i]
+                if mask.any():  # a mask of specks only: no usable polygon, pose from the box
+                    source = blend_background(image_bgr, mask, self.cfg.mask_alpha)
             center, scale = box_center_scale(box, self.cfg.bbox_padding, w / h)
             crops.append(crop_to_input(source, udp_warp_matrix(center, scale, (w, h)), (w, h)))
             centers.append(center)

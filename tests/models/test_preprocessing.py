@@ -193,3 +193,17 @@ def test_sam_prepare_feeds_rgb() -> None:
     (seen,) = predictor.seen
     assert seen[0, 0].tolist() == [10, 0, 200]  # R, G, B
     assert prepared.image_hw == (4, 5)
+
+
+def test_outer_polygon_mask_fills_holes_and_drops_specks() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    mask[18:22, 18:22] = False  # a hole: the reference's outer contours fill it
+    mask[2, 35] = True  # a 1-pixel speck: a contour of 1 point is no polygon
+    out = pm.outer_polygon_mask(mask)
+    assert out[19, 19] and out[20, 20]
+    assert not out[2, 35]
+    assert not out[:8].any() and not out[32:].any() and not out[:, :8].any() and not out[:, 32:].any()
+    # The rasterised polygon through the boundary pixels' indices keeps the square up to its last row/column.
+    assert abs(int(out[10:30, 10:30].sum()) - 400) <= 2 * 20
+    assert not pm.outer_polygon_mask(np.zeros((5, 5), bool)).any()
