@@ -126,20 +126,29 @@ def udp_warp_matrix(center: np.ndarray, scale: np.ndarray, input_size_wh: tuple[
     return get_udp_warp_matrix(center, scale, 0.0, output_size=tuple(input_size_wh))
 
 
-def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+def dim_image(image_bgr: np.ndarray, alpha: float) -> np.ndarray:
+    """(H, W, 3) uint8 ``(1 - alpha) * img``, truncated toward zero (numpy ``astype``), as a uint8 image
+    computed in float and cast back would be."""
+    return (image_bgr.astype(np.float32) * np.float32(1.0 - alpha)).astype(np.uint8)
+
+
+def blend_background(
+    image_bgr: np.ndarray, mask: np.ndarray, alpha: float, dimmed_bgr: np.ndarray | None = None
+) -> np.ndarray:
     """MaskPose conditioning: ``(1 - alpha) * img + alpha * img * mask``; foreground unchanged.
 
     Args:
         image_bgr: (H, W, 3) uint8.
         mask: (H, W) bool.
         alpha: background dimming; pixels outside the mask become ``(1 - alpha)`` of their value.
+        dimmed_bgr: ``dim_image(image_bgr, alpha)`` when already computed (once per image, not per person).
 
     Returns:
-        (H, W, 3) uint8; the float result is truncated toward zero (numpy ``astype``), as a uint8 image
-        computed in float and cast back would be.
+        (H, W, 3) uint8.
     """
-    dimmed = (image_bgr.astype(np.float32) * np.float32(1.0 - alpha)).astype(np.uint8)
-    return np.where(mask[..., None], image_bgr, dimmed)
+    if dimmed_bgr is None:
+        dimmed_bgr = dim_image(image_bgr, alpha)
+    return np.where(mask[..., None], image_bgr, dimmed_bgr)
 
 
 def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
@@ -217,12 +226,15 @@ class MaskPoseEstimator:
         """
         w, h = self.input_size_wh
         crops, centers, scales = [], [], []
+        dimmed: np.ndarray | None = None  # the dimmed image, shared by every person of this image
         for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
             source = image_bgr
             if self.cfg.mask_conditioning and masks is not None and masks[i].any():
                 mask = outer_polygon_mask(masks[i]) if self.cfg.mask_as_polygons else masks[i]
                 if mask.any():  # a mask of specks only: no usable polygon, pose from the box
-                    source = blend_background(image_bgr, mask, self.cfg.mask_alpha)
+                    if dimmed is None:
+                        dimmed = dim_image(image_bgr, self.cfg.mask_alpha)
+                    source = blend_background(image_bgr, mask, self.cfg.mask_alpha, dimmed)
             center, scale = box_center_scale(box, self.cfg.bbox_padding, w / h)
             crops.append(crop_to_input(source, udp_warp_matrix(center, scale, (w, h)), (w, h)))
             centers.append(center)
