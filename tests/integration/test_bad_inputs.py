@@ -1,0 +1,90 @@
+"""Every bad input of issue 5 ends as exactly one error row with its reason; odd-but-valid ones are labeled."""
+
+from __future__ import annotations
+
+import csv
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from PIL import Image
+
+from jobs.ray_runner import RunOptions, run_job
+
+from ._helpers import assert_one_row_per_image, fake_config, read_output
+
+pytestmark = pytest.mark.integration
+
+
+def _save(path: Path, im: Image.Image, fmt: str, **kwargs: object) -> None:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    path.write_bytes(buf.getvalue())
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_bad_and_odd_inputs(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    photo = (testdata / "coco" / "000000000785.jpg").read_bytes()
+    with Image.open(testdata / "coco" / "000000000785.jpg") as im:
+        rgb = im.convert("RGB")
+    w, h = rgb.size
+    # Bad inputs -> error rows.
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "text.jpg").write_bytes(b"definitely not a JPEG\n" * 20)
+    (src / "truncated.jpg").write_bytes(photo[: len(photo) // 2])
+    _save(src / "one_pixel.png", Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")
+    (src / "bomb.png").write_bytes(_png_header_only(60_000, 60_000))
+    # Odd but valid inputs -> labeled.
+    _save(src / "cmyk.jpg", rgb.convert("CMYK"), "JPEG")
+    gray16 = (np.asarray(rgb.convert("L"), np.uint16) * 257)
+    _save(src / "gray16.png", Image.fromarray(gray16), "PNG")
+    _save(src / "alpha.png", rgb.convert("RGBA"), "PNG")
+    _save(src / "gray.jpg", rgb.convert("L"), "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    _save(src / "exif_rotated.jpg", rgb, "JPEG", exif=exif.tobytes())
+    # A list file names them all plus one that does not exist.
+    names = sorted(p.name for p in src.iterdir()) + ["missing.jpg"]
+    (tmp_path / "list.txt").write_text("\n".join(f"in/{n}" for n in names) + "\n")
+
+    out = tmp_path / "out"
+    run = run_job(fake_config("job.shard_size=4"), RunOptions(str(tmp_path / "list.txt"), str(out), num_workers=2,
+                                                              progress=False, lock_settle_s=0.05))
+    images, instances = read_output(str(out))
+    assert_one_row_per_image(images, len(names))
+    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist())}
+    expected_errors = {"zero.jpg": "empty file", "text.jpg": "not an image", "truncated.jpg": "truncated",
+                       "one_pixel.png": "too small: 1x1", "bomb.png": "too many pixels",
+                       "missing.jpg": "missing file"}
+    for name, reason in expected_errors.items():
+        assert rows[name]["status"] == "error" and reason in rows[name]["error"], rows[name]
+        assert rows[name]["num_instances"] == 0
+    for name in ("cmyk.jpg", "gray16.png", "alpha.png", "gray.jpg", "exif_rotated.jpg"):
+        assert rows[name]["status"] == "ok" and rows[name]["error"] is None, rows[name]
+        assert rows[name]["num_instances"] > 0
+        expected_wh = (h, w) if name == "exif_rotated.jpg" else (w, h)  # labeled upright
+        assert (rows[name]["width"], rows[name]["height"]) == expected_wh
+    # Instances exist only for labeled images, and their masks have the upright size.
+    ok_ids = {r["image_id"] for r in rows.values() if r["status"] == "ok"}
+    assert set(instances.column("image_id").to_pylist()) <= ok_ids
+    rotated = instances.filter(pc.equal(instances.column("image_id"), rows["exif_rotated.jpg"]["image_id"]))
+    assert {tuple(s) for s in rotated.column("mask_rle_size").to_pylist()} == {(w, h)}  # [height, width]
+    # errors.csv lists exactly the failures, with reasons; run.json counts them.
+    with open(out / "errors.csv") as f:
+        failed = {Path(r["uri"]).name: r["error"] for r in csv.DictReader(f)}
+    assert set(failed) == set(expected_errors)
+    assert run["counts"]["images_error"] == len(expected_errors)
+    assert run["counts"]["images_ok"] == len(names) - len(expected_errors)

@@ -1,0 +1,66 @@
+"""S3 in and S3 out through a moto server on 127.0.0.1, as MinIO / AWS would be used."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from bmp_core.io.uris import read_bytes
+from jobs.commit import OutputLock, OutputStateError, OutputStore
+from jobs.ray_runner import RunOptions, run_job
+
+from .conftest import BUCKET
+from ._helpers import assert_one_row_per_image, fake_config, keypoints_by_uri, read_output, reference_keypoints
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp_path: Path) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    local = sorted(testdata.rglob("*.jpg"))
+    for path in local:
+        s3.upload_file(str(path), BUCKET, f"in/{path.relative_to(testdata)}")
+    s3.put_object(Bucket=BUCKET, Key="in/readme.md", Body=b"not listed: wrong extension")
+
+    cfg = fake_config("job.shard_size=4")
+    out = f"s3://{BUCKET}/out/run1"
+    run = run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, num_workers=2, progress=False, lock_settle_s=0.05))
+
+    images, instances = read_output(out)
+    assert_one_row_per_image(images, len(local))
+    expected_uris = [f"s3://{BUCKET}/in/{p.relative_to(testdata)}" for p in local]
+    assert images.sort_by("image_id").column("uri").to_pylist() == expected_uris
+    got = keypoints_by_uri(images, instances)
+    for path, uri in zip(local, expected_uris):
+        np.testing.assert_array_equal(got[uri], reference_keypoints(path, cfg))
+
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/run1/")["Contents"]}
+    for name in ("plan.json", "listing.parquet", "config.yaml", "run.json", "coco.json", "errors.csv"):
+        assert f"out/run1/{name}" in keys
+    assert "out/run1/_lock.json" not in keys  # released
+    coco_path = tmp_path / "coco.json"
+    coco_path.write_bytes(read_bytes(f"{out}/coco.json"))
+    assert len(COCO(str(coco_path)).getAnnIds()) == instances.num_rows == run["counts"]["instances"]
+
+    # Credentials never reach the outputs.
+    for name in ("run.json", "coco.json", "config.yaml"):
+        text = read_bytes(f"{out}/{name}").decode()
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text and os.environ["AWS_ACCESS_KEY_ID"] not in text
+
+    # Resume on S3 skips everything; a job on an S3 output that another job holds is refused.
+    assert run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, progress=False,
+                                   lock_settle_s=0.05))["counts"]["shards_skipped"] == 3
+    holder = OutputLock(OutputStore(out), ttl_s=60, settle_s=0)
+    holder.acquire()
+    try:
+        with pytest.raises(OutputStateError, match="being written by another job"):
+            run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, progress=False, lock_settle_s=0.05))
+    finally:
+        holder.release()
+    assert json.loads(read_bytes(f"{out}/run.json"))["counts"]["images"] == len(local)
