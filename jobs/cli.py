@@ -49,7 +49,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bmp-label", description=__doc__.split("\n", 1)[0],
-        epilog="Run 'bmp-label COMMAND --help' for a command's options. Full usage: python -m jobs.cli --usage",
+        epilog=__doc__.split("\n", 1)[1] + "\nRun 'bmp-label COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--usage", action="store_true", help="print the full usage page with examples")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,12 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputError, OutputStateError) as err:
         print(f"bmp-label {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except PermissionError as err:
+        print(f"bmp-label {args.command}: permission denied: {err}. Check the AWS credentials "
+              "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy.", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
         from jobs.ray_runner import JobError
 
         if isinstance(err, JobError):
             print(f"bmp-label {args.command}: job failed: {err}", file=sys.stderr)
             return EXIT_FAILED
+        if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
+            # botocore's, raised through s3fs; not imported here so the CLI works without boto.
+            print(f"bmp-label {args.command}: S3 credentials/region not usable: {err}. Set AWS_ACCESS_KEY_ID "
+                  "and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_REGION; AWS_ENDPOINT_URL for MinIO/moto.",
+                  file=sys.stderr)
+            return EXIT_USAGE
         raise
 
 
