@@ -132,7 +132,9 @@ def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local" starts a fresh embedded Ray: a bare ray.init() would join whatever cluster
+        # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
     return ray, True
 
 
@@ -160,7 +162,11 @@ class _ActorPool:
         try:
             return self.ray.get([a.info.remote() for a in self.actors.values()])
         except Exception as err:  # the constructor raised: models could not be built
-            raise JobError(f"workers could not start (model build failed?): {err}") from err
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            cause = lines[-1] if lines else type(err).__name__  # the original exception's own line
+            raise JobError(f"workers could not start, building the models failed: {cause}\n"
+                           "Check the models section of the config (checkpoints, device) and that the "
+                           f"model packages are installed (pip install 'bmp-label[models]').\n\n{err}") from err
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)

@@ -88,3 +88,12 @@ def test_bad_and_odd_inputs(ray_cluster: object, testdata: Path, tmp_path: Path)
     assert set(failed) == set(expected_errors)
     assert run["counts"]["images_error"] == len(expected_errors)
     assert run["counts"]["images_ok"] == len(names) - len(expected_errors)
+
+
+def test_model_build_error_stops_the_job(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
+    from jobs.ray_runner import JobError
+
+    cfg = fake_config("models.kind=bmp", f"models.detector.checkpoint={tmp_path / 'no_such_weights.pth'}")
+    with pytest.raises(JobError, match="workers could not start, building the models failed"):
+        run_job(cfg, RunOptions(str(testdata / "coco"), str(tmp_path / "out"), progress=False, lock_settle_s=0.05))
+    assert not (tmp_path / "out" / "_lock.json").exists()  # released on the way out
