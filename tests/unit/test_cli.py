@@ -1,0 +1,58 @@
+"""The CLI's commands that need no Ray: validate-config, plan, export-coco, and their exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+
+from bmp_core.config import config_to_dict, dump_config, load_config
+from jobs.cli import main
+from jobs.commit import OutputStore, freeze_plan
+from jobs.planner import listing_table, make_plan
+from jobs.worker import BmpWorker, ShardTask
+
+FAKE = str(Path(__file__).resolve().parents[2] / "configs" / "fake.yaml")
+
+
+def test_validate_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate-config", "--config", FAKE, "loop.iterations=3"]) == 0
+    assert "iterations: 3" in capsys.readouterr().out
+    assert main(["validate-config", "--config", FAKE, "job.shard_size=0"]) == 2
+    assert "job.shard_size must be >= 1" in capsys.readouterr().err
+    assert main(["validate-config", "--config", "/no/such.yaml"]) == 2
+
+
+def test_plan_and_export_coco(tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    args = ["plan", "--config", FAKE, "--input", str(testdata / "coco"), "--output", str(out), "--shard-size", "3"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "4 images" in text and "shards: 2 of 3 images" in text and "is new" in text
+    assert not out.exists()  # plan writes nothing
+
+    # Commit shard 0 of that plan the way a worker does (no Ray), then plan shows the resume state.
+    cfg = load_config(FAKE, ["job.shard_size=3"])
+    from bmp_core.io.uris import list_input
+
+    uris = list_input(str(testdata / "coco"), cfg.job.image_extensions)
+    plan = make_plan(cfg, uris)
+    store = OutputStore(str(out))
+    freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg))
+    start, stop = plan.shard_range(0)
+    BmpWorker(cfg).process_shard(ShardTask(str(out), plan.plan_id, 0, start, tuple(uris[start:stop].to_pylist())))
+    assert main(args) == 0
+    assert "1 shard(s) committed and skipped on rerun, 1 to do" in capsys.readouterr().out
+    assert main([*args, "loop.iterations=1"]) == 0
+    assert "refused without --force" in capsys.readouterr().out
+
+    assert main(["export-coco", str(out), "--out", "partial.json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    coco = COCO(str(out / "partial.json"))
+    assert len(coco.getImgIds()) == counts["images"] == 3
+    assert len(coco.getAnnIds()) == counts["annotations"] > 0
+
+    assert main(["export-coco", str(tmp_path / "not_an_output")]) == 2
+    assert "no plan.json" in capsys.readouterr().err
