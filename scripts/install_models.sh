@@ -45,8 +45,9 @@ if ! "$PY" -c 'import importlib.metadata as m; assert m.version("sam2") == "1.1.
     SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-deps --no-build-isolation "sam2==1.1.0"
 fi
 
-# 6. Smoke check: the adapters' imports work (the mmcv._ext shim is installed by _compat).
-"$PY" - <<'EOF'
+# 6. Smoke check: the adapters' imports work (the mmcv._ext shim is installed by _compat). PYTHONPATH: the
+#    project itself may not be installed into this venv yet (scripts/setup.sh installs it afterwards).
+PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'EOF'
 from bmp_core.models import _compat
 
 _compat.apply()

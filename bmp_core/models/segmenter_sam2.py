@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class Sam2Segmenter:
         self.predictor = predictor
         self.device = device
         self.precision = precision
+        # sam2's predictor keeps the current image in its own attributes; one caller at a time.
+        self._lock = threading.Lock()
 
     def prepare(self, image_bgr: np.ndarray) -> SamPrepared:
         """Image embedding of one (H, W, 3) uint8 BGR image (converted to RGB for SAM)."""
@@ -71,10 +74,11 @@ class Sam2Segmenter:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 BGR, got {image_bgr.shape} {image_bgr.dtype}")
         image_rgb = np.ascontiguousarray(image_bgr[..., ::-1])
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            self.predictor.set_image(image_rgb)
-        features = self.predictor._features
-        self.predictor.reset_predictor()  # the handle owns the features; no per-image state stays behind
+        with self._lock:
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                self.predictor.set_image(image_rgb)
+            features = self.predictor._features
+            self.predictor.reset_predictor()  # the handle owns the features; no per-image state stays behind
         return SamPrepared(features=features, image_hw=(int(image_bgr.shape[0]), int(image_bgr.shape[1])))
 
     def segment(self, prepared: SamPrepared, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
@@ -109,18 +113,19 @@ class Sam2Segmenter:
 
         b = len(coords_xy)
         p = self.predictor
-        # Point the predictor at this image's cached embedding (sam2 keeps it as private state).
-        p._features, p._orig_hw, p._is_image_set, p._is_batch = prepared.features, [prepared.image_hw], True, False
-        try:
-            with torch.inference_mode(), autocast(self.device, self.precision):
-                masks, scores, _ = p.predict(
-                    point_coords=coords_xy,
-                    point_labels=np.ones(coords_xy.shape[:2], np.int32),
-                    box=None,
-                    multimask_output=False,
-                )
-        finally:
-            p.reset_predictor()
+        with self._lock:
+            # Point the predictor at this image's cached embedding (sam2 keeps it as private state).
+            p._features, p._orig_hw, p._is_image_set, p._is_batch = prepared.features, [prepared.image_hw], True, False
+            try:
+                with torch.inference_mode(), autocast(self.device, self.precision):
+                    masks, scores, _ = p.predict(
+                        point_coords=coords_xy,
+                        point_labels=np.ones(coords_xy.shape[:2], np.int32),
+                        box=None,
+                        multimask_output=False,
+                    )
+            finally:
+                p.reset_predictor()
         h, w = prepared.image_hw
         # predict() squeezes a batch of 1 away: (1,H,W) for B=1, (B,1,H,W) otherwise; one mask per prompt.
         return masks.reshape(b, h, w) > 0.5, scores.reshape(b).astype(np.float32)
