@@ -19,6 +19,7 @@ dataset discovery, so ``OUT/images`` reads as a clean table once the job has fin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -27,8 +28,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -76,6 +78,24 @@ class OutputStore:
             os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)
+
+    @contextlib.contextmanager
+    def open_text_for_write(self, rel: str) -> Iterator[IO[str]]:
+        """A text file streamed to ``rel`` (local: temp + rename on success; S3: multipart upload)."""
+        path = self.path(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    yield f
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            with self.fs.open(path, "w", encoding="utf-8") as f:
+                yield f
 
     def read_bytes(self, rel: str) -> bytes | None:
         try:

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bmp_core.io.coco import coco_dataset
+from bmp_core.io.coco import write_coco_json
 from bmp_core.io.parquet import STATUS_ERROR
-from jobs.commit import OutputStateError, OutputStore, garbage_collect, read_committed_table
+from jobs.commit import OutputStateError, OutputStore, committed_markers, garbage_collect, read_committed_table
 from jobs.planner import Plan
 
 logger = logging.getLogger(__name__)
@@ -54,11 +54,17 @@ def errors_csv(images: pa.Table) -> bytes:
 def export_coco(store: OutputStore, keypoint_thr: float, out_rel: str = "coco.json") -> dict[str, int]:
     """Rebuild ``coco.json`` from the committed Parquet parts. Returns image/annotation counts."""
     plan = load_plan(store)
-    images = read_committed_table(store, plan.plan_id, "images")
-    instances = read_committed_table(store, plan.plan_id, "instances")
-    dataset = coco_dataset(images, instances, keypoint_thr, info={"source": store.uri, "plan_id": plan.plan_id})
-    store.write_bytes(out_rel, json.dumps(dataset, separators=(",", ":")).encode())
-    return {"images": len(dataset["images"]), "annotations": len(dataset["annotations"])}
+    markers = committed_markers(store, plan.plan_id)
+
+    def parts() -> Iterator[tuple[pa.Table, pa.Table]]:
+        # Shards in id order keep annotation ids in (image_id, instance_id) order overall.
+        for shard in sorted(markers):
+            yield (store.read_parquet(markers[shard]["parts"]["images"]),
+                   store.read_parquet(markers[shard]["parts"]["instances"]))
+
+    info = {"source": store.uri, "plan_id": plan.plan_id}
+    with store.open_text_for_write(out_rel) as fp:
+        return write_coco_json(fp, parts, keypoint_thr, info)
 
 
 def finalize_output(store: OutputStore, plan: Plan, keypoint_thr: float) -> dict[str, Any]:

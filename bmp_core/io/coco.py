@@ -10,7 +10,9 @@ reference's instance score), ``iscrowd`` 0, plus ``det_score`` / ``sam_score`` e
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable, Iterable
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +50,44 @@ def coco_keypoints(keypoints: np.ndarray, score_thr: float) -> tuple[np.ndarray,
     out[:, :, :2] = np.where(visible[:, :, None], keypoints[:, :, :2], 0.0)
     out[:, :, 2] = np.where(visible, 2, 0)
     return out.reshape(len(keypoints), -1), visible.sum(axis=1)
+
+
+def write_coco_json(
+    fp: IO[str],
+    parts: Callable[[], Iterable[tuple[pa.Table, pa.Table]]],
+    keypoint_score_thr: float = 0.3,
+    info: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Stream the same dataset as ``coco_dataset`` to ``fp``, one part at a time.
+
+    Memory stays at one part (a shard) however large the output is: the parts are read twice,
+    once for ``images`` and once for ``annotations``.
+
+    Args:
+        fp: a text file open for writing.
+        parts: returns an iterable of (images, instances) table pairs, in image-id order, each pair
+            covering the same images; called twice.
+        keypoint_score_thr, info: as in ``coco_dataset``.
+
+    Returns:
+        ``{"images": count, "annotations": count}``.
+    """
+    head = {"info": {"description": "BMP pseudo-labels (bmp-label)", **(info or {})}, "licenses": [],
+            "categories": [person_category()]}
+    fp.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"images":[')
+    num_images = num_annotations = 0
+    for images, instances in parts():
+        for entry in coco_dataset(images, instances.slice(0, 0), keypoint_score_thr)["images"]:
+            fp.write(("," if num_images else "") + json.dumps(entry, separators=(",", ":")))
+            num_images += 1
+    fp.write('],"annotations":[')
+    for images, instances in parts():
+        for ann in coco_dataset(images, instances, keypoint_score_thr)["annotations"]:
+            ann["id"] = num_annotations + 1  # global ids continue across parts
+            fp.write(("," if num_annotations else "") + json.dumps(ann, separators=(",", ":")))
+            num_annotations += 1
+    fp.write("]}")
+    return {"images": num_images, "annotations": num_annotations}
 
 
 def coco_dataset(

@@ -91,3 +91,18 @@ def test_coco_loads_in_pycocotools_and_round_trips(labeled: tuple[list, pa.Table
     # pycocotools can also use it as a results file against itself (evaluation path).
     res = coco.loadRes(coco.dataset["annotations"])
     assert len(res.getAnnIds()) == len(coco.getAnnIds())
+
+
+def test_streamed_coco_equals_the_in_memory_one(labeled: tuple[list, pa.Table, pa.Table]) -> None:
+    from bmp_core.io.coco import write_coco_json
+
+    _, imgs, inst = labeled
+    whole = coco_dataset(imgs, inst)
+    # Two parts: image 7 (+ the failed 8), then image 9.
+    parts = [(imgs.slice(0, 2), inst.filter(pa.compute.equal(inst.column("image_id"), 7))),
+             (imgs.slice(2, 1), inst.filter(pa.compute.equal(inst.column("image_id"), 9)))]
+    buf = io.StringIO()
+    counts = write_coco_json(buf, lambda: iter(parts))
+    streamed = json.loads(buf.getvalue())
+    assert streamed == whole
+    assert counts == {"images": 2, "annotations": len(whole["annotations"])}
