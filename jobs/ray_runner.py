@@ -138,6 +138,33 @@ def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
     return ray, True
 
 
+class _ProgressCounter:
+    """Images done per shard attempt, reported by workers as they go (a tiny Ray actor)."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, int] = {}
+
+    def add(self, shard: int, num_images: int) -> None:
+        self.done[shard] = self.done.get(shard, 0) + num_images
+
+    def reset(self, shard: int) -> None:
+        self.done.pop(shard, None)  # a failed attempt's images will be done again
+
+    def total(self) -> int:
+        return sum(self.done.values())
+
+
+class _RayWorker(BmpWorker):
+    """``BmpWorker`` that reports per-image progress to the driver's counter."""
+
+    def __init__(self, cfg: BmpConfig, counter: Any) -> None:
+        super().__init__(cfg)
+        self._counter = counter
+
+    def process_shard_reporting(self, task: ShardTask) -> ShardReport:
+        return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
+
+
 class _ActorPool:
     """Slots of actors; a slot's actor is replaced when one of its shards fails."""
 
@@ -148,7 +175,8 @@ class _ActorPool:
         options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1, "max_restarts": 0}
         if cluster and env:
             options["runtime_env"] = {"env_vars": env}
-        self.remote_cls = ray.remote(BmpWorker)
+        self.remote_cls = ray.remote(_RayWorker)
+        self.counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
         self.options = options
         self.generation: Counter[int] = Counter()
         self.actors = {slot: self._new_actor(slot) for slot in range(num_workers)}
@@ -156,7 +184,7 @@ class _ActorPool:
     def _new_actor(self, slot: int) -> Any:
         self.generation[slot] += 1
         name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
-        return self.remote_cls.options(name=name, **self.options).remote(self.cfg)
+        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter)
 
     def wait_ready(self) -> list[dict[str, Any]]:
         try:
@@ -173,7 +201,7 @@ class _ActorPool:
         self.actors[slot] = self._new_actor(slot)
 
     def shutdown(self) -> None:
-        for actor in self.actors.values():
+        for actor in [*self.actors.values(), self.counter]:
             self.ray.kill(actor, no_restart=True)
 
 
@@ -204,7 +232,7 @@ def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan
     pending = deque(todo)
     attempts: Counter[int] = Counter()
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, shard)
-    failed = 0
+    failed = errors = 0
     total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
     bar = tqdm(total=total, unit="img", desc="labeling", disable=not opts.progress, smoothing=0.1)
 
@@ -213,16 +241,17 @@ def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan
         start, _ = plan.shard_range(shard)
         task = ShardTask(opts.output_uri, plan.plan_id, shard, start, tuple(shard_uris(uris, plan, shard)),
                          attempts[shard])
-        inflight[pool.actors[slot].process_shard.remote(task)] = (slot, shard)
+        inflight[pool.actors[slot].process_shard_reporting.remote(task)] = (slot, shard)
 
     try:
         while pending or inflight:
             for slot in pool.actors:
                 while pending and sum(1 for s, _ in inflight.values() if s == slot) < cfg.job.queue_depth:
                     submit(slot, pending.popleft())
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             if lock.lost.is_set():
                 raise JobError("lost the output lock to another job; stopping")
+            bar.update(min(ray.get(pool.counter.total.remote()), total) - bar.n)
             for ref in ready:
                 if ref not in inflight:
                     continue  # dropped when its actor was replaced
@@ -231,19 +260,25 @@ def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan
                     report: ShardReport = ray.get(ref)
                 except Exception as err:  # actor died (killed, OOM) or the worker raised
                     failed += 1
-                    _retry_slot(pool, inflight, pending, attempts, slot, shard, err, cfg.job.max_attempts)
+                    requeued = _retry_slot(pool, inflight, pending, attempts, slot, shard, err, cfg.job.max_attempts)
+                    ray.get([pool.counter.reset.remote(s) for s in requeued])
                     continue
-                bar.update(report.num_images)
-                bar.set_postfix(errors=report.num_errors, refresh=False)
+                errors += report.num_errors
+                bar.set_postfix(errors=errors, retries=failed, refresh=False)
                 logger.debug("committed %s", asdict(report))
+        bar.update(total - bar.n)
     finally:
         bar.close()
     return failed
 
 
 def _retry_slot(pool: _ActorPool, inflight: dict[Any, tuple[int, int]], pending: deque[int],
-                attempts: Counter[int], slot: int, shard: int, err: Exception, max_attempts: int) -> None:
-    """Requeue a failed shard (and the shards queued behind it on that actor) on a fresh actor."""
+                attempts: Counter[int], slot: int, shard: int, err: Exception, max_attempts: int) -> list[int]:
+    """Requeue a failed shard (and the shards queued behind it on that actor) on a fresh actor.
+
+    Returns:
+        The requeued shards.
+    """
     if attempts[shard] >= max_attempts:
         raise JobError(f"shard {shard} failed {attempts[shard]} time(s) (job.max_attempts); last error:\n{err}")
     logger.warning("shard %d attempt %d failed, retrying on a new worker: %s", shard, attempts[shard],
@@ -251,9 +286,12 @@ def _retry_slot(pool: _ActorPool, inflight: dict[Any, tuple[int, int]], pending:
     # The shards queued on the same actor never ran (or died with it): requeue them without
     # charging an attempt, ahead of new work so the retried shards finish first.
     queued = [ref for ref, (s, _) in inflight.items() if s == slot]
+    requeued = [shard]
     for ref in queued:
         _, other = inflight.pop(ref)
         attempts[other] -= 1
         pending.appendleft(other)
+        requeued.append(other)
     pending.appendleft(shard)
     pool.replace(slot)
+    return requeued

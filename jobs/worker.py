@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -90,8 +90,12 @@ class BmpWorker:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.cfg.models.device}
 
-    def process_shard(self, task: ShardTask) -> ShardReport:
+    def process_shard(self, task: ShardTask, on_progress: Callable[[int], None] | None = None) -> ShardReport:
         """Label every image of the shard, write its parts and commit marker.
+
+        Args:
+            task: the shard.
+            on_progress: called with a number of images each time that many are done (progress bars).
 
         Returns:
             The shard's report. Bad images are error rows, not exceptions; an exception here
@@ -99,7 +103,7 @@ class BmpWorker:
         """
         t0 = time.perf_counter()
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
-        rows, instances = self.label(image_ids, list(task.uris))
+        rows, instances = self.label(image_ids, list(task.uris), on_progress)
         attempt_id = new_attempt_id(task.attempt)
         store = OutputStore(task.output_uri)
         seconds = time.perf_counter() - t0
@@ -111,8 +115,9 @@ class BmpWorker:
         return ShardReport(task.shard_id, attempt_id, len(rows), num_errors, instances.num_rows,
                            time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}")
 
-    def label(self, image_ids: Sequence[int], uris: Sequence[str]) -> tuple[list[ImageRow], pa.Table]:
-        """Read, decode and label images.
+    def label(self, image_ids: Sequence[int], uris: Sequence[str],
+              on_progress: Callable[[int], None] | None = None) -> tuple[list[ImageRow], pa.Table]:
+        """Read, decode and label images (``on_progress`` as in ``process_shard``).
 
         Returns:
             (one ``ImageRow`` per input in input order, the ``instances`` table of the ok images).
@@ -123,13 +128,19 @@ class BmpWorker:
         for decoded in self._read_ahead(image_ids, uris):
             if decoded.image_bgr is None:
                 rows.append(decoded.row)
+                if on_progress:
+                    on_progress(1)
                 continue
             batch.append(decoded)
             if len(batch) == self.cfg.job.batch_size:
                 parts.append(self._label_batch(batch, rows))
+                if on_progress:
+                    on_progress(len(batch))
                 batch = []
         if batch:
             parts.append(self._label_batch(batch, rows))
+            if on_progress:
+                on_progress(len(batch))
         rows.sort(key=lambda r: r.image_id)
         instances = pa.concat_tables(parts) if parts else INSTANCES_SCHEMA.empty_table()
         return rows, instances
