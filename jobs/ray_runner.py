@@ -82,10 +82,11 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"failed_attempts": 0, "workers": []}
+        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0}
         if todo:
             stats = _label_shards(cfg, opts, plan, uris, todo, lock)
-        labeling_s = time.perf_counter() - t0
+        labeling_s = stats["labeling_s"]  # workers ready -> last shard committed
+        startup_s = time.perf_counter() - t0 - labeling_s  # Ray start/connect + model builds
         t0 = time.perf_counter()
         counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
         labeled_now = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
@@ -98,7 +99,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
             "counts": {**counts, "shards": plan.num_shards, "shards_skipped": len(done),
                        "shards_labeled": len(todo), "failed_attempts": stats["failed_attempts"]},
             "workers": stats["workers"],
-            "timings_s": {"listing": listing_s, "labeling": labeling_s,
+            "timings_s": {"listing": listing_s, "startup": startup_s, "labeling": labeling_s,
                           "finalize": time.perf_counter() - t0, "wall": time.time() - t_start},
             "throughput_images_per_s": labeled_now / labeling_s if labeled_now and labeling_s > 0 else None,
             "started_unix": t_start,
@@ -217,10 +218,12 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
         try:
             workers = pool.wait_ready()
             logger.info("%d worker(s) ready (%s): %s", num_workers, "1 GPU each" if use_gpu else "CPU", workers)
+            t0 = time.perf_counter()
             failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
+            labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
-        return {"failed_attempts": failed, "workers": workers}
+        return {"failed_attempts": failed, "workers": workers, "labeling_s": labeling_s}
     finally:
         if started:
             ray.shutdown()
