@@ -39,8 +39,16 @@ def _nms(bboxes: Any, scores: Any, iou_threshold: float = 0.5, offset: int = 0) 
 
 
 def _roi_align_forward(
-    input: Any, rois: Any, output: Any, argmax_y: Any, argmax_x: Any, aligned_height: int = 7,
-    aligned_width: int = 7, spatial_scale: float = 1.0, sampling_ratio: int = 0, pool_mode: int = 1,
+    input: Any,
+    rois: Any,
+    output: Any,
+    argmax_y: Any,
+    argmax_x: Any,
+    aligned_height: int = 7,
+    aligned_width: int = 7,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    pool_mode: int = 1,
     aligned: bool = True,
 ) -> None:
     """``mmcv._ext.roi_align_forward`` (avg mode only) on torchvision; not used by our models."""
@@ -49,7 +57,9 @@ def _roi_align_forward(
     if pool_mode != 1:
         raise NotImplementedError("mmcv-lite shim: roi_align max mode is not available")
     output.copy_(
-        torchvision.ops.roi_align(input, rois, (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned)
+        torchvision.ops.roi_align(
+            input, rois, (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned
+        )
     )
 
 
@@ -81,7 +91,7 @@ def install_mmcv_ext_shim() -> bool:
     if existing is not None:
         return isinstance(existing, _ExtShim)
     try:
-        import mmcv._ext  # noqa: F401  (a full mmcv build: use the real ops)
+        import mmcv._ext
 
         return False
     except ImportError:

@@ -48,13 +48,21 @@ def build_bmp_models(cfg: ModelsConfig) -> BmpModels:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     detector = build_rtmdet(
-        cfg.detector, device, checkpoint_state_dict(cfg.detector.checkpoint, cfg, cfg.detector.sha256), cfg.precision
+        cfg.detector,
+        device,
+        checkpoint_state_dict(cfg.detector.checkpoint, cfg, cfg.detector.sha256),
+        cfg.precision,
     )
     torch.manual_seed(cfg.seed)
-    pose = build_maskpose(cfg.pose, device, checkpoint_state_dict(cfg.pose.checkpoint, cfg, cfg.pose.sha256), cfg.precision)
+    pose = build_maskpose(
+        cfg.pose, device, checkpoint_state_dict(cfg.pose.checkpoint, cfg, cfg.pose.sha256), cfg.precision
+    )
     torch.manual_seed(cfg.seed)
     segmenter = build_sam2_segmenter(
-        cfg.segmenter, device, checkpoint_state_dict(cfg.segmenter.checkpoint, cfg, cfg.segmenter.sha256), cfg.precision
+        cfg.segmenter,
+        device,
+        checkpoint_state_dict(cfg.segmenter.checkpoint, cfg, cfg.segmenter.sha256),
+        cfg.precision,
     )
     log.info("built BMP models on %s in %.1f s", device, time.perf_counter() - t0)
     return BmpModels(detector=detector, pose=pose, segmenter=segmenter)

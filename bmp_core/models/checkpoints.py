@@ -52,10 +52,12 @@ def hf_to_https(uri: str) -> str:
     Example: ``hf://vrg-prague/BBoxMaskPose/MaskPose/MaskPose-b-1.0.0.pth`` ->
     ``https://huggingface.co/vrg-prague/BBoxMaskPose/resolve/main/MaskPose/MaskPose-b-1.0.0.pth``.
     """
-    rest = uri[len("hf://"):]
+    rest = uri[len("hf://") :]
     parts = rest.split("/")
     if len(parts) < 3 or not all(parts):
-        raise CheckpointError(f"{uri}: an hf:// reference must look like hf://ORG/REPO/path/to/file[@revision]")
+        raise CheckpointError(
+            f"{uri}: an hf:// reference must look like hf://ORG/REPO/path/to/file[@revision]"
+        )
     org, repo, path = parts[0], parts[1], "/".join(parts[2:])
     revision = "main"
     if "@" in path:
@@ -111,12 +113,14 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
 def _download_http(url: str, out: Any, timeout_s: float) -> None:
     headers = {"User-Agent": "bmp-label"}
     token = os.environ.get("HF_TOKEN")
-    if token and urllib.parse.urlparse(url).hostname == urllib.parse.urlparse(
-        os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT)
-    ).hostname:
+    if (
+        token
+        and urllib.parse.urlparse(url).hostname
+        == urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT)).hostname
+    ):
         headers["Authorization"] = f"Bearer {token}"  # gated/private Hub repos only
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http/https only)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         shutil.copyfileobj(response, out, _CHUNK_BYTES)
 
 
@@ -164,7 +168,9 @@ def resolve_checkpoint(
         _check_sha256(path, sha256, str(path))
         return path
     if scheme not in ("http", "https", "s3", "hf"):
-        raise CheckpointError(f"{uri}: unsupported checkpoint scheme {scheme!r} (use a path, s3://, https://, hf://)")
+        raise CheckpointError(
+            f"{uri}: unsupported checkpoint scheme {scheme!r} (use a path, s3://, https://, hf://)"
+        )
 
     target = cache_path_for(uri, cache_dir)
     if target.is_file():
@@ -193,7 +199,9 @@ def resolve_checkpoint(
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"could not download checkpoint {url}: {type(err).__name__}: {err}") from err
+            raise CheckpointError(
+                f"could not download checkpoint {url}: {type(err).__name__}: {err}"
+            ) from err
         finally:
             tmp.unlink(missing_ok=True)
     return target
@@ -227,14 +235,19 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
     except pickle.UnpicklingError as err:
         if not allow_pickle:
             raise CheckpointError(
-                f"{path}: the safe loader (weights_only=True) refused this checkpoint ({str(err).splitlines()[0]}). "
+                f"{path}: the safe loader (weights_only=True) refused this checkpoint "
+                f"({str(err).splitlines()[0]}). "
                 "It contains pickled Python objects. If you trust its source, set "
                 "models.allow_pickle_checkpoints=true (this can execute code from the file)."
             ) from err
-        log.warning("%s: not loadable with weights_only=True; unpickling fully (trusted source assumed)", path)
+        log.warning(
+            "%s: not loadable with weights_only=True; unpickling fully (trusted source assumed)", path
+        )
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {type(err).__name__}: {err}") from err
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint: {type(err).__name__}: {err}"
+        ) from err
 
     state = obj
     if isinstance(obj, Mapping):
@@ -245,7 +258,7 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = sorted(obj)[:_MAX_KEYS_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: no state dict of tensors found (top level: {keys})")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k.removeprefix("module.")): v for k, v in state.items()}
 
 
 def _name_keys(keys: list[str]) -> str:
@@ -277,7 +290,8 @@ def load_strict(model: Any, state_dict: Mapping[str, Any], what: str) -> None:
         problems.append(f"shape mismatches ({len(mis_shaped)}): {_name_keys(mis_shaped)}")
     if problems:
         raise CheckpointError(
-            f"{what}: checkpoint does not match the model architecture; " + "; ".join(problems)
+            f"{what}: checkpoint does not match the model architecture; "
+            + "; ".join(problems)
             + ". Check that the config names the architecture this checkpoint was trained with."
         )
     model.load_state_dict(dict(state_dict), strict=True)

@@ -30,7 +30,9 @@ def mmdet_config_path(config: str) -> str:
 
     shipped = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", config)
     if not os.path.isfile(shipped):
-        raise FileNotFoundError(f"mmdet config {config!r} is neither a file nor one of mmdet's shipped configs")
+        raise FileNotFoundError(
+            f"mmdet config {config!r} is neither a file nor one of mmdet's shipped configs"
+        )
     return shipped
 
 
@@ -64,7 +66,9 @@ class RtmdetDetector:
         precision: "fp32" | "bf16" | "fp16" (autocast on CUDA only).
     """
 
-    def __init__(self, model: Any, mm_cfg: Any, device: Any, batch_size: int = 4, precision: str = "fp32") -> None:
+    def __init__(
+        self, model: Any, mm_cfg: Any, device: Any, batch_size: int = 4, precision: str = "fp32"
+    ) -> None:
         from mmcv.transforms import Compose
         from mmdet.utils import get_test_pipeline_cfg
 
@@ -90,7 +94,7 @@ class RtmdetDetector:
         """
         out: list[Detections] = []
         for start in range(0, len(images_bgr), self.batch_size):
-            out.extend(self._detect_batch(images_bgr[start:start + self.batch_size]))
+            out.extend(self._detect_batch(images_bgr[start : start + self.batch_size]))
         return out
 
     def _detect_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
@@ -115,7 +119,9 @@ class RtmdetDetector:
             return Detections.empty(*image_hw)
         masks = pred.masks.detach().cpu().numpy().astype(bool) if "masks" in pred else None
         if masks is None or masks.shape[1:] != tuple(image_hw):
-            raise RuntimeError(f"detector returned masks {None if masks is None else masks.shape}, image {image_hw}")
+            raise RuntimeError(
+                f"detector returned masks {None if masks is None else masks.shape}, image {image_hw}"
+            )
         return Detections(
             boxes_xyxy=pred.bboxes.detach().float().cpu().numpy().astype(np.float32),
             scores=pred.scores.detach().float().cpu().numpy().astype(np.float32),
@@ -124,7 +130,9 @@ class RtmdetDetector:
         )
 
 
-def build_rtmdet(cfg: DetectorModelConfig, device: Any, state_dict: dict[str, Any] | None, precision: str) -> RtmdetDetector:
+def build_rtmdet(
+    cfg: DetectorModelConfig, device: Any, state_dict: dict[str, Any] | None, precision: str
+) -> RtmdetDetector:
     """Build the RTMDet-Ins adapter; ``state_dict=None`` keeps the (seeded) random initialisation.
 
     Raises:

@@ -8,7 +8,8 @@ the batching are ours:
 
 1. per instance: the mask's outer contours rasterised as polygons (holes filled, as the reference does),
    the background outside them dimmed; centre/scale from the xyxy box, padded 1.25, aspect fixed to
-   192:256 by growing the short side; UDP warp matrix (mmpose's ``get_udp_warp_matrix``), bilinear ``warpAffine``, border 0,
+   192:256 by growing the short side; UDP warp matrix (mmpose's ``get_udp_warp_matrix``), bilinear
+   ``warpAffine``, border 0,
 2. every crop of every image in one batch (chunks of ``batch_size``), BGR -> RGB, ImageNet mean/std,
 3. flip test: the mirrored crops go through the same forward; their heatmaps are mirrored back, left and
    right channels swapped, and averaged with the plain ones (flip_mode heatmap, no shift),
@@ -71,7 +72,10 @@ def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int
     return dict(
         type="TopdownPoseEstimator",
         data_preprocessor=dict(
-            type="PoseDataPreprocessor", mean=list(IMAGENET_MEAN_RGB), std=list(IMAGENET_STD_RGB), bgr_to_rgb=True
+            type="PoseDataPreprocessor",
+            mean=list(IMAGENET_MEAN_RGB),
+            std=list(IMAGENET_STD_RGB),
+            bgr_to_rgb=True,
         ),
         backbone=dict(
             type="mmpretrain.VisionTransformer",
@@ -103,7 +107,8 @@ def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int
 
 
 def box_center_scale(box_xyxy: np.ndarray, padding: float, aspect_wh: float) -> tuple[np.ndarray, np.ndarray]:
-    """Crop centre (x, y) and size (w, h) in pixels: box padded by ``padding``, short side grown to ``aspect_wh``.
+    """Crop centre (x, y) and size (w, h) in pixels: the box padded by ``padding``, its short side grown to
+    the aspect ratio ``aspect_wh`` (width / height).
 
     A degenerate box (zero width and height) gets a 1-pixel crop instead of a division by zero.
     """
@@ -239,7 +244,11 @@ class MaskPoseEstimator:
             crops.append(crop_to_input(source, udp_warp_matrix(center, scale, (w, h)), (w, h)))
             centers.append(center)
             scales.append(scale)
-        return crops, np.array(centers, np.float32).reshape(-1, 2), np.array(scales, np.float32).reshape(-1, 2)
+        return (
+            crops,
+            np.array(centers, np.float32).reshape(-1, 2),
+            np.array(scales, np.float32).reshape(-1, 2),
+        )
 
     # -- the port ------------------------------------------------------------------------------
 
@@ -275,26 +284,27 @@ class MaskPoseEstimator:
     def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
         """(N, K, h/4, w/4) float32 heatmaps of a normalised (N, 3, h, w) batch, flip-averaged if enabled."""
         import torch
-
         from mmpose.models.utils.tta import flip_heatmaps
 
         out = []
         bs = max(1, int(self.cfg.batch_size))
         for start in range(0, len(inputs), bs):
-            x = torch.from_numpy(inputs[start:start + bs]).to(self.device)
+            x = torch.from_numpy(inputs[start : start + bs]).to(self.device)
             n = len(x)
             if self.cfg.flip_test:
                 x = torch.cat([x, x.flip(-1)])  # plain + mirrored crops in one forward
             with torch.inference_mode(), autocast(self.device, self.precision):
                 hm = self.model.head.forward(self.model.extract_feat(x)).float()
             if self.cfg.flip_test:
-                flipped = flip_heatmaps(hm[n:], flip_indices=self.flip_indices, flip_mode="heatmap", shift_heatmap=False)
+                flipped = flip_heatmaps(
+                    hm[n:], flip_indices=self.flip_indices, flip_mode="heatmap", shift_heatmap=False
+                )
                 hm = (hm[:n] + flipped) * 0.5
             out.append(hm.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
     def decode(self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        """(N, K, 3) ``(x, y, score)`` in image pixels from (N, K, H, W) heatmaps and the crops' centre/size."""
+        """(N, K, 3) ``(x, y, score)`` in image pixels from (N, K, H, W) heatmaps, crop centres, sizes."""
         from mmpose.codecs.utils import get_heatmap_maximum
 
         input_wh = np.array(self.input_size_wh, np.float32)
@@ -314,7 +324,9 @@ class MaskPoseEstimator:
         return out
 
 
-def build_maskpose(cfg: PoseModelConfig, device: Any, state_dict: dict[str, Any] | None, precision: str) -> MaskPoseEstimator:
+def build_maskpose(
+    cfg: PoseModelConfig, device: Any, state_dict: dict[str, Any] | None, precision: str
+) -> MaskPoseEstimator:
     """Build the pose adapter; ``state_dict=None`` keeps the (seeded) random initialisation.
 
     Raises:

@@ -32,7 +32,7 @@ class SamPrepared:
     """What ``prepare`` computed for one image.
 
     Attributes:
-        features: sam2's ``{"image_embed": (1,C,h,w), "high_res_feats": [...]}`` tensors on the model's device.
+        features: sam2's ``{"image_embed": (1,C,h,w), "high_res_feats": [...]}`` tensors (model's device).
         image_hw: (H, W) of the original image in pixels.
     """
 
@@ -47,7 +47,8 @@ def sam2_overrides(cfg: SegmenterModelConfig) -> list[str]:
         f"++model.image_size={int(cfg.image_size)}",
         f"++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability={dynamic}",
         f"++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta={float(cfg.stability_delta)}",
-        f"++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh={float(cfg.stability_thresh)}",
+        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh="
+        f"{float(cfg.stability_thresh)}",
     ]
 
 
@@ -101,7 +102,9 @@ class Sam2Segmenter:
                 raise ValueError(f"prompt {i} has no points")
             groups[len(points)].append(i)
         for k, indices in sorted(groups.items()):
-            coords = np.stack([np.asarray(points_xy[i], np.float32).reshape(k, 2) for i in indices])  # (B, K, 2)
+            coords = np.stack(
+                [np.asarray(points_xy[i], np.float32).reshape(k, 2) for i in indices]
+            )  # (B, K, 2)
             group_masks, group_scores = self._predict(prepared, coords)
             masks[indices] = group_masks
             scores[indices] = group_scores
@@ -115,7 +118,12 @@ class Sam2Segmenter:
         p = self.predictor
         with self._lock:
             # Point the predictor at this image's cached embedding (sam2 keeps it as private state).
-            p._features, p._orig_hw, p._is_image_set, p._is_batch = prepared.features, [prepared.image_hw], True, False
+            p._features, p._orig_hw, p._is_image_set, p._is_batch = (
+                prepared.features,
+                [prepared.image_hw],
+                True,
+                False,
+            )
             try:
                 with torch.inference_mode(), autocast(self.device, self.precision):
                     masks, scores, _ = p.predict(
@@ -146,8 +154,12 @@ def build_sam2_segmenter(
 
     # apply_postprocessing=False: we pass the same dynamic-multimask overrides ourselves, from the config.
     model = build_sam2(
-        cfg.config, ckpt_path=None, device="cpu", mode="eval",
-        hydra_overrides_extra=sam2_overrides(cfg), apply_postprocessing=False,
+        cfg.config,
+        ckpt_path=None,
+        device="cpu",
+        mode="eval",
+        hydra_overrides_extra=sam2_overrides(cfg),
+        apply_postprocessing=False,
     )
     if state_dict is not None:
         load_strict(model, state_dict, f"segmenter ({cfg.config})")

@@ -17,8 +17,8 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmpose")
 pytest.importorskip("sam2")
 
-from bmp_core.ports import Detector, PoseEstimator, Segmenter  # noqa: E402
-from bmp_core.records import Detections, SegmentOutput  # noqa: E402
+from bmp_core.ports import Detector, PoseEstimator, Segmenter
+from bmp_core.records import Detections, SegmentOutput
 
 
 def test_adapters_satisfy_the_ports(tiny_models: Any) -> None:
@@ -37,8 +37,9 @@ def detections_batched(tiny_models: Any, ochuman_images: dict[str, np.ndarray]) 
     return tiny_models.detector.detect(images)
 
 
-def test_detector_output_contract(detections_batched: list[Detections], ochuman_images: dict[str, np.ndarray],
-                                  tiny_cfg: Any) -> None:
+def test_detector_output_contract(
+    detections_batched: list[Detections], ochuman_images: dict[str, np.ndarray], tiny_cfg: Any
+) -> None:
     for dets, name in zip(detections_batched, ("004806", "003799")):
         h, w = ochuman_images[name].shape[:2]
         assert 0 < len(dets) <= tiny_cfg.models.detector.max_per_img
@@ -47,7 +48,12 @@ def test_detector_output_contract(detections_batched: list[Detections], ochuman_
         assert dets.masks.shape == (len(dets), h, w)  # full resolution of the ORIGINAL image
         # Boxes are in the original frame (not the 640 letterbox): inside the image, x1 <= x2, y1 <= y2.
         b = dets.boxes_xyxy
-        assert (b[:, 0] >= -1).all() and (b[:, 2] <= w + 1).all() and (b[:, 1] >= -1).all() and (b[:, 3] <= h + 1).all()
+        assert (
+            (b[:, 0] >= -1).all()
+            and (b[:, 2] <= w + 1).all()
+            and (b[:, 1] >= -1).all()
+            and (b[:, 3] <= h + 1).all()
+        )
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert (dets.scores >= tiny_cfg.models.detector.score_thr).all() and (dets.scores <= 1).all()
         assert (np.diff(dets.scores) <= 1e-6).all()  # mmdet returns them sorted by score
@@ -61,8 +67,9 @@ def test_detector_bgr_input_convention(tiny_models: Any) -> None:
     np.testing.assert_allclose(pre.mean.flatten().tolist(), [103.53, 116.28, 123.675], rtol=1e-6)
 
 
-def test_detector_batched_equals_one_by_one(tiny_models: Any, ochuman_images: dict[str, np.ndarray],
-                                            detections_batched: list[Detections]) -> None:
+def test_detector_batched_equals_one_by_one(
+    tiny_models: Any, ochuman_images: dict[str, np.ndarray], detections_batched: list[Detections]
+) -> None:
     for dets, name in zip(detections_batched, ("004806", "003799")):
         (single,) = tiny_models.detector.detect([ochuman_images[name]])
         assert len(single) == len(dets)
@@ -77,18 +84,26 @@ def test_detector_batched_equals_one_by_one(tiny_models: Any, ochuman_images: di
 
 
 def _boxes(h: int, w: int) -> np.ndarray:
-    return np.array([[0.1 * w, 0.1 * h, 0.5 * w, 0.9 * h], [0.4 * w, 0.2 * h, 0.95 * w, 0.7 * h],
-                     [0.6 * w, 0.5 * h, 0.7 * w, 0.6 * h]], np.float32)
+    return np.array(
+        [
+            [0.1 * w, 0.1 * h, 0.5 * w, 0.9 * h],
+            [0.4 * w, 0.2 * h, 0.95 * w, 0.7 * h],
+            [0.6 * w, 0.5 * h, 0.7 * w, 0.6 * h],
+        ],
+        np.float32,
+    )
 
 
 def _partial_masks(h: int, w: int, boxes: np.ndarray) -> np.ndarray:
     masks = np.zeros((len(boxes), h, w), bool)
     for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
-        m[y1:(y1 + y2) // 2, x1:x2] = True  # upper half of each box
+        m[y1 : (y1 + y2) // 2, x1:x2] = True  # upper half of each box
     return masks
 
 
-def test_pose_output_contract_and_frame(tiny_models: Any, ochuman_images: dict[str, np.ndarray], tiny_cfg: Any) -> None:
+def test_pose_output_contract_and_frame(
+    tiny_models: Any, ochuman_images: dict[str, np.ndarray], tiny_cfg: Any
+) -> None:
     image = ochuman_images["004806"]
     h, w = image.shape[:2]
     boxes = _boxes(h, w)
@@ -115,7 +130,7 @@ def test_pose_all_crops_of_all_images_in_one_batch_equals_one_by_one(
     batched = tiny_models.pose.estimate(images, boxes, masks)
     for i, image in enumerate(images):
         for j in range(len(boxes[i])):
-            (one,) = tiny_models.pose.estimate([image], [boxes[i][j:j + 1]], [masks[i][j:j + 1]])
+            (one,) = tiny_models.pose.estimate([image], [boxes[i][j : j + 1]], [masks[i][j : j + 1]])
             np.testing.assert_allclose(one[0], batched[i][j], atol=2e-3, rtol=1e-4)
 
 
@@ -169,8 +184,9 @@ def _prompts() -> list[np.ndarray]:
     ]
 
 
-def test_segmenter_output_contract(tiny_models: Any, sam_prepared_004806: Any,
-                                   ochuman_images: dict[str, np.ndarray]) -> None:
+def test_segmenter_output_contract(
+    tiny_models: Any, sam_prepared_004806: Any, ochuman_images: dict[str, np.ndarray]
+) -> None:
     out = tiny_models.segmenter.segment(sam_prepared_004806, _prompts())
     h, w = ochuman_images["004806"].shape[:2]
     assert isinstance(out, SegmentOutput)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.models
 torch = pytest.importorskip("torch")
 
-from bmp_core.models.checkpoints import (  # noqa: E402
+from bmp_core.models.checkpoints import (
     CheckpointError,
     cache_path_for,
     hf_to_https,
@@ -34,10 +34,10 @@ from bmp_core.models.checkpoints import (  # noqa: E402
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
     delay_s = 0.0
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         type(self).requests.append(self.path)
         time.sleep(type(self).delay_s)
         super().do_GET()
@@ -52,7 +52,9 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Handler]]]:
     root = tmp_path / "served"
     root.mkdir()
     handler = type("Handler", (_Handler,), {"requests": [], "delay_s": 0.0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -82,7 +84,9 @@ def test_http_download_once_then_cache_hit(tmp_path: Path, http_root: Any) -> No
     base, root, handler = http_root
     (root / "model.pth").write_bytes(b"x" * 3_000_000)
     cache = tmp_path / "cache"
-    first = resolve_checkpoint(f"{base}/model.pth", cache, sha256=hashlib.sha256(b"x" * 3_000_000).hexdigest())
+    first = resolve_checkpoint(
+        f"{base}/model.pth", cache, sha256=hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    )
     assert first.read_bytes() == b"x" * 3_000_000
     assert first == cache_path_for(f"{base}/model.pth", cache) and first.name == "model.pth"
     second = resolve_checkpoint(f"{base}/model.pth", cache)
@@ -114,7 +118,9 @@ def test_offline_without_cache_is_one_clear_error(tmp_path: Path, http_root: Any
     with pytest.raises(CheckpointError) as err:
         resolve_checkpoint(uri, tmp_path / "cache", offline=True)
     message = str(err.value)
-    assert uri in message and str(cache_path_for(uri, tmp_path / "cache")) in message and "Pre-stage" in message
+    assert (
+        uri in message and str(cache_path_for(uri, tmp_path / "cache")) in message and "Pre-stage" in message
+    )
     monkeypatch.setenv("BMP_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="offline"):
         resolve_checkpoint(uri, tmp_path / "cache")
@@ -154,7 +160,9 @@ def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_root: Any, monk
     target.mkdir(parents=True)
     (target / "MaskPose-b-1.0.0.pth").write_bytes(b"hf")
     monkeypatch.setenv("HF_ENDPOINT", base)
-    path = resolve_checkpoint("hf://vrg-prague/BBoxMaskPose/MaskPose/MaskPose-b-1.0.0.pth", tmp_path / "cache")
+    path = resolve_checkpoint(
+        "hf://vrg-prague/BBoxMaskPose/MaskPose/MaskPose-b-1.0.0.pth", tmp_path / "cache"
+    )
     assert path.read_bytes() == b"hf"
     assert handler.requests == ["/vrg-prague/BBoxMaskPose/resolve/main/MaskPose/MaskPose-b-1.0.0.pth"]
     monkeypatch.delenv("HF_ENDPOINT")
@@ -167,8 +175,9 @@ def moto_s3(monkeypatch: Any) -> Iterator[Any]:
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                           AWS_DEFAULT_REGION="us-east-1").items():
+    for key, value in dict(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    ).items():
         monkeypatch.setenv(key, value)
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
@@ -202,7 +211,9 @@ def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path) -> None:
         got = load_state_dict(tmp_path / name, allow_pickle=False)
         assert sorted(got) == sorted(sd) and torch.equal(got["a.weight"], sd["a.weight"])
     # mmengine checkpoints carry numpy objects in `meta`: the safe loader refuses them.
-    torch.save({"meta": {"epoch": np.int64(210), "hist": np.arange(3)}, "state_dict": sd}, tmp_path / "mm_meta.pth")
+    torch.save(
+        {"meta": {"epoch": np.int64(210), "hist": np.arange(3)}, "state_dict": sd}, tmp_path / "mm_meta.pth"
+    )
     with pytest.raises(CheckpointError, match="allow_pickle_checkpoints"):
         load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=False)
     assert sorted(load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=True)) == sorted(sd)
@@ -217,7 +228,9 @@ def test_load_strict_names_renamed_and_mis_shaped_keys() -> None:
     sd["0.weights"] = sd.pop("0.weight")
     with pytest.raises(CheckpointError) as err:
         load_strict(model, sd, "toy")
-    assert "missing keys (1): 0.weight" in str(err.value) and "unexpected keys (1): 0.weights" in str(err.value)
+    assert "missing keys (1): 0.weight" in str(err.value) and "unexpected keys (1): 0.weights" in str(
+        err.value
+    )
     sd = dict(model.state_dict())
     sd["1.bias"] = torch.zeros(5)
     with pytest.raises(CheckpointError, match=r"shape mismatches \(1\): 1.bias \(5,\) vs model \(2,\)"):
@@ -229,7 +242,11 @@ def test_load_strict_names_renamed_and_mis_shaped_keys() -> None:
 
 
 def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
-    tmp_path: Path, http_root: Any, moto_s3: Any, tiny_cfg: Any, tiny_models: Any,
+    tmp_path: Path,
+    http_root: Any,
+    moto_s3: Any,
+    tiny_cfg: Any,
+    tiny_models: Any,
     ochuman_images: dict[str, np.ndarray],
 ) -> None:
     from bmp_core.models.build import build_bmp_models
@@ -276,7 +293,9 @@ def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
 
     torch.manual_seed(cfg.seed)
     other = build_maskpose(cfg.pose, torch.device("cpu"), None, "fp32")
-    assert not torch.equal(other.model.head.final_layer.weight, tiny_models.pose.model.head.final_layer.weight)
+    assert not torch.equal(
+        other.model.head.final_layer.weight, tiny_models.pose.model.head.final_layer.weight
+    )
 
 
 def test_a_renamed_key_fails_loudly_through_the_builder(tiny_models: Any, tiny_cfg: Any) -> None:

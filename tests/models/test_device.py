@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.models
 torch = pytest.importorskip("torch")
 
-from bmp_core.models.device import autocast, resolve_device  # noqa: E402
+from bmp_core.models.device import autocast, resolve_device
 
 
 def test_auto_picks_cuda_only_when_present() -> None:

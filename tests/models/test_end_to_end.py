@@ -13,10 +13,12 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmpose")
 pytest.importorskip("sam2")
 
-from bmp_core.loop import run_bmp  # noqa: E402
+from bmp_core.loop import run_bmp
 
 
-def test_run_bmp_on_ochuman_004806(tiny_models: Any, tiny_cfg: Any, ochuman_images: dict[str, np.ndarray]) -> None:
+def test_run_bmp_on_ochuman_004806(
+    tiny_models: Any, tiny_cfg: Any, ochuman_images: dict[str, np.ndarray]
+) -> None:
     image = ochuman_images["004806"]
     h, w = image.shape[:2]
     result = run_bmp(image, tiny_models, tiny_cfg.loop)

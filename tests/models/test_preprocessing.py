@@ -15,12 +15,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("mmpose")
 pytest.importorskip("cv2")
 
-from bmp_core.config import PoseModelConfig  # noqa: E402
-from bmp_core.models import _compat  # noqa: E402
+from bmp_core.config import PoseModelConfig
+from bmp_core.models import _compat
 
 _compat.apply()
 
-from bmp_core.models import pose_maskpose as pm  # noqa: E402
+from bmp_core.models import pose_maskpose as pm
 
 INPUT_WH = (192, 256)
 HEATMAP_WH = (48, 64)
