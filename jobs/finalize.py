@@ -17,7 +17,13 @@ import pyarrow.compute as pc
 
 from bmp_core.io.coco import write_coco_json
 from bmp_core.io.parquet import STATUS_ERROR
-from jobs.commit import OutputStateError, OutputStore, committed_markers, garbage_collect, read_committed_table
+from jobs.commit import (
+    OutputStateError,
+    OutputStore,
+    committed_markers,
+    garbage_collect,
+    read_committed_table,
+)
 from jobs.planner import Plan
 
 logger = logging.getLogger(__name__)

@@ -190,7 +190,7 @@ class _ActorPool:
     def wait_ready(self) -> list[dict[str, Any]]:
         try:
             return self.ray.get([a.info.remote() for a in self.actors.values()])
-        except Exception as err:  # the constructor raised: models could not be built
+        except self.ray.exceptions.RayError as err:  # the constructor raised: models could not be built
             lines = [line for line in str(err).splitlines() if line.strip()]
             cause = lines[-1] if lines else type(err).__name__  # the original exception's own line
             raise JobError(f"workers could not start, building the models failed: {cause}\n"
@@ -261,7 +261,7 @@ def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan
                 slot, shard = inflight.pop(ref)
                 try:
                     report: ShardReport = ray.get(ref)
-                except Exception as err:  # actor died (killed, OOM) or the worker raised
+                except ray.exceptions.RayError as err:  # actor died (killed, OOM) or the worker raised
                     failed += 1
                     requeued = _retry_slot(pool, inflight, pending, attempts, slot, shard, err, cfg.job.max_attempts)
                     ray.get([pool.counter.reset.remote(s) for s in requeued])

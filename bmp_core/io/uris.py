@@ -73,7 +73,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         _FS_CACHE[key] = fsspec.filesystem(protocol, **options)
     fs = _FS_CACHE[key]
     if protocol == "file":
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        path = uri.removeprefix("file://")
         return fs, os.path.abspath(os.path.expanduser(path))
     return fs, fs._strip_protocol(uri)
 

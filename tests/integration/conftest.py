@@ -84,7 +84,7 @@ def ray_cluster(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
     gcs_port, dash_port = free_port(), free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path_factory.mktemp("ray") / "ray_start.log", "wb")
+    log = open(tmp_path_factory.mktemp("ray") / "ray_start.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--num-cpus=2", "--num-gpus=0", "--memory=4000000000", "--object-store-memory=300000000",
@@ -103,7 +103,7 @@ def ray_cluster(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
         # Our own process group only (ray start --block tears its cluster down on SIGTERM).
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)  # it drains for up to 30 s; nothing here needs a graceful drain
+            proc.wait(timeout=3)  # it drains for up to 30 s; nothing here needs a graceful drain
         except subprocess.TimeoutExpired:
             pass
         try:

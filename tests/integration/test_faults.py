@@ -17,7 +17,13 @@ from jobs.cli import main
 from jobs.ray_runner import RunOptions, run_job
 
 from ._helpers import (
-    FAKE_CONFIG, REPO, assert_one_row_per_image, fake_config, keypoints_by_uri, read_output, reference_keypoints,
+    FAKE_CONFIG,
+    REPO,
+    assert_one_row_per_image,
+    fake_config,
+    keypoints_by_uri,
+    read_output,
+    reference_keypoints,
 )
 
 pytestmark = pytest.mark.integration
@@ -70,7 +76,7 @@ def test_worker_killed_mid_shard_is_replaced(ray_cluster: object, testdata: Path
         try:
             result["run"] = run_job(fake_config(*SLOW), RunOptions(str(testdata), str(out), num_workers=1,
                                                                     progress=False, lock_settle_s=0.05))
-        except BaseException as err:  # surfaced in the main thread below
+        except Exception as err:  # noqa: BLE001 - re-raised in the main thread below
             result["error"] = err
 
     thread = threading.Thread(target=job)

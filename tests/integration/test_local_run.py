@@ -15,7 +15,13 @@ from jobs.cli import main
 from jobs.commit import OutputStateError
 from jobs.ray_runner import RunOptions, run_job
 
-from ._helpers import assert_one_row_per_image, fake_config, keypoints_by_uri, read_output, reference_keypoints
+from ._helpers import (
+    assert_one_row_per_image,
+    fake_config,
+    keypoints_by_uri,
+    read_output,
+    reference_keypoints,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,14 @@ from bmp_core.io.uris import read_bytes
 from jobs.commit import OutputLock, OutputStateError, OutputStore
 from jobs.ray_runner import RunOptions, run_job
 
+from ._helpers import (
+    assert_one_row_per_image,
+    fake_config,
+    keypoints_by_uri,
+    read_output,
+    reference_keypoints,
+)
 from .conftest import BUCKET
-from ._helpers import assert_one_row_per_image, fake_config, keypoints_by_uri, read_output, reference_keypoints
 
 pytestmark = pytest.mark.integration
 

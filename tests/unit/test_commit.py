@@ -16,7 +16,13 @@ import pytest
 from bmp_core.config import BmpConfig, config_from_dict, config_to_dict, dump_config
 from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table
 from jobs.commit import (
-    OutputLock, OutputStateError, OutputStore, commit_shard, committed_markers, freeze_plan, garbage_collect,
+    OutputLock,
+    OutputStateError,
+    OutputStore,
+    commit_shard,
+    committed_markers,
+    freeze_plan,
+    garbage_collect,
     read_committed_table,
 )
 from jobs.planner import listing_table, make_plan
@@ -87,7 +93,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) ->
     second.release()
 
     # A holder whose process is gone (a killed driver on this host) does not block a rerun.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     store.write_json("_lock.json", {"token": "t", "host": socket.gethostname(), "pid": int(dead.stdout),
                                     "heartbeat_unix": time.time(), "ttl_s": 60})
     third = OutputLock(store, ttl_s=60, settle_s=0)

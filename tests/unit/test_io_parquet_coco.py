@@ -14,7 +14,13 @@ from pycocotools.coco import COCO
 from bmp_core.config import LoopConfig
 from bmp_core.io.coco import COCO_KEYPOINT_NAMES, coco_dataset
 from bmp_core.io.parquet import (
-    IMAGES_SCHEMA, INSTANCES_SCHEMA, ImageRow, boxes_array, images_table, instances_table, keypoints_array,
+    IMAGES_SCHEMA,
+    INSTANCES_SCHEMA,
+    ImageRow,
+    boxes_array,
+    images_table,
+    instances_table,
+    keypoints_array,
 )
 from bmp_core.loop import run_bmp
 from bmp_core.ops.rle import decode_rle

@@ -10,7 +10,15 @@ import pytest
 
 from bmp_core.config import BmpConfig, config_from_dict
 from bmp_core.io.uris import _read_list_file, sort_unique
-from jobs.planner import Plan, config_changes, config_digest, listing_digest, listing_table, make_plan, shard_uris
+from jobs.planner import (
+    Plan,
+    config_changes,
+    config_digest,
+    listing_digest,
+    listing_table,
+    make_plan,
+    shard_uris,
+)
 
 
 @pytest.mark.parametrize(("num_images", "shard_size"), [(0, 3), (1, 256), (10, 3), (12, 3), (1000, 256)])
