@@ -6,6 +6,7 @@ Usage:
     bmp-label plan --config CONFIG --input URI --output URI [key.path=value ...]
     bmp-label validate-config --config CONFIG [key.path=value ...]
     bmp-label export-coco OUTPUT [--out coco.json] [--keypoint-thr 0.3]
+    bmp-label viz | eval | report OUTPUT ...   (look at and measure an output: jobs/cli_inspect.py)
 
 --input is a local folder (searched recursively for job.image_extensions), a glob ("imgs/*.jpg"),
 a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix. --output is a local
@@ -96,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="coco.json", help="file name inside OUTPUT (default coco.json)")
     export.add_argument("--keypoint-thr", type=float, default=None,
                         help="keypoints below this score are written unlabeled (default: job.coco_keypoint_thr)")
+
+    from jobs import cli_inspect  # viz, eval, report: reading a finished output (no Ray)
+
+    cli_inspect.add_subparsers(sub)
     return parser
 
 
@@ -209,7 +214,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "validate-config": _cmd_validate, "export-coco": _cmd_export}
+def _inspect_commands() -> dict[str, object]:
+    from jobs.cli_inspect import COMMANDS
+
+    return dict(COMMANDS)
+
+
+_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "validate-config": _cmd_validate, "export-coco": _cmd_export,
+             **_inspect_commands()}
 
 if __name__ == "__main__":
     sys.exit(main())
