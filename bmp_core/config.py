@@ -207,6 +207,7 @@ class JobConfig:
     queue_depth: int = 2  # shards in flight per worker (one running, the rest queued: no idle gap)
     lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
     coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
+    trace: bool = False  # also store each image's per-pass trace under OUT/traces/<image_id>/ (bmp-label viz --gif)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:

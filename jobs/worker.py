@@ -25,6 +25,7 @@ from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
 from bmp_core.io.uris import read_bytes
 from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.traces import TRACES_DIR, encode_traces
 from jobs.commit import OutputStore, commit_shard, new_attempt_id
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class BmpWorker:
         self.cfg = cfg
         self.models = build_models(cfg.models)
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
+        self._store: OutputStore | None = None
 
     def info(self) -> dict[str, object]:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
@@ -103,9 +105,10 @@ class BmpWorker:
         """
         t0 = time.perf_counter()
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
+        store = OutputStore(task.output_uri)
+        self._store = store  # where _label_batch writes traces when job.trace is on
         rows, instances = self.label(image_ids, list(task.uris), on_progress)
         attempt_id = new_attempt_id(task.attempt)
-        store = OutputStore(task.output_uri)
         seconds = time.perf_counter() - t0
         num_errors = sum(r.error is not None for r in rows)
         commit_shard(
@@ -179,8 +182,9 @@ class BmpWorker:
     def _label_batch(self, batch: list[_Decoded], rows: list[ImageRow]) -> pa.Table:
         """Run the loop on a batch; appends the finished rows to ``rows``; returns their instances."""
         images = [d.image_bgr for d in batch]
+        trace = self.cfg.job.trace and self._store is not None
         try:
-            results = run_bmp_batch(images, self.models, self.cfg.loop)
+            results = run_bmp_batch(images, self.models, self.cfg.loop, trace=trace)
         except (ValueError, IndexError, FloatingPointError) as err:
             # A data-dependent failure: isolate the culprit by running the images one at a time.
             # Anything else (CUDA, out of memory) fails the shard so it is retried elsewhere.
@@ -188,7 +192,7 @@ class BmpWorker:
             results = []
             for d in batch:
                 try:
-                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop))
+                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop, trace=trace))
                 except (ValueError, IndexError, FloatingPointError) as one_err:
                     results.append(one_err)
         ok_ids, ok_results = [], []
@@ -200,6 +204,10 @@ class BmpWorker:
             rows.append(_with(d.row, num_instances=len(result.instances), label_s=label_s))
             ok_ids.append(d.row.image_id)
             ok_results.append(result)
+            if trace and result.traces:
+                # Keyed by image id, so a retried shard overwrites rather than duplicates.
+                for name, data in encode_traces(result.traces, d.image_bgr).items():
+                    self._store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
         # Encode masks to RLE now, so at most one batch of dense masks is alive at a time.
         return instances_table(ok_ids, ok_results)
 

@@ -34,7 +34,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
         s3.upload_file(str(path), BUCKET, f"in/{path.relative_to(testdata)}")
     s3.put_object(Bucket=BUCKET, Key="in/readme.md", Body=b"not listed: wrong extension")
 
-    cfg = fake_config("job.shard_size=4")
+    cfg = fake_config("job.shard_size=4", "job.trace=true")
     out = f"s3://{BUCKET}/out/run1"
     run = run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, num_workers=2, progress=False, lock_settle_s=0.05))
 
@@ -50,6 +50,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
     for name in ("plan.json", "listing.parquet", "config.yaml", "run.json", "coco.json", "errors.csv"):
         assert f"out/run1/{name}" in keys
     assert "out/run1/_lock.json" not in keys  # released
+    assert {k.split("/")[3] for k in keys if k.startswith("out/run1/traces/")} == {str(i) for i in range(len(local))}
     coco_path = tmp_path / "coco.json"
     coco_path.write_bytes(read_bytes(f"{out}/coco.json"))
     assert len(COCO(str(coco_path)).getAnnIds()) == instances.num_rows == run["counts"]["instances"]

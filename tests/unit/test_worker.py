@@ -76,3 +76,19 @@ def test_process_shard_commits(inputs: tuple[list[str], dict[str, str]], tmp_pat
     images = read_committed_table(store, "plan1", "images")
     assert images.column("image_id").to_pylist() == list(range(30, 30 + len(uris)))
     assert pc.sum(images.column("num_instances")).as_py() == report.num_instances
+
+
+def test_traces_are_written_when_asked(inputs: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    from bmp_core.traces import load_traces, trace_dir
+
+    uris, _ = inputs
+    out = tmp_path / "out"
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.trace=true"])
+    BmpWorker(cfg).process_shard(ShardTask(str(out), "plan1", 0, 0, tuple(uris)))
+    good_id = uris.index(next(u for u in uris if u.endswith("good.jpg")))
+    huge_id = uris.index(next(u for u in uris if u.endswith("huge.png")))  # valid under the default limit
+    assert sorted(p.name for p in (out / "traces").iterdir()) == sorted([str(good_id), str(huge_id)])  # ok only
+    with Image.open(uris[good_id]) as im:
+        bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
+    traces = load_traces(trace_dir(str(out), good_id), bgr)
+    assert traces is not None and [t.iteration for t in traces] == list(range(cfg.loop.iterations))
