@@ -160,7 +160,7 @@ def freeze_plan(store: OutputStore, plan: Plan, listing: pa.Table, config_yaml: 
             )
         logger.warning("--force: discarding %d committed shard(s) of %s (%s)", committed, store.uri,
                        reason.splitlines()[0])
-        for rel in ("_commits", "images", "instances", "coco.json", "run.json", "errors.csv"):
+        for rel in ("_commits", "images", "instances", "traces", "coco.json", "run.json", "errors.csv"):
             store.remove(rel)
     # The listing and config go first: plan.json appearing is what makes them authoritative.
     store.write_table("listing.parquet", listing)

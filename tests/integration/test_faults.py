@@ -118,3 +118,15 @@ def test_driver_killed_then_resumed(ray_cluster: object, testdata: Path, tmp_pat
     assert rerun["counts"]["shards_skipped"] >= committed_before >= 3
     assert rerun["counts"]["shards_labeled"] == 10 - rerun["counts"]["shards_skipped"]
     _assert_same_labels_as_reference(out, testdata)
+
+
+def test_shard_failing_every_attempt_stops_the_job(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
+    from jobs.ray_runner import JobError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "images").write_text("a file where the parts folder should be")  # every part write fails
+    cfg = fake_config("job.shard_size=2", "job.max_attempts=2")
+    with pytest.raises(JobError, match=r"shard \d+ failed 2 time\(s\) \(job.max_attempts\)"):
+        run_job(cfg, RunOptions(str(testdata / "coco"), str(out), num_workers=1, progress=False, lock_settle_s=0.05))
+    assert not (out / "_lock.json").exists() and not (out / "run.json").exists()
