@@ -56,6 +56,8 @@ class OutputStore:
         self.uri = output_uri.rstrip("/") if "://" in output_uri else output_uri
         self.fs, self.root = filesystem(self.uri)
         self.is_local = protocol_of(self.uri) == "file"
+        if self.is_local:
+            self.uri = self.root  # absolute: workers may run in another directory
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])

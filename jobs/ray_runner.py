@@ -18,7 +18,7 @@ import platform
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -71,6 +71,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
     """
     t_start = time.time()
     store = OutputStore(opts.output_uri)
+    opts = replace(opts, output_uri=store.uri)  # a local output as an absolute path, for the workers
     lock = OutputLock(store, cfg.job.lock_ttl_s, opts.lock_settle_s)
     lock.acquire(opts.break_lock)
     try:
