@@ -150,8 +150,12 @@ def _filter_ext(paths: Sequence[str], extensions: Sequence[str]) -> list[str]:
 def sort_unique(uris: pa.StringArray) -> pa.StringArray:
     """Sorted by code point (byte order of UTF-8), duplicates dropped."""
     uris = pc.take(uris, pc.sort_indices(uris))
-    # unique() keeps first occurrences in order, so on a sorted array the result stays sorted.
-    return pc.unique(uris)
+    if len(uris) < 2:
+        return uris
+    # Sorted, so duplicates are neighbours: cheaper than a hash-based unique().
+    differs = pc.not_equal(uris.slice(1), uris.slice(0, len(uris) - 1))
+    keep = pa.concat_arrays([pa.array([True]), differs])
+    return pc.filter(uris, keep)
 
 
 def _read_list_file(data: bytes, base_uri: str) -> pa.StringArray:
@@ -168,7 +172,8 @@ def _read_list_file(data: bytes, base_uri: str) -> pa.StringArray:
     lines = pc.filter(lines, keep)
     # Relative entries are relative to the list file's folder.
     absolute = pc.or_(pc.match_substring(lines, "://"), pc.starts_with(lines, "/"))
-    base = pa.scalar(base_uri.rstrip("/") + "/", pa.large_string())
-    prefixed = pc.binary_join_element_wise(base, lines, pa.scalar("", pa.large_string()))
-    lines = pc.if_else(absolute, lines, prefixed)
+    if not pc.all(absolute).as_py():  # only then pay for the joined copy
+        base = pa.scalar(base_uri.rstrip("/") + "/", pa.large_string())
+        prefixed = pc.binary_join_element_wise(base, lines, pa.scalar("", pa.large_string()))
+        lines = pc.if_else(absolute, lines, prefixed)
     return lines.cast(pa.string())
