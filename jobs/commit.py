@@ -318,9 +318,9 @@ class OutputLock:
     def read(self) -> LockInfo | None:
         try:
             data = self.store.read_json("_lock.json")
-        except ValueError:
-            return None  # half-written by a crashed writer on a local disk: not a valid lease
-        return None if data is None else LockInfo(**data)
+            return None if data is None else LockInfo(**data)
+        except (ValueError, TypeError):
+            return None  # half-written by a crashed writer, or not ours: not a valid lease
 
     def acquire(self, break_lock: bool = False) -> None:
         """Take the lease or raise ``OutputStateError`` naming the holder."""
