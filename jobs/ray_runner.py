@@ -2,7 +2,9 @@
 
 Local mode (no address, no ``RAY_ADDRESS``) starts an embedded Ray on this machine; on a cluster
 (``ray job submit``, or ``--address``) the same code connects to it. One actor per GPU
-(``num_gpus=1``), or ``--num-workers`` CPU actors when there is no GPU. Each actor has up to
+(``num_gpus=1``), or ``--num-workers`` CPU actors when there is no GPU; CPU actors share the
+cluster's cores (``num_cpus`` = their share, so any number of them can start and one alone gets every
+core, with torch's thread count set to match). Each actor has up to
 ``job.queue_depth`` shards queued, so it starts the next shard the moment one commits. A shard
 whose attempt fails (the actor died, or the worker raised) is given to a fresh actor, up to
 ``job.max_attempts`` attempts; a shard commits at most one set of parts (commit.py), so a retried
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import platform
+import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -83,11 +87,12 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0}
+        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0, "workers_start_s": 0.0}
         if todo:
             stats = _label_shards(cfg, opts, plan, uris, todo, lock)
-        labeling_s = stats["labeling_s"]  # workers ready -> last shard committed
-        startup_s = time.perf_counter() - t0 - labeling_s  # Ray start/connect + model builds
+        labeling_s = stats["labeling_s"]  # dispatch: workers ready -> last shard committed
+        workers_start_s = stats["workers_start_s"]  # Ray start/connect + actors up (models built)
+        labeling_wall_s = time.perf_counter() - t0  # the above + shutting the actors (and Ray) down
         t0 = time.perf_counter()
         counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
         labeled_now = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
@@ -100,9 +105,13 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
             "counts": {**counts, "shards": plan.num_shards, "shards_skipped": len(done),
                        "shards_labeled": len(todo), "failed_attempts": stats["failed_attempts"]},
             "workers": stats["workers"],
-            "timings_s": {"listing": listing_s, "startup": startup_s, "labeling": labeling_s,
+            "timings_s": {"listing": listing_s, "workers_start": workers_start_s, "labeling": labeling_s,
+                          "shutdown": labeling_wall_s - workers_start_s - labeling_s,
                           "finalize": time.perf_counter() - t0, "wall": time.time() - t_start},
+            # Steady-state rate over the dispatch phase (what more images would cost per image) ...
             "throughput_images_per_s": labeled_now / labeling_s if labeled_now and labeling_s > 0 else None,
+            # ... and end to end, listing, Ray and model start, finalize included.
+            "throughput_images_per_s_wall": labeled_now / (time.time() - t_start) if labeled_now else None,
             "started_unix": t_start,
         }
         store.write_json("run.json", run)
@@ -159,22 +168,64 @@ class _ProgressCounter:
 class _RayWorker(BmpWorker):
     """``BmpWorker`` that reports per-image progress to the driver's counter."""
 
-    def __init__(self, cfg: BmpConfig, counter: Any) -> None:
+    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None) -> None:
         super().__init__(cfg)
         self._counter = counter
+        self.num_threads = _set_torch_threads(num_threads)
+
+    def info(self) -> dict[str, object]:
+        return {**super().info(), "torch_threads": self.num_threads}
 
     def process_shard_reporting(self, task: ShardTask) -> ShardReport:
         return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
 
 
+def _set_torch_threads(num_threads: int | None) -> int | None:
+    """Match torch's intra-op threads to this actor's CPU share, when the models imported torch.
+
+    Ray sets ``OMP_NUM_THREADS`` to floor(num_cpus) (at least 1) for a worker, but torch may have been
+    imported, or its pool sized, before that mattered; set it explicitly. Never imports torch itself
+    (fake models and the lite stack do not need it). Returns the thread count in effect, or None.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return int(torch.get_num_threads())
+
+
+def cpu_share(node_cpus: list[float], num_workers: int) -> float:
+    """CPUs per CPU actor so that ``num_workers`` actors fit on nodes with ``node_cpus`` cores.
+
+    The largest share that packs, as Ray accepts it: a whole number when >= 1, else a fraction with at
+    most 4 decimals (rounded down). One worker on one 2-core node gets 2; four get 0.5 each.
+    """
+    caps = [c for c in node_cpus if c > 0]
+    if not caps or num_workers < 1:
+        return 0.0
+    best = 0.0
+    for cap in caps:  # candidate shares: a node's cores split k ways
+        for k in range(1, num_workers + 1):
+            share = cap / k
+            share = float(math.floor(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
+            if share > best and sum(math.floor(c / share + 1e-9) for c in caps) >= num_workers:
+                best = share
+                break  # larger k only gives smaller shares on this node
+    return best
+
+
 class _ActorPool:
     """Slots of actors; a slot's actor is replaced when one of its shards fails."""
 
-    def __init__(self, ray: Any, cfg: BmpConfig, num_workers: int, num_gpus: float, cluster: bool) -> None:
+    def __init__(self, ray: Any, cfg: BmpConfig, num_workers: int, num_gpus: float, cluster: bool,
+                 num_cpus: float = 1.0) -> None:
         self.ray, self.cfg = ray, cfg
         self.run_token = uuid.uuid4().hex[:8]
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1, "max_restarts": 0}
+        num_cpus = 0 if num_gpus else num_cpus
+        self.num_threads = None if num_gpus else max(1, math.floor(num_cpus))
+        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0}
         if cluster and env:
             options["runtime_env"] = {"env_vars": env}
         self.remote_cls = ray.remote(_RayWorker)
@@ -186,7 +237,7 @@ class _ActorPool:
     def _new_actor(self, slot: int) -> Any:
         self.generation[slot] += 1
         name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
-        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter)
+        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter, self.num_threads)
 
     def wait_ready(self) -> list[dict[str, Any]]:
         try:
@@ -209,25 +260,44 @@ class _ActorPool:
 
 def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo: list[int],
                   lock: OutputLock) -> dict[str, Any]:
+    t_start = time.perf_counter()
     ray, started = _init_ray(opts)
     try:
         num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
         num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
-        pool = _ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0, cluster=bool(opts.address or
-                                                                                   os.environ.get("RAY_ADDRESS")))
+        num_cpus = 0.0 if use_gpu else _cpu_share(ray, num_workers)
+        pool = _ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0,
+                          cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=num_cpus)
         try:
             workers = pool.wait_ready()
-            logger.info("%d worker(s) ready (%s): %s", num_workers, "1 GPU each" if use_gpu else "CPU", workers)
+            workers_start_s = time.perf_counter() - t_start
+            logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
+                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
             t0 = time.perf_counter()
             failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
-        return {"failed_attempts": failed, "workers": workers, "labeling_s": labeling_s}
+        return {"failed_attempts": failed, "workers": workers, "labeling_s": labeling_s,
+                "workers_start_s": workers_start_s}
     finally:
         if started:
             ray.shutdown()
+
+
+def _cpu_share(ray: Any, num_workers: int) -> float:
+    """``cpu_share`` over the alive nodes' CPUs (the cluster total when nodes cannot be listed)."""
+    try:
+        caps = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an old/odd Ray: fall back to the total
+        caps = []
+    if not any(caps):
+        caps = [float(ray.cluster_resources().get("CPU", 1))]
+    share = cpu_share(caps, num_workers)
+    if share <= 0:
+        raise JobError(f"no CPUs in the Ray cluster for {num_workers} CPU worker(s)")
+    return share
 
 
 def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any,

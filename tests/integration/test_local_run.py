@@ -81,3 +81,17 @@ def test_local_run_resume_and_refusals(ray_cluster: object, testdata: Path, tmp_
     (tmp_path / "out" / "coco.json").unlink()
     assert main(["export-coco", out]) == 0
     assert len(COCO(str(tmp_path / "out" / "coco.json")).getImgIds()) == len(expected_uris)
+
+
+def test_more_cpu_workers_than_cores_start_and_finish(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
+    """4 CPU workers on the 2-CPU test cluster: each gets half a core, so all of them start."""
+    out = str(tmp_path / "out")
+    run = run_job(fake_config("job.shard_size=1"),
+                  RunOptions(str(testdata), out, num_workers=4, progress=False, lock_settle_s=0.05))
+    expected = sorted(str(p) for p in testdata.rglob("*.jpg"))
+    assert len(run["workers"]) == 4 and len({w["pid"] for w in run["workers"]}) == 4
+    assert run["counts"]["shards_labeled"] == len(expected)
+    assert_one_row_per_image(read_output(out)[0], len(expected))
+    timings = run["timings_s"]
+    assert timings["workers_start"] > 0 and timings["labeling"] > 0
+    assert run["throughput_images_per_s"] >= run["throughput_images_per_s_wall"] > 0

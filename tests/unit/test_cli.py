@@ -56,3 +56,16 @@ def test_plan_and_export_coco(tmp_path: Path, testdata: Path, capsys: pytest.Cap
 
     assert main(["export-coco", str(tmp_path / "not_an_output")]) == 2
     assert "no plan.json" in capsys.readouterr().err
+
+
+def test_cpu_share_lets_any_number_of_cpu_workers_start() -> None:
+    from jobs.ray_runner import cpu_share
+
+    assert cpu_share([2.0], 1) == 2.0  # one worker gets every core
+    assert cpu_share([2.0], 2) == 1.0
+    assert cpu_share([2.0], 4) == 0.5
+    assert cpu_share([2.0], 3) == 0.6666  # rounded down: 3 x 0.6666 fits in 2
+    assert cpu_share([2.0], 16) == 0.125
+    assert cpu_share([8.0, 8.0], 3) == 4.0  # has to fit on a node, not just in the total
+    assert cpu_share([8.0, 2.0], 2) == 4.0  # both on the big node beats 2 each
+    assert cpu_share([0.0], 2) == 0.0
