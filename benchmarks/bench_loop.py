@@ -8,6 +8,7 @@ Both paths get the same fixed instances: pass 0 uses given boxes (the ground-tru
 images; images without annotations get the boxes of one detector pass, frozen before timing), so the
 work is the same and outputs can be compared. Prints per-stage seconds per image, images/s of each
 path, their agreement (keypoint L2 in px, mask IoU) and, as the last line, ``speedup: X.XX``.
+``--compare-precision`` adds each speed option (bf16, fp16, TF32, torch.compile) vs fp32 on CUDA.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bmp_core.testing.reference_shaped import reference_shaped  # noqa: E402
-from bmp_core.config import load_config  # noqa: E402
-from bmp_core.loop import run_bmp, run_bmp_batch  # noqa: E402
-from bmp_core.models import build_models  # noqa: E402
-from bmp_core.ops.masks import mask_iou  # noqa: E402
+from bmp_core.config import load_config
+from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.models import build_models
+from bmp_core.ops.masks import mask_iou
+from bmp_core.testing.reference_shaped import reference_shaped
 
 DEFAULT_TESTDATA = REPO.parent / "shared" / "testdata"
 
@@ -70,6 +71,14 @@ def compare(ref: list, ours: list) -> tuple[float, float]:
     return worst_l2, worst_iou
 
 
+def run_batched(images: list, boxes: list, models, loop_cfg, batch_size: int) -> list:
+    """Our path: ``run_bmp_batch`` over batches of ``batch_size`` images."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        out += run_bmp_batch(images[i: i + batch_size], models, loop_cfg, boxes[i: i + batch_size])
+    return out
+
+
 def stage_means(results: list) -> dict[str, float]:
     keys = results[0].timings_s.keys()
     return {k: float(np.mean([r.timings_s[k] for r in results])) for k in keys}
@@ -81,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--testdata", default=str(DEFAULT_TESTDATA), help="folder with coco/ and ochuman/")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch in our path")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of each path (after one warm-up)")
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="also run our path with each speed option (bf16, fp16, tf32, compile) and report its "
+                             "agreement with fp32 (CUDA only; skipped on CPU)")
     parser.add_argument("overrides", nargs="*", help="config key.path=value overrides")
     args = parser.parse_args(argv)
 
@@ -105,10 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         return [run_bmp(im, slow, cfg.loop, boxes_xyxy=b) for im, b in zip(images, boxes)]
 
     def our_path() -> list:
-        out = []
-        for i in range(0, len(images), args.batch_size):
-            out += run_bmp_batch(images[i: i + args.batch_size], models, cfg.loop, boxes[i: i + args.batch_size])
-        return out
+        return run_batched(images, boxes, models, cfg.loop, args.batch_size)
 
     timings = {}
     results = {}
@@ -129,7 +138,46 @@ def main(argv: list[str] | None = None) -> None:
               f"| per-stage s/image: {line}")
     l2, iou = compare(results["reference"], results["ours"])
     print(f"agreement: max keypoint L2 {l2:.4f} px, min mask IoU {iou:.4f}")
+    if args.compare_precision:
+        compare_options(cfg, images, boxes, results["ours"], timings["ours"], args)
     print(f"speedup: {timings['reference'] / timings['ours']:.2f}")
+
+
+OPTIONS = {"bf16": ["models.precision=bf16"], "fp16": ["models.precision=fp16"], "tf32": ["models.tf32=true"],
+           "compile": ["models.compile=true"]}
+
+
+def compare_options(cfg, images: list, boxes: list, fp32: list, fp32_s: float, args) -> None:
+    """Our path with each speed option vs fp32: images/s and agreement (keypoint L2, mask IoU)."""
+    if cfg.models.kind != "bmp":
+        print(f"compare-precision: skipped (models.kind={cfg.models.kind}: the options are for the torch models)")
+        return
+    import torch
+
+    from bmp_core.models.device import resolve_device
+
+    if resolve_device(cfg.models.device).type != "cuda":
+        print("compare-precision: skipped (the options apply on CUDA only; this run is on "
+              f"{resolve_device(cfg.models.device)})")
+        return
+    if cfg.models.precision != "fp32" or cfg.models.tf32 or cfg.models.compile:
+        print("compare-precision: skipped (the baseline must be fp32 without tf32/compile)")
+        return
+    for name, overrides in OPTIONS.items():
+        opt_cfg = load_config(args.config, [*args.overrides, *overrides])
+        models = build_models(opt_cfg.models)
+        run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)  # warm-up (compilation happens here)
+        t0 = time.perf_counter()
+        for _ in range(args.repeat):
+            got = run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)
+        seconds = (time.perf_counter() - t0) / args.repeat
+        l2, iou = compare(fp32, got)
+        print(f"option {name:8s}: {len(images) / seconds:.2f} images/s ({fp32_s / seconds:.2f} x fp32) | "
+              f"vs fp32: max keypoint L2 {l2:.4f} px, min mask IoU {iou:.4f}")
+        # tf32 is process-wide: back to the defaults before the next option.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True
+        del models
 
 
 if __name__ == "__main__":

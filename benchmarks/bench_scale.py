@@ -7,7 +7,8 @@ Usage:
 Actors: fake models with a fixed simulated latency per image (``models.fake.latency_ms`` per detector
 pass, so 2 passes x 25 ms = 50 ms per image) on tiny images, so the models cost no CPU and the
 measurement is the job's own overhead: listing, dispatch, reading, RLE, Parquet commits, progress.
-Ideal throughput = actors / latency. Driver CPU per image = the driver process's CPU seconds / images.
+Ideal throughput = actors / latency, measured over the dispatch phase (run.json
+``throughput_images_per_s``; workers' start and the end-to-end rate are printed too). Driver CPU per image = the driver process's CPU seconds / images.
 
 Planning: a synthetic sorted listing of N ``s3://`` URIs built in Arrow, then what the driver does
 before labeling (plan digest, listing table, shard slicing), each size in a fresh process so the peak
@@ -59,7 +60,8 @@ def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int
     measured = run["throughput_images_per_s"]
     return {"actors": num_actors, "images": n, "images_per_s": measured, "ideal_images_per_s": ideal,
             "vs_ideal": measured / ideal, "driver_cpu_ms_per_image": 1000 * driver_cpu / n,
-            "labeling_s": run["timings_s"]["labeling"]}
+            "labeling_s": run["timings_s"]["labeling"], "workers_start_s": run["timings_s"]["workers_start"],
+            "images_per_s_wall": run["throughput_images_per_s_wall"]}
 
 
 def plan_once(num_images: int) -> dict[str, float]:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(f"actors {r['actors']:2d}: {r['images']:5d} images, {r['images_per_s']:7.1f} img/s "
                   f"(ideal {r['ideal_images_per_s']:6.1f}, {r['vs_ideal']:.2f} x), "
-                  f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image", flush=True)
+                  f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image | workers start {r['workers_start_s']:.1f} s, "
+                  f"end to end {r['images_per_s_wall']:.1f} img/s", flush=True)
     for size in args.plan_sizes:
         out = subprocess.run([sys.executable, __file__, "--_plan-child", str(size)], capture_output=True,
                              text=True, check=True)

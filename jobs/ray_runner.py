@@ -172,6 +172,7 @@ class _RayWorker(BmpWorker):
         super().__init__(cfg)
         self._counter = counter
         self.num_threads = _set_torch_threads(num_threads)
+        _warm_up_arrow()
 
     def info(self) -> dict[str, object]:
         return {**super().info(), "torch_threads": self.num_threads}
@@ -193,6 +194,14 @@ def _set_torch_threads(num_threads: int | None) -> int | None:
     if num_threads:
         torch.set_num_threads(num_threads)
     return int(torch.get_num_threads())
+
+
+def _warm_up_arrow() -> None:
+    """Pay pyarrow's lazy pandas import (~1 s) while the worker starts, not in its first shard."""
+    import numpy as np
+    import pyarrow as pa
+
+    pa.array(np.zeros(1, np.float32))
 
 
 def cpu_share(node_cpus: list[float], num_workers: int) -> float:

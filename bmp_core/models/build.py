@@ -14,7 +14,7 @@ from typing import Any
 from bmp_core.config import ModelsConfig
 from bmp_core.models import _compat
 from bmp_core.models.checkpoints import load_state_dict, resolve_checkpoint
-from bmp_core.models.device import resolve_device
+from bmp_core.models.device import apply_speed_options, resolve_device
 from bmp_core.ports import BmpModels
 
 log = logging.getLogger(__name__)
@@ -64,5 +64,7 @@ def build_bmp_models(cfg: ModelsConfig) -> BmpModels:
         checkpoint_state_dict(cfg.segmenter.checkpoint, cfg, cfg.segmenter.sha256),
         cfg.precision,
     )
-    log.info("built BMP models on %s in %.1f s", device, time.perf_counter() - t0)
+    applied = apply_speed_options(device, cfg.tf32, cfg.compile, segmenter, pose)
+    log.info("built BMP models on %s in %.1f s%s", device, time.perf_counter() - t0,
+             f" ({', '.join(applied)})" if applied else "")
     return BmpModels(detector=detector, pose=pose, segmenter=segmenter)

@@ -35,3 +35,27 @@ def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager[A
     if precision == "fp32" or getattr(device, "type", str(device)) != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=getattr(torch, _DTYPES[precision]))
+
+
+def apply_speed_options(device: Any, tf32: bool, compile_modules: bool, segmenter: Any, pose: Any) -> list[str]:
+    """``models.tf32`` and ``models.compile``, on CUDA only (no-ops on CPU). Returns what was applied.
+
+    tf32: TF32 for matmuls and cuDNN convolutions (process-wide; false leaves torch's defaults).
+    compile: ``torch.compile`` of the SAM 2 image encoder and the pose backbone, the two big forwards;
+    the first batch of each new input shape pays the compilation.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return []
+    applied = []
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        applied.append("tf32")
+    if compile_modules:
+        sam = segmenter.predictor.model
+        sam.image_encoder = torch.compile(sam.image_encoder)
+        pose.model.backbone = torch.compile(pose.model.backbone)
+        applied.append("compile")
+    return applied

@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.models
 torch = pytest.importorskip("torch")
 
-from bmp_core.models.device import autocast, resolve_device
+from bmp_core.models.device import apply_speed_options, autocast, resolve_device
 
 
 def test_auto_picks_cuda_only_when_present() -> None:
@@ -36,3 +36,13 @@ def test_autocast_on_cuda_uses_the_requested_dtype() -> None:
         assert (x @ x).dtype == torch.bfloat16
     with autocast(torch.device("cuda"), "fp32"):
         assert (x @ x).dtype == torch.float32
+
+
+def test_compile_and_tf32_are_no_ops_on_cpu() -> None:
+    class Untouchable:  # any attribute access would mean the option was applied
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"touched .{name} on CPU")
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert apply_speed_options(torch.device("cpu"), True, True, Untouchable(), Untouchable()) == []
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
