@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,8 +211,18 @@ class JobConfig:
     lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
     coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
     trace: bool = False  # also store each image's per-pass trace under OUT/traces/<image_id>/ (bmp-label viz --gif)
+    given_boxes: str | None = None  # COCO detections list or annotations dataset (path or s3://): pass-0 boxes + scores
+    given_boxes_images: str | None = None  # COCO file naming a detections list's image ids (e.g. its ground truth)
+    given_boxes_score_thr: float = 0.0  # use given boxes with score >= this (entries without a score count as 1.0)
 
     def __post_init__(self) -> None:
+        if self.given_boxes is not None and not self.given_boxes.strip():
+            raise ConfigError("job.given_boxes: an empty path; use null for no given boxes")
+        if self.given_boxes_images is not None and self.given_boxes is None:
+            raise ConfigError("job.given_boxes_images is set but job.given_boxes is not: it only names the "
+                              "image ids of a given-boxes detections list")
+        if not math.isfinite(self.given_boxes_score_thr):
+            raise ConfigError(f"job.given_boxes_score_thr must be a finite number, got {self.given_boxes_score_thr}")
         if self.shard_size < 1:
             raise ConfigError(f"job.shard_size must be >= 1, got {self.shard_size}")
         if self.max_attempts < 1:
@@ -230,6 +241,31 @@ class BmpConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     job: JobConfig = field(default_factory=JobConfig)
+
+    def __post_init__(self) -> None:
+        if self.models.kind == "lite" and self.loop.iterations != 1:
+            # The lite backend has no detector, and every pass after the first one detects.
+            raise ConfigError(
+                f"models.kind: lite needs loop.iterations: 1 (got {self.loop.iterations}): "
+                "it has no person detector for a second pass"
+            )
+
+
+def check_job_config(cfg: BmpConfig) -> None:
+    """What a job (``bmp-label run/plan/validate-config``, its workers) needs beyond a valid config.
+
+    ``load_config`` alone accepts ``models.kind: lite`` without ``job.given_boxes`` because
+    ``run_bmp`` takes the boxes as an argument; a job has no other way to get them.
+
+    Raises:
+        ConfigError: naming the keys to set.
+    """
+    if cfg.models.kind == "lite" and cfg.job.given_boxes is None:
+        raise ConfigError(
+            "models.kind: lite needs job.given_boxes (it has no person detector): add "
+            "job.given_boxes=DETECTIONS_OR_ANNOTATIONS.json (and job.given_boxes_images=IMAGES.json for a "
+            "COCO detections list)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bmp_core.config import BmpConfig, ConfigError, dump_config, load_config
+from bmp_core.config import BmpConfig, ConfigError, check_job_config, dump_config, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -108,7 +108,26 @@ def _load(args: argparse.Namespace) -> BmpConfig:
     overrides = list(args.overrides)
     if getattr(args, "shard_size", None) is not None:
         overrides.append(f"job.shard_size={args.shard_size}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    check_job_config(cfg)  # e.g. models.kind: lite without job.given_boxes
+    return _absolute_given_boxes(cfg)
+
+
+def _absolute_given_boxes(cfg: BmpConfig) -> BmpConfig:
+    """Local ``job.given_boxes*`` paths made absolute: workers need not share the driver's directory."""
+    import dataclasses
+    import os
+
+    from bmp_core.io.uris import protocol_of
+
+    def absolute(uri: str | None) -> str | None:
+        if uri is None or protocol_of(uri) != "file":
+            return uri
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+    job = dataclasses.replace(cfg.job, given_boxes=absolute(cfg.job.given_boxes),
+                              given_boxes_images=absolute(cfg.job.given_boxes_images))
+    return cfg if job == cfg.job else dataclasses.replace(cfg, job=job)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

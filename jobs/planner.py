@@ -22,7 +22,12 @@ from bmp_core.config import BmpConfig, config_to_dict
 
 # job.* keys that change what the output contains (or how it is sharded); the others only change
 # how fast it is made and may differ between a run and its resume.
-RESULT_JOB_KEYS = ("shard_size", "max_image_pixels", "min_image_side", "image_extensions", "coco_keypoint_thr")
+RESULT_JOB_KEYS = (
+    "shard_size", "max_image_pixels", "min_image_side", "image_extensions", "coco_keypoint_thr",
+    # The given boxes are pass 0's people. Their file is pinned by its path, not its content:
+    # rewriting the same file between a run and its resume goes unnoticed.
+    "given_boxes", "given_boxes_images", "given_boxes_score_thr",
+)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from bmp_core.config import BmpConfig
+from bmp_core.config import BmpConfig, JobConfig, check_job_config
+from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
 from bmp_core.io.uris import read_bytes
@@ -76,14 +77,17 @@ class BmpWorker:
     """Labels shards with the BMP loop.
 
     Args:
-        cfg: the resolved config; ``cfg.models`` is built once here (weights loaded), so a model
-            error surfaces when the worker starts, not on the first image.
+        cfg: the resolved config; ``cfg.models`` is built once here (weights loaded), and so is the
+            ``job.given_boxes`` file (read once per worker), so a model or boxes-file error surfaces
+            when the worker starts, not on the first image.
     """
 
     def __init__(self, cfg: BmpConfig) -> None:
         from bmp_core.models import build_models  # the heavy imports happen here, on the worker
 
+        check_job_config(cfg)
         self.cfg = cfg
+        self.given_boxes = _load_given_box_index(cfg.job)
         self.models = build_models(cfg.models)
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
         self._store: OutputStore | None = None
@@ -179,20 +183,41 @@ class BmpWorker:
         row = ImageRow(image_id, uri, width=w, height=h, read_s=t1 - t0, decode_s=time.perf_counter() - t1)
         return _Decoded(row, image)
 
+    def _given_for(self, uri: str) -> GivenBoxes | None:
+        """The image's given boxes; None when there is no boxes file or it does not name the image."""
+        return None if self.given_boxes is None else self.given_boxes.lookup(uri)
+
     def _label_batch(self, batch: list[_Decoded], rows: list[ImageRow]) -> pa.Table:
         """Run the loop on a batch; appends the finished rows to ``rows``; returns their instances."""
+        given = [self._given_for(d.row.uri) for d in batch]
+        if self.cfg.models.kind == "lite":
+            # No detector: an image the boxes file does not name can only fail. Say why here,
+            # rather than letting the detector fail the whole batch and the retry find the culprit.
+            for d, g in zip(batch, given):
+                if g is None:
+                    rows.append(_with(d.row, error=f"no given boxes for this image: job.given_boxes "
+                                                   f"({self.cfg.job.given_boxes}) names no file like it, "
+                                                   "and models.kind=lite has no person detector"))
+            batch, given = [d for d, g in zip(batch, given) if g is not None], [g for g in given if g is not None]
+            if not batch:
+                return INSTANCES_SCHEMA.empty_table()
+        # Images the file does not name (None) go to the detector, as without a boxes file.
+        boxes_xyxy = [None if g is None else g.boxes_xyxy for g in given]
+        box_scores = [None if g is None else g.scores for g in given]
         images = [d.image_bgr for d in batch]
         trace = self.cfg.job.trace and self._store is not None
         try:
-            results = run_bmp_batch(images, self.models, self.cfg.loop, trace=trace)
+            results = run_bmp_batch(images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
+                                    box_scores=box_scores)
         except (ValueError, IndexError, FloatingPointError) as err:
             # A data-dependent failure: isolate the culprit by running the images one at a time.
             # Anything else (CUDA, out of memory) fails the shard so it is retried elsewhere.
             logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), err)
             results = []
-            for d in batch:
+            for d, boxes, scores in zip(batch, boxes_xyxy, box_scores):
                 try:
-                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop, trace=trace))
+                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes, trace=trace,
+                                           box_scores=scores))
                 except (ValueError, IndexError, FloatingPointError) as one_err:
                     results.append(one_err)
         ok_ids, ok_results = [], []
@@ -210,6 +235,18 @@ class BmpWorker:
                     self._store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
         # Encode masks to RLE now, so at most one batch of dense masks is alive at a time.
         return instances_table(ok_ids, ok_results)
+
+
+def _load_given_box_index(job: JobConfig) -> GivenBoxIndex | None:
+    """Read ``job.given_boxes`` (fsspec: local or s3://) once; None when the job has no boxes file."""
+    if job.given_boxes is None:
+        return None
+    t0 = time.perf_counter()
+    given = load_given_boxes(job.given_boxes, job.given_boxes_score_thr, job.given_boxes_images)
+    logger.info("given boxes: %d boxes for %d images from %s (%.1f s)",
+                sum(len(g.boxes_xyxy) for g in given.values()), len(given), job.given_boxes,
+                time.perf_counter() - t0)
+    return GivenBoxIndex(given)
 
 
 def _with(row: ImageRow, **changes: object) -> ImageRow:

@@ -58,7 +58,7 @@ def _require_shipped_model(model_complexity: int) -> None:
         import mediapipe
     except ImportError as err:
         raise ImportError(
-            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (README.md, "Lite")"
+            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (README.md, section Lite)"
         ) from err
     root = Path(mediapipe.__file__).parent / "modules"
     needed = [
@@ -252,9 +252,8 @@ class NoPersonDetector:
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Refuse: see the class docstring."""
         raise ValueError(
-            "models.kind=lite has no person detector: give the boxes (job.given_boxes, or "
-            "run_bmp(boxes_xyxy=...)) "
-            "for every image and set loop.iterations: 1"
+            "no given boxes for this image, and models.kind=lite has no person detector: give the boxes "
+            "(job.given_boxes, or run_bmp(boxes_xyxy=...)) for every image and set loop.iterations: 1"
         )
 
 

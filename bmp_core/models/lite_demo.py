@@ -1,8 +1,9 @@
 """Label a folder of images with the lite (BlazePose) backend and given boxes, offline, no job needed.
 
-Until ``bmp-label run`` takes the given-boxes option this is the lite quick start: it runs
-``run_bmp`` per image with ``configs/lite_cpu.yaml``, draws the people (``bmp_core.viz``), writes the
-COCO results, and scores them with pycocotools when ``--gt`` is given::
+The job does the same at scale (``bmp-label run --config configs/lite_cpu.yaml ...
+job.given_boxes=...``); this is the no-Ray version: it runs ``run_bmp`` per image with
+``configs/lite_cpu.yaml`` (the boxes' scores as detector scores), draws the people
+(``bmp_core.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
 
     python -m bmp_core.models.lite_demo --images ../shared/testdata/coco \\
         --boxes ../shared/testdata/coco/test_coco_det_AP_H_56.json \\
@@ -75,13 +76,14 @@ def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {"keypoints": [], "segm": []}
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     for k, path in enumerate(paths, start=1):
-        boxes = index.lookup(str(path))
-        if boxes is None:
+        given = index.lookup(str(path))
+        if given is None:
             logger.warning("%s: not in %s, skipped", path.name, args.boxes)
             continue
         image_rgb = _read_rgb(path)
         t0 = time.perf_counter()
-        result = run_bmp(np.ascontiguousarray(image_rgb[:, :, ::-1]), models, cfg.loop, boxes_xyxy=boxes)
+        result = run_bmp(np.ascontiguousarray(image_rgb[:, :, ::-1]), models, cfg.loop,
+                         boxes_xyxy=given.boxes_xyxy, box_scores=given.scores)
         inst = result.instances
         logger.info("%s: %d people, %.0f ms", path.name, len(inst), 1000 * (time.perf_counter() - t0))
         overlay = draw_instances(image_rgb, inst, title="BlazePose (lite)")

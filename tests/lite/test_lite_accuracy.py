@@ -1,18 +1,12 @@
-"""Real weights on real images: BlazePose through the BMP loop, scored by pycocotools run right here.
+"""Real weights on real images: the BlazePose pose estimator and segmenter, checked on COCO test images.
 
-The job has no given-boxes option yet, so these tests do what its worker does for one shard with
-the boxes of a COCO file (``bmp_core.io.given_boxes``): ``run_bmp`` per image with
-``configs/lite_cpu.yaml``, ``instances_table`` (the Parquet rows), then ``coco_dataset`` (the job's
-``coco.json``: keypoints below ``job.coco_keypoint_thr`` written as 0, score = pose score, RLE
-masks), and score that file's annotations with pycocotools directly.
+The accuracy of the whole job (coco.json scored by pycocotools, and ``bmp-label eval`` against
+pycocotools) is in ``test_lite_job.py``; here the ports themselves: left/right mapping under a flip,
+the segmenter's person lookup, mask conditioning, no detector.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +16,7 @@ import pytest
 pytest.importorskip("mediapipe")
 
 from bmp_core.config import ModelsConfig, load_config  # noqa: E402
-from bmp_core.io.coco import coco_dataset  # noqa: E402
 from bmp_core.io.given_boxes import load_given_boxes  # noqa: E402
-from bmp_core.io.parquet import ImageRow, images_table, instances_table  # noqa: E402
-from bmp_core.loop import run_bmp  # noqa: E402
 from bmp_core.models import build_models  # noqa: E402
 from bmp_core.ports import BmpModels  # noqa: E402
 from tests.conftest import read_bgr  # noqa: E402
@@ -48,86 +39,10 @@ def coco_dir(testdata: Path) -> Path:
     return testdata / "coco"
 
 
-def _label(coco_dir: Path, boxes_by_name: dict[str, np.ndarray], models: BmpModels) -> tuple[Any, Any, float]:
-    """Label the 4 images as one shard -> (images table, instances table, mean seconds of pose per crop).
-
-    Job image ids are the ground truth's, so the file's annotations are COCO results as they are.
-    """
-    cfg = load_config(CONFIG)
-    gt = _gt_api(coco_dir)
-    rows, ids, results, pose_s, crops = [], [], [], 0.0, 0
-    for image in gt.dataset["images"]:
-        boxes = boxes_by_name[image["file_name"]]
-        result = run_bmp(read_bgr(coco_dir / image["file_name"]), models, cfg.loop, boxes_xyxy=boxes)
-        pose_s, crops = pose_s + result.timings_s["pose"], crops + len(boxes)
-        h, w = result.image_hw
-        rows.append(ImageRow(image["id"], image["file_name"], width=w, height=h))
-        ids.append(image["id"])
-        results.append(result)
-    return images_table(rows, 0), instances_table(ids, results), pose_s / max(crops, 1)
-
-
-def _gt_api(coco_dir: Path) -> Any:
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(coco_dir / "test_coco.json"))
-
-
-def _ap(coco_dir: Path, results: list[dict[str, Any]], iou_type: str) -> float:
-    from pycocotools.cocoeval import COCOeval
-
-    gt = _gt_api(coco_dir)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
-
-
-@pytest.mark.parametrize("source", ["detections", "ground_truth"])
-def test_keypoint_and_mask_ap_of_coco_json(coco_dir: Path, lite_models: BmpModels, source: str) -> None:
-    if source == "detections":
-        boxes = load_given_boxes(
-            str(coco_dir / "test_coco_det_AP_H_56.json"), images_json_path=str(coco_dir / "test_coco.json")
-        )
-    else:
-        boxes = load_given_boxes(str(coco_dir / "test_coco.json"))
-    images, instances, s_per_crop = _label(coco_dir, boxes, lite_models)
-    dataset = coco_dataset(images, instances, load_config(CONFIG).job.coco_keypoint_thr)
-    fields = {"keypoints": ("keypoints",), "segm": ("segmentation",)}
-    ap = {
-        iou_type: _ap(
-            coco_dir,
-            [{k: a[k] for k in ("image_id", "category_id", "score", *names)} for a in dataset["annotations"]],
-            iou_type,
-        )
-        for iou_type, names in fields.items()
-    }
-    print(f"lite {source}: coco.json keypoint AP {ap['keypoints']:.3f}, segm AP {ap['segm']:.3f}, "
-          f"{1000 * s_per_crop:.0f} ms/crop")
-    # Measured 0.583 / 0.468 (detections) and 0.535 / 0.489 (ground-truth boxes) with BlazePose full
-    # (raw keypoints, before coco.json drops those scoring < 0.3: 0.594 and 0.563).
-    assert ap["keypoints"] >= 0.5
-    assert ap["segm"] >= 0.4
-
-    # `bmp-label eval` scores the instances table (raw keypoints, not coco.json's zeroed ones): its
-    # keypoint AP must be pycocotools' on the same predictions. (Its segm AP ranks masks by det_score,
-    # which is 1.0 for every given box, so it differs from coco.json's pose-score ranking.)
-    from bmp_core.evaluation import evaluate_output, results_from_instances
-    from bmp_core.output_reader import JobOutput
-
-    gt = json.loads((coco_dir / "test_coco.json").read_text())
-    report = evaluate_output(JobOutput("memory://lite", images, instances, None, None), gt, ("keypoints",))
-    raw = results_from_instances(instances, {i["id"]: i["id"] for i in gt["images"]})["keypoints"]
-    assert report["overall"]["keypoints"]["AP"] == pytest.approx(_ap(coco_dir, raw, "keypoints"), abs=1e-9)
-
-
 def test_flip_swaps_left_and_right(coco_dir: Path, lite_models: BmpModels) -> None:
     gt = load_given_boxes(str(coco_dir / "test_coco.json"))
     image = read_bgr(coco_dir / "000000000785.jpg")  # one skier, fully visible
-    boxes = gt["000000000785.jpg"]
+    boxes = gt["000000000785.jpg"].boxes_xyxy
     width = image.shape[1]
     flipped_boxes = boxes.copy()
     flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
@@ -147,7 +62,7 @@ def test_flip_swaps_left_and_right(coco_dir: Path, lite_models: BmpModels) -> No
 
 def test_segmenter_returns_the_prompted_persons_mask(coco_dir: Path, lite_models: BmpModels) -> None:
     image = read_bgr(coco_dir / "000000196141.jpg")
-    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000196141.jpg"]
+    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000196141.jpg"].boxes_xyxy
     (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
     prepared = lite_models.segmenter.prepare(image.copy())  # a copy: matched by content, not identity
     confident = [k[k[:, 2] > 0.5, :2] for k in kpts]
@@ -165,7 +80,7 @@ def test_segmenter_returns_the_prompted_persons_mask(coco_dir: Path, lite_models
 
 def test_mask_conditioning_changes_the_crop(lite_models: BmpModels, coco_dir: Path) -> None:
     image = read_bgr(coco_dir / "000000000785.jpg")
-    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"]
+    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"].boxes_xyxy
     seen: list[np.ndarray] = []
     runner = lite_models.pose.runner
 
@@ -203,7 +118,7 @@ def test_no_detector_and_offline_model_check() -> None:
 def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_models: BmpModels) -> None:
     image = read_bgr(coco_dir / "000000000785.jpg")
     image[0, 0] = (1, 2, 3)  # new content: nothing of this image is cached
-    box = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"][0]
+    box = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"].boxes_xyxy[0]
     (kpts,) = lite_models.pose.estimate([read_bgr(coco_dir / "000000000785.jpg")], [box[None]], [None])
     torso = kpts[0, [5, 6, 11, 12], :2]  # shoulders and hips of the skier
     out = lite_models.segmenter.segment(lite_models.segmenter.prepare(image), [torso])
@@ -214,7 +129,7 @@ def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_mo
 
 def test_flip_swaps_left_and_right_on_every_test_image(coco_dir: Path, lite_models: BmpModels) -> None:
     swapped_err, unswapped_err = [], []  # per person: median body-joint error / box diagonal
-    for name, boxes in load_given_boxes(str(coco_dir / "test_coco.json")).items():
+    for name, (boxes, _scores) in load_given_boxes(str(coco_dir / "test_coco.json")).items():
         image = read_bgr(coco_dir / name)
         width = image.shape[1]
         flipped_boxes = boxes.copy()

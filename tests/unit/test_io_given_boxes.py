@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bmp_core.io.given_boxes import GivenBoxesError, GivenBoxIndex, load_given_boxes, parse_given_boxes
+from bmp_core.io.given_boxes import (
+    GivenBoxes,
+    GivenBoxesError,
+    GivenBoxIndex,
+    load_given_boxes,
+    parse_given_boxes,
+)
 
 IMAGES = [
     {"id": 7, "file_name": "a.jpg"},
@@ -25,10 +31,16 @@ def test_results_list_with_images_mapping_xywh_to_xyxy_and_score_thr() -> None:
         {"image_id": 9, "bbox": [1, 2, 3, 4], "score": 0.99, "category_id": 18},  # a dog
     ]
     boxes = parse_given_boxes(results, {im["id"]: im["file_name"] for im in IMAGES}, score_thr=0.5)
-    np.testing.assert_array_equal(boxes["a.jpg"], [[10, 20, 40, 60]])
-    np.testing.assert_array_equal(boxes["sub/b.jpg"], [[1, 2, 4, 6]])
-    assert boxes["c.jpg"].shape == (0, 4) and boxes["c.jpg"].dtype == np.float32  # known, nobody in it
-    assert parse_given_boxes(results, {7: "a.jpg", 9: "b.jpg"}, category_id=None)["b.jpg"].shape == (2, 4)
+    np.testing.assert_array_equal(boxes["a.jpg"].boxes_xyxy, [[10, 20, 40, 60]])
+    np.testing.assert_array_equal(boxes["a.jpg"].scores, np.float32([0.9]))
+    np.testing.assert_array_equal(boxes["sub/b.jpg"].boxes_xyxy, [[1, 2, 4, 6]])
+    np.testing.assert_array_equal(boxes["sub/b.jpg"].scores, np.float32([0.5]))  # score >= thr is kept
+    empty = boxes["c.jpg"]  # known, nobody in it
+    assert empty.boxes_xyxy.shape == (0, 4) and empty.scores.shape == (0,)
+    assert empty.boxes_xyxy.dtype == empty.scores.dtype == np.float32
+    both = parse_given_boxes(results, {7: "a.jpg", 9: "b.jpg"}, category_id=None)["b.jpg"]
+    assert both.boxes_xyxy.shape == (2, 4)
+    np.testing.assert_array_equal(both.scores, np.float32([0.5, 0.99]))  # file order, boxes and scores aligned
 
 
 def test_dataset_skips_crowd_and_names_its_own_images() -> None:
@@ -40,8 +52,10 @@ def test_dataset_skips_crowd_and_names_its_own_images() -> None:
         ],
     }
     boxes = parse_given_boxes(dataset)
-    np.testing.assert_array_equal(boxes["c.jpg"], [[0, 0, 10, 10]])
-    assert boxes["a.jpg"].shape == (0, 4)
+    boxes_xyxy, scores = boxes["c.jpg"]
+    np.testing.assert_array_equal(boxes_xyxy, [[0, 0, 10, 10]])
+    np.testing.assert_array_equal(scores, [1.0])  # ground truth has no score: 1.0
+    assert boxes["a.jpg"].boxes_xyxy.shape == (0, 4)
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:
@@ -56,18 +70,21 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(GivenBoxesError, match="not valid JSON"):
         load_given_boxes(str(bad))
     # file_name on the entry itself needs no mapping
-    assert parse_given_boxes([{"file_name": "z.jpg", "bbox": [0, 0, 2, 2]}])["z.jpg"].shape == (1, 4)
+    assert parse_given_boxes([{"file_name": "z.jpg", "bbox": [0, 0, 2, 2]}])["z.jpg"].boxes_xyxy.shape == (1, 4)
 
 
 def test_load_from_files_and_lookup_by_uri(tmp_path: Path) -> None:
     (tmp_path / "gt.json").write_text(json.dumps({"images": IMAGES, "annotations": []}))
     (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 9, "bbox": [0, 0, 4, 4], "score": 1.0}]))
     boxes = load_given_boxes(str(tmp_path / "dets.json"), images_json_path=str(tmp_path / "gt.json"))
-    index = GivenBoxIndex({**boxes, "other/b.jpg": np.zeros((3, 4), np.float32)})
+    other = GivenBoxes(np.zeros((3, 4), np.float32), np.full(3, 0.5, np.float32))
+    index = GivenBoxIndex({**boxes, "other/b.jpg": other})
     assert len(index) == 4
-    np.testing.assert_array_equal(index.lookup("s3://bucket/x/sub/b.jpg"), [[0, 0, 4, 4]])
-    assert index.lookup("/data/other/b.jpg").shape == (3, 4)  # the longer common suffix wins
-    assert index.lookup("/data/a.jpg").shape == (0, 4)
+    found = index.lookup("s3://bucket/x/sub/b.jpg")
+    np.testing.assert_array_equal(found.boxes_xyxy, [[0, 0, 4, 4]])
+    np.testing.assert_array_equal(found.scores, [1.0])
+    assert index.lookup("/data/other/b.jpg") is other  # the longer common suffix wins
+    assert index.lookup("/data/a.jpg").boxes_xyxy.shape == (0, 4)
     assert index.lookup("/data/unknown.jpg") is None
 
 
@@ -77,7 +94,11 @@ def test_shared_coco_testdata(testdata: Path) -> None:
         str(coco / "test_coco_det_AP_H_56.json"), images_json_path=str(coco / "test_coco.json")
     )
     gt = load_given_boxes(str(coco / "test_coco.json"))
-    assert sum(len(b) for b in dets.values()) == 118
-    assert sum(len(b) for b in gt.values()) == 14
+    assert sum(len(b.boxes_xyxy) for b in dets.values()) == 118
+    assert sum(len(b.boxes_xyxy) for b in gt.values()) == 14
+    raw = json.loads((coco / "test_coco_det_AP_H_56.json").read_text())
+    all_scores = np.concatenate([b.scores for b in dets.values()])
+    np.testing.assert_allclose(np.sort(all_scores), np.sort(np.float32([d["score"] for d in raw])))
+    assert all(np.all(b.scores == 1.0) for b in gt.values())
     names = {"000000000785.jpg", "000000040083.jpg", "000000196141.jpg", "000000197388.jpg"}
     assert set(dets) == set(gt) == names
