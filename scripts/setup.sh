@@ -41,7 +41,7 @@ if [[ "$WITH_LITE" == 1 ]]; then
     LITE="$VENV-lite"
     [[ -x "$LITE/bin/python" ]] || "$PYTHON" -m venv "$LITE"
     "$LITE/bin/python" -m pip install --disable-pip-version-check -q -U "pip==26.3" "setuptools==80.10.2" "wheel==0.48.0"
-    "$LITE/bin/python" -m pip install --disable-pip-version-check -q -e "$HERE[s3,lite,dev]"
+    "$LITE/bin/python" -m pip install --disable-pip-version-check -q -e "$HERE[s3,lite,ray,dev]"  # one resolve: ray with mediapipe's protobuf<5
     echo "setup.sh: lite backend in $LITE"
 fi
 echo "setup.sh: ready. Activate with: source $VENV/bin/activate"
