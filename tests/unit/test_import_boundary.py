@@ -40,3 +40,12 @@ def test_importing_bmp_core_loads_no_heavy_package() -> None:
     root = Path(bmp_core.__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "", f"heavy packages loaded by bmp_core: {out.stdout.strip()}"
+
+
+def test_every_python_file_of_the_repo_compiles() -> None:
+    """Also the modules no unit test imports (model adapters, benchmarks, scripts under other envs)."""
+    root = Path(bmp_core.__file__).resolve().parents[1]
+    files = [p for d in ("bmp_core", "jobs", "benchmarks", "infra", "tests") for p in (root / d).rglob("*.py")]
+    assert len(files) > 50
+    for path in files:
+        compile(path.read_text(), str(path), "exec")
