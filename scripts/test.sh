@@ -15,9 +15,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "no virtualenv at $VENV: run scripts/setup.sh first" >&2
     exit 2
 fi
-"$VENV/bin/python" -m pytest -q tests "$@"
+"$VENV/bin/python" -m pytest -q -rs tests "$@"
 if [[ -x "$VENV-lite/bin/python" ]]; then
-    "$VENV-lite/bin/python" -m pytest -q tests/lite "$@"
+    "$VENV-lite/bin/python" -m pytest -q -rs tests/lite "$@"
 else
     echo "test.sh: no $VENV-lite, skipped the MediaPipe accuracy tests (scripts/setup.sh --lite)"
 fi
