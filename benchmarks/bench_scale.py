@@ -64,6 +64,25 @@ def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int
             "images_per_s_wall": run["throughput_images_per_s_wall"]}
 
 
+def worker_cpu_per_image(images: Path, shard_size: int) -> float:
+    """CPU seconds per image of the worker's own work (read, decode, loop ops, RLE, Parquet, commit) with
+    zero model latency, in this process, after one warm-up shard: what caps throughput once the actors
+    outnumber the cores."""
+    from bmp_core.config import config_from_dict
+    from jobs.worker import BmpWorker, ShardTask
+
+    cfg = config_from_dict({}, ["models.kind=fake", "models.device=cpu", "models.fake.num_people=2",
+                                f"job.shard_size={shard_size}", "job.batch_size=4", "job.min_image_side=1"])
+    uris = tuple(sorted(str(p) for p in images.glob("*.png")))[:shard_size]
+    worker = BmpWorker(cfg)
+    with tempfile.TemporaryDirectory() as out:
+        worker.process_shard(ShardTask(out, "bench", 0, 0, uris))  # warm-up: lazy imports
+        cpu0 = time.process_time()
+        for shard in range(1, 4):
+            worker.process_shard(ShardTask(out, "bench", shard, 0, uris))
+        return (time.process_time() - cpu0) / (3 * len(uris))
+
+
 def plan_once(num_images: int) -> dict[str, float]:
     """Runs in a child process: build and plan a synthetic listing of ``num_images`` URIs."""
     import numpy as np
@@ -106,14 +125,24 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     rows = []
+    ceiling = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.actors:
+            make_images(Path(tmp) / "cpu_probe", args.shard_size)
+            cpu_s = worker_cpu_per_image(Path(tmp) / "cpu_probe", args.shard_size)
+            cores = os.cpu_count() or 1
+            ceiling = cores / cpu_s
+            print(f"worker CPU per image (no model latency): {1000 * cpu_s:.1f} ms -> CPU-bound ceiling on "
+                  f"{cores} cores: {ceiling:.0f} img/s (ideal {max(args.actors)} actors: "
+                  f"{max(args.actors) / (2 * args.latency_ms / 1000):.0f} img/s)", flush=True)
         for n in args.actors:
             folder = Path(tmp) / f"images_{n}"
             make_images(folder, n * args.images_per_actor)
             rows.append(run_actors(n, folder, args.latency_ms, args.shard_size))
             r = rows[-1]
             print(f"actors {r['actors']:2d}: {r['images']:5d} images, {r['images_per_s']:7.1f} img/s "
-                  f"(ideal {r['ideal_images_per_s']:6.1f}, {r['vs_ideal']:.2f} x), "
+                  f"(ideal {r['ideal_images_per_s']:6.1f}, {r['vs_ideal']:.2f} x; "
+                  f"{r['images_per_s'] / min(r['ideal_images_per_s'], ceiling):.2f} x min(ideal, CPU ceiling)), "
                   f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image | workers start {r['workers_start_s']:.1f} s, "
                   f"end to end {r['images_per_s_wall']:.1f} img/s", flush=True)
     for size in args.plan_sizes:
