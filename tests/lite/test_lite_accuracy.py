@@ -39,20 +39,28 @@ def coco_dir(testdata: Path) -> Path:
     return testdata / "coco"
 
 
+def _pose_and_mirrored_pose(models: BmpModels, image: np.ndarray, boxes: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints of ``boxes`` on the image, and of the mirrored boxes on the mirrored image mapped back
+    (x -> width - x) both as they come and with left/right swapped: (kpts, mirrored, swapped)."""
+    width = image.shape[1]
+    flipped_boxes = boxes.copy()
+    flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+    (kpts,) = models.pose.estimate([image], [boxes], [None])
+    (kpts_f,) = models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
+    mirrored = kpts_f.copy()
+    mirrored[..., 0] = width - kpts_f[..., 0]
+    swapped = mirrored.copy()
+    swapped[:, LEFT + RIGHT] = mirrored[:, RIGHT + LEFT]
+    return kpts, mirrored, swapped
+
+
 def test_flip_swaps_left_and_right(coco_dir: Path, lite_models: BmpModels) -> None:
     gt = load_given_boxes(str(coco_dir / "test_coco.json"))
     image = read_bgr(coco_dir / "000000000785.jpg")  # one skier, fully visible
     boxes = gt["000000000785.jpg"].boxes_xyxy
-    width = image.shape[1]
-    flipped_boxes = boxes.copy()
-    flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
-    (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
-    (kpts_f,) = lite_models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
-    mirrored = kpts_f.copy()
-    mirrored[..., 0] = width - kpts_f[..., 0]
+    kpts, mirrored, swapped = _pose_and_mirrored_pose(lite_models, image, boxes)
     size = float(np.hypot(*(boxes[0, 2:] - boxes[0, :2])))
-    swapped = mirrored.copy()
-    swapped[:, LEFT + RIGHT] = mirrored[:, RIGHT + LEFT]
     # The mirrored result's left joints lie where the original's right joints are, and not where its left are.
     err_swapped = np.linalg.norm(swapped[0, :, :2] - kpts[0, :, :2], axis=1)
     err_unswapped = np.linalg.norm(mirrored[0, 5:, :2] - kpts[0, 5:, :2], axis=1)  # body joints, face is tiny
@@ -130,18 +138,9 @@ def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_mo
 def test_flip_swaps_left_and_right_on_every_test_image(coco_dir: Path, lite_models: BmpModels) -> None:
     swapped_err, unswapped_err = [], []  # per person: median body-joint error / box diagonal
     for name, (boxes, _scores) in load_given_boxes(str(coco_dir / "test_coco.json")).items():
-        image = read_bgr(coco_dir / name)
-        width = image.shape[1]
-        flipped_boxes = boxes.copy()
-        flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
-        (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
-        (kpts_f,) = lite_models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
-        mirrored = kpts_f.copy()
-        mirrored[..., 0] = width - kpts_f[..., 0]
-        swapped = mirrored.copy()
-        swapped[:, LEFT + RIGHT] = mirrored[:, RIGHT + LEFT]
+        kpts, mirrored, swapped = _pose_and_mirrored_pose(lite_models, read_bgr(coco_dir / name), boxes)
         for i, box in enumerate(boxes):
-            if kpts[i, :, 2].max() == 0 or kpts_f[i, :, 2].max() == 0:
+            if kpts[i, :, 2].max() == 0 or mirrored[i, :, 2].max() == 0:
                 continue  # BlazePose found nobody in one of the two crops
             diag = float(np.hypot(*(box[2:] - box[:2])))
             body = kpts[i, 5:, :2]

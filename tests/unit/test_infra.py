@@ -263,22 +263,22 @@ def test_docker_context_leaves_out_local_state() -> None:
     assert ".git" in ignored and any(p.endswith(default_venv) for p in ignored)
 
 
+def _bake_dry_run(config_name: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    """infra/bake_weights.py CONFIG CACHE --dry-run: prints "uri -> cache path" lines, fetches nothing."""
+    return subprocess.run(
+        [sys.executable, str(INFRA / "bake_weights.py"), str(REPO / "configs" / config_name), str(cache_dir),
+         "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_bake_weights_targets_are_where_the_job_looks(tmp_path: Path) -> None:
     """Baked files land on the cache path resolve_checkpoint checks first, so an offline job finds them."""
     from bmp_core.models.checkpoints import cache_path_for
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(INFRA / "bake_weights.py"),
-            str(REPO / "configs" / "bmp_d3.yaml"),
-            str(tmp_path),
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = _bake_dry_run("bmp_d3.yaml", tmp_path)
+    assert done.returncode == 0, done.stderr
     pairs = [line.split(" -> ") for line in done.stdout.splitlines()]
     models = load_config(REPO / "configs" / "bmp_d3.yaml").models
     assert [uri for uri, _ in pairs] == [
@@ -288,17 +288,7 @@ def test_bake_weights_targets_are_where_the_job_looks(tmp_path: Path) -> None:
     ]
     assert all(Path(target) == cache_path_for(uri, tmp_path) for uri, target in pairs)
     assert not any(tmp_path.iterdir())  # a dry run fetches nothing
-    fake = subprocess.run(
-        [
-            sys.executable,
-            str(INFRA / "bake_weights.py"),
-            str(REPO / "configs" / "fake.yaml"),
-            str(tmp_path),
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    fake = _bake_dry_run("fake.yaml", tmp_path)
     assert fake.returncode == 1  # nothing to bake is reported, not silently accepted
 
 
