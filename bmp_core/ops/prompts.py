@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FACE_KEYPOINTS = (0, 1, 2)  # nose, left eye, right eye (COCO-17); the ears stay separate
@@ -52,31 +54,57 @@ def select_prompt_keypoints(
     if method == "confidence":
         order = np.arange(len(kpts))
     elif method == "distance+confidence":
-        order = _farthest_confident_order(kpts, confidence_percentile)
+        order = _farthest_confident_order(kpts, confidence_percentile, num_points)
     else:
         raise ValueError(f"unknown prompt selection method {method!r}")
     return kpts[order[:num_points]].astype(np.float32)
 
 
-def _farthest_confident_order(kpts_sorted: np.ndarray, percentile: float) -> np.ndarray:
+def _farthest_confident_order(kpts_sorted: np.ndarray, percentile: float, max_points: int) -> np.ndarray:
     """Order points: seed with the most confident, then repeatedly the farthest (min-distance to the
     chosen set) among those whose confidence is >= the ``percentile`` of the confidence array in
-    which already chosen points are set to -1."""
-    n = len(kpts_sorted)
-    xy = kpts_sorted[:, :2]
-    conf = kpts_sorted[:, 2].copy()
+    which already chosen points are set to -1. Stops after ``max_points``: the greedy order is
+    prefix-stable, so the first picks do not depend on how many follow.
+
+    Plain Python floats on purpose: n <= 17, and numpy's per-call overhead (``np.percentile`` alone
+    is ~50 us) made this the worker's largest CPU cost. The arithmetic is the same IEEE float64 as
+    ``np.percentile(method="linear")`` and ``np.linalg.norm``, so the picks are identical.
+    """
+    xy = kpts_sorted[:, :2].tolist()
+    conf = kpts_sorted[:, 2].tolist()
+    n = len(conf)
     chosen = [0]
     conf[0] = -1.0
-    min_dist = np.linalg.norm(xy - xy[0], axis=1)
-    while len(chosen) < n:
-        threshold = np.percentile(conf, percentile)
-        candidate = conf >= threshold
-        candidate[chosen] = False
-        if not candidate.any():  # cannot happen with scores > -1, but never loop forever
-            candidate = conf > -1.0
-        dist = np.where(candidate, min_dist, -np.inf)
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        conf[nxt] = -1.0
-        min_dist = np.minimum(min_dist, np.linalg.norm(xy - xy[nxt], axis=1))
+    x0, y0 = xy[0]
+    min_dist = [math.sqrt((x - x0) * (x - x0) + (y - y0) * (y - y0)) for x, y in xy]
+    while len(chosen) < min(n, max_points):
+        threshold = _percentile_linear(sorted(conf), percentile)
+        taken = set(chosen)
+        best, best_dist = -1, -math.inf
+        for i in range(n):
+            if i not in taken and conf[i] >= threshold and min_dist[i] > best_dist:
+                best, best_dist = i, min_dist[i]
+        if best < 0:  # cannot happen with scores > -1, but never loop forever
+            best = next(i for i in range(n) if i not in taken)
+        chosen.append(best)
+        conf[best] = -1.0
+        xb, yb = xy[best]
+        for i, (x, y) in enumerate(xy):
+            d = math.sqrt((x - xb) * (x - xb) + (y - yb) * (y - yb))
+            if d < min_dist[i]:
+                min_dist[i] = d
     return np.asarray(chosen, np.int64)
+
+
+def _percentile_linear(values_sorted: list[float], percentile: float) -> float:
+    """``np.percentile(values, percentile)`` (method "linear") of an ascending list, with numpy's
+    exact arithmetic: index (n-1)*q, and the lerp taken from the nearer end when the weight >= 0.5."""
+    q = percentile / 100.0
+    n = len(values_sorted)
+    virtual = (n - 1) * q
+    lo = min(max(int(math.floor(virtual)), 0), n - 1)
+    hi = min(lo + 1, n - 1)
+    t = virtual - lo
+    a, b = values_sorted[lo], values_sorted[hi]
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t

@@ -59,3 +59,40 @@ def test_truncates_to_num_points_and_keeps_most_confident_first() -> None:
     assert out.shape == (6, 3) and out.dtype == np.float32
     assert out[0, 2] == np.float32(kpts[:, 2].max())
     assert len({tuple(p) for p in out.tolist()}) == 6  # no point chosen twice
+
+
+def _numpy_reference_order(kpts_sorted: np.ndarray, percentile: float) -> np.ndarray:
+    """The spec's greedy order written plainly with numpy (np.percentile, np.linalg.norm, argmax), full
+    length: an independent check of the fast scalar version, which stops early."""
+    xy, conf = kpts_sorted[:, :2], kpts_sorted[:, 2].copy()
+    chosen, conf[0] = [0], -1.0
+    min_dist = np.linalg.norm(xy - xy[0], axis=1)
+    while len(chosen) < len(kpts_sorted):
+        candidate = conf >= np.percentile(conf, percentile)
+        candidate[chosen] = False
+        if not candidate.any():
+            candidate = conf > -1.0
+        nxt = int(np.argmax(np.where(candidate, min_dist, -np.inf)))
+        chosen.append(nxt)
+        conf[nxt] = -1.0
+        min_dist = np.minimum(min_dist, np.linalg.norm(xy - xy[nxt], axis=1))
+    return np.asarray(chosen)
+
+
+def test_fast_order_equals_numpy_reference_including_ties() -> None:
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        n = int(rng.integers(1, 18))
+        xy = rng.uniform(0, 300, (n, 2))
+        scores = rng.uniform(0.3, 1.0, n)
+        if trial % 3 == 0:  # ties: quantised scores and repeated / grid points
+            scores = np.round(scores, 1)
+            xy = np.round(xy / 50) * 50
+        kpts = np.concatenate([xy, scores[:, None]], 1)
+        kpts = kpts[np.argsort(-kpts[:, 2], kind="stable")]
+        percentile = float(rng.choice([0.0, 37.5, 50.0, 80.0, 90.0, 100.0]))
+        num_points = int(rng.integers(1, 18))
+        expected = kpts[_numpy_reference_order(kpts, percentile)[:num_points]].astype(np.float32)
+        out = select_prompt_keypoints(kpts, num_points, 0.3, 0.3, collapse_face=False,
+                                      confidence_percentile=percentile)
+        np.testing.assert_array_equal(out, expected, err_msg=f"trial {trial}")
