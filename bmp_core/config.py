@@ -146,7 +146,7 @@ class SegmenterModelConfig:
 class FakeModelsConfig:
     num_people: int = 8  # candidate people the fake detector places in each image
     seed: int = 0  # changes where the fake people stand
-    latency_ms: float = 0.0  # simulated per-image model latency (benchmarks)
+    latency_ms: float = 0.0  # simulated fixed time per image of each detector pass, its own compute included (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class JobConfig:
     min_image_side: int = 16  # refuse images narrower or shorter than this (1x1 pixels, broken exports)
     batch_size: int = 4  # images per run_bmp_batch call inside a shard
     decode_threads: int = 4  # threads per worker reading + decoding images ahead of the models
-    queue_depth: int = 2  # shards in flight per worker (one running, the rest queued: no idle gap)
+    queue_depth: int = 2  # shards in flight per worker: one labels while the previous commits (no idle gap)
     lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
     coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
     trace: bool = False  # also store each image's per-pass trace under OUT/traces/<image_id>/ (bmp-label viz --gif)

@@ -5,7 +5,8 @@ Local mode (no address, no ``RAY_ADDRESS``) starts an embedded Ray on this machi
 (``num_gpus=1``), or ``--num-workers`` CPU actors when there is no GPU; CPU actors share the
 cluster's cores (``num_cpus`` = their share, so any number of them can start and one alone gets every
 core, with torch's thread count set to match). Each actor has up to
-``job.queue_depth`` shards queued, so it starts the next shard the moment one commits. A shard
+``job.queue_depth`` shards in flight and runs that many threads, so the next shard labels while the
+previous one writes its parts and commit marker. A shard
 whose attempt fails (the actor died, or the worker raised) is given to a fresh actor, up to
 ``job.max_attempts`` attempts; a shard commits at most one set of parts (commit.py), so a retried
 or duplicated attempt never duplicates rows.
@@ -234,7 +235,10 @@ class _ActorPool:
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
         num_cpus = 0 if num_gpus else num_cpus
         self.num_threads = None if num_gpus else max(1, math.floor(num_cpus))
-        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0}
+        # max_concurrency: the queued shard starts labeling while the previous one commits (the
+        # worker serialises the models itself, see jobs/worker.py).
+        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0,
+                                   "max_concurrency": max(1, cfg.job.queue_depth)}
         if cluster and env:
             options["runtime_env"] = {"env_vars": env}
         self.remote_cls = ray.remote(_RayWorker)

@@ -1,8 +1,15 @@
 """``BmpWorker``: builds the models once, then labels whole shards and commits them.
 
 A plain class (the Ray Data UDF shape): ``jobs/ray_runner.py`` wraps it in ``ray.remote``; tests
-and a debugger can use it directly. Reading and decoding run on a thread pool a bounded window
-ahead of the models, so the accelerator is not idle while the next images come off storage.
+and a debugger can use it directly. Only the models' own work is on the critical path:
+
+- reading and decoding run on a thread pool a bounded window ahead of the models;
+- RLE encoding (and trace writing) of a batch runs on its own thread while the next batch is on the
+  models, at most one batch behind, so at most two batches of dense masks are alive;
+- ``process_shard`` is safe to call from several threads (the Ray actor runs ``job.queue_depth`` of
+  them): one shard at a time holds the models, and a finished shard's Parquet parts and commit
+  marker are written while the next shard is already labeling.
+
 Masks leave the worker as RLE inside the Parquet parts; the driver only gets a small report.
 """
 
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +34,7 @@ from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
 from bmp_core.io.uris import read_bytes
 from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.records import BmpResult
 from bmp_core.traces import TRACES_DIR, encode_traces
 from jobs.commit import OutputStore, commit_shard, new_attempt_id
 
@@ -90,7 +99,8 @@ class BmpWorker:
         self.given_boxes = _load_given_box_index(cfg.job)
         self.models = build_models(cfg.models)
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
-        self._store: OutputStore | None = None
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="bmp-encode")
+        self._models_lock = threading.Lock()  # one shard at a time on the models (see module doc)
 
     def info(self) -> dict[str, object]:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
@@ -110,8 +120,11 @@ class BmpWorker:
         t0 = time.perf_counter()
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
         store = OutputStore(task.output_uri)
-        self._store = store  # where _label_batch writes traces when job.trace is on
-        rows, instances = self.label(image_ids, list(task.uris), on_progress)
+        # Reads start before the models are free: the first images are decoded by the time they are.
+        reads = self._read_ahead(image_ids, list(task.uris))
+        with self._models_lock:
+            rows, instances = self._label(reads, on_progress, store)
+        # The commit (Parquet parts, marker: the slow part on S3) runs outside the lock.
         attempt_id = new_attempt_id(task.attempt)
         seconds = time.perf_counter() - t0
         num_errors = sum(r.error is not None for r in rows)
@@ -129,10 +142,17 @@ class BmpWorker:
         Returns:
             (one ``ImageRow`` per input in input order, the ``instances`` table of the ok images).
         """
+        reads = self._read_ahead(image_ids, uris)
+        with self._models_lock:
+            return self._label(reads, on_progress, None)
+
+    def _label(self, reads: Iterator[_Decoded], on_progress: Callable[[int], None] | None,
+               store: OutputStore | None) -> tuple[list[ImageRow], pa.Table]:
+        """``label`` on started reads; ``store`` receives traces when ``job.trace`` is on."""
         rows: list[ImageRow] = []
-        parts: list[pa.Table] = []
+        parts: list[Future[pa.Table]] = []
         batch: list[_Decoded] = []
-        for decoded in self._read_ahead(image_ids, uris):
+        for decoded in reads:
             if decoded.image_bgr is None:
                 rows.append(decoded.row)
                 if on_progress:
@@ -140,20 +160,22 @@ class BmpWorker:
                 continue
             batch.append(decoded)
             if len(batch) == self.cfg.job.batch_size:
-                parts.append(self._label_batch(batch, rows))
+                parts.append(self._label_batch(batch, rows, store, parts[-1] if parts else None))
                 if on_progress:
                     on_progress(len(batch))
                 batch = []
         if batch:
-            parts.append(self._label_batch(batch, rows))
+            parts.append(self._label_batch(batch, rows, store, parts[-1] if parts else None))
             if on_progress:
                 on_progress(len(batch))
         rows.sort(key=lambda r: r.image_id)
-        instances = pa.concat_tables(parts) if parts else INSTANCES_SCHEMA.empty_table()
+        tables = [part.result() for part in parts]  # an encoding error fails the shard (it is retried)
+        instances = pa.concat_tables(tables) if tables else INSTANCES_SCHEMA.empty_table()
         return rows, instances
 
     def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str]) -> Iterator[_Decoded]:
-        """Yield decoded images in order, with at most a bounded window read/decoded in advance."""
+        """Submit the first window of reads now; the returned iterator yields decoded images in
+        order, keeping at most that bounded window read/decoded in advance."""
         window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
         pending: deque[Future[_Decoded]] = deque()
         todo = iter(zip(image_ids, uris))
@@ -161,6 +183,9 @@ class BmpWorker:
             pending.append(self._pool.submit(self._read_one, image_id, uri))
             if len(pending) >= window:
                 break
+        return self._yield_reads(pending, todo)
+
+    def _yield_reads(self, pending: deque[Future[_Decoded]], todo: Iterator[tuple[int, str]]) -> Iterator[_Decoded]:
         while pending:
             done = pending.popleft().result()
             nxt = next(todo, None)
@@ -187,8 +212,11 @@ class BmpWorker:
         """The image's given boxes; None when there is no boxes file or it does not name the image."""
         return None if self.given_boxes is None else self.given_boxes.lookup(uri)
 
-    def _label_batch(self, batch: list[_Decoded], rows: list[ImageRow]) -> pa.Table:
-        """Run the loop on a batch; appends the finished rows to ``rows``; returns their instances."""
+    def _label_batch(self, batch: list[_Decoded], rows: list[ImageRow], store: OutputStore | None,
+                     previous: Future[pa.Table] | None) -> Future[pa.Table]:
+        """Run the loop on a batch; appends the finished rows to ``rows``; returns the future of their
+        instances table, encoded on the encode thread after ``previous`` (waited for first, which
+        bounds the dense masks alive to this batch and the one being encoded)."""
         given = [self._given_for(d.row.uri) for d in batch]
         if self.cfg.models.kind == "lite":
             # No detector: an image the boxes file does not name can only fail. Say why here,
@@ -200,12 +228,12 @@ class BmpWorker:
                                                    "and models.kind=lite has no person detector"))
             batch, given = [d for d, g in zip(batch, given) if g is not None], [g for g in given if g is not None]
             if not batch:
-                return INSTANCES_SCHEMA.empty_table()
+                return _done(INSTANCES_SCHEMA.empty_table())
         # Images the file does not name (None) go to the detector, as without a boxes file.
         boxes_xyxy = [None if g is None else g.boxes_xyxy for g in given]
         box_scores = [None if g is None else g.scores for g in given]
         images = [d.image_bgr for d in batch]
-        trace = self.cfg.job.trace and self._store is not None
+        trace = self.cfg.job.trace and store is not None
         try:
             results = run_bmp_batch(images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
                                     box_scores=box_scores)
@@ -220,21 +248,33 @@ class BmpWorker:
                                            box_scores=scores))
                 except (ValueError, IndexError, FloatingPointError) as one_err:
                     results.append(one_err)
-        ok_ids, ok_results = [], []
+        ok = []
         for d, result in zip(batch, results):
             if isinstance(result, Exception):
                 rows.append(_with(d.row, error=f"labeling failed: {type(result).__name__}: {result}"))
                 continue
             label_s = result.timings_s.get("total")
             rows.append(_with(d.row, num_instances=len(result.instances), label_s=label_s))
-            ok_ids.append(d.row.image_id)
-            ok_results.append(result)
-            if trace and result.traces:
-                # Keyed by image id, so a retried shard overwrites rather than duplicates.
-                for name, data in encode_traces(result.traces, d.image_bgr).items():
-                    self._store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
-        # Encode masks to RLE now, so at most one batch of dense masks is alive at a time.
-        return instances_table(ok_ids, ok_results)
+            ok.append((d, result))
+        if previous is not None:
+            previous.result()
+        return self._encode_pool.submit(_encode_batch, ok, store if trace else None)
+
+
+def _encode_batch(ok: list[tuple[_Decoded, BmpResult]], trace_store: OutputStore | None) -> pa.Table:
+    """RLE-encode a batch's instances into an ``instances`` table; write its traces when asked."""
+    for d, result in ok:
+        if trace_store is not None and result.traces:
+            # Keyed by image id, so a retried shard overwrites rather than duplicates.
+            for name, data in encode_traces(result.traces, d.image_bgr).items():
+                trace_store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
+    return instances_table([d.row.image_id for d, _ in ok], [result for _, result in ok])
+
+
+def _done(table: pa.Table) -> Future[pa.Table]:
+    future: Future[pa.Table] = Future()
+    future.set_result(table)
+    return future
 
 
 def _load_given_box_index(job: JobConfig) -> GivenBoxIndex | None:

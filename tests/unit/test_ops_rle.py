@@ -47,3 +47,37 @@ def test_empty_inputs() -> None:
         decode_rle([])
     with pytest.raises(ValueError):
         encode_rle(np.zeros((4, 5), bool))
+
+
+def _mask_cases() -> list[np.ndarray]:
+    """Random masks, including the edge cases of a bounding-box encoder: empty, full, one pixel,
+    runs wrapping from a column's bottom into the next column's top, masks touching every border."""
+    rng = np.random.default_rng(17)
+    cases = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.ones((1, 1), bool), np.zeros((1, 1), bool)]
+    for _ in range(1500):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        kind = int(rng.integers(0, 4))
+        if kind == 0:  # noise of any density
+            m = rng.random((h, w)) < rng.random()
+        elif kind == 1:  # a lower band cut at the left: runs wrap across columns
+            m = np.zeros((h, w), bool)
+            m[rng.integers(0, h):, :] = True
+            m[:, : rng.integers(0, w)] = False
+        elif kind == 2:  # one pixel
+            m = np.zeros((h, w), bool)
+            m[rng.integers(0, h), rng.integers(0, w)] = True
+        else:  # touches top and bottom
+            m = rng.random((h, w)) < 0.5
+            m[0], m[-1] = True, True
+        cases.append(m)
+    return cases
+
+
+def test_encode_equals_pycocotools_encode_byte_for_byte() -> None:
+    from pycocotools import mask as mask_utils
+
+    for m in _mask_cases():
+        expected = mask_utils.encode(np.asfortranarray(m[:, :, None].astype(np.uint8)))[0]
+        (mine,) = encode_rle(m[None])
+        assert mine["counts"] == expected["counts"].decode("ascii"), m.astype(int)
+        assert mine["size"] == [int(v) for v in expected["size"]]
