@@ -192,11 +192,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from bmp_core.io.uris import list_input
     from jobs.commit import OutputStore, committed_markers
-    from jobs.planner import Plan, config_digest, listing_digest
+    from jobs.planner import Plan, file_digests, make_plan
 
     cfg = _load(args)
     uris = list_input(args.input, cfg.job.image_extensions)
-    plan = Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg))
+    plan = make_plan(cfg, uris, file_digests(cfg))
     print(f"input: {args.input}\n  {plan.num_images} images, listing digest {plan.listing_digest[:16]}")
     for uri in uris.slice(0, args.show).to_pylist():
         print(f"    {uri}")

@@ -172,11 +172,17 @@ def freeze_plan(store: OutputStore, plan: Plan, listing: pa.Table, config_yaml: 
 
 def _plan_difference(store: OutputStore, old: Plan, new: Plan, config_dict: dict[str, Any]) -> str:
     parts = []
+    old_files, new_files = dict(old.file_sha256), dict(new.file_sha256)
+    files_changed = [k for k in sorted(set(old_files) & set(new_files)) if old_files[k] != new_files[k]]
+    for key in files_changed:
+        parts.append(f"content of the file {key} names (sha256 {old_files[key][:12]} then, "
+                     f"{new_files[key][:12]} now)")
     if old.config_digest != new.config_digest:
         old_cfg = yaml.safe_load(store.read_bytes("config.yaml") or b"{}") or {}
         changes = config_changes(old_cfg, config_dict)
-        shown = "\n  ".join(changes[:20]) if changes else "(config.yaml unreadable; digests differ)"
-        parts.append(f"config:\n  {shown}")
+        if changes or not files_changed:
+            shown = "\n  ".join(changes[:20]) if changes else "(config.yaml unreadable; digests differ)"
+            parts.append(f"config:\n  {shown}")
     if old.listing_digest != new.listing_digest:
         parts.append(
             f"input listing ({old.num_images} images then, {new.num_images} now; "

@@ -1,10 +1,12 @@
-"""The frozen listing and the fixed-size shards (pure: pyarrow + hashlib, no Ray, no output I/O).
+"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray, no output I/O).
 
 An image's id is its index in the sorted listing, so ids are stable for as long as the listing is,
 and the listing is frozen in the output on the first run. Shard ``s`` holds ids
 ``[s * shard_size, min((s + 1) * shard_size, num_images))``. Two digests pin what an output was
 made from: the listing digest (sha256 of every URI followed by ``\\n``, in order) and the config
-digest (sha256 of the result-affecting config sections as canonical JSON).
+digest (sha256 of the result-affecting config sections as canonical JSON, plus the sha256 of the
+content of every input file the config names: ``job.given_boxes``, ``job.given_boxes_images``, so
+rewriting such a file between a run and its resume is caught like a config change).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from bmp_core.config import BmpConfig, config_to_dict
 # how fast it is made and may differ between a run and its resume.
 RESULT_JOB_KEYS = (
     "shard_size", "max_image_pixels", "min_image_side", "image_extensions", "coco_keypoint_thr",
-    # The given boxes are pass 0's people. Their file is pinned by its path, not its content:
-    # rewriting the same file between a run and its resume goes unnoticed.
+    # The given boxes are pass 0's people; their files are pinned by content too (PINNED_FILE_KEYS).
     "given_boxes", "given_boxes_images", "given_boxes_score_thr",
 )
+# job.* keys naming input files whose content the output depends on.
+PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Plan:
     num_images: int
     shard_size: int
     listing_digest: str  # sha256 hex of the sorted listing
-    config_digest: str  # sha256 hex of result_config(cfg)
+    config_digest: str  # sha256 hex of result_config(cfg) and the pinned files' digests
+    file_sha256: tuple[tuple[str, str], ...] = ()  # (config key, sha256 hex of the file) of pinned files
 
     @property
     def num_shards(self) -> int:
@@ -63,11 +67,13 @@ class Plan:
             "listing_digest": self.listing_digest,
             "config_digest": self.config_digest,
             "plan_id": self.plan_id,
+            "file_sha256": dict(self.file_sha256),
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Plan:
-        return Plan(int(data["num_images"]), int(data["shard_size"]), data["listing_digest"], data["config_digest"])
+        return Plan(int(data["num_images"]), int(data["shard_size"]), data["listing_digest"], data["config_digest"],
+                    tuple(sorted((data.get("file_sha256") or {}).items())))
 
 
 def result_config(cfg: BmpConfig) -> dict[str, Any]:
@@ -76,9 +82,25 @@ def result_config(cfg: BmpConfig) -> dict[str, Any]:
     return {"models": data["models"], "loop": data["loop"], "job": {k: data["job"][k] for k in RESULT_JOB_KEYS}}
 
 
-def config_digest(cfg: BmpConfig) -> str:
-    canonical = json.dumps(result_config(cfg), sort_keys=True, separators=(",", ":"))
+def config_digest(cfg: BmpConfig, file_sha256: dict[str, str] | None = None) -> str:
+    """sha256 hex of ``result_config(cfg)``, and of ``file_sha256`` (``file_digests``) when given."""
+    data = result_config(cfg)
+    if file_sha256:
+        data["file_sha256"] = file_sha256
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_digests(cfg: BmpConfig) -> dict[str, str]:
+    """``{"job.<key>": sha256 hex}`` of each file named by a ``PINNED_FILE_KEYS`` key (read here).
+
+    Raises:
+        InputError: a named file cannot be read (before any worker starts).
+    """
+    from bmp_core.io.uris import sha256_of
+
+    named = {f"job.{k}": getattr(cfg.job, k) for k in PINNED_FILE_KEYS}
+    return {key: sha256_of(uri) for key, uri in named.items() if uri}
 
 
 def listing_digest(uris: pa.Array) -> str:
@@ -93,9 +115,11 @@ def listing_digest(uris: pa.Array) -> str:
     return hashlib.sha256(memoryview(data_buf)[offsets[0]: offsets[-1]]).hexdigest()
 
 
-def make_plan(cfg: BmpConfig, uris: pa.Array) -> Plan:
-    """The plan for a sorted listing under ``cfg``."""
-    return Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg))
+def make_plan(cfg: BmpConfig, uris: pa.Array, file_sha256: dict[str, str] | None = None) -> Plan:
+    """The plan for a sorted listing under ``cfg``; ``file_sha256``: ``file_digests(cfg)``."""
+    files = file_sha256 or {}
+    return Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg, files),
+                tuple(sorted(files.items())))
 
 
 def shard_uris(uris: pa.Array, plan: Plan, shard_id: int) -> list[str]:

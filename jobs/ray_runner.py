@@ -32,7 +32,7 @@ from bmp_core.config import BmpConfig, config_to_dict, dump_config
 from bmp_core.io.uris import describe_storage, list_input
 from jobs.commit import OutputLock, OutputStore, committed_markers, freeze_plan
 from jobs.finalize import finalize_output
-from jobs.planner import Plan, listing_table, make_plan, shard_uris
+from jobs.planner import Plan, file_digests, listing_table, make_plan, shard_uris
 from jobs.worker import BmpWorker, ShardReport, ShardTask
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def prepare_output(cfg: BmpConfig, opts: RunOptions, store: OutputStore) -> tupl
     """List the input, then freeze (or check) the plan in the output. Returns (plan, sorted URIs)."""
     logger.info("listing %s", describe_storage(opts.input_uri))
     uris = list_input(opts.input_uri, cfg.job.image_extensions)
-    plan = make_plan(cfg, uris)
+    plan = make_plan(cfg, uris, file_digests(cfg))
     freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg), opts.force)
     return plan, uris
 

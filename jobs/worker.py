@@ -123,8 +123,10 @@ class BmpWorker:
         # Reads start before the models are free: the first images are decoded by the time they are.
         reads = self._read_ahead(image_ids, list(task.uris))
         with self._models_lock:
-            rows, instances = self._label(reads, on_progress, store)
-        # The commit (Parquet parts, marker: the slow part on S3) runs outside the lock.
+            rows, parts = self._label(reads, on_progress, store)
+        # The last batch's encoding and the commit (Parquet parts, marker: the slow part on S3) run
+        # outside the lock, while the next shard labels.
+        instances = _concat(parts)
         attempt_id = new_attempt_id(task.attempt)
         seconds = time.perf_counter() - t0
         num_errors = sum(r.error is not None for r in rows)
@@ -144,11 +146,13 @@ class BmpWorker:
         """
         reads = self._read_ahead(image_ids, uris)
         with self._models_lock:
-            return self._label(reads, on_progress, None)
+            rows, parts = self._label(reads, on_progress, None)
+        return rows, _concat(parts)
 
     def _label(self, reads: Iterator[_Decoded], on_progress: Callable[[int], None] | None,
-               store: OutputStore | None) -> tuple[list[ImageRow], pa.Table]:
-        """``label`` on started reads; ``store`` receives traces when ``job.trace`` is on."""
+               store: OutputStore | None) -> tuple[list[ImageRow], list[Future[pa.Table]]]:
+        """``label`` on started reads, up to the instances tables still being encoded; ``store``
+        receives traces when ``job.trace`` is on."""
         rows: list[ImageRow] = []
         parts: list[Future[pa.Table]] = []
         batch: list[_Decoded] = []
@@ -169,9 +173,7 @@ class BmpWorker:
             if on_progress:
                 on_progress(len(batch))
         rows.sort(key=lambda r: r.image_id)
-        tables = [part.result() for part in parts]  # an encoding error fails the shard (it is retried)
-        instances = pa.concat_tables(tables) if tables else INSTANCES_SCHEMA.empty_table()
-        return rows, instances
+        return rows, parts
 
     def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str]) -> Iterator[_Decoded]:
         """Submit the first window of reads now; the returned iterator yields decoded images in
@@ -269,6 +271,12 @@ def _encode_batch(ok: list[tuple[_Decoded, BmpResult]], trace_store: OutputStore
             for name, data in encode_traces(result.traces, d.image_bgr).items():
                 trace_store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
     return instances_table([d.row.image_id for d, _ in ok], [result for _, result in ok])
+
+
+def _concat(parts: list[Future[pa.Table]]) -> pa.Table:
+    """The batches' instances tables, in order; an encoding error fails the shard (it is retried)."""
+    tables = [part.result() for part in parts]
+    return pa.concat_tables(tables) if tables else INSTANCES_SCHEMA.empty_table()
 
 
 def _done(table: pa.Table) -> Future[pa.Table]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -102,6 +102,27 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
+def sha256_of(uri: str, chunk_bytes: int = 8 << 20) -> str:
+    """sha256 hex of a file's content, read in chunks (a boxes file of millions of images is large).
+
+    Raises:
+        InputError: the file cannot be read; the message names it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+    except FileNotFoundError as err:
+        raise InputError(f"file not found: {uri}") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {describe_storage(uri)}: {type(err).__name__}: {err}") from err
+    return digest.hexdigest()
+
+
 def list_input(uri: str, extensions: Sequence[str]) -> pa.StringArray:
     """Every image URI of the input, sorted, without duplicates.
 
@@ -122,8 +143,7 @@ def list_input(uri: str, extensions: Sequence[str]) -> pa.StringArray:
             found = _filter_ext(fs.glob(path), extensions)
             uris = pa.array([_to_uri(fs, p) for p in found], pa.string())
         elif fs.isdir(path):
-            found = _filter_ext(fs.find(path), extensions)
-            uris = pa.array([_to_uri(fs, p) for p in found], pa.string())
+            uris = _list_folder(fs, path, extensions)
         elif fs.isfile(path) and path.lower().endswith(LIST_FILE_SUFFIXES):
             uris = _read_list_file(fs.cat_file(path), _to_uri(fs, posixpath.dirname(path)))
         elif fs.isfile(path):
@@ -140,6 +160,52 @@ def list_input(uri: str, extensions: Sequence[str]) -> pa.StringArray:
     if len(uris) == 0:
         raise InputError(f"input {uri} lists no images (extensions: {', '.join(extensions)})")
     return sort_unique(uris)
+
+
+LIST_CHUNK = 100_000  # paths held as Python strings at once while listing a folder
+
+
+def _list_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: Sequence[str]) -> pa.StringArray:
+    """Every file under the folder ``path`` (recursive) with one of ``extensions``, as URIs.
+
+    Streamed page by page into Arrow chunks: ``fs.find`` builds an info dict per object (and s3fs
+    caches them all), ~1 KB each, which for a prefix of 10 million images is ~10 GB on the driver.
+    Here at most ``LIST_CHUNK`` paths are Python objects at a time. Symlinked folders are not
+    entered (as ``fs.find``); symlinked files are listed.
+    """
+    exts = tuple(e.lower() for e in extensions)
+    chunks: list[pa.Array] = []
+    pending: list[str] = []
+    for names in _iter_folder(fs, path):
+        pending.extend(_to_uri(fs, p) for p in names if p.lower().endswith(exts))
+        if len(pending) >= LIST_CHUNK:
+            chunks.append(pa.array(pending, pa.string()))
+            pending = []
+    chunks.append(pa.array(pending, pa.string()))
+    return pa.concat_arrays(chunks)
+
+
+def _iter_folder(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[list[str]]:
+    """Pages of file paths under ``path`` in the filesystem's own form (no ``s3://``)."""
+    protocol = protocol_of_fs(fs)
+    if protocol == "file":
+        for root, _dirs, files in os.walk(path, onerror=_raise):
+            yield [os.path.join(root, f) for f in files]
+    elif protocol == "s3":
+        bucket, key, _ = fs.split_path(path)
+        request = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else "", **getattr(fs, "req_kw", {})}
+        while True:  # list_objects_v2 pages of up to 1000 keys, all levels (no delimiter)
+            page = fs.call_s3("list_objects_v2", **request)
+            yield [f"{bucket}/{c['Key']}" for c in page.get("Contents", []) if not c["Key"].endswith("/")]
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+    else:
+        yield fs.find(path)
+
+
+def _raise(err: OSError) -> None:
+    raise err
 
 
 def _filter_ext(paths: Sequence[str], extensions: Sequence[str]) -> list[str]:

@@ -71,3 +71,27 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
     finally:
         holder.release()
     assert json.loads(read_bytes(f"{out}/run.json"))["counts"]["images"] == len(local)
+
+
+def test_listing_a_prefix_streams_every_page(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix over several list_objects_v2 pages (1000 keys each) lists exactly the images below
+    it, at every depth, as boto3's own paginator sees them, without going through ``fs.find``."""
+    import fsspec
+
+    from bmp_core.io import uris as uris_mod
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = [f"many/{d}/img_{i:05d}.{ext}" for i in range(1020)
+            for d, ext in [(("a", "b/c", "d")[i % 3], ("jpg", "JPEG", "png", "txt")[i % 4])]]
+    keys += ["many/", "many/marker/", "many_sibling/x.jpg", "other/y.jpg"]  # markers and neighbours
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    expected = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="many/"):
+        expected += [f"s3://{BUCKET}/{c['Key']}" for c in page.get("Contents", [])
+                     if c["Key"].lower().endswith((".jpg", ".jpeg", ".png"))]
+    assert len(expected) == 765  # i % 4 != 3 of 1020 keys: 2 pages of keys
+    monkeypatch.setattr(fsspec.AbstractFileSystem, "find", lambda *a, **k: pytest.fail("fs.find used"))
+    listed = uris_mod.list_input(f"s3://{BUCKET}/many", (".jpg", ".jpeg", ".png")).to_pylist()
+    assert listed == sorted(expected)
+    assert listed == uris_mod.list_input(f"s3://{BUCKET}/many/", (".jpg", ".jpeg", ".png")).to_pylist()

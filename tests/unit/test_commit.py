@@ -109,3 +109,34 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) ->
     store.write_json("_lock.json", {"token": "t", "host": "elsewhere", "pid": 1,
                                     "heartbeat_unix": time.time() - 61, "ttl_s": 60})
     OutputLock(store, settle_s=0).acquire()
+
+
+def test_rewritten_given_boxes_file_is_a_plan_change(tmp_path: Path) -> None:
+    """The boxes file is pinned by content: same path, new content -> refused and named; the same
+    bytes at a new mtime -> the same plan."""
+    import hashlib
+
+    from jobs.planner import file_digests
+
+    boxes = tmp_path / "dets.json"
+    boxes.write_text('[{"image_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9, "category_id": 1}]')
+    cfg = config_from_dict({}, [f"job.given_boxes={boxes}"])
+    store = OutputStore(str(tmp_path / "out"))
+    arr = pa.array(["/a.jpg"])
+
+    def freeze() -> None:
+        plan = make_plan(cfg, arr, file_digests(cfg))
+        freeze_plan(store, plan, listing_table(arr), dump_config(cfg), config_to_dict(cfg))
+
+    freeze()
+    assert store.read_json("plan.json")["file_sha256"] == {
+        "job.given_boxes": hashlib.sha256(boxes.read_bytes()).hexdigest()}
+    os.utime(boxes, (time.time() + 60, time.time() + 60))
+    freeze()  # touched, not changed
+    boxes.write_text('[{"image_id": 1, "bbox": [0, 0, 9, 9], "score": 0.9, "category_id": 1}]')
+    with pytest.raises(OutputStateError, match=r"content of the file job.given_boxes names") as err:
+        freeze()
+    assert "config:" not in str(err.value)  # the config itself did not change
+    boxes.unlink()
+    with pytest.raises(ValueError, match=r"file not found: .*dets.json"):
+        file_digests(cfg)
