@@ -5,10 +5,13 @@ Usage:
     python benchmarks/bench_scale.py --actors 1 4 --plan-sizes 1000000
 
 Actors: fake models with a fixed simulated latency per image (``models.fake.latency_ms`` per detector
-pass, so 2 passes x 25 ms = 50 ms per image) on tiny images, so the models cost no CPU and the
-measurement is the job's own overhead: listing, dispatch, reading, RLE, Parquet commits, progress.
-Ideal throughput = actors / latency, measured over the dispatch phase (run.json
-``throughput_images_per_s``; workers' start and the end-to-end rate are printed too). Driver CPU per image = the driver process's CPU seconds / images.
+pass, its own compute included, so 2 passes x 25 ms = 50 ms per image) on tiny images, so what is
+measured is the job's own overhead: listing, dispatch, reading, the loop's ops, RLE, Parquet
+commits, progress. Ideal throughput = actors / latency, measured over the dispatch phase (run.json
+``throughput_images_per_s``; workers' start and the end-to-end rate are printed too). Driver CPU per
+image = the driver process's CPU seconds / images. Machine CPU busy = the share of all cores in use
+(``/proc/stat``, every process) during the dispatch phase: near 100% means the machine, not the
+job, is the limit (16 actors of 50 ms need 16 cores' worth of CPU slack on a real cluster, not 2).
 
 Planning: a synthetic sorted listing of N ``s3://`` URIs built in Arrow, then what the driver does
 before labeling (plan digest, listing table, shard slicing), each size in a fresh process so the peak
@@ -42,6 +45,48 @@ def make_images(folder: Path, count: int) -> None:
         Image.fromarray(rng.integers(1, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"img_{i:06d}.png")
 
 
+class CpuSampler:
+    """Samples the machine's busy and total CPU jiffies (``/proc/stat``) every ``period_s`` in a thread;
+    ``busy_share(t0, t1)`` is the share of all cores in use between two wall-clock times."""
+
+    def __init__(self, period_s: float = 0.2) -> None:
+        import threading
+
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
+
+    @staticmethod
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None  # not Linux: no machine-wide figure
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def _run(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            jiffies = self.read()
+            if jiffies:
+                self.samples.append((time.time(), *jiffies))
+
+    def __enter__(self) -> CpuSampler:  # noqa: PYI034 - a plain class, never subclassed
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy_share(self, t0: float, t1: float) -> float | None:
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
 def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int) -> dict[str, float]:
     from bmp_core.config import config_from_dict
     from jobs.ray_runner import RunOptions, run_job
@@ -50,7 +95,7 @@ def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int
         "models.kind=fake", "models.device=cpu", f"models.fake.latency_ms={latency_ms}", "models.fake.num_people=2",
         f"job.shard_size={shard_size}", "job.batch_size=4", "job.min_image_side=1",
     ])
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, CpuSampler() as cpu:
         cpu0 = time.process_time()
         run = run_job(cfg, RunOptions(str(images), out, num_workers=num_actors, progress=False))
         driver_cpu = time.process_time() - cpu0
@@ -61,7 +106,8 @@ def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int
     return {"actors": num_actors, "images": n, "images_per_s": measured, "ideal_images_per_s": ideal,
             "vs_ideal": measured / ideal, "driver_cpu_ms_per_image": 1000 * driver_cpu / n,
             "labeling_s": run["timings_s"]["labeling"], "workers_start_s": run["timings_s"]["workers_start"],
-            "images_per_s_wall": run["throughput_images_per_s_wall"]}
+            "images_per_s_wall": run["throughput_images_per_s_wall"],
+            "machine_cpu_busy": cpu.busy_share(*run["dispatch_unix"])}
 
 
 def worker_cpu_per_image(images: Path, shard_size: int) -> float:
@@ -144,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"(ideal {r['ideal_images_per_s']:6.1f}, {r['vs_ideal']:.2f} x; "
                   f"{r['images_per_s'] / min(r['ideal_images_per_s'], ceiling):.2f} x min(ideal, CPU ceiling)), "
                   f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image | workers start {r['workers_start_s']:.1f} s, "
-                  f"end to end {r['images_per_s_wall']:.1f} img/s", flush=True)
+                  f"end to end {r['images_per_s_wall']:.1f} img/s | machine CPU busy during dispatch "
+                  f"{_pct(r['machine_cpu_busy'])} of {os.cpu_count()} cores", flush=True)
     for size in args.plan_sizes:
         out = subprocess.run([sys.executable, __file__, "--_plan-child", str(size)], capture_output=True,
                              text=True, check=True)
@@ -154,6 +201,10 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
     if rows:
         print(f"scale: {rows[-1]['actors']} actors at {rows[-1]['vs_ideal']:.2f} x ideal")
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Layout of an output (``OUT`` is a local folder or an ``s3://`` prefix)::
     OUT/images/shard-000007-<attempt>.parquet      parts, attempt-unique names
     OUT/instances/shard-000007-<attempt>.parquet
     OUT/_commits/shard-000007.json                 marker naming the parts of the committed attempt
-    OUT/_lock.json             the running job's lease
+    OUT/_lock.json             the running job's lock (jobs/lock.py)
 
 S3 has no rename, so a shard is committed by writing its parts under names no other attempt uses,
 then a small marker naming them (one PUT, atomic). Readers trust only parts a marker of the current
@@ -24,12 +24,9 @@ import io
 import json
 import logging
 import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
@@ -269,100 +266,3 @@ def garbage_collect(store: OutputStore, plan_id: str) -> int:
                 store.remove(rel)
                 removed += 1
     return removed
-
-
-# --------------------------------------------------------------------------------------------
-# The lock: a lease object refreshed by a heartbeat
-
-
-@dataclass
-class LockInfo:
-    token: str
-    host: str
-    pid: int
-    heartbeat_unix: float
-    ttl_s: float
-
-    def is_stale(self, now: float) -> bool:
-        if now - self.heartbeat_unix > self.ttl_s:
-            return True
-        # Same host: a dead pid means a killed job; no need to wait for the lease to expire.
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class OutputLock:
-    """At most one job writes an output at a time.
-
-    S3 has no exclusive create through fsspec, so this is a lease: the holder rewrites
-    ``_lock.json`` every ``ttl_s / 4`` seconds; another job refuses while the lease is fresh. A
-    lease is taken by writing it and reading it back after ``settle_s``: of two jobs starting at
-    the same moment, the one whose write landed last keeps it and the other refuses.
-    """
-
-    def __init__(self, store: OutputStore, ttl_s: float = 120.0, settle_s: float = 1.0) -> None:
-        self.store = store
-        self.ttl_s = ttl_s
-        self.settle_s = settle_s
-        self.token = uuid.uuid4().hex
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _info(self) -> LockInfo:
-        return LockInfo(self.token, socket.gethostname(), os.getpid(), time.time(), self.ttl_s)
-
-    def read(self) -> LockInfo | None:
-        try:
-            data = self.store.read_json("_lock.json")
-            return None if data is None else LockInfo(**data)
-        except (ValueError, TypeError):
-            return None  # half-written by a crashed writer, or not ours: not a valid lease
-
-    def acquire(self, break_lock: bool = False) -> None:
-        """Take the lease or raise ``OutputStateError`` naming the holder."""
-        held = self.read()
-        if held is not None and held.token != self.token and not held.is_stale(time.time()) and not break_lock:
-            age = time.time() - held.heartbeat_unix
-            raise OutputStateError(
-                f"{self.store.uri} is being written by another job (host {held.host}, pid {held.pid}, "
-                f"last heartbeat {age:.0f} s ago, lease {held.ttl_s:.0f} s). Wait for it to finish, use "
-                "another --output, or, if that job is dead, rerun with --break-lock."
-            )
-        self.store.write_json("_lock.json", vars(self._info()))
-        if self.settle_s:
-            time.sleep(self.settle_s)
-        now_held = self.read()
-        if now_held is None or now_held.token != self.token:
-            raise OutputStateError(f"{self.store.uri}: another job took the lock at the same time; not starting")
-        self._thread = threading.Thread(target=self._heartbeat, name="bmp-lock-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 4):
-            try:
-                held = self.read()
-                if held is None or held.token != self.token:
-                    logger.error("lost the output lock of %s to another job", self.store.uri)
-                    self.lost.set()
-                    return
-                self.store.write_json("_lock.json", vars(self._info()))
-            except OSError as err:  # a storage hiccup: try again next beat, the lease has slack
-                logger.warning("lock heartbeat failed: %s", err)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        held = self.read()
-        if held is not None and held.token == self.token:
-            self.store.remove("_lock.json")

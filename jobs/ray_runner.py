@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 
 from bmp_core.config import BmpConfig, config_to_dict, dump_config
 from bmp_core.io.uris import describe_storage, list_input
-from jobs.commit import OutputLock, OutputStore, committed_markers, freeze_plan
+from jobs.commit import OutputStore, committed_markers, freeze_plan
 from jobs.finalize import finalize_output
+from jobs.lock import OutputLock
 from jobs.planner import Plan, file_digests, listing_table, make_plan, shard_uris
 from jobs.worker import BmpWorker, ShardReport, ShardTask
 
@@ -88,7 +89,8 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0, "workers_start_s": 0.0}
+        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0, "workers_start_s": 0.0,
+                                 "dispatch_unix": None}
         if todo:
             stats = _label_shards(cfg, opts, plan, uris, todo, lock)
         labeling_s = stats["labeling_s"]  # dispatch: workers ready -> last shard committed
@@ -114,6 +116,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
             # ... and end to end, listing, Ray and model start, finalize included.
             "throughput_images_per_s_wall": labeled_now / (time.time() - t_start) if labeled_now else None,
             "started_unix": t_start,
+            "dispatch_unix": stats["dispatch_unix"],  # [start, end] of the labeling timing, wall clock
         }
         store.write_json("run.json", run)
         return run
@@ -287,12 +290,13 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
                         "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
-            t0 = time.perf_counter()
+            t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
         return {"failed_attempts": failed, "workers": workers, "labeling_s": labeling_s,
+                "dispatch_unix": [dispatch_start_unix, dispatch_start_unix + labeling_s],
                 "workers_start_s": workers_start_s}
     finally:
         if started:

@@ -90,9 +90,7 @@ def _farthest_confident_order(kpts_sorted: np.ndarray, percentile: float, max_po
         conf[best] = -1.0
         xb, yb = xy[best]
         for i, (x, y) in enumerate(xy):
-            d = math.sqrt((x - xb) * (x - xb) + (y - yb) * (y - yb))
-            if d < min_dist[i]:
-                min_dist[i] = d
+            min_dist[i] = min(min_dist[i], math.sqrt((x - xb) * (x - xb) + (y - yb) * (y - yb)))
     return np.asarray(chosen, np.int64)
 
 
@@ -102,7 +100,7 @@ def _percentile_linear(values_sorted: list[float], percentile: float) -> float:
     q = percentile / 100.0
     n = len(values_sorted)
     virtual = (n - 1) * q
-    lo = min(max(int(math.floor(virtual)), 0), n - 1)
+    lo = min(max(math.floor(virtual), 0), n - 1)
     hi = min(lo + 1, n - 1)
     t = virtual - lo
     a, b = values_sorted[lo], values_sorted[hi]

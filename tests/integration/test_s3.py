@@ -12,7 +12,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from bmp_core.io.uris import read_bytes
-from jobs.commit import OutputLock, OutputStateError, OutputStore
+from jobs.commit import OutputStateError, OutputStore
+from jobs.lock import OutputLock
 from jobs.ray_runner import RunOptions, run_job
 
 from ._helpers import (
@@ -95,3 +96,31 @@ def test_listing_a_prefix_streams_every_page(s3_endpoint: str, monkeypatch: pyte
     listed = uris_mod.list_input(f"s3://{BUCKET}/many", (".jpg", ".jpeg", ".png")).to_pylist()
     assert listed == sorted(expected)
     assert listed == uris_mod.list_input(f"s3://{BUCKET}/many/", (".jpg", ".jpeg", ".png")).to_pylist()
+
+
+def test_lock_on_s3_is_compare_and_swap(s3_endpoint: str) -> None:
+    """Conditional PUTs (If-None-Match / If-Match) on the S3 API: outdated writes fail, and of 8
+    jobs starting together on one output exactly one takes the lock, with no settle delay."""
+    from tests.unit.test_commit import _race, check_compare_and_swap
+
+    check_compare_and_swap(OutputStore(f"s3://{BUCKET}/cas-test"))
+    store = OutputStore(f"s3://{BUCKET}/race-test")
+    won = _race(lambda: OutputLock(store, ttl_s=60, settle_s=0))
+    assert len(won) == 1 and won[0].read().token == won[0].token
+    won[0].release()
+    assert won[0].read() is None
+
+
+def test_lock_falls_back_to_a_lease_without_conditional_writes(s3_endpoint: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store answering 501 to conditional writes still gets a working (lease) lock."""
+    from jobs import lock as lock_mod
+
+    monkeypatch.setattr(lock_mod._CompareAndSwap, "_s3_put", lambda self, data, **condition: None)
+    store = OutputStore(f"s3://{BUCKET}/lease-test")
+    first = OutputLock(store, ttl_s=60, settle_s=0.05)
+    first.acquire()
+    with pytest.raises(OutputStateError, match="being written by another job"):
+        OutputLock(store, ttl_s=60, settle_s=0.05).acquire()
+    first.release()
+    assert first.read() is None
