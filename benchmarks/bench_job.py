@@ -14,7 +14,9 @@ Input: ``--images`` symlinks (unique names) cycling over the OCHuman + COCO test
   listing, reading, decoding, the loop, RLE, Parquet parts, commits, Ray) and end to end (Ray start and
   model builds, finalize included: ``throughput_images_per_s_wall``).
 - bare: ``run_bmp_batch`` in this process on the same images, decoded beforehand, models built once
-  (neither timed), in batches of ``job.batch_size``, after one warm-up batch.
+  (neither timed), in batches of ``job.batch_size``. No warm-up batch: the job's worker starts cold too
+  (its first forward of each input shape pays oneDNN / cuDNN set-up, ~1.5 s per image on CPU with
+  tiny_random), so an untimed warm-up on one side only would count that set-up as job overhead.
 
 The last line is the dispatch-phase ratio ``job/bare: X.XX`` (target >= 0.9).
 """
@@ -60,7 +62,6 @@ def run_bare(cfg, paths: list[Path]) -> float:
     images = [decode_image_bgr(p.read_bytes(), cfg.job.max_image_pixels, cfg.job.min_image_side) for p in paths]
     models = build_models(cfg.models)
     bs = cfg.job.batch_size
-    run_bmp_batch(images[:bs], models, cfg.loop)  # warm-up: lazy init, allocator
     t0 = time.perf_counter()
     for i in range(0, len(images), bs):
         run_bmp_batch(images[i: i + bs], models, cfg.loop)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"job : {job:.2f} images/s over dispatch ({t['labeling']:.1f} s); end to end {job_wall:.2f} images/s "
           f"(listing {t['listing']:.2f} s, workers start {t['workers_start']:.1f} s, finalize {t['finalize']:.2f} s, "
           f"wall {t['wall']:.1f} s)")
-    print(f"bare: {bare:.2f} images/s (run_bmp_batch, pre-decoded, models built once)")
+    print(f"bare: {bare:.2f} images/s (run_bmp_batch, pre-decoded, models built once, cold like the worker)")
     print(f"job/bare wall-clock: {job_wall / bare:.2f}")
     print(f"job/bare: {job / bare:.2f}")
 
