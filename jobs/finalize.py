@@ -23,6 +23,7 @@ from jobs.commit import (
     committed_markers,
     garbage_collect,
     read_committed_table,
+    read_parts,
 )
 from jobs.planner import Plan
 
@@ -64,9 +65,10 @@ def export_coco(store: OutputStore, keypoint_thr: float, out_rel: str = "coco.js
 
     def parts() -> Iterator[tuple[pa.Table, pa.Table]]:
         # Shards in id order keep annotation ids in (image_id, instance_id) order overall.
-        for shard in sorted(markers):
-            yield (store.read_parquet(markers[shard]["parts"]["images"]),
-                   store.read_parquet(markers[shard]["parts"]["instances"]))
+        rels = [markers[s]["parts"][kind] for s in sorted(markers) for kind in ("images", "instances")]
+        tables = read_parts(store, rels)
+        for images in tables:
+            yield images, next(tables)
 
     info = {"source": store.uri, "plan_id": plan.plan_id}
     with store.open_text_for_write(out_rel) as fp:

@@ -218,3 +218,19 @@ def check_compare_and_swap(store: OutputStore) -> None:
 
 def test_lock_compare_and_swap_local(tmp_path: Path) -> None:
     check_compare_and_swap(OutputStore(str(tmp_path)))
+
+
+def test_read_parts_keeps_order_with_a_window_and_raises_a_missing_part(tmp_path: Path) -> None:
+    from jobs.commit import read_parts
+
+    store = OutputStore(str(tmp_path))
+    rels = []
+    for i in range(23):
+        store.write_table(f"images/p{i:02d}.parquet", _images([i], f"part {i}"))
+        rels.append(f"images/p{i:02d}.parquet")
+    rels = rels[::-1]  # any order the caller asks for, not the folder's
+    for window in (1, 4, 64):
+        got = [t.column("image_id").to_pylist() for t in read_parts(store, rels, window)]
+        assert got == [[int(r[8:10])] for r in rels]
+    with pytest.raises(FileNotFoundError):
+        list(read_parts(store, [*rels[:5], "images/missing.parquet", *rels[5:]], 4))
