@@ -60,8 +60,9 @@ def write_coco_json(
 ) -> dict[str, int]:
     """Stream the same dataset as ``coco_dataset`` to ``fp``, one part at a time.
 
-    Memory stays at one part (a shard) however large the output is: the parts are read twice,
-    once for ``images`` and once for ``annotations``.
+    Memory stays at what ``parts`` holds at once (the job reads a window of 16 shards' parts
+    ahead), however large the output is: the parts are read twice, once for ``images`` and once for
+    ``annotations``.
 
     Args:
         fp: a text file open for writing.
