@@ -7,8 +7,8 @@ compare-and-swap, so two jobs can never both believe they hold it:
 - take: create the object only if it does not exist (S3 ``PutObject`` with ``If-None-Match: *``;
   local: ``link(2)`` of a complete temp file, which fails if the name exists);
 - take over a stale lease, heartbeat, release: replace or delete it only if it is still the
-  version read (S3 ``If-Match: <ETag>``; local: under ``flock(2)`` on the output folder, comparing
-  the content's sha256).
+  version read (S3 ``PutObject`` / ``DeleteObject`` with ``If-Match: <ETag>``; local: under
+  ``flock(2)`` on the output folder, comparing the content's sha256).
 
 An S3-compatible store without conditional writes (S3 itself has them since 2024, MinIO too)
 answers 501; the lock then falls back to a plain lease: write, wait ``settle_s``, read back, so of
@@ -245,7 +245,19 @@ class _CompareAndSwap:
                 if found is not None and found[1] == version:
                     os.remove(self.path)
             return
-        found = self.read()
+        if not self.unconditional:
+            try:
+                self._s3_call("delete_object", IfMatch=version)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as err:
+                code, status = _s3_error(err)
+                if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                    return  # no longer the version we hold: not ours to delete
+                if not (code == "NotImplemented" or status == 501):
+                    raise
+        found = self.read()  # a store without conditional deletes: check, then delete
         if found is not None and found[1] == version:
             # Not atomic with the read, but the caller holds a fresh lease: nobody takes it over now.
             self.store.remove(LOCK_NAME)
