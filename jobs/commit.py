@@ -26,9 +26,8 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import pyarrow as pa
@@ -38,6 +37,7 @@ import yaml
 from bmp_core.io.parquet import IMAGES_SCHEMA, INSTANCES_SCHEMA
 from bmp_core.io.uris import filesystem, join_uri, protocol_of
 from jobs.planner import Plan, config_changes
+from jobs.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -255,18 +255,7 @@ def read_parts(store: OutputStore, rels: Sequence[str], window: int = PART_READ_
     if not rels:
         return
     with ThreadPoolExecutor(min(window, len(rels)), thread_name_prefix="bmp-parts") as pool:
-        pending: deque[Future[pa.Table]] = deque()
-        todo = iter(rels)
-        for rel in todo:
-            pending.append(pool.submit(store.read_parquet, rel))
-            if len(pending) >= window:
-                break
-        while pending:
-            table = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(store.read_parquet, nxt))
-            yield table
+        yield from prefetch(pool, store.read_parquet, rels, window)
 
 
 def read_committed_table(store: OutputStore, plan_id: str, kind: str) -> pa.Table:

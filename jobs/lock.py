@@ -252,10 +252,10 @@ class _CompareAndSwap:
             except FileNotFoundError:
                 return
             except OSError as err:
-                code, status = _s3_error(err)
-                if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                outcome = _conditional_outcome(err)
+                if outcome is False:
                     return  # no longer the version we hold: not ours to delete
-                if not (code == "NotImplemented" or status == 501):
+                if outcome is not None:
                     raise
         found = self.read()  # a store without conditional deletes: check, then delete
         if found is not None and found[1] == version:
@@ -304,16 +304,22 @@ class _CompareAndSwap:
         except (FileExistsError, FileNotFoundError):
             return False  # If-None-Match: it exists; If-Match: it was deleted
         except OSError as err:
-            code, status = _s3_error(err)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                return False
-            if code == "NotImplemented" or status == 501:
-                return None
-            raise
+            outcome = _conditional_outcome(err)
+            if outcome is True:
+                raise
+            return outcome
 
 
-def _s3_error(err: BaseException) -> tuple[str | None, int | None]:
-    """(error code, HTTP status) of the botocore ClientError behind an s3fs exception."""
+def _conditional_outcome(err: OSError) -> bool | None:
+    """What an s3fs error of a conditional request means: False the condition failed (the object
+    is not the version named, or exists), None the store has no conditional requests (501), True
+    anything else (a real error, to be raised)."""
     cause = err.__cause__ or err.__context__
     response = getattr(cause, "response", None) or {}
-    return response.get("Error", {}).get("Code"), response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+        return False
+    if code == "NotImplemented" or status == 501:
+        return None
+    return True

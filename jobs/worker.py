@@ -20,7 +20,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.records import BmpResult
 from bmp_core.traces import TRACES_DIR, encode_traces
 from jobs.commit import OutputStore, commit_shard, new_attempt_id
+from jobs.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -179,21 +179,7 @@ class BmpWorker:
         """Submit the first window of reads now; the returned iterator yields decoded images in
         order, keeping at most that bounded window read/decoded in advance."""
         window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
-        pending: deque[Future[_Decoded]] = deque()
-        todo = iter(zip(image_ids, uris))
-        for image_id, uri in todo:
-            pending.append(self._pool.submit(self._read_one, image_id, uri))
-            if len(pending) >= window:
-                break
-        return self._yield_reads(pending, todo)
-
-    def _yield_reads(self, pending: deque[Future[_Decoded]], todo: Iterator[tuple[int, str]]) -> Iterator[_Decoded]:
-        while pending:
-            done = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(self._pool.submit(self._read_one, *nxt))
-            yield done
+        return prefetch(self._pool, lambda item: self._read_one(*item), zip(image_ids, uris), window)
 
     def _read_one(self, image_id: int, uri: str) -> _Decoded:
         t0 = time.perf_counter()
