@@ -87,15 +87,15 @@ def main(argv: list[str] | None = None) -> None:
         run = run_job(cfg, RunOptions(str(Path(tmp) / "in"), str(Path(tmp) / "out"), num_workers=args.num_workers,
                                       progress=False))
         bare = run_bare(cfg, paths)
-    job, job_wall, t = run["throughput_images_per_s"], run["throughput_images_per_s_wall"], run["timings_s"]
-    threads = {w.get("torch_threads") for w in run["workers"]}
+    job, job_wall, t = run.throughput_images_per_s, run.throughput_images_per_s_wall, run.timings_s
+    threads = {w.get("torch_threads") for w in run.workers}
     print(f"config {args.config} | device {cfg.models.device} | {args.images} images, shard_size {cfg.job.shard_size}, "
           f"batch_size {cfg.job.batch_size}, decode_threads {cfg.job.decode_threads}, queue_depth "
-          f"{cfg.job.queue_depth}, {len(run['workers'])} worker(s), torch threads {threads} | "
+          f"{cfg.job.queue_depth}, {len(run.workers)} worker(s), torch threads {threads} | "
           f"{os.cpu_count()} CPUs")
-    print(f"job : {job:.2f} images/s over dispatch ({t['labeling']:.1f} s); end to end {job_wall:.2f} images/s "
-          f"(listing {t['listing']:.2f} s, workers start {t['workers_start']:.1f} s, finalize {t['finalize']:.2f} s, "
-          f"wall {t['wall']:.1f} s)")
+    print(f"job : {job:.2f} images/s over dispatch ({t.labeling:.1f} s); end to end {job_wall:.2f} images/s "
+          f"(listing {t.listing:.2f} s, workers start {t.workers_start:.1f} s, finalize {t.finalize:.2f} s, "
+          f"wall {t.wall:.1f} s)")
     print(f"bare: {bare:.2f} images/s (run_bmp_batch, pre-decoded, models built once, cold like the worker)")
     print(f"job/bare wall-clock: {job_wall / bare:.2f}")
     print(f"job/bare: {job / bare:.2f}")

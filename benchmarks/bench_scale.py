@@ -99,15 +99,15 @@ def run_actors(num_actors: int, images: Path, latency_ms: float, shard_size: int
         cpu0 = time.process_time()
         run = run_job(cfg, RunOptions(str(images), out, num_workers=num_actors, progress=False))
         driver_cpu = time.process_time() - cpu0
-    n = run["counts"]["images"] if "images" in run["counts"] else run["plan"]["num_images"]
+    n = run.counts.images
     per_image_s = 2 * latency_ms / 1000.0  # two detector passes per image
     ideal = num_actors / per_image_s
-    measured = run["throughput_images_per_s"]
+    measured = run.throughput_images_per_s
     return {"actors": num_actors, "images": n, "images_per_s": measured, "ideal_images_per_s": ideal,
             "vs_ideal": measured / ideal, "driver_cpu_ms_per_image": 1000 * driver_cpu / n,
-            "labeling_s": run["timings_s"]["labeling"], "workers_start_s": run["timings_s"]["workers_start"],
-            "images_per_s_wall": run["throughput_images_per_s_wall"],
-            "machine_cpu_busy": cpu.busy_share(*run["dispatch_unix"])}
+            "labeling_s": run.timings_s.labeling, "workers_start_s": run.timings_s.workers_start,
+            "images_per_s_wall": run.throughput_images_per_s_wall,
+            "machine_cpu_busy": cpu.busy_share(*run.dispatch_unix)}
 
 
 def worker_cpu_per_image(images: Path, shard_size: int) -> float:

@@ -187,6 +187,11 @@ class ModelsConfig:
     fake: FakeModelsConfig = field(default_factory=FakeModelsConfig)
     lite: LiteModelsConfig = field(default_factory=LiteModelsConfig)
 
+    @property
+    def has_detector(self) -> bool:
+        """Whether the models built from this config detect people (the lite backend does not)."""
+        return self.kind != "lite"
+
     def __post_init__(self) -> None:
         if self.kind not in ("bmp", "fake", "lite"):
             raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")
@@ -243,10 +248,10 @@ class BmpConfig:
     job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
-        if self.models.kind == "lite" and self.loop.iterations != 1:
-            # The lite backend has no detector, and every pass after the first one detects.
+        if not self.models.has_detector and self.loop.iterations != 1:
+            # Every pass after the first one detects.
             raise ConfigError(
-                f"models.kind: lite needs loop.iterations: 1 (got {self.loop.iterations}): "
+                f"models.kind: {self.models.kind} needs loop.iterations: 1 (got {self.loop.iterations}): "
                 "it has no person detector for a second pass"
             )
 
@@ -260,9 +265,9 @@ def check_job_config(cfg: BmpConfig) -> None:
     Raises:
         ConfigError: naming the keys to set.
     """
-    if cfg.models.kind == "lite" and cfg.job.given_boxes is None:
+    if not cfg.models.has_detector and cfg.job.given_boxes is None:
         raise ConfigError(
-            "models.kind: lite needs job.given_boxes (it has no person detector): add "
+            f"models.kind: {cfg.models.kind} needs job.given_boxes (it has no person detector): add "
             "job.given_boxes=DETECTIONS_OR_ANNOTATIONS.json (and job.given_boxes_images=IMAGES.json for a "
             "COCO detections list)"
         )

@@ -28,7 +28,7 @@ from bmp_core.ops.masks import exclusive_masks, mask_boxes_xyxy, mask_iou, mask_
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import select_prompt_keypoints
 from bmp_core.ports import BmpModels
-from bmp_core.records import BmpResult, Detections, Instances, IterationTrace
+from bmp_core.records import NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
 
 _STAGES = ("detect", "pose", "pose_nms", "segment_prepare", "segment", "total")
 
@@ -138,6 +138,10 @@ def _check_boxes(boxes: np.ndarray) -> np.ndarray:
     return boxes
 
 
+class NoDetectorError(ValueError):
+    """A pass needs person detections, but the models have none (``BmpModels.detector`` is None)."""
+
+
 def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, iteration: int) -> None:
     """Fill ``state.new`` with this pass's person detections (filtered, NMS'd, with masks)."""
     to_detect = []
@@ -152,6 +156,11 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
             to_detect.append(s)
     if not to_detect:
         return
+    if models.detector is None:
+        raise NoDetectorError(
+            f"pass {iteration} needs person detections, but these models have no person detector: give "
+            "the boxes (job.given_boxes, or run_bmp(boxes_xyxy=...)) for every image and set loop.iterations: 1"
+        )
     t0 = time.perf_counter()
     raw = models.detector.detect([s.detector_input_bgr for s in to_detect])
     if len(raw) != len(to_detect):
@@ -200,7 +209,7 @@ def _pose_and_refine_step(
         detections = s.new
         num_new = num_removed = 0
         if len(detections):
-            kpts_new = np.asarray(poses[id(s)], np.float32).reshape(len(detections), -1, 3)[:, :17]
+            kpts_new = np.asarray(poses[id(s)], np.float32).reshape(len(detections), -1, 3)[:, :NUM_KEYPOINTS]
             num_new, num_removed = _merge_new(s, models, cfg, iteration, detections, kpts_new)
         if trace:
             s.traces.append(IterationTrace(iteration, s.detector_input_bgr, detections, num_new, num_removed))

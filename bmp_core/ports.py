@@ -86,8 +86,14 @@ class Segmenter(Protocol):
 
 @dataclass(frozen=True)
 class BmpModels:
-    """The three models the loop runs, built once per worker."""
+    """The three models the loop runs, built once per worker.
 
-    detector: Detector
+    ``detector`` is None for models without a person detector (the lite backend): the boxes of pass 0
+    must then be given (``run_bmp(boxes_xyxy=...)``, ``job.given_boxes``) and ``loop.iterations`` be 1;
+    the loop refuses a detection pass without a detector (``NoDetectorError``). Callers ask
+    ``models.detector is None``, never which backend built the models.
+    """
+
+    detector: Detector | None
     pose: PoseEstimator
     segmenter: Segmenter

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NUM_KEYPOINTS = 17  # COCO-17 keypoints; the pose adapters cut wider heads (21 channels) to these.
+# COCO-17 keypoints; the pose adapters cut wider heads (21 channels) to these.
+from bmp_core.coco_meta import NUM_KEYPOINTS
 
 
 def _check_len(name: str, arr: np.ndarray | None, n: int) -> None:

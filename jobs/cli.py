@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from bmp_core.io.uris import InputError
-    from jobs.commit import OutputStateError
+    from bmp_core.output.store import OutputStateError
 
     try:
         return _COMMANDS[args.command](args)
@@ -182,17 +182,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--num-workers must be >= 1")
     run = run_job(cfg, RunOptions(args.input, args.output, args.num_workers, args.force, args.break_lock,
                                   args.address, progress=not args.no_progress))
-    c = run["counts"]
-    print(f"done: {c['images']} images ({c['images_ok']} labeled, {c['images_error']} failed, see errors.csv), "
-          f"{c['instances']} people; {c['shards_labeled']} shard(s) labeled, {c['shards_skipped']} skipped as "
-          f"already committed -> {run['output']}")
+    c = run.counts
+    print(f"done: {c.images} images ({c.images_ok} labeled, {c.images_error} failed, see errors.csv), "
+          f"{c.instances} people; {c.shards_labeled} shard(s) labeled, {c.shards_skipped} skipped as "
+          f"already committed -> {run.output}")
     return EXIT_OK
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from bmp_core.io.uris import list_input
-    from jobs.commit import OutputStore, committed_markers
-    from jobs.planner import Plan, file_digests, make_plan
+    from bmp_core.output.commits import committed_markers
+    from bmp_core.output.plan import read_plan
+    from bmp_core.output.store import OutputStore
+    from jobs.planner import file_digests, make_plan
 
     cfg = _load(args)
     uris = list_input(args.input, cfg.job.image_extensions)
@@ -204,11 +206,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"    ... ({plan.num_images - args.show} more)")
     print(f"shards: {plan.num_shards} of {plan.shard_size} images; plan {plan.plan_id}")
     store = OutputStore(args.output)
-    old = store.read_json("plan.json")
+    old = read_plan(store)
     if old is None:
         print(f"output: {args.output} is new; a run labels all {plan.num_shards} shard(s)")
-    elif Plan.from_dict(old) != plan:
-        print(f"output: {args.output} holds another plan ({Plan.from_dict(old).plan_id}): a run is refused "
+    elif old != plan:
+        print(f"output: {args.output} holds another plan ({old.plan_id}): a run is refused "
               "without --force (config or input changed)")
     else:
         done = committed_markers(store, plan.plan_id)
@@ -218,18 +220,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from jobs.commit import OutputStore
+    from bmp_core.output.plan import load_plan, load_stored_config
+    from bmp_core.output.store import OutputStore
     from jobs.finalize import export_coco
 
     store = OutputStore(args.output)
-    thr = args.keypoint_thr
-    if thr is None:
-        cfg_yaml = store.read_bytes("config.yaml")
-        import yaml
-
-        thr = ((yaml.safe_load(cfg_yaml) or {}).get("job", {}) if cfg_yaml else {}).get("coco_keypoint_thr", 0.3)
+    load_plan(store)  # not an output: say so before anything else
+    thr = args.keypoint_thr if args.keypoint_thr is not None else load_stored_config(store).job.coco_keypoint_thr
     counts = export_coco(store, float(thr), args.out)
-    print(json.dumps({"coco": store.uri_of(args.out), **counts}))
+    print(json.dumps({"coco": store.uri_of(args.out), "images": counts.images, "annotations": counts.annotations}))
     return EXIT_OK
 
 

@@ -22,14 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bmp_core.output_reader import (
-    JobOutput,
-    image_labels,
-    load_output,
-    output_path,
-    read_image_rgb,
-    write_bytes,
-)
+from bmp_core.output import layout
+from bmp_core.output.reader import JobOutput, image_labels, load_output, read_image_rgb
+from bmp_core.output.store import OutputStore
 from bmp_core.records import Instances
 
 logger = logging.getLogger(__name__)
@@ -112,13 +107,15 @@ def cmd_viz(args: argparse.Namespace) -> int:
     """Draw the labels of the chosen images, as JPEGs (and GIFs of the passes with ``--gif``)."""
     from tqdm import tqdm
 
-    from bmp_core import viz
-    from bmp_core.traces import load_traces, trace_dir
+    from bmp_core.analysis import viz
+    from bmp_core.output.traces import load_traces
 
     output = _load(args.output, full_instances=False)  # masks are read per drawn image
     if output is None:
         return 2
-    out_dir = args.out or output_path(args.output, "viz")
+    store = OutputStore(args.output)
+    out_store = OutputStore(args.out) if args.out else OutputStore(store.uri_of(layout.VIZ_DIR))
+    out_dir = out_store.uri
     style = viz.DrawStyle(keypoint_thr=args.keypoint_thr, draw_masks=not args.no_masks,
                           draw_pose=not args.no_pose, draw_boxes=not args.no_boxes)
     rows = select_images(output, args.images, args.limit)
@@ -131,16 +128,16 @@ def cmd_viz(args: argparse.Namespace) -> int:
         labels = image_labels(output.instances_of(image_id), height, width)
         stem = f"{image_id:08d}_{_file_name(uri).rsplit('.', 1)[0]}"
         overlay = viz.draw_labels(image_rgb, labels, style, title=f"BMP: {len(labels.masks)} people")
-        write_bytes(output_path(out_dir, f"{stem}.jpg"), viz.encode_image(overlay))
+        out_store.write_bytes(f"{stem}.jpg", viz.encode_image(overlay))
         written += 1
         if args.gif:
-            traces = load_traces(trace_dir(args.output, image_id), np.ascontiguousarray(image_rgb[:, :, ::-1]))
+            traces = load_traces(store, image_id, np.ascontiguousarray(image_rgb[:, :, ::-1]))
             if traces is None:
                 no_trace.append(image_id)
                 continue
             instances = _instances_for_gif(output, image_id, height, width)
             frames = viz.iteration_frames(image_rgb, traces, instances, style)
-            write_bytes(output_path(out_dir, f"{stem}.gif"), viz.encode_gif(frames))
+            out_store.write_bytes(f"{stem}.gif", viz.encode_gif(frames))
     print(f"wrote {written} overlay(s) to {out_dir}")
     if no_trace:
         print(f"no GIF for {len(no_trace)} image(s) without traces (run with trace: true): {no_trace[:10]}",
@@ -163,7 +160,7 @@ def _instances_for_gif(output: JobOutput, image_id: int, height: int, width: int
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score the output against ``--gt``; print the table and write ``eval.json``."""
-    from bmp_core.evaluation import EvaluationError, evaluate_output, format_table, load_gt
+    from bmp_core.analysis.evaluation import EvaluationError, evaluate_output, format_table, load_gt
 
     output = _load(args.output)
     if output is None:
@@ -176,8 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = {"gt": args.gt, "output": args.output, **result}
-    out = args.out or output_path(args.output, "eval.json")
-    write_bytes(out, json.dumps(result, indent=1).encode())
+    out = _write_file(args.out, args.output, layout.EVAL_JSON, json.dumps(result, indent=1).encode())
     print(format_table(result))
     print(f"wrote {out}")
     return 0
@@ -185,16 +181,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained ``report.html`` (summary, counts, failures, histograms, samples, eval)."""
-    from bmp_core.report import build_report
+    from bmp_core.analysis.report import build_report
 
     output = _load(args.output, full_instances=False)
     if output is None:
         return 2
     html = build_report(output, num_samples=args.samples)
-    out = args.out or output_path(args.output, "report.html")
-    write_bytes(out, html.encode())
+    out = _write_file(args.out, args.output, layout.REPORT_HTML, html.encode())
     print(f"wrote {out} ({len(html) / 1e6:.1f} MB)")
     return 0
+
+
+def _write_file(out_uri: str | None, output_uri: str, default_name: str, data: bytes) -> str:
+    """Write ``data`` to ``out_uri`` (a file anywhere), else to ``OUTPUT/default_name``; returns where."""
+    if out_uri is None:
+        store, rel = OutputStore(output_uri), default_name
+    else:
+        parent, _, rel = out_uri.rstrip("/").rpartition("/")
+        store = OutputStore(parent or ".")
+    store.write_bytes(rel, data)
+    return store.uri_of(rel)
 
 
 # For jobs/cli.py's dispatch table: ``_COMMANDS.update(COMMANDS)``.

@@ -1,6 +1,7 @@
 """The end of a job: clean up, check the one-row-per-image invariant, write errors.csv and coco.json.
 
-No Ray here: ``bmp-label export-coco`` runs this on any machine that can read the output.
+No Ray here: ``bmp-label export-coco`` runs this on any machine that can read the output. Reads go
+through ``bmp_core.output.reader`` (batched markers, parts read ahead), like ``viz`` / ``eval``.
 """
 
 from __future__ import annotations
@@ -8,33 +9,34 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bmp_core.io.coco import write_coco_json
-from bmp_core.io.parquet import STATUS_ERROR
-from jobs.commit import (
-    OutputStateError,
-    OutputStore,
-    committed_markers,
-    garbage_collect,
-    read_committed_table,
-    read_parts,
-)
-from jobs.planner import Plan
+from bmp_core.output import layout
+from bmp_core.output.coco import CocoCounts, write_coco_json
+from bmp_core.output.commits import garbage_collect
+from bmp_core.output.plan import Plan, load_plan
+from bmp_core.output.reader import iter_shards, read_committed_table
+from bmp_core.output.store import OutputStateError, OutputStore
+from bmp_core.output.tables import STATUS_ERROR
 
 logger = logging.getLogger(__name__)
 
 
-def load_plan(store: OutputStore) -> Plan:
-    data = store.read_json("plan.json")
-    if data is None:
-        raise OutputStateError(f"{store.uri} has no plan.json: not a bmp-label output (or never started)")
-    return Plan.from_dict(data)
+@dataclass(frozen=True)
+class FinalCounts:
+    """The finished output's counts (``run.json`` ``counts``)."""
+
+    images: int
+    images_ok: int
+    images_error: int
+    instances: int
+    coco_images: int
+    coco_annotations: int
+    orphan_parts_removed: int
 
 
 def check_complete(plan: Plan, images: pa.Table) -> None:
@@ -53,44 +55,36 @@ def errors_csv(images: pa.Table) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["image_id", "uri", "error"])
-    for row in zip(*(failed.column(c).to_pylist() for c in ("image_id", "uri", "error"))):
+    for row in zip(*(failed.column(c).to_pylist() for c in ("image_id", "uri", "error")), strict=True):
         writer.writerow(row)
     return out.getvalue().encode()
 
 
-def export_coco(store: OutputStore, keypoint_thr: float, out_rel: str = "coco.json") -> dict[str, int]:
-    """Rebuild ``coco.json`` from the committed Parquet parts. Returns image/annotation counts."""
+def export_coco(store: OutputStore, keypoint_thr: float, out_rel: str = layout.COCO_JSON) -> CocoCounts:
+    """Rebuild ``coco.json`` from the committed Parquet parts, shard by shard."""
     plan = load_plan(store)
-    markers = committed_markers(store, plan.plan_id)
-
-    def parts() -> Iterator[tuple[pa.Table, pa.Table]]:
-        # Shards in id order keep annotation ids in (image_id, instance_id) order overall.
-        rels = [markers[s]["parts"][kind] for s in sorted(markers) for kind in ("images", "instances")]
-        tables = read_parts(store, rels)
-        for images in tables:
-            yield images, next(tables)
-
     info = {"source": store.uri, "plan_id": plan.plan_id}
     with store.open_text_for_write(out_rel) as fp:
-        return write_coco_json(fp, parts, keypoint_thr, info)
+        # Shards in id order keep annotation ids in (image_id, instance_id) order overall.
+        return write_coco_json(fp, lambda: iter_shards(store, plan.plan_id), keypoint_thr, info)
 
 
-def finalize_output(store: OutputStore, plan: Plan, keypoint_thr: float) -> dict[str, Any]:
-    """Garbage-collect, verify, write ``errors.csv`` and ``coco.json``. Returns counts for run.json."""
+def finalize_output(store: OutputStore, plan: Plan, keypoint_thr: float) -> FinalCounts:
+    """Garbage-collect, verify, write ``errors.csv`` and ``coco.json``."""
     removed = garbage_collect(store, plan.plan_id)
     if removed:
         logger.info("removed %d part(s) of failed or duplicate attempts", removed)
-    images = read_committed_table(store, plan.plan_id, "images")
+    images = read_committed_table(store, plan.plan_id, layout.IMAGES_DIR)
     check_complete(plan, images)
-    store.write_bytes("errors.csv", errors_csv(images))
-    coco_counts = export_coco(store, keypoint_thr)
+    store.write_bytes(layout.ERRORS_CSV, errors_csv(images))
+    coco = export_coco(store, keypoint_thr)
     num_errors = int(pc.sum(pc.equal(images.column("status"), STATUS_ERROR)).as_py() or 0)
-    return {
-        "images": images.num_rows,
-        "images_ok": images.num_rows - num_errors,
-        "images_error": num_errors,
-        "instances": int(pc.sum(images.column("num_instances")).as_py() or 0),
-        "coco_images": coco_counts["images"],
-        "coco_annotations": coco_counts["annotations"],
-        "orphan_parts_removed": removed,
-    }
+    return FinalCounts(
+        images=images.num_rows,
+        images_ok=images.num_rows - num_errors,
+        images_error=num_errors,
+        instances=int(pc.sum(images.column("num_instances")).as_py() or 0),
+        coco_images=coco.images,
+        coco_annotations=coco.annotations,
+        orphan_parts_removed=removed,
+    )

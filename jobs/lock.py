@@ -13,12 +13,13 @@ compare-and-swap, so two jobs can never both believe they hold it:
 An S3-compatible store without conditional writes (S3 itself has them since 2024, MinIO too)
 answers 501; the lock then falls back to a plain lease: write, wait ``settle_s``, read back, so of
 two jobs starting together the last writer keeps it (the other refuses). The fallback is logged.
+
+The compare-and-swap itself is one class per backend (``jobs/lock_backends.py``: ``LocalCas``,
+``S3Cas``); this module is the lease logic on top, the same for both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -26,15 +27,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from jobs.commit import OutputStateError, OutputStore
+from bmp_core.output.layout import LOCK_JSON as LOCK_NAME
+from bmp_core.output.store import OutputStateError, OutputStore
+from jobs.lock_backends import cas_for
 
 logger = logging.getLogger(__name__)
-
-LOCK_NAME = "_lock.json"
 
 
 @dataclass
@@ -78,7 +77,7 @@ class OutputLock:
         self.settle_s = settle_s
         self.token = uuid.uuid4().hex
         self.lost = threading.Event()
-        self._cas = _CompareAndSwap(store)
+        self._cas = cas_for(store, LOCK_NAME)
         self._version: str | None = None  # of the lease object we wrote last
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,143 +182,3 @@ def _parse(data: bytes) -> LockInfo | None:
         return LockInfo(**json.loads(data))
     except (ValueError, TypeError):
         return None  # half-written by a crashed writer of an older version, or not ours
-
-
-class _CompareAndSwap:
-    """Create / replace / delete ``OUT/_lock.json`` only if it is (still) as read.
-
-    ``create``, ``replace``: True done, False the object was not as expected, None the store has no
-    conditional writes. A version is the S3 ETag, or the local content's sha256.
-    """
-
-    def __init__(self, store: OutputStore) -> None:
-        self.store = store
-        self.path = store.path(LOCK_NAME)
-        self.unconditional = False  # set by the lease fallback: plain writes from then on
-
-    def read(self) -> tuple[bytes, str] | None:
-        if self.store.is_local:
-            try:
-                with open(self.path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                return None
-            return data, hashlib.sha256(data).hexdigest()
-        if self.unconditional:
-            data = self.store.read_bytes(LOCK_NAME)
-            return None if data is None else (data, "")
-        return self._s3_get()
-
-    def create(self, data: bytes) -> bool | None:
-        if self.store.is_local:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            try:
-                os.link(tmp, self.path)  # atomic, and never replaces an existing name
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                os.remove(tmp)
-        return self._s3_put(data, IfNoneMatch="*")
-
-    def replace(self, data: bytes, version: str) -> bool | None:
-        if self.unconditional:
-            self.store.write_bytes(LOCK_NAME, data)
-            return True
-        if self.store.is_local:
-            with self._local_guard():
-                found = self.read()
-                if found is None or found[1] != version:
-                    return False
-                self.store.write_bytes(LOCK_NAME, data)  # temp file + rename
-                return True
-        return self._s3_put(data, IfMatch=version)
-
-    def delete(self, version: str) -> None:
-        if self.store.is_local:
-            with self._local_guard():
-                found = self.read()
-                if found is not None and found[1] == version:
-                    os.remove(self.path)
-            return
-        if not self.unconditional:
-            try:
-                self._s3_call("delete_object", IfMatch=version)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as err:
-                outcome = _conditional_outcome(err)
-                if outcome is False:
-                    return  # no longer the version we hold: not ours to delete
-                if outcome is not None:
-                    raise
-        found = self.read()  # a store without conditional deletes: check, then delete
-        if found is not None and found[1] == version:
-            # Not atomic with the read, but the caller holds a fresh lease: nobody takes it over now.
-            self.store.remove(LOCK_NAME)
-
-    @contextlib.contextmanager
-    def _local_guard(self) -> Iterator[None]:
-        import fcntl
-
-        fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
-
-    def _s3_call(self, method: str, **kwargs: Any) -> Any:
-        from fsspec.asyn import sync
-
-        fs = self.store.fs
-        bucket, key, _ = fs.split_path(self.path)
-
-        async def call() -> Any:
-            out = await fs._call_s3(method, Bucket=bucket, Key=key, **kwargs)
-            if method == "get_object":
-                body = out["Body"]
-                try:
-                    return await body.read(), out["ETag"]
-                finally:
-                    body.close()
-            return out
-
-        return sync(fs.loop, call)
-
-    def _s3_get(self) -> tuple[bytes, str] | None:
-        try:
-            return self._s3_call("get_object")
-        except FileNotFoundError:
-            return None
-
-    def _s3_put(self, data: bytes, **condition: str) -> bool | None:
-        try:
-            self._s3_call("put_object", Body=data, **condition)
-            return True
-        except (FileExistsError, FileNotFoundError):
-            return False  # If-None-Match: it exists; If-Match: it was deleted
-        except OSError as err:
-            outcome = _conditional_outcome(err)
-            if outcome is True:
-                raise
-            return outcome
-
-
-def _conditional_outcome(err: OSError) -> bool | None:
-    """What an s3fs error of a conditional request means: False the condition failed (the object
-    is not the version named, or exists), None the store has no conditional requests (501), True
-    anything else (a real error, to be raised)."""
-    cause = err.__cause__ or err.__context__
-    response = getattr(cause, "response", None) or {}
-    code = response.get("Error", {}).get("Code")
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-        return False
-    if code == "NotImplemented" or status == 501:
-        return None
-    return True

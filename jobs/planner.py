@@ -1,5 +1,7 @@
 """The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray, no output I/O).
 
+The ``Plan`` record and how it is stored in an output live in ``bmp_core/output/plan.py``.
+
 An image's id is its index in the sorted listing, so ids are stable for as long as the listing is,
 and the listing is frozen in the output on the first run. Shard ``s`` holds ids
 ``[s * shard_size, min((s + 1) * shard_size, num_images))``. Two digests pin what an output was
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bmp_core.config import BmpConfig, config_to_dict
+from bmp_core.output.plan import Plan
 
 # job.* keys that change what the output contains (or how it is sharded); the others only change
 # how fast it is made and may differ between a run and its resume.
@@ -31,49 +33,6 @@ RESULT_JOB_KEYS = (
 )
 # job.* keys naming input files whose content the output depends on.
 PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What an output is made from, and how it is cut into shards."""
-
-    num_images: int
-    shard_size: int
-    listing_digest: str  # sha256 hex of the sorted listing
-    config_digest: str  # sha256 hex of result_config(cfg) and the pinned files' digests
-    file_sha256: tuple[tuple[str, str], ...] = ()  # (config key, sha256 hex of the file) of pinned files
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_images // self.shard_size)
-
-    @property
-    def plan_id(self) -> str:
-        """Names this plan in commit markers; a marker of another plan is never trusted."""
-        return hashlib.sha256(f"{self.listing_digest}:{self.config_digest}".encode()).hexdigest()[:16]
-
-    def shard_range(self, shard_id: int) -> tuple[int, int]:
-        """[start, stop) image ids of a shard."""
-        if not 0 <= shard_id < self.num_shards:
-            raise IndexError(f"shard {shard_id} out of range [0, {self.num_shards})")
-        start = shard_id * self.shard_size
-        return start, min(start + self.shard_size, self.num_images)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_images": self.num_images,
-            "shard_size": self.shard_size,
-            "num_shards": self.num_shards,
-            "listing_digest": self.listing_digest,
-            "config_digest": self.config_digest,
-            "plan_id": self.plan_id,
-            "file_sha256": dict(self.file_sha256),
-        }
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> Plan:
-        return Plan(int(data["num_images"]), int(data["shard_size"]), data["listing_digest"], data["config_digest"],
-                    tuple(sorted((data.get("file_sha256") or {}).items())))
 
 
 def result_config(cfg: BmpConfig) -> dict[str, Any]:
@@ -131,15 +90,3 @@ def shard_uris(uris: pa.Array, plan: Plan, shard_id: int) -> list[str]:
 def listing_table(uris: pa.Array) -> pa.Table:
     """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string)."""
     return pa.table({"image_id": pa.array(np.arange(len(uris), dtype=np.int64)), "uri": uris.cast(pa.string())})
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` lines for every leaf that differs between two config dicts."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_changes(a, b, name + "."))
-        elif a != b:
-            out.append(f"{name}: {a!r} -> {b!r}")
-    return out

@@ -28,12 +28,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from bmp_core.config import BmpConfig, config_to_dict, dump_config
+from bmp_core.config import BmpConfig, config_to_dict
 from bmp_core.io.uris import describe_storage, list_input
-from jobs.commit import OutputStore, committed_markers, freeze_plan
+from bmp_core.output import layout
+from bmp_core.output.commits import committed_markers
+from bmp_core.output.plan import Plan, freeze_plan
+from bmp_core.output.store import OutputStore
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
-from jobs.planner import Plan, file_digests, listing_table, make_plan, shard_uris
+from jobs.planner import file_digests, listing_table, make_plan, shard_uris
+from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 from jobs.worker import BmpWorker, ShardReport, ShardTask
 
 logger = logging.getLogger(__name__)
@@ -63,11 +67,11 @@ def prepare_output(cfg: BmpConfig, opts: RunOptions, store: OutputStore) -> tupl
     logger.info("listing %s", describe_storage(opts.input_uri))
     uris = list_input(opts.input_uri, cfg.job.image_extensions)
     plan = make_plan(cfg, uris, file_digests(cfg))
-    freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg), opts.force)
+    freeze_plan(store, plan, listing_table(uris), cfg, opts.force)
     return plan, uris
 
 
-def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
+def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
     """Label ``opts.input_uri`` into ``opts.output_uri``; returns what run.json records.
 
     Raises:
@@ -89,36 +93,32 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> dict[str, Any]:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"failed_attempts": 0, "workers": [], "labeling_s": 0.0, "workers_start_s": 0.0,
-                                 "dispatch_unix": None}
-        if todo:
-            stats = _label_shards(cfg, opts, plan, uris, todo, lock)
-        labeling_s = stats["labeling_s"]  # dispatch: workers ready -> last shard committed
-        workers_start_s = stats["workers_start_s"]  # Ray start/connect + actors up (models built)
-        labeling_wall_s = time.perf_counter() - t0  # the above + shutting the actors (and Ray) down
+        stats = _label_shards(cfg, opts, plan, uris, todo, lock) if todo else LabelingStats()
+        labeling_wall_s = time.perf_counter() - t0  # workers start + labeling + shutting them down
         t0 = time.perf_counter()
-        counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
+        final = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
+        finalize_s = time.perf_counter() - t0
         labeled_now = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
-        run = {
-            "config": config_to_dict(cfg),
-            "versions": _versions(),
-            "input": opts.input_uri,
-            "output": store.uri,
-            "plan": plan.to_dict(),
-            "counts": {**counts, "shards": plan.num_shards, "shards_skipped": len(done),
-                       "shards_labeled": len(todo), "failed_attempts": stats["failed_attempts"]},
-            "workers": stats["workers"],
-            "timings_s": {"listing": listing_s, "workers_start": workers_start_s, "labeling": labeling_s,
-                          "shutdown": labeling_wall_s - workers_start_s - labeling_s,
-                          "finalize": time.perf_counter() - t0, "wall": time.time() - t_start},
-            # Steady-state rate over the dispatch phase (what more images would cost per image) ...
-            "throughput_images_per_s": labeled_now / labeling_s if labeled_now and labeling_s > 0 else None,
-            # ... and end to end, listing, Ray and model start, finalize included.
-            "throughput_images_per_s_wall": labeled_now / (time.time() - t_start) if labeled_now else None,
-            "started_unix": t_start,
-            "dispatch_unix": stats["dispatch_unix"],  # [start, end] of the labeling timing, wall clock
-        }
-        store.write_json("run.json", run)
+        wall_s = time.time() - t_start
+        run = RunRecord(
+            config=config_to_dict(cfg),
+            versions=_versions(),
+            input=opts.input_uri,
+            output=store.uri,
+            plan=plan,
+            counts=RunCounts(**asdict(final), shards=plan.num_shards, shards_skipped=len(done),
+                             shards_labeled=len(todo), failed_attempts=stats.failed_attempts),
+            workers=stats.workers,
+            timings_s=RunTimings(listing=listing_s, workers_start=stats.workers_start_s, labeling=stats.labeling_s,
+                                 shutdown=labeling_wall_s - stats.workers_start_s - stats.labeling_s,
+                                 finalize=finalize_s, wall=wall_s),
+            throughput_images_per_s=(labeled_now / stats.labeling_s
+                                     if labeled_now and stats.labeling_s > 0 else None),
+            throughput_images_per_s_wall=labeled_now / wall_s if labeled_now else None,
+            started_unix=t_start,
+            dispatch_unix=stats.dispatch_unix,
+        )
+        store.write_json(layout.RUN_JSON, run.to_dict())
         return run
     finally:
         lock.release()
@@ -275,7 +275,7 @@ class _ActorPool:
 
 
 def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo: list[int],
-                  lock: OutputLock) -> dict[str, Any]:
+                  lock: OutputLock) -> LabelingStats:
     t_start = time.perf_counter()
     ray, started = _init_ray(opts)
     try:
@@ -295,9 +295,8 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
-        return {"failed_attempts": failed, "workers": workers, "labeling_s": labeling_s,
-                "dispatch_unix": [dispatch_start_unix, dispatch_start_unix + labeling_s],
-                "workers_start_s": workers_start_s}
+        return LabelingStats(failed_attempts=failed, workers=tuple(workers), workers_start_s=workers_start_s,
+                             labeling_s=labeling_s, dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s))
     finally:
         if started:
             ray.shutdown()

@@ -30,13 +30,14 @@ import pyarrow as pa
 from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
-from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
+from bmp_core.io.prefetch import prefetch
 from bmp_core.io.uris import read_bytes
 from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.output.commits import commit_shard, new_attempt_id
+from bmp_core.output.store import OutputStore
+from bmp_core.output.tables import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
+from bmp_core.output.traces import write_traces
 from bmp_core.records import BmpResult
-from bmp_core.traces import TRACES_DIR, encode_traces
-from jobs.commit import OutputStore, commit_shard, new_attempt_id
-from jobs.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +131,8 @@ class BmpWorker:
         attempt_id = new_attempt_id(task.attempt)
         seconds = time.perf_counter() - t0
         num_errors = sum(r.error is not None for r in rows)
-        commit_shard(
-            store, task.plan_id, task.shard_id, attempt_id, images_table(rows, task.shard_id), instances,
-            {"seconds": seconds, "num_errors": num_errors, "worker": f"{socket.gethostname()}:{os.getpid()}"},
-        )
+        commit_shard(store, task.plan_id, task.shard_id, attempt_id, images_table(rows, task.shard_id), instances,
+                     seconds=seconds, num_errors=num_errors, worker=f"{socket.gethostname()}:{os.getpid()}")
         return ShardReport(task.shard_id, attempt_id, len(rows), num_errors, instances.num_rows,
                            time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}")
 
@@ -206,14 +205,14 @@ class BmpWorker:
         instances table, encoded on the encode thread after ``previous`` (waited for first, which
         bounds the dense masks alive to this batch and the one being encoded)."""
         given = [self._given_for(d.row.uri) for d in batch]
-        if self.cfg.models.kind == "lite":
+        if self.models.detector is None:
             # No detector: an image the boxes file does not name can only fail. Say why here,
             # rather than letting the detector fail the whole batch and the retry find the culprit.
             for d, g in zip(batch, given):
                 if g is None:
                     rows.append(_with(d.row, error=f"no given boxes for this image: job.given_boxes "
                                                    f"({self.cfg.job.given_boxes}) names no file like it, "
-                                                   "and models.kind=lite has no person detector"))
+                                                   "and the models have no person detector"))
             batch, given = [d for d, g in zip(batch, given) if g is not None], [g for g in given if g is not None]
             if not batch:
                 return _done(INSTANCES_SCHEMA.empty_table())
@@ -253,9 +252,7 @@ def _encode_batch(ok: list[tuple[_Decoded, BmpResult]], trace_store: OutputStore
     """RLE-encode a batch's instances into an ``instances`` table; write its traces when asked."""
     for d, result in ok:
         if trace_store is not None and result.traces:
-            # Keyed by image id, so a retried shard overwrites rather than duplicates.
-            for name, data in encode_traces(result.traces, d.image_bgr).items():
-                trace_store.write_bytes(f"{TRACES_DIR}/{d.row.image_id}/{name}", data)
+            write_traces(trace_store, d.row.image_id, result.traces, d.image_bgr)
     return instances_table([d.row.image_id for d, _ in ok], [result for _, result in ok])
 
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-PERSON_CATEGORY_ID = 1
+from bmp_core.coco_meta import PERSON_CATEGORY_ID
 
 
 class GivenBoxes(NamedTuple):

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from bmp_core.coco_meta import SIGMAS
 from bmp_core.ops.boxes import box_area, xyxy_to_xywh
 
-# Per-keypoint falloff of COCO-17, from pycocotools ``COCOeval`` Params (kpt_oks_sigmas = [.26, ...] / 10).
-COCO_SIGMAS = np.array(
-    [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]
-) / 10.0
 
 
 def oks_matrix(
     keypoints: np.ndarray,
     boxes_xyxy: np.ndarray,
     visibility_thr: float,
-    sigmas: np.ndarray = COCO_SIGMAS,
+    sigmas: np.ndarray = SIGMAS,
 ) -> np.ndarray:
     """Pairwise OKS; entry ``[i, j]`` treats instance i as the ground truth and j as the detection.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmp_core.ops.oks import COCO_SIGMAS, oks_matrix
+from bmp_core.coco_meta import SIGMAS
+from bmp_core.ops.oks import oks_matrix
 
 
 def pose_nms(
@@ -12,7 +13,7 @@ def pose_nms(
     boxes_xyxy: np.ndarray,
     oks_thr: float,
     keypoint_thr: float,
-    sigmas: np.ndarray = COCO_SIGMAS,
+    sigmas: np.ndarray = SIGMAS,
 ) -> np.ndarray:
     """Greedy OKS-NMS over old + new instances (bmp-method §1 step 3, with decisions.md fixes).
 

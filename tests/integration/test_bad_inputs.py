@@ -86,8 +86,8 @@ def test_bad_and_odd_inputs(ray_cluster: object, testdata: Path, tmp_path: Path)
     with open(out / "errors.csv") as f:
         failed = {Path(r["uri"]).name: r["error"] for r in csv.DictReader(f)}
     assert set(failed) == set(expected_errors)
-    assert run["counts"]["images_error"] == len(expected_errors)
-    assert run["counts"]["images_ok"] == len(names) - len(expected_errors)
+    assert run.counts.images_error == len(expected_errors)
+    assert run.counts.images_ok == len(names) - len(expected_errors)
 
 
 def test_model_build_error_stops_the_job(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:

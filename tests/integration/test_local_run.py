@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from bmp_core.io.parquet import rles_of
+from bmp_core.output.tables import rles_of
 from bmp_core.ops.rle import decode_rle
 from jobs.cli import main
-from jobs.commit import OutputStateError
+from bmp_core.output.store import OutputStateError
 from jobs.ray_runner import RunOptions, run_job
 
 from ._helpers import (
@@ -42,10 +42,10 @@ def test_local_run_resume_and_refusals(ray_cluster: object, testdata: Path, tmp_
     got = keypoints_by_uri(images, instances)
     for uri in expected_uris:
         np.testing.assert_array_equal(got[uri], reference_keypoints(Path(uri), cfg))
-    assert run["counts"]["shards"] == 4 and run["counts"]["shards_labeled"] == 4
-    assert run["counts"]["instances"] == instances.num_rows > 0
-    assert run["plan"]["listing_digest"] and run["versions"]["ray"]
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["counts"] == run["counts"]
+    assert run.counts.shards == 4 and run.counts.shards_labeled == 4
+    assert run.counts.instances == instances.num_rows > 0
+    assert run.plan.listing_digest and run.versions["ray"]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["counts"] == run.to_dict()["counts"]
 
     # coco.json: pycocotools loads it and it round-trips the instances table.
     coco = COCO(str(tmp_path / "out" / "coco.json"))
@@ -59,7 +59,7 @@ def test_local_run_resume_and_refusals(ray_cluster: object, testdata: Path, tmp_
     # A rerun skips everything and changes nothing.
     before = (tmp_path / "out" / "coco.json").read_bytes()
     rerun = run_job(cfg, opts)
-    assert rerun["counts"]["shards_skipped"] == 4 and rerun["counts"]["shards_labeled"] == 0
+    assert rerun.counts.shards_skipped == 4 and rerun.counts.shards_labeled == 0
     assert (tmp_path / "out" / "coco.json").read_bytes() == before
     # A speed knob is not a config change.
     run_job(fake_config("job.shard_size=3", "job.queue_depth=1"), opts)
@@ -74,7 +74,7 @@ def test_local_run_resume_and_refusals(ray_cluster: object, testdata: Path, tmp_
         run_job(fake_config("job.shard_size=3", "loop.iterations=1"), opts)
     forced = run_job(fake_config("job.shard_size=3", "loop.iterations=1"),
                      RunOptions(str(testdata), out, num_workers=1, force=True, progress=False, lock_settle_s=0.05))
-    assert forced["counts"]["shards_labeled"] == 4
+    assert forced.counts.shards_labeled == 4
     assert_one_row_per_image(read_output(out)[0], len(expected_uris))
 
     # export-coco rebuilds the same file from the Parquet parts.
@@ -89,9 +89,9 @@ def test_more_cpu_workers_than_cores_start_and_finish(ray_cluster: object, testd
     run = run_job(fake_config("job.shard_size=1"),
                   RunOptions(str(testdata), out, num_workers=4, progress=False, lock_settle_s=0.05))
     expected = sorted(str(p) for p in testdata.rglob("*.jpg"))
-    assert len(run["workers"]) == 4 and len({w["pid"] for w in run["workers"]}) == 4
-    assert run["counts"]["shards_labeled"] == len(expected)
+    assert len(run.workers) == 4 and len({w["pid"] for w in run.workers}) == 4
+    assert run.counts.shards_labeled == len(expected)
     assert_one_row_per_image(read_output(out)[0], len(expected))
-    timings = run["timings_s"]
-    assert timings["workers_start"] > 0 and timings["labeling"] > 0
-    assert run["throughput_images_per_s"] >= run["throughput_images_per_s_wall"] > 0
+    timings = run.timings_s
+    assert timings.workers_start > 0 and timings.labeling > 0
+    assert run.throughput_images_per_s >= run.throughput_images_per_s_wall > 0

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bmp_core.config import config_to_dict, dump_config, load_config
-from bmp_core.report import HEADER_RGB, SECTION_IDS
+from bmp_core.analysis.report import HEADER_RGB, SECTION_IDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,8 +45,9 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
     from bmp_core.io.uris import list_input
     from bmp_core.loop import run_bmp
     from bmp_core.testing.fakes import build_fake_models
-    from bmp_core.traces import trace_dir, write_traces
-    from jobs.commit import OutputStore, freeze_plan
+    from bmp_core.output.traces import write_traces
+    from bmp_core.output.plan import freeze_plan
+    from bmp_core.output.store import OutputStore
     from jobs.finalize import finalize_output
     from jobs.planner import listing_table, make_plan, shard_uris
     from jobs.worker import BmpWorker, ShardTask
@@ -59,7 +60,7 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
     uris = list_input(str(listing), cfg.job.image_extensions)
     plan = make_plan(cfg, uris)
     store = OutputStore(str(out))
-    freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg))
+    freeze_plan(store, plan, listing_table(uris), cfg)
     worker = BmpWorker(cfg)
     for shard in range(plan.num_shards):
         start, _ = plan.shard_range(shard)
@@ -71,7 +72,7 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
     image_id = next(i for i, u in enumerate(uris.to_pylist()) if u.endswith(trace_image))
     image_bgr = read_bgr(testdata / "ochuman" / trace_image)
     result = run_bmp(image_bgr, build_fake_models(cfg.models.fake), cfg.loop, trace=True)
-    write_traces(trace_dir(str(out), image_id), result.traces, image_bgr)
+    write_traces(store, image_id, result.traces, image_bgr)
     return {"run": run, "uris": uris.to_pylist(), "traced_image_id": image_id, "iterations": cfg.loop.iterations}
 
 
@@ -144,7 +145,7 @@ def test_eval_then_report_renders_in_chromium(job_output: tuple[Path, dict[str, 
 
 
 def test_summary_load_reads_one_images_masks_from_its_shard(job_output: tuple[Path, dict[str, Any]]) -> None:
-    from bmp_core.output_reader import SUMMARY_INSTANCE_COLUMNS, load_output
+    from bmp_core.output.reader import SUMMARY_INSTANCE_COLUMNS, load_output
 
     out, info = job_output
     full = load_output(str(out))
@@ -160,7 +161,7 @@ def test_summary_load_reads_one_images_masks_from_its_shard(job_output: tuple[Pa
 def test_inspect_commands_read_and_write_s3(job_output: tuple[Path, dict[str, Any]], testdata: Path,
                                             request: pytest.FixtureRequest) -> None:
     from bmp_core.io.uris import filesystem
-    from bmp_core.output_reader import load_output
+    from bmp_core.output.reader import load_output
 
     try:
         request.getfixturevalue("s3_endpoint")  # the moto server of tests/integration/conftest.py

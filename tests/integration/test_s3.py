@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from bmp_core.io.uris import read_bytes
-from jobs.commit import OutputStateError, OutputStore
+from bmp_core.output.store import OutputStateError, OutputStore
 from jobs.lock import OutputLock
 from jobs.ray_runner import RunOptions, run_job
 
@@ -54,7 +54,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
     assert {k.split("/")[3] for k in keys if k.startswith("out/run1/traces/")} == {str(i) for i in range(len(local))}
     coco_path = tmp_path / "coco.json"
     coco_path.write_bytes(read_bytes(f"{out}/coco.json"))
-    assert len(COCO(str(coco_path)).getAnnIds()) == instances.num_rows == run["counts"]["instances"]
+    assert len(COCO(str(coco_path)).getAnnIds()) == instances.num_rows == run.counts.instances
 
     # Credentials never reach the outputs.
     for name in ("run.json", "coco.json", "config.yaml"):
@@ -63,7 +63,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
 
     # Resume on S3 skips everything; a job on an S3 output that another job holds is refused.
     assert run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, progress=False,
-                                   lock_settle_s=0.05))["counts"]["shards_skipped"] == 3
+                                   lock_settle_s=0.05)).counts.shards_skipped == 3
     holder = OutputLock(OutputStore(out), ttl_s=60, settle_s=0)
     holder.acquire()
     try:
@@ -114,9 +114,9 @@ def test_lock_on_s3_is_compare_and_swap(s3_endpoint: str) -> None:
 def test_lock_falls_back_to_a_lease_without_conditional_writes(s3_endpoint: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A store answering 501 to conditional writes still gets a working (lease) lock."""
-    from jobs import lock as lock_mod
+    from jobs import lock_backends
 
-    monkeypatch.setattr(lock_mod._CompareAndSwap, "_s3_put", lambda self, data, **condition: None)
+    monkeypatch.setattr(lock_backends.S3Cas, "_put", lambda self, data, **condition: None)
     store = OutputStore(f"s3://{BUCKET}/lease-test")
     first = OutputLock(store, ttl_s=60, settle_s=0.05)
     first.acquire()

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("mediapipe")
 
-from bmp_core.config import ModelsConfig, load_config  # noqa: E402
+from bmp_core.config import LoopConfig, ModelsConfig, load_config  # noqa: E402
 from bmp_core.io.given_boxes import load_given_boxes  # noqa: E402
 from bmp_core.models import build_models  # noqa: E402
 from bmp_core.ports import BmpModels  # noqa: E402
@@ -114,11 +114,13 @@ def test_mask_conditioning_changes_the_crop(lite_models: BmpModels, coco_dir: Pa
     np.testing.assert_array_equal(conditioned[differs], expected)
 
 
-def test_no_detector_and_offline_model_check() -> None:
-    from bmp_core.models.lite_blazepose import NoPersonDetector, _require_shipped_model
+def test_no_detector_and_offline_model_check(lite_models: BmpModels) -> None:
+    from bmp_core.loop import NoDetectorError, run_bmp
+    from bmp_core.models.lite.blazepose import _require_shipped_model
 
-    with pytest.raises(ValueError, match="given_boxes"):
-        NoPersonDetector().detect([np.zeros((8, 8, 3), np.uint8)])
+    assert lite_models.detector is None
+    with pytest.raises(NoDetectorError, match="given_boxes"):
+        run_bmp(np.zeros((8, 8, 3), np.uint8), lite_models, LoopConfig(iterations=1))
     _require_shipped_model(1)  # pose_landmark_full + pose_detection are inside the wheel
     assert ModelsConfig(kind="lite").lite.model_complexity == 1
 

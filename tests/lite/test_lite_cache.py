@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmp_core.models.lite_cache import CachedPerson, PersonCache, image_key
+from bmp_core.models.lite.cache import CachedPerson, PersonCache, image_key
 
 pytestmark = pytest.mark.lite
 

@@ -33,7 +33,7 @@ def test_bad_lite_values_are_config_errors(override: str) -> None:
 
 def test_lite_modules_do_not_import_mediapipe_until_built() -> None:
     code = (
-        "import sys, bmp_core.models, bmp_core.models.lite_crops, bmp_core.models.lite_cache\n"
+        "import sys, bmp_core.models, bmp_core.models.lite.crops, bmp_core.models.lite.cache\n"
         "print(','.join(m for m in ('mediapipe', 'cv2') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

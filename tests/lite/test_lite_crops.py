@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmp_core.io.coco import COCO_KEYPOINT_NAMES
-from bmp_core.models.lite_crops import (
+from bmp_core.coco_meta import KEYPOINT_NAMES as COCO_KEYPOINT_NAMES
+from bmp_core.models.lite.crops import (
     BLAZEPOSE_TO_COCO17,
     blend_background,
     crop_with_border,

@@ -1,8 +1,13 @@
-"""Unit tests: no Ray, no torch, no network (Ray Data's tests/unit discipline)."""
+"""Unit tests: no Ray, no torch, no network, no sleeping (Ray Data's tests/unit discipline).
+
+Tests that wait on real time (leases, heartbeats, races widened by a sleep) live in
+tests/integration.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -16,3 +21,14 @@ def _no_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
             raise RuntimeError("ray.init() called in a unit test; put it in tests/integration")
 
         monkeypatch.setattr(sys.modules["ray"], "init", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests must not sleep: a unit test that waits on the clock is slow and flaky on a busy
+    machine. Code under test that sleeps (lock settle, fake model latency) is configured not to."""
+
+    def refuse(seconds: float) -> None:
+        raise RuntimeError(f"time.sleep({seconds}) called in a unit test; put the test in tests/integration")
+
+    monkeypatch.setattr(time, "sleep", refuse)

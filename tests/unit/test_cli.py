@@ -10,7 +10,8 @@ from pycocotools.coco import COCO
 
 from bmp_core.config import config_to_dict, dump_config, load_config
 from jobs.cli import main
-from jobs.commit import OutputStore, freeze_plan
+from bmp_core.output.plan import freeze_plan
+from bmp_core.output.store import OutputStore
 from jobs.planner import listing_table, make_plan
 from jobs.worker import BmpWorker, ShardTask
 
@@ -40,7 +41,7 @@ def test_plan_and_export_coco(tmp_path: Path, testdata: Path, capsys: pytest.Cap
     uris = list_input(str(testdata / "coco"), cfg.job.image_extensions)
     plan = make_plan(cfg, uris)
     store = OutputStore(str(out))
-    freeze_plan(store, plan, listing_table(uris), dump_config(cfg), config_to_dict(cfg))
+    freeze_plan(store, plan, listing_table(uris), cfg)
     start, stop = plan.shard_range(0)
     BmpWorker(cfg).process_shard(ShardTask(str(out), plan.plan_id, 0, start, tuple(uris[start:stop].to_pylist())))
     assert main(args) == 0

@@ -14,16 +14,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from bmp_core.config import BmpConfig, config_from_dict, config_to_dict, dump_config
-from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table
-from jobs.commit import (
-    OutputStateError,
-    OutputStore,
-    commit_shard,
-    committed_markers,
-    freeze_plan,
-    garbage_collect,
-    read_committed_table,
-)
+from bmp_core.output.tables import INSTANCES_SCHEMA, ImageRow, images_table
+from bmp_core.output.commits import commit_shard, committed_markers, garbage_collect
+from bmp_core.output.plan import freeze_plan
+from bmp_core.output.reader import read_committed_table
+from bmp_core.output.store import OutputStateError, OutputStore
 from jobs.lock import OutputLock
 from jobs.planner import listing_table, make_plan
 
@@ -58,7 +53,7 @@ def test_unreadable_marker_is_not_trusted(tmp_path: Path) -> None:
 
 def _freeze(store: OutputStore, cfg: BmpConfig, uris: list[str], force: bool = False) -> None:
     arr = pa.array(uris)
-    freeze_plan(store, make_plan(cfg, arr), listing_table(arr), dump_config(cfg), config_to_dict(cfg), force)
+    freeze_plan(store, make_plan(cfg, arr), listing_table(arr), cfg, force)
 
 
 def test_plan_is_frozen_and_changes_are_refused_unless_forced(tmp_path: Path) -> None:
@@ -126,7 +121,7 @@ def test_rewritten_given_boxes_file_is_a_plan_change(tmp_path: Path) -> None:
 
     def freeze() -> None:
         plan = make_plan(cfg, arr, file_digests(cfg))
-        freeze_plan(store, plan, listing_table(arr), dump_config(cfg), config_to_dict(cfg))
+        freeze_plan(store, plan, listing_table(arr), cfg)
 
     freeze()
     assert store.read_json("plan.json")["file_sha256"] == {
@@ -198,9 +193,10 @@ def test_heartbeat_notices_a_lost_lock(tmp_path: Path) -> None:
 
 def check_compare_and_swap(store: OutputStore) -> None:
     """The lock's primitives: a write based on an outdated read fails (shared with the S3 test)."""
-    from jobs.lock import _CompareAndSwap
+    from jobs.lock import LOCK_NAME
+    from jobs.lock_backends import cas_for
 
-    cas, other = _CompareAndSwap(store), _CompareAndSwap(store)
+    cas, other = cas_for(store, LOCK_NAME), cas_for(store, LOCK_NAME)
     assert cas.read() is None
     assert cas.create(b"v1") is True
     assert other.create(b"other") is False  # exists
@@ -221,7 +217,7 @@ def test_lock_compare_and_swap_local(tmp_path: Path) -> None:
 
 
 def test_read_parts_keeps_order_with_a_window_and_raises_a_missing_part(tmp_path: Path) -> None:
-    from jobs.commit import read_parts
+    from bmp_core.output.reader import read_parts
 
     store = OutputStore(str(tmp_path))
     rels = []

@@ -1,4 +1,4 @@
-"""bmp_core.evaluation against pycocotools run directly on the same predictions."""
+"""bmp_core.analysis.evaluation against pycocotools run directly on the same predictions."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bmp_core.evaluation import (
+from bmp_core.analysis.evaluation import (
     EvaluationError,
     choose_backend,
     evaluate_output,
     format_table,
     match_images,
 )
-from bmp_core.io.parquet import IMAGES_SCHEMA, INSTANCES_SCHEMA
-from bmp_core.output_reader import JobOutput, load_output
+from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA
+from bmp_core.output.reader import JobOutput, load_output
 
 
 def _load(path: Path) -> dict[str, Any]:

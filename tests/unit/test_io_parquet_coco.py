@@ -12,8 +12,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from bmp_core.config import LoopConfig
-from bmp_core.io.coco import COCO_KEYPOINT_NAMES, coco_dataset
-from bmp_core.io.parquet import (
+from bmp_core.coco_meta import KEYPOINT_NAMES as COCO_KEYPOINT_NAMES
+from bmp_core.output.coco import coco_dataset
+from bmp_core.output.tables import (
     IMAGES_SCHEMA,
     INSTANCES_SCHEMA,
     ImageRow,
@@ -100,7 +101,7 @@ def test_coco_loads_in_pycocotools_and_round_trips(labeled: tuple[list, pa.Table
 
 
 def test_streamed_coco_equals_the_in_memory_one(labeled: tuple[list, pa.Table, pa.Table]) -> None:
-    from bmp_core.io.coco import write_coco_json
+    from bmp_core.output.coco import CocoCounts, write_coco_json
 
     _, imgs, inst = labeled
     whole = coco_dataset(imgs, inst)
@@ -111,4 +112,4 @@ def test_streamed_coco_equals_the_in_memory_one(labeled: tuple[list, pa.Table, p
     counts = write_coco_json(buf, lambda: iter(parts))
     streamed = json.loads(buf.getvalue())
     assert streamed == whole
-    assert counts == {"images": 2, "annotations": len(whole["annotations"])}
+    assert counts == CocoCounts(images=2, annotations=len(whole["annotations"]))

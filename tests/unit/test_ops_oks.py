@@ -4,7 +4,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from bmp_core.ops.oks import COCO_SIGMAS, oks_matrix
+from bmp_core.coco_meta import SIGMAS as COCO_SIGMAS
+from bmp_core.ops.oks import oks_matrix
 
 
 def _random_instances(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

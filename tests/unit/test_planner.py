@@ -10,9 +10,8 @@ import pytest
 
 from bmp_core.config import BmpConfig, config_from_dict
 from bmp_core.io.uris import _read_list_file, sort_unique
+from bmp_core.output.plan import Plan, config_changes
 from jobs.planner import (
-    Plan,
-    config_changes,
     config_digest,
     listing_digest,
     listing_table,

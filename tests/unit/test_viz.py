@@ -1,4 +1,4 @@
-"""bmp_core.viz: what is drawn lands where the labels are and nowhere else; GIFs have a frame per pass."""
+"""bmp_core.analysis.viz: what is drawn lands where the labels are and nowhere else; GIFs have a frame per pass."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmp_core import viz
+from bmp_core.analysis import viz
+from bmp_core.coco_meta import SKELETON
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp
 from bmp_core.records import BmpResult
 from bmp_core.testing.fakes import build_fake_models
-from bmp_core.traces import encode_traces, load_traces, write_traces
+from bmp_core.output.store import OutputStore
+from bmp_core.output.traces import encode_traces, load_traces, write_traces
 
 H, W = 200, 300
 BOX = np.array([[50.0, 40.0, 150.0, 180.0]], np.float32)
@@ -70,7 +72,7 @@ def test_skeleton_drawn_at_keypoints_and_nowhere_far_from_them(image_rgb: np.nda
     ys, xs = np.mgrid[:H, :W].astype(np.float64)
     dist = np.full((H, W), np.inf)
     pts = kpts[0, :, :2].astype(np.float64)
-    for a, b in viz.COCO_SKELETON:
+    for a, b in SKELETON:
         if visible[a - 1] and visible[b - 1]:
             dist = np.minimum(dist, _distance_to_segment(xs, ys, pts[a - 1], pts[b - 1]))
     for p in pts[visible]:
@@ -126,8 +128,10 @@ def test_traces_round_trip_from_one_small_json(traced: BmpResult, image_004806: 
     files = encode_traces(traced.traces, image_004806)
     assert set(files) == {"trace.json"}  # every detector input is rebuilt from the original image
     assert len(files["trace.json"]) < 50_000
-    write_traces(str(tmp_path / "7"), traced.traces, image_004806)
-    back = load_traces(str(tmp_path / "7"), image_004806)
+    store = OutputStore(str(tmp_path))
+    write_traces(store, 7, traced.traces, image_004806)
+    assert (tmp_path / "traces" / "7" / "trace.json").is_file()  # OUT/traces/<image_id>/trace.json
+    back = load_traces(store, 7, image_004806)
     assert back is not None and len(back) == len(traced.traces)
     for a, b in zip(traced.traces, back):
         assert a.iteration == b.iteration and a.num_new == b.num_new and a.num_removed_old == b.num_removed_old
@@ -135,7 +139,7 @@ def test_traces_round_trip_from_one_small_json(traced: BmpResult, image_004806: 
         np.testing.assert_allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=0.01)
         np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=1e-4)
         assert np.array_equal(a.detections.masks, b.detections.masks)
-    assert load_traces(str(tmp_path / "missing"), image_004806) is None
+    assert load_traces(store, 8, image_004806) is None
 
 
 def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, image_004806: np.ndarray,
@@ -144,6 +148,7 @@ def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, i
     greyed[~greyed.any(axis=2)] = 127  # a loop that greys people out instead of blacking them out
     traces = [traced.traces[0], dataclasses.replace(traced.traces[1], detector_input_bgr=greyed)]
     assert set(encode_traces(traces, image_004806)) == {"trace.json", "pass_1_input.png"}
-    write_traces(str(tmp_path / "g"), traces, image_004806)
-    back = load_traces(str(tmp_path / "g"), image_004806)
+    store = OutputStore(str(tmp_path))
+    write_traces(store, 3, traces, image_004806)
+    back = load_traces(store, 3, image_004806)
     assert back is not None and np.array_equal(back[1].detector_input_bgr, greyed)

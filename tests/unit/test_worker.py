@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from bmp_core.config import config_from_dict
-from bmp_core.io.parquet import keypoints_array
+from bmp_core.output.tables import keypoints_array
 from bmp_core.loop import run_bmp
 from bmp_core.testing import build_fake_models
-from jobs.commit import OutputStore, committed_markers, read_committed_table
+from bmp_core.output.commits import committed_markers
+from bmp_core.output.reader import read_committed_table
+from bmp_core.output.store import OutputStore
 from jobs.worker import BmpWorker, ShardTask
 
 
@@ -79,7 +81,7 @@ def test_process_shard_commits(inputs: tuple[list[str], dict[str, str]], tmp_pat
 
 
 def test_traces_are_written_when_asked(inputs: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
-    from bmp_core.traces import load_traces, trace_dir
+    from bmp_core.output.traces import load_traces
 
     uris, _ = inputs
     out = tmp_path / "out"
@@ -90,7 +92,7 @@ def test_traces_are_written_when_asked(inputs: tuple[list[str], dict[str, str]],
     assert sorted(p.name for p in (out / "traces").iterdir()) == sorted([str(good_id), str(huge_id)])  # ok only
     with Image.open(uris[good_id]) as im:
         bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
-    traces = load_traces(trace_dir(str(out), good_id), bgr)
+    traces = load_traces(OutputStore(str(out)), good_id, bgr)
     assert traces is not None and [t.iteration for t in traces] == list(range(cfg.loop.iterations))
 
 
@@ -124,7 +126,7 @@ def test_concurrent_shards_share_the_models_one_at_a_time_and_match_run_bmp(test
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from bmp_core.io.parquet import keypoints_array
+    from bmp_core.output.tables import keypoints_array
 
     paths = sorted((testdata / "ochuman").glob("*.jpg")) + sorted((testdata / "coco").glob("*.jpg"))
     cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=2"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 
 from bmp_core.config import ConfigError, check_job_config, config_from_dict, load_config
-from bmp_core.io.parquet import keypoints_array
+from bmp_core.output.tables import keypoints_array
 from bmp_core.loop import run_bmp
 from bmp_core.testing import build_fake_models
 from jobs.planner import RESULT_JOB_KEYS, config_digest
@@ -93,8 +95,10 @@ def test_lite_without_boxes_for_an_image_is_an_error_row(folder: Path, monkeypat
                                                           tmp_path: Path) -> None:
     import bmp_core.models
 
-    # The lite backend needs MediaPipe; what matters here is the worker's handling of kind=lite.
-    monkeypatch.setattr(bmp_core.models, "build_models", lambda cfg: build_fake_models())
+    # The lite backend needs MediaPipe; what matters here is the worker's handling of models without
+    # a person detector (what build_lite_models returns).
+    monkeypatch.setattr(bmp_core.models, "build_models",
+                        lambda cfg: dataclasses.replace(build_fake_models(), detector=None))
     cfg = _cfg(folder, kind="lite")
     uris = (str(folder / "images" / "known.jpg"), str(folder / "images" / "unknown.jpg"))
     report = BmpWorker(cfg).process_shard(ShardTask(str(tmp_path / "out"), "plan1", 0, 0, uris))

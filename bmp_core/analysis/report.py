@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from bmp_core.output_reader import JobOutput, image_labels, read_image_rgb
+from bmp_core.output.reader import JobOutput, image_labels, read_image_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480) 
     """A grid of overlays (masks, skeletons, boxes) of sample images, as inline JPEGs."""
     from tqdm import tqdm
 
-    from bmp_core import viz
+    from bmp_core.analysis import viz
 
     figures = []
     for image_id in tqdm(pick_samples(output, num_samples), desc="report samples", unit="img", leave=False):
@@ -203,7 +203,7 @@ def evaluation_section(eval_info: dict[str, Any] | None) -> str:
     if eval_info is None:
         return _section("evaluation", "Evaluation",
                         "<p class='note'>No eval.json. Run <code>bmp-label eval OUTPUT --gt GT.json</code>.</p>")
-    from bmp_core.evaluation import table_rows
+    from bmp_core.analysis.evaluation import table_rows
 
     header, rows = table_rows(eval_info)
     im = eval_info["images"]

@@ -11,8 +11,7 @@ pixels (``blacked_out_rle``) and rebuilt from the original image when read: a fe
 instead of a PNG per pass (~0.8 MB for a 0.65 MP photo). ``encode_traces`` checks that the rebuild
 is exact and, for a pass where it would not be (a loop that greys or blurs instead), stores that
 pass's input as ``pass_<k>_input.png`` instead. Detector masks are COCO RLE like every other mask.
-The job writes the files with ``encode_traces`` (bytes per file name), so it can use its own
-atomic writer for local folders and S3 alike.
+``write_traces`` writes them through the output's store (atomic, local folders and S3 alike).
 """
 
 from __future__ import annotations
@@ -25,12 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bmp_core.io.uris import filesystem, join_uri
 from bmp_core.ops.rle import decode_rle, encode_rle
+from bmp_core.output import layout
+from bmp_core.output.store import OutputStore
 from bmp_core.records import Detections, IterationTrace
-
-TRACE_JSON = "trace.json"
-TRACES_DIR = "traces"
 
 
 def _input_name(iteration: int) -> str:
@@ -82,32 +79,32 @@ def encode_traces(traces: Sequence[IterationTrace], image_bgr: np.ndarray) -> di
             Image.fromarray(np.ascontiguousarray(t.detector_input_bgr[:, :, ::-1])).save(buf, format="PNG")
             files[_input_name(t.iteration)] = buf.getvalue()
         passes.append(entry)
-    files[TRACE_JSON] = json.dumps({"version": 2, "height": h, "width": w, "passes": passes}).encode()
+    files[layout.TRACE_JSON] = json.dumps({"version": 2, "height": h, "width": w, "passes": passes}).encode()
     return files
 
 
-def write_traces(trace_dir_uri: str, traces: Sequence[IterationTrace], image_bgr: np.ndarray) -> None:
-    """Write ``encode_traces`` files under ``trace_dir_uri`` (local folder or s3 prefix)."""
-    fs, root = filesystem(trace_dir_uri)
-    fs.makedirs(root, exist_ok=True)
+def write_traces(store: OutputStore, image_id: int, traces: Sequence[IterationTrace], image_bgr: np.ndarray) -> None:
+    """Write ``encode_traces`` files under ``OUT/traces/<image_id>/`` (keyed by image id, so a retried
+    shard overwrites rather than duplicates)."""
     for name, data in encode_traces(traces, image_bgr).items():
-        fs.pipe_file(f"{root.rstrip('/')}/{name}", data)
+        store.write_bytes(layout.trace_rel(image_id, name), data)
 
 
-def _pass_input(fs: Any, root: str, entry: dict[str, Any], image_bgr: np.ndarray) -> np.ndarray:
-    png = f"{root}/{_input_name(entry['iteration'])}"
-    if fs.exists(png):
-        with Image.open(io.BytesIO(fs.cat_file(png))) as im:
+def _pass_input(store: OutputStore, image_id: int, entry: dict[str, Any], image_bgr: np.ndarray) -> np.ndarray:
+    png = store.read_bytes(layout.trace_rel(image_id, _input_name(entry["iteration"])))
+    if png is not None:
+        with Image.open(io.BytesIO(png)) as im:
             return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
     h, w = image_bgr.shape[:2]
     return _rebuild(image_bgr, decode_rle([entry["blacked_out_rle"]], h, w)[0])
 
 
-def load_traces(trace_dir_uri: str, image_bgr: np.ndarray) -> list[IterationTrace] | None:
-    """Read one image's traces back; None when the folder has no ``trace.json``.
+def load_traces(store: OutputStore, image_id: int, image_bgr: np.ndarray) -> list[IterationTrace] | None:
+    """Read one image's traces back; None when the output has no ``trace.json`` for it.
 
     Args:
-        trace_dir_uri: ``trace_dir(output, image_id)``.
+        store: the output.
+        image_id: the image.
         image_bgr: (H, W, 3) uint8 the original image (the detector inputs are rebuilt from it).
 
     Returns:
@@ -116,11 +113,10 @@ def load_traces(trace_dir_uri: str, image_bgr: np.ndarray) -> list[IterationTrac
     Raises:
         ValueError: the trace was made on an image of another size.
     """
-    fs, root = filesystem(trace_dir_uri)
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/{TRACE_JSON}"):
+    data = store.read_bytes(layout.trace_rel(image_id))
+    if data is None:
         return None
-    meta = json.loads(fs.cat_file(f"{root}/{TRACE_JSON}"))
+    meta = json.loads(data)
     h, w = int(meta["height"]), int(meta["width"])
     if image_bgr.shape[:2] != (h, w):
         raise ValueError(f"trace of a {w}x{h} image, got a {image_bgr.shape[1]}x{image_bgr.shape[0]} one")
@@ -133,11 +129,6 @@ def load_traces(trace_dir_uri: str, image_bgr: np.ndarray) -> list[IterationTrac
             labels=np.asarray(entry["labels"], np.int64),
             masks=decode_rle(entry["masks_rle"], h, w),
         )
-        out.append(IterationTrace(int(entry["iteration"]), _pass_input(fs, root, entry, image_bgr), detections,
-                                  int(entry["num_new"]), int(entry["num_removed_old"])))
+        out.append(IterationTrace(int(entry["iteration"]), _pass_input(store, image_id, entry, image_bgr),
+                                  detections, int(entry["num_new"]), int(entry["num_removed_old"])))
     return out
-
-
-def trace_dir(output_uri: str, image_id: int) -> str:
-    """``OUT/traces/<image_id>``."""
-    return join_uri(output_uri, TRACES_DIR, str(int(image_id)))

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from bmp_core.config import LiteModelsConfig, ModelsConfig
-from bmp_core.models.lite_cache import CachedPerson, PersonCache, image_key
-from bmp_core.models.lite_crops import (
+from bmp_core.models.lite.cache import CachedPerson, PersonCache, image_key
+from bmp_core.models.lite.crops import (
     NUM_BLAZEPOSE_LANDMARKS,
     blend_background,
     crop_with_border,
@@ -241,23 +241,7 @@ def _points_box(points_xy: np.ndarray, padding: float) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 
-class NoPersonDetector:
-    """The lite backend has no person detector: boxes must come from the input.
-
-    It raises ``ValueError`` (a per-image data error for the job's worker, which then records the
-    image as failed instead of retrying the whole shard): an image the given-boxes file does not
-    name reaches the detector.
-    """
-
-    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
-        """Refuse: see the class docstring."""
-        raise ValueError(
-            "no given boxes for this image, and models.kind=lite has no person detector: give the boxes "
-            "(job.given_boxes, or run_bmp(boxes_xyxy=...)) for every image and set loop.iterations: 1"
-        )
-
-
 def build_lite_models(cfg: ModelsConfig) -> BmpModels:
     """BlazePose pose estimator + BlazePose segmenter sharing one person cache, and no detector."""
     estimator = BlazePoseEstimator(cfg.lite)
-    return BmpModels(detector=NoPersonDetector(), pose=estimator, segmenter=BlazePoseSegmenter(estimator))
+    return BmpModels(detector=None, pose=estimator, segmenter=BlazePoseSegmenter(estimator))

@@ -21,16 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bmp_core.coco_meta import SKELETON
 from bmp_core.records import Instances, IterationTrace
 
 if TYPE_CHECKING:  # drawing needs no pyarrow/fsspec; only the type comes from the reader
-    from bmp_core.output_reader import ImageLabels
+    from bmp_core.output.reader import ImageLabels
 
-# 1-based COCO keypoint pairs, as in COCO's person_keypoints_*.json ``skeleton``.
-COCO_SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
-    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)
 
 # Saturated, mutually distinct RGB colours; the first two are the reference picture's pink and blue.
 PALETTE_RGB = np.array(
@@ -186,7 +182,7 @@ def _draw_skeleton(
     """Limbs whose both ends score >= the threshold, then the visible keypoints as dots."""
     visible = (keypoints[:, 2] >= style.keypoint_thr) & np.all(np.isfinite(keypoints[:, :2]), axis=1)
     width = max(1, round(style.line_width * scale))
-    for a, b in COCO_SKELETON:
+    for a, b in SKELETON:
         if visible[a - 1] and visible[b - 1]:
             (xa, ya), (xb, yb) = keypoints[a - 1, :2], keypoints[b - 1, :2]
             draw.line((float(xa), float(ya), float(xb), float(yb)), fill=color, width=width)

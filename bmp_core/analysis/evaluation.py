@@ -33,9 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bmp_core.image_matching import ImageMatch, match_images
-from bmp_core.io.parquet import boxes_array, keypoints_array, rles_of
-from bmp_core.output_reader import JobOutput
+from bmp_core.coco_meta import SIGMAS as COCO_SIGMAS
+from bmp_core.io.image_matching import ImageMatch, match_images
+from bmp_core.output.tables import boxes_array, keypoints_array, rles_of
+from bmp_core.output.reader import JobOutput
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,8 @@ IOU_TYPES = ("keypoints", "segm", "bbox")
 # COCOeval.summarize() order of ``stats``.
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-# COCO-17 keypoint OKS sigmas, copied from pycocotools/cocoeval.py ``Params.setKpParams`` (BSD-2).
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 __all__ = [  # ImageMatch and match_images are re-exported from image_matching
-    "BOX_STATS", "COCO_SIGMAS", "IOU_TYPES", "KEYPOINT_STATS", "CocoScorer", "EvaluationError", "ImageMatch",
+    "BOX_STATS", "IOU_TYPES", "KEYPOINT_STATS", "CocoScorer", "EvaluationError", "ImageMatch",
     "choose_backend", "evaluate_output", "format_table", "load_gt", "match_images", "needs_xtcocotools",
     "results_from_instances", "table_rows",
 ]

@@ -11,6 +11,7 @@ reference's instance score), ``iscrowd`` 0, plus ``det_score`` / ``sam_score`` e
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -18,29 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bmp_core.io.parquet import STATUS_OK, boxes_array, keypoints_array, rles_of
+from bmp_core.coco_meta import PERSON_CATEGORY_ID, person_category
+from bmp_core.output.tables import STATUS_OK, boxes_array, keypoints_array, rles_of
 
-PERSON_CATEGORY_ID = 1
-COCO_KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-    "right_knee", "left_ankle", "right_ankle",
-)
-# 1-based keypoint index pairs, as in COCO's person_keypoints_*.json.
-COCO_SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
-    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)
-
-
-def person_category() -> dict[str, Any]:
-    return {
-        "id": PERSON_CATEGORY_ID,
-        "name": "person",
-        "supercategory": "person",
-        "keypoints": list(COCO_KEYPOINT_NAMES),
-        "skeleton": [list(pair) for pair in COCO_SKELETON],
-    }
 
 
 def coco_keypoints(keypoints: np.ndarray, score_thr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +33,20 @@ def coco_keypoints(keypoints: np.ndarray, score_thr: float) -> tuple[np.ndarray,
     return out.reshape(len(keypoints), -1), visible.sum(axis=1)
 
 
+@dataclass(frozen=True)
+class CocoCounts:
+    """What a COCO file holds."""
+
+    images: int
+    annotations: int
+
+
 def write_coco_json(
     fp: IO[str],
     parts: Callable[[], Iterable[tuple[pa.Table, pa.Table]]],
     keypoint_score_thr: float = 0.3,
     info: dict[str, Any] | None = None,
-) -> dict[str, int]:
+) -> CocoCounts:
     """Stream the same dataset as ``coco_dataset`` to ``fp``, one part at a time.
 
     Memory stays at what ``parts`` holds at once (the job reads a window of 16 shards' parts
@@ -71,7 +60,7 @@ def write_coco_json(
         keypoint_score_thr, info: as in ``coco_dataset``.
 
     Returns:
-        ``{"images": count, "annotations": count}``.
+        the number of images and annotations written.
     """
     head = {"info": {"description": "BMP pseudo-labels (bmp-label)", **(info or {})}, "licenses": [],
             "categories": [person_category()]}
@@ -88,7 +77,7 @@ def write_coco_json(
             fp.write(("," if num_annotations else "") + json.dumps(ann, separators=(",", ":")))
             num_annotations += 1
     fp.write("]}")
-    return {"images": num_images, "annotations": num_annotations}
+    return CocoCounts(images=num_images, annotations=num_annotations)
 
 
 def coco_dataset(

@@ -3,9 +3,9 @@
 The job does the same at scale (``bmp-label run --config configs/lite_cpu.yaml ...
 job.given_boxes=...``); this is the no-Ray version: it runs ``run_bmp`` per image with
 ``configs/lite_cpu.yaml`` (the boxes' scores as detector scores), draws the people
-(``bmp_core.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
+(``bmp_core.analysis.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
 
-    python -m bmp_core.models.lite_demo --images ../shared/testdata/coco \\
+    python scripts/lite_demo.py --images ../shared/testdata/coco \\
         --boxes ../shared/testdata/coco/test_coco_det_AP_H_56.json \\
         --images-json ../shared/testdata/coco/test_coco.json \\
         --gt ../shared/testdata/coco/test_coco.json --out out/lite_demo
@@ -61,7 +61,7 @@ def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    from bmp_core.viz import draw_instances
+    from bmp_core.analysis.viz import draw_instances
 
     cfg = load_config(args.config, args.overrides)
     models = build_models(cfg.models)
@@ -104,7 +104,7 @@ def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bmp_core.models.lite_demo", description=__doc__.splitlines()[0]
+        prog="python scripts/lite_demo.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--images", required=True, help="folder of .jpg/.png images")
     parser.add_argument("--boxes", required=True, help="COCO detections (results list) or dataset file")

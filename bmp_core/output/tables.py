@@ -54,6 +54,10 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 
+# A table's kind (also the folder of its parts, ``layout.TABLE_KINDS``) -> its schema.
+TABLE_SCHEMAS = {"images": IMAGES_SCHEMA, "instances": INSTANCES_SCHEMA}
+
+
 @dataclass(frozen=True)
 class ImageRow:
     """What the worker knows about one image before it becomes an ``images`` row."""

@@ -1,0 +1,82 @@
+"""What a run did: the typed record ``run_job`` returns and writes as ``OUT/run.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bmp_core.output.plan import Plan
+from jobs.finalize import FinalCounts
+
+
+@dataclass(frozen=True)
+class LabelingStats:
+    """The labeling phase of a run (all zero / empty when every shard was already committed).
+
+    Attributes:
+        failed_attempts: shard attempts that failed and were retried.
+        workers: each worker's ``info()`` (host, pid, device, torch threads).
+        workers_start_s: Ray start/connect + actors up (models built).
+        labeling_s: dispatch: workers ready -> last shard committed.
+        dispatch_unix: [start, end] of ``labeling_s``, wall clock; None when nothing was labeled.
+    """
+
+    failed_attempts: int = 0
+    workers: tuple[dict[str, Any], ...] = ()
+    workers_start_s: float = 0.0
+    labeling_s: float = 0.0
+    dispatch_unix: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class RunCounts(FinalCounts):
+    """``FinalCounts`` of the output plus what this run did with the shards."""
+
+    shards: int = 0
+    shards_skipped: int = 0  # already committed by an earlier run
+    shards_labeled: int = 0
+    failed_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class RunTimings:
+    """Seconds spent in each phase of a run."""
+
+    listing: float
+    workers_start: float
+    labeling: float
+    shutdown: float  # shutting the actors (and an embedded Ray) down
+    finalize: float
+    wall: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``OUT/run.json``.
+
+    Attributes:
+        throughput_images_per_s: steady-state rate over the dispatch phase (what more images would
+            cost per image); None when nothing was labeled.
+        throughput_images_per_s_wall: end to end, listing, Ray and model start, finalize included.
+    """
+
+    config: dict[str, Any]
+    versions: dict[str, str]
+    input: str
+    output: str
+    plan: Plan
+    counts: RunCounts
+    workers: tuple[dict[str, Any], ...]
+    timings_s: RunTimings
+    throughput_images_per_s: float | None
+    throughput_images_per_s_wall: float | None
+    started_unix: float
+    dispatch_unix: tuple[float, float] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``run.json``; ``plan`` as in ``plan.json``)."""
+        out = asdict(self)
+        out["plan"] = self.plan.to_dict()
+        out["workers"] = list(self.workers)
+        out["dispatch_unix"] = None if self.dispatch_unix is None else list(self.dispatch_unix)
+        return out
