@@ -20,13 +20,13 @@ their ``file_name`` as written in the file; ``GivenBoxIndex`` finds an image's e
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from bmp_core.coco_meta import PERSON_CATEGORY_ID
+from bmp_core.io.image_matching import FileNameIndex
 
 
 class GivenBoxes(NamedTuple):
@@ -153,11 +153,11 @@ def load_given_boxes(
         raise GivenBoxesError(f"{coco_json_path}: {err}") from err
 
 
-class GivenBoxIndex:
-    """Finds an image's given boxes from its URI: same base name, then the longest common path suffix.
+class GivenBoxIndex(FileNameIndex[GivenBoxes]):
+    """Finds an image's given boxes from its URI with the one file-name rule (``image_matching.py``):
+    the longest ``file_name`` whose every path component the URI ends with.
 
     ``file_name`` may be a bare name (``000000000785.jpg``) or a relative path (``val2017/...``).
-    Built once per job (a dict by base name), so a lookup costs O(entries with that base name).
 
     Example:
         >>> index = GivenBoxIndex(load_given_boxes("dets.json", images_json_path="gt.json"))
@@ -166,27 +166,4 @@ class GivenBoxIndex:
     """
 
     def __init__(self, boxes_by_name: Mapping[str, GivenBoxes]) -> None:
-        self._by_base: dict[str, list[tuple[list[str], GivenBoxes]]] = {}
-        for name, boxes in boxes_by_name.items():
-            parts = posixpath.normpath(name.replace("\\", "/")).split("/")
-            self._by_base.setdefault(parts[-1], []).append((parts, boxes))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._by_base.values())
-
-    def lookup(self, uri: str) -> GivenBoxes | None:
-        """Boxes and scores of the image at ``uri``.
-
-        Returns:
-            its ``GivenBoxes``, or None when the file names no such image (the caller decides
-            whether that image is skipped, detected, or an error).
-        """
-        uri_parts = uri.replace("\\", "/").split("/")
-        best, best_len = None, 0
-        for parts, boxes in self._by_base.get(uri_parts[-1], ()):
-            common = 0
-            while common < min(len(parts), len(uri_parts)) and parts[-1 - common] == uri_parts[-1 - common]:
-                common += 1
-            if common > best_len:
-                best, best_len = boxes, common
-        return best
+        super().__init__(boxes_by_name.items())

@@ -1,16 +1,54 @@
-"""Pair a job output's images with a ground-truth file's images by file name (for ``evaluation``).
+"""The one rule that pairs a COCO ``file_name`` with an input URI (given boxes and evaluation alike).
 
-A ground-truth ``file_name`` (``val2017/x.jpg`` or ``x.jpg``) matches an output ``uri`` that ends with
-all of its path components; the longest such match wins. Nothing is matched by image id: the job
-numbers images by its own sorted listing, which has nothing to do with the dataset's ids.
+A ``file_name`` (``x.jpg``, ``val2017/x.jpg``) matches a URI that ends with ALL of its path
+components (``s3://b/coco/val2017/x.jpg``); of several matching names the longest wins. So
+``train2017/x.jpg`` never matches ``.../val2017/x.jpg``, and a bare ``x.jpg`` matches any folder.
+Paths are compared component by component after turning ``\\`` into ``/`` and dropping empty
+and ``.`` components. Nothing is matched by image id: the job numbers images by its own sorted
+listing, which has nothing to do with a dataset's ids.
+
+It lives with the input side (``bmp_core/io``) because ``given_boxes`` needs it to read its input;
+``bmp_core/analysis/evaluation.py`` uses the same index.
 """
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def path_parts(path: str) -> tuple[str, ...]:
+    """The components of a path or URI that the rule compares."""
+    return tuple(p for p in path.replace("\\", "/").split("/") if p and p != ".")
+
+
+class FileNameIndex(Generic[T]):
+    """``file_name -> value``, looked up by URI with the module's rule.
+
+    Built once (a dict by base name), so a lookup costs O(entries sharing that base name).
+    """
+
+    def __init__(self, items: Iterable[tuple[str, T]]) -> None:
+        self._by_base: dict[str, list[tuple[tuple[str, ...], T]]] = {}
+        for name, value in items:
+            parts = path_parts(name)
+            if parts:
+                self._by_base.setdefault(parts[-1], []).append((parts, value))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_base.values())
+
+    def lookup(self, uri: str) -> T | None:
+        """The value of the longest ``file_name`` that is a path suffix of ``uri``; None if none is."""
+        uri_parts = path_parts(uri)
+        best, best_len = None, 0
+        for parts, value in self._by_base.get(uri_parts[-1] if uri_parts else "", ()):
+            if len(parts) > best_len and uri_parts[-len(parts):] == parts:
+                best, best_len = value, len(parts)
+        return best
 
 
 @dataclass(frozen=True)
@@ -30,12 +68,8 @@ class ImageMatch:
     ambiguous: list[str] = field(default_factory=list)
 
 
-def _path_parts(path: str) -> list[str]:
-    return [p for p in path.replace("\\", "/").split("/") if p and p != "."]
-
-
 def match_images(output_images: Sequence[tuple[int, str]], gt_images: Sequence[dict[str, Any]]) -> ImageMatch:
-    """Pair output images with ground-truth images by file name (path suffix, longest wins).
+    """Pair output images with ground-truth images by the module's rule (path suffix, longest wins).
 
     Args:
         output_images: ``(image_id, uri)`` of every output image.
@@ -44,20 +78,12 @@ def match_images(output_images: Sequence[tuple[int, str]], gt_images: Sequence[d
     Returns:
         ``ImageMatch``.
     """
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for g in gt_images:
-        by_name.setdefault(posixpath.basename(g["file_name"].replace("\\", "/")), []).append(g)
+    index = FileNameIndex((g["file_name"], g) for g in gt_images)
     out_to_gt: dict[int, int] = {}
     taken: set[int] = set()
     missing_in_gt, ambiguous = [], []
     for image_id, uri in output_images:
-        uri_parts = _path_parts(uri)
-        best, best_len = None, 0
-        for g in by_name.get(uri_parts[-1] if uri_parts else "", []):
-            parts = _path_parts(g["file_name"])
-            # Both paths must agree on every component the ground truth names (val2017/x.jpg).
-            if uri_parts[-len(parts):] == parts and len(parts) > best_len:
-                best, best_len = g, len(parts)
+        best = index.lookup(uri)
         if best is None:
             missing_in_gt.append(uri)
         elif best["id"] in taken:

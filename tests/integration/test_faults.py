@@ -88,7 +88,7 @@ def test_worker_killed_mid_shard_is_replaced(ray_cluster: object, testdata: Path
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     run = result["run"]
-    assert run["counts"]["failed_attempts"] >= 1  # type: ignore[index]
+    assert run.counts.failed_attempts >= 1
     _assert_same_labels_as_reference(out, testdata)
 
 
@@ -115,8 +115,8 @@ def test_driver_killed_then_resumed(ray_cluster: object, testdata: Path, tmp_pat
 
     rerun = run_job(fake_config(*SLOW), RunOptions(str(testdata), str(out), num_workers=2, progress=False,
                                                     lock_settle_s=0.05))
-    assert rerun["counts"]["shards_skipped"] >= committed_before >= 3
-    assert rerun["counts"]["shards_labeled"] == 10 - rerun["counts"]["shards_skipped"]
+    assert rerun.counts.shards_skipped >= committed_before >= 3
+    assert rerun.counts.shards_labeled == 10 - rerun.counts.shards_skipped
     _assert_same_labels_as_reference(out, testdata)
 
 

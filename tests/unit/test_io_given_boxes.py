@@ -83,7 +83,9 @@ def test_load_from_files_and_lookup_by_uri(tmp_path: Path) -> None:
     found = index.lookup("s3://bucket/x/sub/b.jpg")
     np.testing.assert_array_equal(found.boxes_xyxy, [[0, 0, 4, 4]])
     np.testing.assert_array_equal(found.scores, [1.0])
-    assert index.lookup("/data/other/b.jpg") is other  # the longer common suffix wins
+    assert index.lookup("/data/other/b.jpg") is other  # the longer matching suffix wins
+    # The one file-name rule (shared with eval): every component of the file_name must match.
+    assert index.lookup("/data/third/b.jpg") is None
     assert index.lookup("/data/a.jpg").boxes_xyxy.shape == (0, 4)
     assert index.lookup("/data/unknown.jpg") is None
 
