@@ -32,8 +32,8 @@ from bmp_core.io.given_boxes import GivenBoxIndex, load_given_boxes
 from bmp_core.loop import run_bmp
 from bmp_core.models import build_models
 
-logger = logging.getLogger("bmp_core.models.lite_demo")
-_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lite_cpu.yaml"
+logger = logging.getLogger("lite_demo")
+_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lite_cpu.yaml"
 
 
 def _read_rgb(path: Path) -> np.ndarray:

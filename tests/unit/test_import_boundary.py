@@ -49,3 +49,45 @@ def test_every_python_file_of_the_repo_compiles() -> None:
     assert len(files) > 50
     for path in files:
         compile(path.read_text(), str(path), "exec")
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Top-level package names a file imports (anywhere in it, lazy imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# The one module of jobs/ that talks to Ray; everything else (CLI, planner, worker, finalize, lock)
+# runs and is tested without it.
+RAY_MODULES = ("ray_runner.py",)
+
+
+def test_only_the_ray_runner_imports_ray_and_bmp_core_never_imports_jobs() -> None:
+    root = Path(bmp_core.__file__).resolve().parents[1]
+    jobs_files = sorted((root / "jobs").rglob("*.py"))
+    assert len(jobs_files) > 8
+    ray_importers = {p.name for p in jobs_files if "ray" in _imports_of(p)}
+    assert ray_importers == set(RAY_MODULES), f"jobs/ modules importing ray: {sorted(ray_importers)}"
+    upward = [str(p.relative_to(root)) for p in (root / "bmp_core").rglob("*.py") if "jobs" in _imports_of(p)]
+    assert upward == [], f"bmp_core imports jobs/: {upward}"
+
+
+def test_importing_jobs_without_the_ray_runner_loads_no_ray() -> None:
+    root = Path(bmp_core.__file__).resolve().parents[1]
+    names = sorted(f"jobs.{p.stem}" for p in (root / "jobs").glob("*.py")
+                   if p.name not in RAY_MODULES and p.stem != "__init__")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip() == "False", f"importing {names} loaded ray"
