@@ -60,7 +60,7 @@ def test_plan_and_export_coco(tmp_path: Path, testdata: Path, capsys: pytest.Cap
 
 
 def test_cpu_share_lets_any_number_of_cpu_workers_start() -> None:
-    from jobs.ray_runner import cpu_share
+    from jobs.actor_pool import cpu_share
 
     assert cpu_share([2.0], 1) == 2.0  # one worker gets every core
     assert cpu_share([2.0], 2) == 1.0

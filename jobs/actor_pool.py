@@ -1,0 +1,163 @@
+"""The actors that label shards: one slot per worker, a fresh actor when a slot's shard fails.
+
+Ray itself is passed in (``ray_runner`` is the only module of ``jobs/`` that imports it). CPU actors
+share the cluster's cores: ``num_cpus`` = their share (``cpu_share``), so any number of them can start
+and one alone gets every core, with torch's thread count set to match. GPU actors take
+``num_gpus=1`` each. Each actor runs ``job.queue_depth`` threads (``max_concurrency``), so the next
+shard labels while the previous one writes its parts and commit marker (the worker serialises the
+models itself, see ``jobs/worker.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import uuid
+from collections import Counter
+from typing import Any
+
+from bmp_core.config import BmpConfig
+from jobs.worker import BmpWorker, ShardReport, ShardTask
+
+# Non-secret AWS settings forwarded to actors on a cluster (credentials stay with the nodes).
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+class JobError(RuntimeError):
+    """The job cannot go on (a shard failed every attempt, workers could not start)."""
+
+
+class ProgressCounter:
+    """Images done per shard attempt, reported by workers as they go (a tiny Ray actor)."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, int] = {}
+
+    def add(self, shard: int, num_images: int) -> None:
+        self.done[shard] = self.done.get(shard, 0) + num_images
+
+    def reset(self, shard: int) -> None:
+        self.done.pop(shard, None)  # a failed attempt's images will be done again
+
+    def total(self) -> int:
+        return sum(self.done.values())
+
+
+class RayWorker(BmpWorker):
+    """``BmpWorker`` that reports per-image progress to the driver's counter."""
+
+    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None) -> None:
+        super().__init__(cfg)
+        self._counter = counter
+        self.num_threads = _set_torch_threads(num_threads)
+        _warm_up_arrow()
+
+    def info(self) -> dict[str, object]:
+        return {**super().info(), "torch_threads": self.num_threads}
+
+    def process_shard_reporting(self, task: ShardTask) -> ShardReport:
+        return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
+
+
+def _set_torch_threads(num_threads: int | None) -> int | None:
+    """Match torch's intra-op threads to this actor's CPU share, when the models imported torch.
+
+    Ray sets ``OMP_NUM_THREADS`` to floor(num_cpus) (at least 1) for a worker, but torch may have been
+    imported, or its pool sized, before that mattered; set it explicitly. Never imports torch itself
+    (fake models and the lite stack do not need it). Returns the thread count in effect, or None.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return int(torch.get_num_threads())
+
+
+def _warm_up_arrow() -> None:
+    """Pay pyarrow's lazy pandas import (~1 s) while the worker starts, not in its first shard."""
+    import numpy as np
+    import pyarrow as pa
+
+    pa.array(np.zeros(1, np.float32))
+
+
+def cpu_share(node_cpus: list[float], num_workers: int) -> float:
+    """CPUs per CPU actor so that ``num_workers`` actors fit on nodes with ``node_cpus`` cores.
+
+    The largest share that packs, as Ray accepts it: a whole number when >= 1, else a fraction with at
+    most 4 decimals (rounded down). One worker on one 2-core node gets 2; four get 0.5 each.
+    """
+    caps = [c for c in node_cpus if c > 0]
+    if not caps or num_workers < 1:
+        return 0.0
+    best = 0.0
+    for cap in caps:  # candidate shares: a node's cores split k ways
+        for k in range(1, num_workers + 1):
+            share = cap / k
+            share = float(math.floor(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
+            if share > best and sum(math.floor(c / share + 1e-9) for c in caps) >= num_workers:
+                best = share
+                break  # larger k only gives smaller shares on this node
+    return best
+
+
+class ActorPool:
+    """Slots of actors; a slot's actor is replaced when one of its shards fails."""
+
+    def __init__(self, ray: Any, cfg: BmpConfig, num_workers: int, num_gpus: float, cluster: bool,
+                 num_cpus: float = 1.0) -> None:
+        self.ray, self.cfg = ray, cfg
+        self.run_token = uuid.uuid4().hex[:8]
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        num_cpus = 0 if num_gpus else num_cpus
+        self.num_threads = None if num_gpus else max(1, math.floor(num_cpus))
+        # max_concurrency: the queued shard starts labeling while the previous one commits (the
+        # worker serialises the models itself, see jobs/worker.py).
+        options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0,
+                                   "max_concurrency": max(1, cfg.job.queue_depth)}
+        if cluster and env:
+            options["runtime_env"] = {"env_vars": env}
+        self.remote_cls = ray.remote(RayWorker)
+        self.counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        self.options = options
+        self.generation: Counter[int] = Counter()
+        self.actors = {slot: self._new_actor(slot) for slot in range(num_workers)}
+
+    def _new_actor(self, slot: int) -> Any:
+        self.generation[slot] += 1
+        name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
+        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter, self.num_threads)
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        try:
+            return self.ray.get([a.info.remote() for a in self.actors.values()])
+        except self.ray.exceptions.RayError as err:  # the constructor raised: models could not be built
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            cause = lines[-1] if lines else type(err).__name__  # the original exception's own line
+            raise JobError(f"workers could not start, building the models failed: {cause}\n"
+                           "Check the models section of the config (checkpoints, device) and that the "
+                           f"model packages are installed (pip install 'bmp-label[models]').\n\n{err}") from err
+
+    def replace(self, slot: int) -> None:
+        self.ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._new_actor(slot)
+
+    def shutdown(self) -> None:
+        for actor in [*self.actors.values(), self.counter]:
+            self.ray.kill(actor, no_restart=True)
+
+
+def node_cpu_share(ray: Any, num_workers: int) -> float:
+    """``cpu_share`` over the alive nodes' CPUs (the cluster total when nodes cannot be listed)."""
+    try:
+        caps = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an old/odd Ray: fall back to the total
+        caps = []
+    if not any(caps):
+        caps = [float(ray.cluster_resources().get("CPU", 1))]
+    share = cpu_share(caps, num_workers)
+    if share <= 0:
+        raise JobError(f"no CPUs in the Ray cluster for {num_workers} CPU worker(s)")
+    return share
