@@ -7,6 +7,8 @@ list. Only the Chromium part is skipped when no Chromium is installed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import io
 import json
@@ -66,7 +68,7 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
         start, _ = plan.shard_range(shard)
         worker.process_shard(ShardTask(str(out), plan.plan_id, shard, start, tuple(shard_uris(uris, plan, shard))))
     counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
-    run = {"input": str(listing), "output": str(out), "plan": plan.to_dict(), "counts": counts,
+    run = {"input": str(listing), "output": str(out), "plan": plan.to_dict(), "counts": dataclasses.asdict(counts),
            "config": config_to_dict(cfg), "timings_s": {"wall": 1.0}, "started_unix": time.time()}
     store.write_json("run.json", run)
     image_id = next(i for i, u in enumerate(uris.to_pylist()) if u.endswith(trace_image))
