@@ -28,3 +28,17 @@ def update_readme() -> None:
     """Rewrite the generated table in place (python -c 'from tests.unit.test_readme import update_readme as u; u()')."""
     start, end = README.index(BEGIN) + len(BEGIN), README.index(END)
     (ROOT / "README.md").write_text(README[:start] + "\n" + config_reference_markdown() + "\n" + README[end:])
+
+
+def test_output_names_in_the_docs_are_the_layouts() -> None:
+    """Every ``OUT/<name>`` the README and STRUCTURE.md mention is a name of bmp_core/output/layout.py,
+    and every name the layout defines is documented in its own docstring (the one description)."""
+    from bmp_core.output import layout
+
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    docs = README + (ROOT / "STRUCTURE.md").read_text()
+    mentioned = {m.rstrip("/").split("/")[0] for m in re.findall(r"OUT/([\w.-]+(?:/|\b))", docs)}
+    assert mentioned, "README mentions no OUT/ path"
+    assert mentioned <= names, f"README/STRUCTURE.md name OUT/ entries layout.py does not: {mentioned - names}"
+    undocumented = {n for n in names if n not in (layout.__doc__ or "")}
+    assert not undocumented, f"layout.py's docstring does not describe {undocumented}"
