@@ -91,3 +91,12 @@ def test_importing_jobs_without_the_ray_runner_loads_no_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False", f"importing {names} loaded ray"
+
+
+def test_every_package_folder_has_an_init() -> None:
+    """A folder without ``__init__.py`` imports from a checkout (a namespace package) but is left out of
+    the wheel that ``pip install .`` and the Docker image build (setuptools ``packages.find``)."""
+    root = Path(bmp_core.__file__).resolve().parents[1]
+    folders = {p.parent for d in ("bmp_core", "jobs") for p in (root / d).rglob("*.py")}
+    missing = sorted(str(f.relative_to(root)) for f in folders if not (f / "__init__.py").is_file())
+    assert missing == [], f"package folders without __init__.py: {missing}"

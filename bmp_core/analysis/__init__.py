@@ -1,0 +1,1 @@
+"""Looking at and measuring an output: ``viz`` (overlays, GIFs), ``evaluation`` (COCO AP), ``report``."""

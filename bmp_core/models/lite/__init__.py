@@ -1,0 +1,1 @@
+"""The lite backend: MediaPipe BlazePose on given boxes (weights inside the wheel, offline, CPU)."""
