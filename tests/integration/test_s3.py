@@ -101,7 +101,8 @@ def test_listing_a_prefix_streams_every_page(s3_endpoint: str, monkeypatch: pyte
 def test_lock_on_s3_is_compare_and_swap(s3_endpoint: str) -> None:
     """Conditional PUTs (If-None-Match / If-Match) on the S3 API: outdated writes fail, and of 8
     jobs starting together on one output exactly one takes the lock, with no settle delay."""
-    from tests.unit.test_commit import _race, check_compare_and_swap
+    from tests.integration.test_lock_timing import _race
+    from tests.unit.test_commit import check_compare_and_swap
 
     check_compare_and_swap(OutputStore(f"s3://{BUCKET}/cas-test"))
     store = OutputStore(f"s3://{BUCKET}/race-test")

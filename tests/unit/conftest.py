@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import find_testdata
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +35,14 @@ def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError(f"time.sleep({seconds}) called in a unit test; put the test in tests/integration")
 
     monkeypatch.setattr(time, "sleep", refuse)
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """The shared real photos, or a skip: a unit test must not fail on a clone without them
+    (tests that only need *an* image use ``bmp_core.testing.images`` instead)."""
+    path = find_testdata()
+    if path is None:
+        pytest.skip("shared test photos absent (../shared/testdata, $BMP_TESTDATA); this test needs "
+                    "real photos")
+    return path

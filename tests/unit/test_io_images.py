@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
+from bmp_core.testing.images import SYNTHETIC_IMAGES, synthetic_image_bytes
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -46,8 +47,8 @@ def test_bad_inputs_name_the_reason(data: bytes, reason: str) -> None:
         decode_image_bgr(data)
 
 
-def test_truncated_jpeg(testdata: Path) -> None:
-    data = (testdata / "coco" / "000000000785.jpg").read_bytes()
+def test_truncated_jpeg() -> None:
+    data = synthetic_image_bytes(SYNTHETIC_IMAGES[0])  # a JPEG
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image_bgr(data[: len(data) // 2])
 

@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools.coco import COCO
 
-from bmp_core.config import LoopConfig
 from bmp_core.coco_meta import KEYPOINT_NAMES as COCO_KEYPOINT_NAMES
+from bmp_core.config import LoopConfig
+from bmp_core.loop import run_bmp
+from bmp_core.ops.rle import decode_rle
 from bmp_core.output.coco import coco_dataset
 from bmp_core.output.tables import (
     IMAGES_SCHEMA,
@@ -23,9 +25,8 @@ from bmp_core.output.tables import (
     instances_table,
     keypoints_array,
 )
-from bmp_core.loop import run_bmp
-from bmp_core.ops.rle import decode_rle
 from bmp_core.testing import build_fake_models
+from bmp_core.testing.images import SYNTHETIC_IMAGES, synthetic_people_bgr
 
 
 def _roundtrip(table: pa.Table) -> pa.Table:
@@ -35,9 +36,10 @@ def _roundtrip(table: pa.Table) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def labeled(image_004806: np.ndarray) -> tuple[list, pa.Table, pa.Table]:
+def labeled() -> tuple[list, pa.Table, pa.Table]:
     models = build_fake_models()
-    small = np.ascontiguousarray(image_004806[::4, ::4])
+    spec = SYNTHETIC_IMAGES[0]  # synthetic: runs without ../shared/testdata
+    small = synthetic_people_bgr(spec.height, spec.width, spec.num_people, spec.seed)
     results = [run_bmp(small, models, LoopConfig()), run_bmp(small[:, ::-1].copy(), models, LoopConfig())]
     assert all(len(r.instances) > 0 for r in results)
     inst = _roundtrip(instances_table([7, 9], results))

@@ -15,10 +15,15 @@ from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.ops.rle import decode_rle, encode_rle
 from bmp_core.ports import BmpModels, Detector, PoseEstimator, Segmenter
 from bmp_core.records import Detections
-from bmp_core.testing import FakeDetector, FakePoseEstimator, FakeSegmenter, ScriptedDetector, build_fake_models
+from bmp_core.testing import (
+    FakeDetector,
+    FakePoseEstimator,
+    FakeSegmenter,
+    ScriptedDetector,
+    build_fake_models,
+)
 from bmp_core.testing.fakes import _TEMPLATE_XY, _ellipse
-
-from tests.conftest import read_bgr
+from bmp_core.testing.images import SYNTHETIC_IMAGES, synthetic_people_bgr
 
 GOLDEN = Path(__file__).parent / "golden" / "004806_fake.json"
 CFG = LoopConfig()
@@ -241,9 +246,9 @@ def test_given_boxes_replace_the_first_detector_pass(image_004806: np.ndarray) -
         run_bmp(image_004806, build_fake_models(), CFG, boxes_xyxy=boxes, box_scores=np.array([0.7]))
 
 
-def test_batch_equals_one_image_at_a_time(testdata: Path) -> None:
-    images = [read_bgr(testdata / "ochuman" / "004806.jpg"), read_bgr(testdata / "coco" / "000000000785.jpg"),
-              read_bgr(testdata / "ochuman" / "003799.jpg")]
+def test_batch_equals_one_image_at_a_time() -> None:
+    # Three sizes, as in a real batch (synthetic: runs without ../shared/testdata).
+    images = [synthetic_people_bgr(s.height, s.width, s.num_people, s.seed) for s in SYNTHETIC_IMAGES[:3]]
     batched_models = build_fake_models()
     batched = run_bmp_batch(images, batched_models, CFG)
     assert batched_models.detector.calls == 2 and batched_models.pose.calls == 2  # one call per pass

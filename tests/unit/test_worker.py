@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 
 from bmp_core.config import config_from_dict
-from bmp_core.output.tables import keypoints_array
 from bmp_core.loop import run_bmp
-from bmp_core.testing import build_fake_models
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.reader import read_committed_table
 from bmp_core.output.store import OutputStore
+from bmp_core.output.tables import keypoints_array
+from bmp_core.testing import build_fake_models
+from bmp_core.testing.images import SYNTHETIC_IMAGES, synthetic_image_bytes
 from jobs.worker import BmpWorker, ShardTask
 
 
@@ -27,8 +28,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 @pytest.fixture()
-def inputs(tmp_path: Path, testdata: Path) -> tuple[list[str], dict[str, str]]:
-    good = (testdata / "coco" / "000000000785.jpg").read_bytes()
+def inputs(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    good = synthetic_image_bytes(SYNTHETIC_IMAGES[0])  # a JPEG: runs without ../shared/testdata
     files = {
         "good.jpg": good,
         "empty.jpg": b"",
@@ -45,8 +46,7 @@ def inputs(tmp_path: Path, testdata: Path) -> tuple[list[str], dict[str, str]]:
     return uris, reasons
 
 
-def test_one_row_per_image_with_reasons(inputs: tuple[list[str], dict[str, str]], tmp_path: Path,
-                                        testdata: Path) -> None:
+def test_one_row_per_image_with_reasons(inputs: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     uris, reasons = inputs
     cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
                            ["job.max_image_pixels=300000", "job.batch_size=2", "job.decode_threads=2"])
@@ -59,7 +59,7 @@ def test_one_row_per_image_with_reasons(inputs: tuple[list[str], dict[str, str]]
     good = by_name["good.jpg"]
     assert good.error is None and good.num_instances > 0
     # The worker's instances are what run_bmp gives on the decoded image, independently run here.
-    with Image.open(testdata / "coco" / "000000000785.jpg") as im:
+    with Image.open(tmp_path / "good.jpg") as im:
         bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
     expected = run_bmp(bgr, build_fake_models(cfg.models.fake), cfg.loop).instances
     assert instances.num_rows == len(expected) == good.num_instances
@@ -96,55 +96,3 @@ def test_traces_are_written_when_asked(inputs: tuple[list[str], dict[str, str]],
     assert traces is not None and [t.iteration for t in traces] == list(range(cfg.loop.iterations))
 
 
-class _ExclusiveDetector:
-    """Wraps a detector; records whether two threads were ever inside the models at once."""
-
-    def __init__(self, inner: object) -> None:
-        import threading
-
-        self.inner, self.active, self.max_active = inner, 0, 0
-        self._lock = threading.Lock()
-
-    def detect(self, images_bgr: list[np.ndarray]) -> object:
-        import time
-
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            time.sleep(0.01)  # widen the window in which an unserialised second shard would enter
-            return self.inner.detect(images_bgr)
-        finally:
-            with self._lock:
-                self.active -= 1
-
-
-def test_concurrent_shards_share_the_models_one_at_a_time_and_match_run_bmp(testdata: Path, tmp_path: Path) -> None:
-    """The Ray actor runs job.queue_depth process_shard calls on threads: shards must not interleave
-    on the models, and each image's instances (encoded on the encode thread, several batches per
-    shard) must equal run_bmp on that image alone."""
-    from concurrent.futures import ThreadPoolExecutor
-    from dataclasses import replace
-
-    from bmp_core.output.tables import keypoints_array
-
-    paths = sorted((testdata / "ochuman").glob("*.jpg")) + sorted((testdata / "coco").glob("*.jpg"))
-    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=2"])
-    worker = BmpWorker(cfg)
-    guard = _ExclusiveDetector(worker.models.detector)
-    worker.models = replace(worker.models, detector=guard)
-    out = tmp_path / "out"
-    tasks = [ShardTask(str(out), "plan1", s, 4 * s, tuple(str(p) for p in paths[4 * s: 4 * s + 4])) for s in (0, 1)]
-    with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(worker.process_shard, tasks))
-    assert guard.max_active == 1
-    assert [r.num_errors for r in reports] == [0, 0]
-    instances = read_committed_table(OutputStore(str(out)), "plan1", "instances")
-    fresh = build_fake_models(cfg.models.fake)
-    for image_id, path in enumerate(paths):
-        with Image.open(path) as im:
-            bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
-        expected = run_bmp(bgr, fresh, cfg.loop).instances
-        mine = instances.filter(pc.equal(instances.column("image_id"), image_id))
-        assert mine.num_rows == len(expected) > 0, path.name
-        np.testing.assert_array_equal(keypoints_array(mine), expected.keypoints)

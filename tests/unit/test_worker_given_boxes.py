@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,16 @@ import pyarrow.compute as pc
 import pytest
 
 from bmp_core.config import ConfigError, check_job_config, config_from_dict, load_config
-from bmp_core.output.tables import keypoints_array
 from bmp_core.loop import run_bmp
+from bmp_core.output.tables import keypoints_array
 from bmp_core.testing import build_fake_models
+from bmp_core.testing.images import encode_image, synthetic_people_bgr
 from jobs.planner import RESULT_JOB_KEYS, config_digest
 from jobs.worker import BmpWorker, ShardTask
 from tests.conftest import read_bgr
 
 REPO = Path(__file__).resolve().parents[2]
-# Two people of 000000000785.jpg's size (640x425), apart so pose-NMS keeps both; COCO xywh.
+# Two people in a 640x425 image, apart so pose-NMS keeps both; COCO xywh.
 DETECTIONS = [
     {"image_id": 1, "category_id": 1, "bbox": [40.0, 30.0, 150.0, 300.0], "score": 0.9},
     {"image_id": 1, "category_id": 1, "bbox": [400.0, 60.0, 120.0, 280.0], "score": 0.6},
@@ -31,12 +30,13 @@ DETECTIONS = [
 
 
 @pytest.fixture()
-def folder(tmp_path: Path, testdata: Path) -> Path:
+def folder(tmp_path: Path) -> Path:
     """known.jpg (named by the boxes file) and unknown.jpg (not named), plus the boxes files."""
     images = tmp_path / "images"
     images.mkdir()
-    shutil.copy(testdata / "coco" / "000000000785.jpg", images / "known.jpg")
-    shutil.copy(testdata / "coco" / "000000040083.jpg", images / "unknown.jpg")
+    # Synthetic photos (runs without ../shared/testdata); known.jpg has the size DETECTIONS assume.
+    (images / "known.jpg").write_bytes(encode_image(synthetic_people_bgr(425, 640, 3, 0), "known.jpg"))
+    (images / "unknown.jpg").write_bytes(encode_image(synthetic_people_bgr(480, 640, 2, 1), "unknown.jpg"))
     (tmp_path / "dets.json").write_text(json.dumps(DETECTIONS))
     (tmp_path / "names.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "known.jpg"}]}))
     return tmp_path
