@@ -198,7 +198,7 @@ class ModelsConfig:
     device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
     precision: str = "fp32"  # "fp32", "bf16", "fp16" (autocast on CUDA only)
     compile: bool = False  # torch.compile the SAM image encoder and the pose backbone (CUDA only)
-    tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both, unlike torch
+    tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both
     cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
     offline: bool = False  # never download; a checkpoint missing from cache_dir is an error (also BMP_OFFLINE=1)
     allow_pickle_checkpoints: bool = True  # load checkpoints weights_only=True refuses (mmengine meta): trust them!
