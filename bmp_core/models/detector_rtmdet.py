@@ -86,11 +86,12 @@ class RtmdetDetector:
         keep_label: int | None = None,
         keep_score_thr: float | None = None,
     ) -> None:
+        import torch
         from mmcv.transforms import Compose
         from mmdet.utils import get_test_pipeline_cfg
 
         self.model = model
-        self.device = device
+        self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.precision = precision
         self.keep_label = keep_label

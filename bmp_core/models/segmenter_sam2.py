@@ -156,10 +156,12 @@ class Sam2Segmenter:
         max_sprinkle_area: float = 0.0,
         mask_threshold: float = 0.0,
     ) -> None:
+        import torch
+
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"SAM 2.1 runs in fp32 or bf16, not {precision!r} (fp16 overflows into NaN)")
         self.predictor = predictor
-        self.device = device
+        self.device = torch.device(device)
         self.precision = precision
         self.max_hole_area = float(max_hole_area)
         self.max_sprinkle_area = float(max_sprinkle_area)
