@@ -138,7 +138,7 @@ class RtmdetDetector:
         with torch.inference_mode():
             # What ``model.test_step`` does (preprocess, extract_feat, bbox_head.predict), split so that
             # only the backbone and neck run under autocast.
-            data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
+            data = model.data_preprocessor({"inputs": inputs, "data_samples": samples}, False)
             with autocast(self.device, self.precision):
                 feats = model.extract_feat(data["inputs"])
             with torch.autocast(self.device.type, enabled=False):

@@ -369,9 +369,9 @@ def detector_3(tiny_cfg: Any) -> Any:
 
 def _test_step_filtered(det: Any, image: np.ndarray, label: int | None, thr: float | None) -> Any:
     """The old path: ``model.test_step`` on all classes, then the loop's numpy filter."""
-    packed = det.pipeline(dict(img=np.ascontiguousarray(image), img_id=0))
+    packed = det.pipeline({"img": np.ascontiguousarray(image), "img_id": 0})
     with torch.inference_mode():
-        data = dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]])
+        data = {"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}
         (result,) = det.model.test_step(data)
     pred = result.pred_instances
     boxes, scores = pred.bboxes.numpy(), pred.scores.numpy()
