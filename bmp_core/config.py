@@ -271,6 +271,12 @@ class BmpConfig:
     job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
+        if self.models.kind == "lite" and self.loop.iterations != 1:
+            # The lite backend has no detector, and every pass after the first one detects.
+            raise ConfigError(
+                f"models.kind: lite needs loop.iterations: 1 (got {self.loop.iterations}): "
+                "it has no person detector for a second pass"
+            )
         det, people = self.models.detector, self.loop.detect
         bmp = self.models.kind == "bmp"
         if bmp and det.keep_label is not None and det.keep_label != people.person_label:
@@ -284,12 +290,6 @@ class BmpConfig:
                 f"models.detector.keep_score_thr={det.keep_score_thr} is above loop.detect.score_thr="
                 f"{people.score_thr}: the detector would drop people the loop keeps; set "
                 f"models.detector.keep_score_thr={people.score_thr} (or null)"
-            )
-        if self.models.kind == "lite" and self.loop.iterations != 1:
-            # The lite backend has no detector, and every pass after the first one detects.
-            raise ConfigError(
-                f"models.kind: lite needs loop.iterations: 1 (got {self.loop.iterations}): "
-                "it has no person detector for a second pass"
             )
 
 
