@@ -112,6 +112,16 @@ class DetectorModelConfig:
     num_classes: int | None = None  # override the head's class count (1 = person-only); None = the config's (80)
     batch_size: int = 4  # images per forward pass
     sha256: str | None = None  # expected hex digest of the checkpoint file (checked on download)
+    # The loop keeps only `person` scoring > loop.detect.score_thr; filtering on the device first means
+    # only those instances' masks are upsampled to full resolution and copied to the host.
+    keep_label: int | None = 0  # only this class leaves the device (= loop.detect.person_label); null: all
+    keep_score_thr: float | None = 0.3  # and only score > this (<= loop.detect.score_thr); null: all
+
+    def __post_init__(self) -> None:
+        if self.keep_score_thr is not None and not 0.0 <= self.keep_score_thr <= 1.0:
+            raise ConfigError(
+                f"models.detector.keep_score_thr must be in [0, 1], got {self.keep_score_thr}"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,8 +148,20 @@ class SegmenterModelConfig:
     dynamic_multimask_via_stability: bool = True  # HEAD applies it (decisions.md)
     stability_delta: float = 0.05  # logit offset of the stability score
     stability_thresh: float = 0.98  # below it, the best of SAM's 3 multimask outputs is used
-    max_hole_area: float = 10.0  # low-res post-processing (needs sam2._C; skipped when absent)
-    max_sprinkle_area: float = 50.0  # drop foreground specks up to this many low-res pixels
+    # The reference asks for 10 / 50 but its install lacks sam2._C, so sam2 skips both: 0 is what it runs.
+    # Non-zero values run bmp-label's own implementation, the same with or without sam2._C.
+    max_hole_area: float = 0.0  # fill background holes up to this many low-res (256x256) pixels; 0 = off
+    max_sprinkle_area: float = 0.0  # drop foreground specks up to this many low-res pixels; 0 = off
+    precision: str | None = None  # SAM's image encoder: "fp32" or "bf16"; null = models.precision
+
+    def __post_init__(self) -> None:
+        if self.max_hole_area < 0 or self.max_sprinkle_area < 0:
+            raise ConfigError("models.segmenter.max_hole_area and max_sprinkle_area must be >= 0")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ConfigError(
+                f"models.segmenter.precision: {self.precision!r} is not one of 'fp32', 'bf16' (fp16 is "
+                "refused for SAM 2.1: its activations overflow fp16's range and give NaN scores)"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,7 +198,7 @@ class ModelsConfig:
     device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
     precision: str = "fp32"  # "fp32", "bf16", "fp16" (autocast on CUDA only)
     compile: bool = False  # torch.compile the SAM image encoder and the pose backbone (CUDA only)
-    tf32: bool = False  # allow TF32 matmuls/convolutions (CUDA only; false keeps torch's defaults)
+    tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both
     cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
     offline: bool = False  # never download; a checkpoint missing from cache_dir is an error (also BMP_OFFLINE=1)
     allow_pickle_checkpoints: bool = True  # load checkpoints weights_only=True refuses (mmengine meta): trust them!
@@ -197,6 +219,12 @@ class ModelsConfig:
             raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"models.precision: {self.precision!r} is not one of 'fp32', 'bf16', 'fp16'")
+        if self.kind == "bmp" and self.precision == "fp16" and self.segmenter.precision is None:
+            raise ConfigError(
+                "models.precision: fp16 would run SAM 2.1 in fp16, whose activations overflow fp16's range "
+                "and give NaN scores; use models.precision=bf16, or keep fp16 for the detector and pose "
+                "with models.segmenter.precision=bf16 (or fp32)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +281,20 @@ class BmpConfig:
             raise ConfigError(
                 f"models.kind: {self.models.kind} needs loop.iterations: 1 (got {self.loop.iterations}): "
                 "it has no person detector for a second pass"
+            )
+        det, people = self.models.detector, self.loop.detect
+        bmp = self.models.kind == "bmp"
+        if bmp and det.keep_label is not None and det.keep_label != people.person_label:
+            raise ConfigError(
+                f"models.detector.keep_label={det.keep_label} but loop.detect.person_label="
+                f"{people.person_label}: the detector would drop the people the loop keeps; set both to the "
+                "same class (or models.detector.keep_label=null)"
+            )
+        if bmp and det.keep_score_thr is not None and det.keep_score_thr > people.score_thr:
+            raise ConfigError(
+                f"models.detector.keep_score_thr={det.keep_score_thr} is above loop.detect.score_thr="
+                f"{people.score_thr}: the detector would drop people the loop keeps; set "
+                f"models.detector.keep_score_thr={people.score_thr} (or null)"
             )
 
 

@@ -12,6 +12,10 @@ Call ``apply()`` before importing mmdet / mmpose / mmpretrain models (the adapte
    its checkpoints carry numpy/HistoryBuffer meta that the safe unpickler refuses) is handled in
    ``checkpoints.load_state_dict`` instead of patching mmengine: we load the file ourselves and hand the
    model a plain state dict.
+3. sam2's low-res hole/sprinkle post-processing imports the CUDA extension ``sam2._C``, which the install
+   does not build (nor did the reference's); sam2 then warns and silently skips it, so results would
+   depend on the install. ``segmenter_sam2`` always builds sam2's predictor with both areas 0 and runs its
+   own CPU implementation (cv2 connected components) when they are configured, with or without ``_C``.
 """
 
 from __future__ import annotations

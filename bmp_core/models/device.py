@@ -40,7 +40,9 @@ def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager[A
 def apply_speed_options(device: Any, tf32: bool, compile_modules: bool, segmenter: Any, pose: Any) -> list[str]:
     """``models.tf32`` and ``models.compile``, on CUDA only (no-ops on CPU). Returns what was applied.
 
-    tf32: TF32 for matmuls and cuDNN convolutions (process-wide; false leaves torch's defaults).
+    tf32: TF32 for matmuls and cuDNN convolutions, or neither (process-wide). Set explicitly both ways:
+    torch's own default runs cuDNN convolutions in TF32 even under "fp32" (only matmuls default to
+    IEEE fp32), so ``tf32: false`` would otherwise still round every convolution's inputs to 10 bits.
     compile: ``torch.compile`` of the SAM 2 image encoder and the pose backbone, the two big forwards;
     the first batch of each new input shape pays the compilation.
     """
@@ -48,10 +50,10 @@ def apply_speed_options(device: Any, tf32: bool, compile_modules: bool, segmente
 
     if getattr(device, "type", str(device)) != "cuda":
         return []
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
     applied = []
     if tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         applied.append("tf32")
     if compile_modules:
         sam = segmenter.predictor.model

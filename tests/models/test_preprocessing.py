@@ -2,7 +2,7 @@
 
 UDP crop matrix, box -> centre/size with the aspect fix, MaskPose background blending, BGR -> RGB and
 normalisation, the 21 -> 17 cut with heatmap decoding back to image pixels, the flip test's channel
-swap, and SAM's RGB input.
+swap (SAM's RGB input: tests/models/test_sam_detector_speed_paths.py).
 """
 
 from __future__ import annotations
@@ -166,33 +166,6 @@ def test_flip_test_swaps_left_right_channels_back() -> None:
     # ramp with its mirror image.
     np.testing.assert_allclose(flipped, plain, rtol=1e-4, atol=1e-3)
     assert plain[0, 1, 2] != pytest.approx(plain[0, 2, 2], rel=1e-2)  # left and right really differ
-
-
-class _StubPredictor:
-    """Records what SAM's predictor would be fed."""
-
-    def __init__(self) -> None:
-        self.seen: list[np.ndarray] = []
-        self._features = None
-
-    def set_image(self, image: np.ndarray) -> None:
-        self.seen.append(image.copy())
-        self._features = {"image_embed": None, "high_res_feats": []}
-
-    def reset_predictor(self) -> None:
-        self._features = None
-
-
-def test_sam_prepare_feeds_rgb() -> None:
-    from bmp_core.models.segmenter_sam2 import Sam2Segmenter
-
-    predictor = _StubPredictor()
-    image_bgr = np.zeros((4, 5, 3), np.uint8)
-    image_bgr[..., 0], image_bgr[..., 2] = 200, 10  # blue-ish in BGR
-    prepared = Sam2Segmenter(predictor, torch.device("cpu")).prepare(image_bgr)
-    (seen,) = predictor.seen
-    assert seen[0, 0].tolist() == [10, 0, 200]  # R, G, B
-    assert prepared.image_hw == (4, 5)
 
 
 def test_outer_polygon_mask_fills_holes_and_drops_specks() -> None:
