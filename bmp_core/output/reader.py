@@ -222,7 +222,9 @@ def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
 def read_image_rgb(uri: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an input image, decoded (and EXIF-rotated) exactly as the job did."""
     from bmp_core.io.images import decode_image_bgr
-    from bmp_core.io.uris import read_bytes
+    from bmp_core.io.sources import read_entry_bytes
 
-    # No size limits here: the job already accepted this image.
-    return np.ascontiguousarray(decode_image_bgr(read_bytes(uri), max_pixels=2**62, min_side=1)[:, :, ::-1])
+    # No size limits here: the job already accepted this image. A tar member or Parquet row is read
+    # back from its container (``TAR#MEMBER``, ``FILE#ROW``).
+    data = read_entry_bytes(uri)
+    return np.ascontiguousarray(decode_image_bgr(data, max_pixels=2**62, min_side=1)[:, :, ::-1])
