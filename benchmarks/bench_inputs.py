@@ -62,9 +62,9 @@ class RequestCounter(logging.Handler):
 
 
 def start_moto() -> tuple[object, RequestCounter]:
-    from moto.server import ThreadedMotoServer
-
     import socket
+
+    from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,13 @@ from bmp_core.output.store import OutputStateError
 from jobs.cli import main
 from jobs.ray_runner import RunOptions, run_job
 
-from ._helpers import assert_one_row_per_image, fake_config, keypoints_by_uri, read_output, reference_keypoints
+from ._helpers import (
+    assert_one_row_per_image,
+    fake_config,
+    keypoints_by_uri,
+    read_output,
+    reference_keypoints,
+)
 from .conftest import BUCKET
 
 pytestmark = pytest.mark.integration

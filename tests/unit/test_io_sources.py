@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -149,7 +150,7 @@ def test_runs_are_cut_by_count_and_never_overlap(tmp_path: Path) -> None:
     groups = read_groups(KIND_TAR, list(range(7)), uris, _spans(listing), max_run=3)
     assert [len(g.uris) for g in groups] == [3, 3, 1]
     ranges = [(g.spans[0][0], g.spans[-1][1]) for g in groups]
-    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # one pass over the tar
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))  # one pass over the tar
 
 
 def _parquet(path: Path, struct: bool, row_group_size: int = 3) -> list[bytes]:
