@@ -202,15 +202,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from bmp_core.io.sources import list_source
     from bmp_core.output.commits import committed_markers
     from bmp_core.output.plan import read_plan
     from bmp_core.output.store import OutputStore
-    from jobs.planner import file_digests, make_plan
+    from jobs.planner import file_digests, list_job_input, make_plan
 
     cfg = _load(args)
-    listing = list_source(args.input, cfg.job.image_extensions, cfg.job.image_column, cfg.job.id_column)
-    plan = make_plan(cfg, listing, file_digests(cfg))
+    store = OutputStore(args.output)
+    files = file_digests(cfg)
+    listing = list_job_input(cfg, args.input, store, files)
+    plan = make_plan(cfg, listing, files)
     inside = f" in {listing.num_containers} {listing.kind} file(s)" if listing.num_containers else ""
     print(f"input: {args.input}\n  {plan.num_images} images{inside}, listing digest {plan.listing_digest[:16]}")
     for uri in listing.uris.slice(0, args.show).to_pylist():
@@ -218,7 +219,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if plan.num_images > args.show:
         print(f"    ... ({plan.num_images - args.show} more)")
     print(f"shards: {plan.num_shards} of {plan.shard_size} images; plan {plan.plan_id}")
-    store = OutputStore(args.output)
     old = read_plan(store)
     if old is None:
         print(f"output: {args.output} is new; a run labels all {plan.num_shards} shard(s)")

@@ -1,4 +1,5 @@
-"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray, no output I/O).
+"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray; output I/O only to reuse
+a frozen tar / Parquet listing on resume, ``list_job_input``).
 
 The ``Plan`` record and how it is stored in an output live in ``bmp_core/output/plan.py``.
 
@@ -22,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.io.sources import InputListing
-from bmp_core.output.plan import INPUT_CONTAINERS_KEY, Plan
+from bmp_core.io.sources import InputListing, list_source
+from bmp_core.output import layout
+from bmp_core.output.plan import INPUT_CONTAINERS_KEY, Plan, read_plan
+from bmp_core.output.store import OutputStore
 
 # job.* keys that change what the output contains (or how it is sharded); the others only change
 # how fast it is made and may differ between a run and its resume.
@@ -124,3 +127,29 @@ def listing_table(uris: pa.Array | InputListing) -> pa.Table:
         columns["span_start"] = listing.spans_start
         columns["span_end"] = listing.spans_end
     return pa.table(columns)
+
+
+def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
+                   file_sha256: dict[str, str] | None = None) -> InputListing:
+    """The input's listing; for tars / Parquet files unchanged since ``store``'s plan (same sizes and
+    versions, same config), the frozen ``listing.parquet`` instead of a second header walk.
+
+    ``file_sha256``: ``file_digests(cfg)`` (computed here when None).
+    """
+    files = file_digests(cfg) if file_sha256 is None else file_sha256
+
+    def reuse(kind: str, containers_sha256: str, num_containers: int) -> InputListing | None:
+        old = None if store is None else read_plan(store)
+        if old is None or dict(old.file_sha256).get(INPUT_CONTAINERS_KEY) != containers_sha256:
+            return None
+        if old.config_digest != config_digest(cfg, {**files, INPUT_CONTAINERS_KEY: containers_sha256}):
+            return None  # e.g. other image extensions: other members
+        if store is None or not store.exists(layout.LISTING_PARQUET):
+            return None
+        table = store.read_parquet(layout.LISTING_PARQUET)
+        if "span_start" not in table.column_names or table.num_rows != old.num_images:
+            return None
+        return InputListing(kind, table.column("uri").combine_chunks(), table.column("span_start").combine_chunks(),
+                            table.column("span_end").combine_chunks(), containers_sha256, num_containers)
+
+    return list_source(input_uri, cfg.job.image_extensions, cfg.job.image_column, cfg.job.id_column, reuse)

@@ -25,7 +25,7 @@ import logging
 import posixpath
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -263,13 +263,17 @@ def input_kind(uri: str, image_column: str | None) -> str:
 
 
 def list_source(uri: str, extensions: Sequence[str], image_column: str | None = None,
-                id_column: str | None = None) -> InputListing:
+                id_column: str | None = None,
+                reuse: Callable[[str, str, int], InputListing | None] | None = None) -> InputListing:
     """The sorted listing of any input kind.
 
     Args:
         uri: the ``--input``.
         extensions: image suffixes: files of a folder or glob, members of a tar.
         image_column, id_column: ``job.image_column`` / ``job.id_column`` (Parquet input).
+        reuse: for a tar or Parquet input, called with (kind, containers digest, number of
+            containers) once the containers are listed; a listing it returns is used instead of
+            reading every tar's headers again (a resume: ``jobs.planner.list_job_input``).
 
     Raises:
         InputError: the input cannot be listed, lists nothing, or lacks a named column.
@@ -280,6 +284,12 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
     t0 = time.perf_counter()
     suffix = tars.TAR_SUFFIX if kind == KIND_TAR else parquet_images.PARQUET_SUFFIX
     containers = list_containers(uri, suffix)
+    if reuse is not None:
+        frozen = reuse(kind, containers_digest(containers), len(containers))
+        if frozen is not None:
+            logger.info("%d %s file(s) unchanged since the plan: their %d entries are the frozen listing's",
+                        len(containers), suffix, len(frozen.uris))
+            return frozen
     with ThreadPoolExecutor(min(LISTING_THREADS, len(containers))) as pool:
         if kind == KIND_TAR:
             parts = list(pool.map(lambda c: _tar_entries(c.uri, extensions), containers))

@@ -4,12 +4,14 @@ are error rows, and the labels are those of the same images read as loose files.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from bmp_core.config import config_from_dict
 from bmp_core.io.sources import list_source
@@ -94,3 +96,35 @@ def test_parquet_rows_keep_their_ids(testdata: Path, tmp_path: Path) -> None:
     for i, path in enumerate(photos):
         assert rows[i].width is not None and rows[i].error is None
         np.testing.assert_array_equal(by_row[uris[i]], by_file[str(path)])
+
+
+def test_a_resume_reuses_the_frozen_tar_listing_unless_a_tar_or_the_config_changed(
+        testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bmp_core.io import tars
+    from bmp_core.output.plan import freeze_plan
+    from jobs.planner import list_job_input, listing_table
+
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        for i, path in enumerate(sorted((testdata / "coco").glob("*.jpg"))):
+            _add(tar, f"{i}.jpg", path.read_bytes())
+        _add(tar, "x.png", b"a png by name")
+    cfg = _cfg()
+    store = OutputStore(str(tmp_path / "out"))
+    first = list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    freeze_plan(store, make_plan(cfg, first), listing_table(first), cfg)
+
+    walks: list[str] = []
+    real_walk = tars.list_tar_members
+    monkeypatch.setattr(tars, "list_tar_members", lambda uri, exts: walks.append(uri) or real_walk(uri, exts))
+    again = list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    assert walks == [] and again.uris.equals(first.uris) and again.spans_start.equals(first.spans_start)
+    assert make_plan(cfg, again) == make_plan(cfg, first)  # the resume sees the same plan
+
+    jpg_only = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                                ["job.shard_size=5", "job.image_extensions=[.jpg]"])
+    assert len(list_job_input(jpg_only, str(tmp_path / "a.tar"), store).uris) == len(first.uris) - 1
+    assert walks == [str(tmp_path / "a.tar")]  # another config: walked again, not the frozen listing
+    stat = (tmp_path / "a.tar").stat()
+    os.utime(tmp_path / "a.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    assert len(walks) == 2  # a touched tar: walked again
