@@ -224,12 +224,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="= job.decode_threads")
     parser.add_argument("--testdata", type=Path, default=REPO.parent / "shared" / "testdata")
     parser.add_argument("--skip-plan", action="store_true")
+    parser.add_argument("--skip-read", action="store_true")
     args = parser.parse_args()
     server, counter = start_moto()
     try:
         if not args.skip_plan:
             bench_plan(args, counter)
-        bench_read(args, counter, args.testdata)
+        if not args.skip_read:
+            bench_read(args, counter, args.testdata)
     finally:
         server.stop()  # type: ignore[attr-defined]
 

@@ -198,3 +198,13 @@ def test_webdataset_key() -> None:
     # webdataset's base_plus_ext splits at the first dot of the file name, keeping the folder.
     assert tars.webdataset_key("a/b/0001.seg.png") == "a/b/0001"
     assert tars.webdataset_key("0001.jpg") == "0001"
+
+
+def test_a_tar_member_matches_coco_file_names_by_its_member_path() -> None:
+    from bmp_core.io.image_matching import FileNameIndex
+
+    index = FileNameIndex([("val2017/x.jpg", "val"), ("train2017/x.jpg", "train"), ("y.jpg", "y")])
+    assert index.lookup("s3://b/shard-000001.tar#val2017/x.jpg") == "val"
+    assert index.lookup("/data/shard.tar#train2017/x.jpg") == "train"
+    assert index.lookup("s3://b/shard.tar#y.jpg") == "y"
+    assert index.lookup("s3://b/shard.tar#x.jpg") is None  # no folder: neither val2017 nor train2017
