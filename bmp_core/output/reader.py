@@ -68,7 +68,13 @@ def committed_parts(store: OutputStore) -> dict[int, tuple[str, str]] | None:
 
 def _cast(table: pa.Table, kind: str, columns: Sequence[str] | None) -> pa.Table:
     full = TABLE_SCHEMAS[kind]
-    return table.cast(full if columns is None else pa.schema([full.field(c) for c in columns]))
+    target = full if columns is None else pa.schema([full.field(c) for c in columns])
+    for f in target:
+        if f.name not in table.column_names and f.nullable:
+            # A part written before this nullable column existed (images.container_uri, key): nulls,
+            # so an output started before an upgrade still resumes and finalizes.
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(target.names).cast(target)
 
 
 def read_table(store: OutputStore, rels: Sequence[str], kind: str,

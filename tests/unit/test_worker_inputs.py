@@ -128,3 +128,19 @@ def test_a_resume_reuses_the_frozen_tar_listing_unless_a_tar_or_the_config_chang
     os.utime(tmp_path / "a.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     list_job_input(cfg, str(tmp_path / "a.tar"), store)
     assert len(walks) == 2  # a touched tar: walked again
+
+
+def test_parts_written_before_the_container_columns_read_with_nulls(tmp_path: Path) -> None:
+    from bmp_core.output.reader import read_table
+    from bmp_core.output.tables import IMAGES_SCHEMA, ImageRow, images_table
+
+    old_schema = pa.schema([f for f in IMAGES_SCHEMA if f.name not in ("container_uri", "key")])
+    old_part = images_table([ImageRow(0, "/a.jpg", width=4, height=4)], 0).select(old_schema.names)
+    new_part = images_table([ImageRow(1, "/t.tar#b.jpg", width=4, height=4, container_uri="/t.tar", key="b")], 1)
+    store = OutputStore(str(tmp_path))
+    store.write_table("images/old.parquet", old_part)
+    store.write_table("images/new.parquet", new_part)
+    table = read_table(store, ["images/old.parquet", "images/new.parquet"], "images")
+    assert table.schema == IMAGES_SCHEMA
+    assert table.column("key").to_pylist() == [None, "b"]
+    assert table.column("width").to_pylist() == [4, 4]
