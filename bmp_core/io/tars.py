@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 TAR_SUFFIX = ".tar"
 # Read-ahead while walking headers on S3: one ranged GET serves every header inside it, so small
 # members cost one request per block rather than one per member, large ones one per member.
-HEADER_WALK_BLOCK_BYTES = 64 << 10
+HEADER_WALK_BLOCK_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
