@@ -119,7 +119,8 @@ def shard_inputs(listing: InputListing, plan: Plan, shard_id: int) -> tuple[tupl
 
 def listing_table(uris: pa.Array | InputListing) -> pa.Table:
     """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string); for a tar or Parquet
-    input also ``span_start``, ``span_end`` (int64: the member's bytes, the row)."""
+    input also ``span_start``, ``span_end`` (int64: the member's header offset and data end; the
+    row and its row group)."""
     listing = uris if isinstance(uris, InputListing) else None
     arr = listing.uris if listing is not None else uris
     columns = {"image_id": pa.array(np.arange(len(arr), dtype=np.int64)), "uri": arr.cast(pa.string())}

@@ -53,7 +53,7 @@ class ShardTask:
     uris: tuple[str, ...]
     attempt: int = 1
     kind: str = KIND_FILES  # the input kind (bmp_core/io/sources.py): "files", "tar" or "parquet"
-    # Per URI: (header offset, end of data) bytes of a tar member, (row, row + 1) of a Parquet row;
+    # Per URI: (header offset, end of data) bytes of a tar member, (row, row group) of a Parquet row;
     # empty for loose files.
     spans: tuple[tuple[int, int], ...] = ()
 

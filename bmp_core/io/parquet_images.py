@@ -30,6 +30,7 @@ class ParquetImageFile:
 
     uri: str
     num_rows: int
+    row_group_rows: tuple[int, ...]  # rows of each row group, in order
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def read_footer(uri: str, image_column: str, id_column: str | None) -> ParquetIm
     except (OSError, ValueError, pa.ArrowException) as err:
         raise InputError(f"cannot read the Parquet file {describe_storage(uri)}: {type(err).__name__}: {err}") from err
     check_columns(uri, schema, image_column, id_column)
-    return ParquetImageFile(uri, meta.num_rows)
+    return ParquetImageFile(uri, meta.num_rows, tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
 
 
 def read_rows(uri: str, rows: Sequence[int], image_column: str, id_column: str | None) -> Iterator[ParquetRow]:

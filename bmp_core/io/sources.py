@@ -13,7 +13,7 @@ Every entry is one ``images`` row, so ids, shards, resume and the listing digest
 all three. A tar or Parquet file (a *container*) is also pinned by its size and version (S3 ETag, or
 local mtime) in ``containers_sha256``: a rerun against a rewritten container is refused even when
 its listing happens to be the same. Each entry of a container carries a *span*: ``(header offset,
-end of data)`` bytes of a tar member, ``(row, row + 1)`` of a Parquet row. ``read_groups`` cuts a
+end of data)`` bytes of a tar member, ``(row, row group)`` of a Parquet row. ``read_groups`` cuts a
 shard's entries into runs read with one request each; ``read_group`` reads one run.
 """
 
@@ -323,7 +323,9 @@ def _parquet_entries(file_uri: str, image_column: str, id_column: str | None) ->
     # Vectorised "FILE#000000000042": a table of millions of rows costs no Python string per row.
     padded = pc.utf8_lpad(pa.array(rows).cast(pa.string()), parquet_images.ROW_DIGITS, "0")
     uris = pc.binary_join_element_wise(pa.scalar(f"{file_uri}{MEMBER_SEP}"), padded, pa.scalar(""))
-    return uris.cast(pa.string()), pa.array(rows), pa.array(rows + 1)
+    # A row's span is (row, its row group): the worker reads a shard row group by row group.
+    groups = np.repeat(np.arange(len(footer.row_group_rows), dtype=np.int64), footer.row_group_rows)
+    return uris.cast(pa.string()), pa.array(rows), pa.array(groups)
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,8 +338,8 @@ def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
 
     Loose files: one group each. A tar: its members sorted by offset, cut into runs of at most
     ``max_run`` members whose gaps and size stay small (each run is one ranged read; a shard's
-    runs never overlap, so a shard reads its part of the tar once). A Parquet file: all of the
-    shard's rows of it (read row group by row group, in batches).
+    runs never overlap, so a shard reads its part of the tar once). A Parquet file: the shard's
+    rows of each row group (read in batches of ``READ_BATCH_ROWS``, image and id columns only).
     """
     if kind == KIND_FILES:
         return [ReadGroup(KIND_FILES, None, (i,), (u,)) for i, u in zip(image_ids, uris, strict=True)]
@@ -351,7 +353,8 @@ def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
     for container, entries in by_container.items():
         entries.sort(key=lambda e: e[2][0])
         if kind == KIND_PARQUET:
-            groups.append(_group(kind, container, entries))
+            for _, rows in itertools.groupby(entries, key=lambda e: e[2][1]):  # one read per row group
+                groups.append(_group(kind, container, list(rows)))
             continue
         run: list[tuple[int, str, tuple[int, int]]] = []
         for entry in entries:

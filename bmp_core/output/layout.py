@@ -4,7 +4,7 @@
 
     OUT/plan.json              what the output is made from: num_images, shard_size, digests, plan_id
     OUT/listing.parquet        the frozen sorted listing: image_id, uri (+ span_start, span_end for tar
-                               members / Parquet rows: bytes of the member, index of the row)
+                               members / Parquet rows: bytes of the member; row and row group)
     OUT/config.yaml            the resolved config of the first run
     OUT/images/shard-000007-<attempt>.parquet      one row per input image (``tables.IMAGES_SCHEMA``;
                                                    ``container_uri``, ``key``: the tar / Parquet file and

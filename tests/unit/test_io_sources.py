@@ -169,6 +169,9 @@ def test_parquet_rows_with_ids_read_group_by_group(tmp_path: Path, struct: bool)
     assert listing.uris.to_pylist() == [f"{tmp_path}/t.parquet#{i:012d}" for i in range(8)]
     got = _read_all(listing, image_column="image", id_column="id")
     assert [r.data for r in got] == images
+    uris = listing.uris.to_pylist()
+    groups = read_groups(KIND_PARQUET, list(range(8)), uris, _spans(listing), max_run=4)
+    assert [len(g.uris) for g in groups] == [3, 3, 2]  # one read per row group of 3 rows
     assert [r.key for r in got] == [f"id-{i}" for i in range(8)]
     # A subset spanning row groups: only those rows come back, in row order.
     assert [r.row for r in read_rows(str(tmp_path / "t.parquet"), [7, 1, 4], "image", None)] == [1, 4, 7]
