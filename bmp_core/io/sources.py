@@ -280,7 +280,10 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
     """
     kind = input_kind(uri, image_column)
     if kind == KIND_FILES:
-        return InputListing(KIND_FILES, list_input(uri, extensions))
+        try:
+            return InputListing(KIND_FILES, list_input(uri, extensions))
+        except InputError as err:
+            raise InputError(f"{err}{_container_hint(uri)}") from err
     t0 = time.perf_counter()
     suffix = tars.TAR_SUFFIX if kind == KIND_TAR else parquet_images.PARQUET_SUFFIX
     containers = list_containers(uri, suffix)
@@ -309,6 +312,21 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
     logger.info("listed %d %s entries in %d %s file(s) in %.1f s", len(uris), kind, len(containers), suffix,
                 time.perf_counter() - t0)
     return InputListing(kind, uris, starts, ends, containers_digest(containers), len(containers))
+
+
+def _container_hint(uri: str) -> str:
+    """A hint when a folder that lists no images holds tars or Parquet files (named another way)."""
+    try:
+        fs, path = filesystem(uri)
+        if not fs.isdir(path):
+            return ""
+        for suffix, how in ((tars.TAR_SUFFIX, f"--input '{uri.rstrip('/')}/*.tar'"),
+                            (parquet_images.PARQUET_SUFFIX, "--image-column COL")):
+            if fs.glob(posixpath.join(path, f"**/*{suffix}")):
+                return f"; it holds {suffix} files: for those use {how}"
+    except (OSError, ValueError):
+        pass
+    return ""
 
 
 def _tar_entries(tar_uri: str, extensions: Sequence[str]) -> tuple[pa.Array, pa.Array, pa.Array]:

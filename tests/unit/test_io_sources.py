@@ -211,3 +211,9 @@ def test_a_tar_member_matches_coco_file_names_by_its_member_path() -> None:
     assert index.lookup("/data/shard.tar#train2017/x.jpg") == "train"
     assert index.lookup("s3://b/shard.tar#y.jpg") == "y"
     assert index.lookup("s3://b/shard.tar#x.jpg") is None  # no folder: neither val2017 nor train2017
+
+
+def test_a_folder_of_tars_says_how_to_name_them(tmp_path: Path) -> None:
+    _write_tar(tmp_path / "shard-0.tar", [("a.jpg", _jpeg(1))])
+    with pytest.raises(InputError, match=r"lists no images .*holds \.tar files: for those use --input '.*/\*\.tar'"):
+        list_source(str(tmp_path), EXTS)
