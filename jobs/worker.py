@@ -176,17 +176,18 @@ class BmpWorker:
         (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
         bounded window read and decoded in advance.
 
-        Reading and decoding are two stages on the same pool: a read is one file, one run of a
-        tar's members (one ranged request) or one Parquet file's rows; each image is then decoded
-        on its own, so a run of many members still decodes on every thread.
+        A loose file is read and decoded by one task. A tar run (one ranged request for several
+        members) or a Parquet row group is read by one task, and its images are then decoded by a
+        task each, so a run still decodes on every thread.
         """
-        window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
-        groups = read_groups(kind, image_ids, uris, spans, max_run=self.cfg.job.batch_size)
         job = self.cfg.job
+        window = 2 * job.batch_size + job.decode_threads
+        groups = read_groups(kind, image_ids, uris, spans, max_run=job.batch_size)
+        if kind == KIND_FILES:
+            return prefetch(self._pool, lambda g: self._decode_one(read_group(g)[0]), groups, window)
         raw = prefetch(self._pool, lambda g: read_group(g, job.image_column, job.id_column), groups,
-                       max(2, -(-window // self.cfg.job.batch_size)) if kind != KIND_FILES else window)
-        flat = (image for group in raw for image in group)
-        return prefetch(self._pool, self._decode_one, flat, window)
+                       max(2, -(-window // job.batch_size)))
+        return prefetch(self._pool, self._decode_one, (image for group in raw for image in group), window)
 
     def _read_one(self, image_id: int, uri: str) -> _Decoded:
         """Read and decode one loose file (what ``_read_ahead`` does for each file, on one thread)."""
