@@ -12,8 +12,8 @@ Usage:
 a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix; or WebDataset .tar
 shards (a .tar, a glob "shards/*.tar", a brace pattern "shard-{000000..000999}.tar", a list file of
 .tar files); or Parquet image tables (a .parquet file, a folder or prefix of them) with
---image-column COL [--id-column ID]. --output is a local
-folder or an s3:// prefix. Trailing key.path=value arguments override the config (values are YAML).
+--image-column COL [--id-column ID]. --output is a local folder or an s3:// prefix. Trailing
+key.path=value arguments override the config (values are YAML).
 
 Local mode (default: no --address, no RAY_ADDRESS) starts Ray on this machine, one worker per GPU,
 or one CPU worker (more with --num-workers):
