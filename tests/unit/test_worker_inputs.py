@@ -144,3 +144,12 @@ def test_parts_written_before_the_container_columns_read_with_nulls(tmp_path: Pa
     assert table.schema == IMAGES_SCHEMA
     assert table.column("key").to_pylist() == [None, "b"]
     assert table.column("width").to_pylist() == [4, 4]
+
+
+def test_an_id_column_without_an_image_column_is_a_config_error() -> None:
+    from bmp_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="job.id_column is set but job.image_column is not"):
+        config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.id_column=id"])
+    with pytest.raises(ConfigError, match="job.image_column: an empty column name"):
+        config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.image_column=' '"])
