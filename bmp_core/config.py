@@ -247,6 +247,8 @@ class JobConfig:
     given_boxes: str | None = None  # COCO detections list or annotations dataset (path or s3://): pass-0 boxes + scores
     given_boxes_images: str | None = None  # COCO file naming a detections list's image ids (e.g. its ground truth)
     given_boxes_score_thr: float = 0.0  # use given boxes with score >= this (entries without a score count as 1.0)
+    image_column: str | None = None  # Parquet input: the column of image bytes or HF Image structs (--image-column)
+    id_column: str | None = None  # Parquet input: a column kept as each image's key in the images table (--id-column)
 
     def __post_init__(self) -> None:
         if self.given_boxes is not None and not self.given_boxes.strip():
@@ -265,6 +267,12 @@ class JobConfig:
                 raise ConfigError(f"job.{key} must be >= 1, got {getattr(self, key)}")
         if self.lock_ttl_s <= 0:
             raise ConfigError(f"job.lock_ttl_s must be > 0, got {self.lock_ttl_s}")
+        for key in ("image_column", "id_column"):
+            if getattr(self, key) is not None and not getattr(self, key).strip():
+                raise ConfigError(f"job.{key}: an empty column name; use null for none")
+        if self.id_column is not None and self.image_column is None:
+            raise ConfigError("job.id_column is set but job.image_column is not: an id column only applies to a "
+                              "Parquet input (--image-column)")
 
 
 @dataclass(frozen=True)

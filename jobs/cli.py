@@ -9,8 +9,11 @@ Usage:
     bmp-label viz | eval | report OUTPUT ...   (look at and measure an output: jobs/cli_inspect.py)
 
 --input is a local folder (searched recursively for job.image_extensions), a glob ("imgs/*.jpg"),
-a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix. --output is a local
-folder or an s3:// prefix. Trailing key.path=value arguments override the config (values are YAML).
+a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix; or WebDataset .tar
+shards (a .tar, a glob "shards/*.tar", a brace pattern "shard-{000000..000999}.tar", a list file of
+.tar files); or Parquet image tables (a .parquet file, a folder or prefix of them) with
+--image-column COL [--id-column ID]. --output is a local folder or an s3:// prefix. Trailing
+key.path=value arguments override the config (values are YAML).
 
 Local mode (default: no --address, no RAY_ADDRESS) starts Ray on this machine, one worker per GPU,
 or one CPU worker (more with --num-workers):
@@ -63,8 +66,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="config overrides, e.g. loop.iterations=3 job.batch_size=8")
 
     def with_io(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--input", required=True, help="folder, glob, list file (.txt) or s3:// prefix")
+        p.add_argument("--input", required=True,
+                       help="folder, glob, list file (.txt) or s3:// prefix of images; .tar shards (glob, "
+                            "shard-{000000..000999}.tar, list file); Parquet files (with --image-column)")
         p.add_argument("--output", required=True, help="local folder or s3:// prefix for the results")
+        p.add_argument("--image-column", default=None,
+                       help="Parquet input: the column of image bytes or HF Image {bytes, path} (= job.image_column)")
+        p.add_argument("--id-column", default=None,
+                       help="Parquet input: a column kept as each image's key in the outputs (= job.id_column)")
 
     run = sub.add_parser("run", help="label images (resumes an unfinished output)",
                          description="Label every image of --input into --output. Rerun to resume.")
@@ -108,6 +117,9 @@ def _load(args: argparse.Namespace) -> BmpConfig:
     overrides = list(args.overrides)
     if getattr(args, "shard_size", None) is not None:
         overrides.append(f"job.shard_size={args.shard_size}")
+    for flag, key in (("image_column", "job.image_column"), ("id_column", "job.id_column")):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={json.dumps(getattr(args, flag))}")  # quoted: a column named "1" stays text
     cfg = load_config(args.config, overrides)
     check_job_config(cfg)  # e.g. models.kind: lite without job.given_boxes
     return _absolute_given_boxes(cfg)
@@ -190,22 +202,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from bmp_core.io.uris import list_input
     from bmp_core.output.commits import committed_markers
     from bmp_core.output.plan import read_plan
     from bmp_core.output.store import OutputStore
-    from jobs.planner import file_digests, make_plan
+    from jobs.planner import file_digests, list_job_input, make_plan
 
     cfg = _load(args)
-    uris = list_input(args.input, cfg.job.image_extensions)
-    plan = make_plan(cfg, uris, file_digests(cfg))
-    print(f"input: {args.input}\n  {plan.num_images} images, listing digest {plan.listing_digest[:16]}")
-    for uri in uris.slice(0, args.show).to_pylist():
+    store = OutputStore(args.output)
+    files = file_digests(cfg)
+    listing = list_job_input(cfg, args.input, store, files)
+    plan = make_plan(cfg, listing, files)
+    inside = f" in {listing.num_containers} {listing.kind} file(s)" if listing.num_containers else ""
+    print(f"input: {args.input}\n  {plan.num_images} images{inside}, listing digest {plan.listing_digest[:16]}")
+    for uri in listing.uris.slice(0, args.show).to_pylist():
         print(f"    {uri}")
     if plan.num_images > args.show:
         print(f"    ... ({plan.num_images - args.show} more)")
     print(f"shards: {plan.num_shards} of {plan.shard_size} images; plan {plan.plan_id}")
-    store = OutputStore(args.output)
     old = read_plan(store)
     if old is None:
         print(f"output: {args.output} is new; a run labels all {plan.num_shards} shard(s)")

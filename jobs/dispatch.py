@@ -15,18 +15,21 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bmp_core.config import BmpConfig
+from bmp_core.io.sources import InputListing
 from bmp_core.output.plan import Plan
 from jobs.actor_pool import ActorPool, JobError
 from jobs.lock import OutputLock
-from jobs.planner import shard_uris
+from jobs.planner import shard_inputs
 from jobs.worker import ShardReport, ShardTask
 
 logger = logging.getLogger(__name__)
 
 
-def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: Plan, uris: Any,
+def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: Plan, uris: InputListing,
              todo: list[int], lock: OutputLock, progress: bool = True) -> int:
-    """Keep every actor's queue full until all shards commit. Returns the number of failed attempts."""
+    """Keep every actor's queue full until all shards commit. Returns the number of failed attempts.
+
+    ``uris``: the input's listing (``bmp_core.io.sources.list_source``)."""
     pending = deque(todo)
     attempts: Counter[int] = Counter()
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, shard)
@@ -37,8 +40,8 @@ def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: P
     def submit(slot: int, shard: int) -> None:
         attempts[shard] += 1
         start, _ = plan.shard_range(shard)
-        task = ShardTask(output_uri, plan.plan_id, shard, start, tuple(shard_uris(uris, plan, shard)),
-                         attempts[shard])
+        shard_uri_tuple, spans = shard_inputs(uris, plan, shard)
+        task = ShardTask(output_uri, plan.plan_id, shard, start, shard_uri_tuple, attempts[shard], uris.kind, spans)
         inflight[pool.actors[slot].process_shard_reporting.remote(task)] = (slot, shard)
 
     try:

@@ -1,4 +1,5 @@
-"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray, no output I/O).
+"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray; output I/O only to reuse
+a frozen tar / Parquet listing on resume, ``list_job_input``).
 
 The ``Plan`` record and how it is stored in an output live in ``bmp_core/output/plan.py``.
 
@@ -22,7 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.output.plan import Plan
+from bmp_core.io.sources import InputListing, list_source
+from bmp_core.output import layout
+from bmp_core.output.plan import INPUT_CONTAINERS_KEY, Plan, read_plan
+from bmp_core.output.store import OutputStore
 
 # job.* keys that change what the output contains (or how it is sharded); the others only change
 # how fast it is made and may differ between a run and its resume.
@@ -30,7 +34,11 @@ RESULT_JOB_KEYS = (
     "shard_size", "max_image_pixels", "min_image_side", "image_extensions", "coco_keypoint_thr",
     # The given boxes are pass 0's people; their files are pinned by content too (PINNED_FILE_KEYS).
     "given_boxes", "given_boxes_images", "given_boxes_score_thr",
+    # Which Parquet column holds the images, and which is kept as their key (only when set, so the
+    # digest of an output of loose files or tars is what it was before these keys existed).
+    "image_column", "id_column",
 )
+OPTIONAL_RESULT_JOB_KEYS = ("image_column", "id_column")
 # job.* keys naming input files whose content the output depends on.
 PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
 
@@ -38,7 +46,9 @@ PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
 def result_config(cfg: BmpConfig) -> dict[str, Any]:
     """The part of the config that determines the output's content (see ``RESULT_JOB_KEYS``)."""
     data = config_to_dict(cfg)
-    return {"models": data["models"], "loop": data["loop"], "job": {k: data["job"][k] for k in RESULT_JOB_KEYS}}
+    job = {k: data["job"][k] for k in RESULT_JOB_KEYS
+           if k not in OPTIONAL_RESULT_JOB_KEYS or data["job"][k] is not None}
+    return {"models": data["models"], "loop": data["loop"], "job": job}
 
 
 def config_digest(cfg: BmpConfig, file_sha256: dict[str, str] | None = None) -> str:
@@ -74,9 +84,17 @@ def listing_digest(uris: pa.Array) -> str:
     return hashlib.sha256(memoryview(data_buf)[offsets[0]: offsets[-1]]).hexdigest()
 
 
-def make_plan(cfg: BmpConfig, uris: pa.Array, file_sha256: dict[str, str] | None = None) -> Plan:
-    """The plan for a sorted listing under ``cfg``; ``file_sha256``: ``file_digests(cfg)``."""
-    files = file_sha256 or {}
+def make_plan(cfg: BmpConfig, uris: pa.Array | InputListing, file_sha256: dict[str, str] | None = None) -> Plan:
+    """The plan for a sorted listing under ``cfg``; ``file_sha256``: ``file_digests(cfg)``.
+
+    ``uris`` may be an ``InputListing`` (``bmp_core.io.sources.list_source``): a tar or Parquet
+    input's containers digest is then pinned too (``INPUT_CONTAINERS_KEY``).
+    """
+    files = dict(file_sha256 or {})
+    if isinstance(uris, InputListing):
+        if uris.containers_sha256 is not None:
+            files[INPUT_CONTAINERS_KEY] = uris.containers_sha256
+        uris = uris.uris
     return Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg, files),
                 tuple(sorted(files.items())))
 
@@ -87,6 +105,52 @@ def shard_uris(uris: pa.Array, plan: Plan, shard_id: int) -> list[str]:
     return uris.slice(start, stop - start).to_pylist()
 
 
-def listing_table(uris: pa.Array) -> pa.Table:
-    """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string)."""
-    return pa.table({"image_id": pa.array(np.arange(len(uris), dtype=np.int64)), "uri": uris.cast(pa.string())})
+def shard_inputs(listing: InputListing, plan: Plan, shard_id: int) -> tuple[tuple[str, ...],
+                                                                             tuple[tuple[int, int], ...]]:
+    """(URIs, spans) of one shard in image-id order; spans are empty for loose files."""
+    start, stop = plan.shard_range(shard_id)
+    uris = tuple(listing.uris.slice(start, stop - start).to_pylist())
+    if listing.spans_start is None or listing.spans_end is None:
+        return uris, ()
+    starts = listing.spans_start.slice(start, stop - start).to_pylist()
+    ends = listing.spans_end.slice(start, stop - start).to_pylist()
+    return uris, tuple(zip(starts, ends, strict=True))
+
+
+def listing_table(uris: pa.Array | InputListing) -> pa.Table:
+    """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string); for a tar or Parquet
+    input also ``span_start``, ``span_end`` (int64: the member's header offset and data end; the
+    row and its row group)."""
+    listing = uris if isinstance(uris, InputListing) else None
+    arr = listing.uris if listing is not None else uris
+    columns = {"image_id": pa.array(np.arange(len(arr), dtype=np.int64)), "uri": arr.cast(pa.string())}
+    if listing is not None and listing.spans_start is not None and listing.spans_end is not None:
+        columns["span_start"] = listing.spans_start
+        columns["span_end"] = listing.spans_end
+    return pa.table(columns)
+
+
+def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
+                   file_sha256: dict[str, str] | None = None) -> InputListing:
+    """The input's listing; for tars / Parquet files unchanged since ``store``'s plan (same sizes and
+    versions, same config), the frozen ``listing.parquet`` instead of a second header walk.
+
+    ``file_sha256``: ``file_digests(cfg)`` (computed here when None).
+    """
+    files = file_digests(cfg) if file_sha256 is None else file_sha256
+
+    def reuse(kind: str, containers_sha256: str, num_containers: int) -> InputListing | None:
+        old = None if store is None else read_plan(store)
+        if old is None or dict(old.file_sha256).get(INPUT_CONTAINERS_KEY) != containers_sha256:
+            return None
+        if old.config_digest != config_digest(cfg, {**files, INPUT_CONTAINERS_KEY: containers_sha256}):
+            return None  # e.g. other image extensions: other members
+        if store is None or not store.exists(layout.LISTING_PARQUET):
+            return None
+        table = store.read_parquet(layout.LISTING_PARQUET)
+        if "span_start" not in table.column_names or table.num_rows != old.num_images:
+            return None
+        return InputListing(kind, table.column("uri").combine_chunks(), table.column("span_start").combine_chunks(),
+                            table.column("span_end").combine_chunks(), containers_sha256, num_containers)
+
+    return list_source(input_uri, cfg.job.image_extensions, cfg.job.image_column, cfg.job.id_column, reuse)

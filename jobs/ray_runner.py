@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.io.uris import describe_storage, list_input
+from bmp_core.io.sources import InputListing
+from bmp_core.io.uris import describe_storage
 from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.plan import Plan, freeze_plan
@@ -26,7 +27,7 @@ from jobs.actor_pool import ActorPool, JobError, node_cpu_share
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
-from jobs.planner import file_digests, listing_table, make_plan
+from jobs.planner import file_digests, list_job_input, listing_table, make_plan
 from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,14 @@ class RunOptions:
     lock_settle_s: float = 1.0
 
 
-def prepare_output(cfg: BmpConfig, opts: RunOptions, store: OutputStore) -> tuple[Plan, Any]:
-    """List the input, then freeze (or check) the plan in the output. Returns (plan, sorted URIs)."""
+def prepare_output(cfg: BmpConfig, opts: RunOptions, store: OutputStore) -> tuple[Plan, InputListing]:
+    """List the input, then freeze (or check) the plan in the output. Returns (plan, sorted listing)."""
     logger.info("listing %s", describe_storage(opts.input_uri))
-    uris = list_input(opts.input_uri, cfg.job.image_extensions)
-    plan = make_plan(cfg, uris, file_digests(cfg))
-    freeze_plan(store, plan, listing_table(uris), cfg, opts.force)
-    return plan, uris
+    files = file_digests(cfg)
+    listing = list_job_input(cfg, opts.input_uri, store, files)
+    plan = make_plan(cfg, listing, files)
+    freeze_plan(store, plan, listing_table(listing), cfg, opts.force)
+    return plan, listing
 
 
 def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:

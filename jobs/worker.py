@@ -31,7 +31,7 @@ from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.io.prefetch import prefetch
-from bmp_core.io.uris import read_bytes
+from bmp_core.io.sources import KIND_FILES, RawImage, read_group, read_groups
 from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.output.commits import commit_shard, new_attempt_id
 from bmp_core.output.store import OutputStore
@@ -52,6 +52,10 @@ class ShardTask:
     first_image_id: int
     uris: tuple[str, ...]
     attempt: int = 1
+    kind: str = KIND_FILES  # the input kind (bmp_core/io/sources.py): "files", "tar" or "parquet"
+    # Per URI: (header offset, end of data) bytes of a tar member, (row, row group) of a Parquet row;
+    # empty for loose files.
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,6 @@ class ShardReport:
 class _Decoded:
     row: ImageRow
     image_bgr: np.ndarray | None
-
-
-def _read_error(err: Exception) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "missing file (not found)"
-    if isinstance(err, IsADirectoryError):
-        return "not a file (a directory)"
-    if isinstance(err, PermissionError):
-        return f"permission denied ({err})"
-    return f"read failed: {type(err).__name__}: {err}"
 
 
 class BmpWorker:
@@ -122,7 +116,7 @@ class BmpWorker:
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
         store = OutputStore(task.output_uri)
         # Reads start before the models are free: the first images are decoded by the time they are.
-        reads = self._read_ahead(image_ids, list(task.uris))
+        reads = self._read_ahead(image_ids, list(task.uris), task.kind, task.spans)
         with self._models_lock:
             rows, parts = self._label(reads, on_progress, store)
         # The last batch's encoding and the commit (Parquet parts, marker: the slow part on S3) run
@@ -137,13 +131,15 @@ class BmpWorker:
                            time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}")
 
     def label(self, image_ids: Sequence[int], uris: Sequence[str],
-              on_progress: Callable[[int], None] | None = None) -> tuple[list[ImageRow], pa.Table]:
-        """Read, decode and label images (``on_progress`` as in ``process_shard``).
+              on_progress: Callable[[int], None] | None = None, kind: str = KIND_FILES,
+              spans: Sequence[tuple[int, int]] = ()) -> tuple[list[ImageRow], pa.Table]:
+        """Read, decode and label images (``on_progress``, ``kind``, ``spans`` as in ``process_shard``
+        and ``ShardTask``).
 
         Returns:
-            (one ``ImageRow`` per input in input order, the ``instances`` table of the ok images).
+            (one ``ImageRow`` per input in image-id order, the ``instances`` table of the ok images).
         """
-        reads = self._read_ahead(image_ids, uris)
+        reads = self._read_ahead(image_ids, uris, kind, spans)
         with self._models_lock:
             rows, parts = self._label(reads, on_progress, None)
         return rows, _concat(parts)
@@ -174,26 +170,42 @@ class BmpWorker:
         rows.sort(key=lambda r: r.image_id)
         return rows, parts
 
-    def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str]) -> Iterator[_Decoded]:
-        """Submit the first window of reads now; the returned iterator yields decoded images in
-        order, keeping at most that bounded window read/decoded in advance."""
-        window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
-        return prefetch(self._pool, lambda item: self._read_one(*item), zip(image_ids, uris), window)
+    def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str], kind: str = KIND_FILES,
+                    spans: Sequence[tuple[int, int]] = ()) -> Iterator[_Decoded]:
+        """Submit the first reads now; the returned iterator yields decoded images in read order
+        (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
+        bounded window read and decoded in advance.
+
+        A loose file is read and decoded by one task. A tar run (one ranged request for several
+        members) or a Parquet row group is read by one task, and its images are then decoded by a
+        task each, so a run still decodes on every thread.
+        """
+        job = self.cfg.job
+        window = 2 * job.batch_size + job.decode_threads
+        groups = read_groups(kind, image_ids, uris, spans, max_run=job.batch_size)
+        if kind == KIND_FILES:
+            return prefetch(self._pool, lambda g: self._decode_one(read_group(g)[0]), groups, window)
+        raw = prefetch(self._pool, lambda g: read_group(g, job.image_column, job.id_column), groups,
+                       max(2, -(-window // job.batch_size)))
+        return prefetch(self._pool, self._decode_one, (image for group in raw for image in group), window)
 
     def _read_one(self, image_id: int, uri: str) -> _Decoded:
-        t0 = time.perf_counter()
-        try:
-            data = read_bytes(uri)
-        except OSError as err:
-            return _Decoded(ImageRow(image_id, uri, error=_read_error(err)), None)
+        """Read and decode one loose file (what ``_read_ahead`` does for each file, on one thread)."""
+        (raw,) = read_group(read_groups(KIND_FILES, [image_id], [uri], [], 1)[0])
+        return self._decode_one(raw)
+
+    def _decode_one(self, raw: RawImage) -> _Decoded:
+        row = ImageRow(raw.image_id, raw.uri, error=raw.error, read_s=raw.read_s, container_uri=raw.container_uri,
+                       key=raw.key)
+        if raw.data is None:
+            return _Decoded(row, None)
         t1 = time.perf_counter()
         try:
-            image = decode_image_bgr(data, self.cfg.job.max_image_pixels, self.cfg.job.min_image_side)
+            image = decode_image_bgr(raw.data, self.cfg.job.max_image_pixels, self.cfg.job.min_image_side)
         except ImageDecodeError as err:
-            return _Decoded(ImageRow(image_id, uri, error=str(err), read_s=t1 - t0), None)
+            return _Decoded(_with(row, error=str(err)), None)
         h, w = image.shape[:2]
-        row = ImageRow(image_id, uri, width=w, height=h, read_s=t1 - t0, decode_s=time.perf_counter() - t1)
-        return _Decoded(row, image)
+        return _Decoded(_with(row, width=w, height=h, decode_s=time.perf_counter() - t1), image)
 
     def _given_for(self, uri: str) -> GivenBoxes | None:
         """The image's given boxes; None when there is no boxes file or it does not name the image."""

@@ -21,7 +21,11 @@ T = TypeVar("T")
 
 
 def path_parts(path: str) -> tuple[str, ...]:
-    """The components of a path or URI that the rule compares."""
+    """The components of a path or URI that the rule compares. A tar member (``shard.tar#val/x.jpg``)
+    counts as the path ``shard.tar/val/x.jpg``: its member path is what a COCO ``file_name`` names."""
+    base, sep, member = path.partition(".tar#")
+    if sep:
+        path = f"{base}.tar/{member}"
     return tuple(p for p in path.replace("\\", "/").split("/") if p and p != ".")
 
 

@@ -3,9 +3,12 @@
 ``OUT`` is a local folder or an ``s3://`` prefix::
 
     OUT/plan.json              what the output is made from: num_images, shard_size, digests, plan_id
-    OUT/listing.parquet        the frozen sorted listing: image_id, uri
+    OUT/listing.parquet        the frozen sorted listing: image_id, uri (+ span_start, span_end for tar
+                               members / Parquet rows: bytes of the member; row and row group)
     OUT/config.yaml            the resolved config of the first run
-    OUT/images/shard-000007-<attempt>.parquet      one row per input image (``tables.IMAGES_SCHEMA``)
+    OUT/images/shard-000007-<attempt>.parquet      one row per input image (``tables.IMAGES_SCHEMA``;
+                                                   ``container_uri``, ``key``: the tar / Parquet file and
+                                                   the WebDataset key / id column of an image inside one)
     OUT/instances/shard-000007-<attempt>.parquet   one row per person (``tables.INSTANCES_SCHEMA``)
     OUT/_commits/shard-000007.json                 marker naming the parts of the committed attempt
     OUT/_lock.json             the running job's lock (jobs/lock.py)

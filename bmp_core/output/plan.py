@@ -22,6 +22,9 @@ from bmp_core.output.store import OutputStateError, OutputStore
 
 logger = logging.getLogger(__name__)
 
+# The ``Plan.file_sha256`` entry that pins an input's tar / Parquet files (``jobs/planner.py`` sets it).
+INPUT_CONTAINERS_KEY = "input.containers"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -155,6 +158,10 @@ def _plan_difference(store: OutputStore, old: Plan, new: Plan, config_dict: dict
     old_files, new_files = dict(old.file_sha256), dict(new.file_sha256)
     files_changed = [k for k in sorted(set(old_files) & set(new_files)) if old_files[k] != new_files[k]]
     for key in files_changed:
+        if key == INPUT_CONTAINERS_KEY:
+            parts.append(f"input: a tar or Parquet file of it was rewritten, added or removed (their sizes and "
+                         f"ETags / mtimes: digest {old_files[key][:12]} then, {new_files[key][:12]} now)")
+            continue
         parts.append(f"content of the file {key} names (sha256 {old_files[key][:12]} then, "
                      f"{new_files[key][:12]} now)")
     if old.config_digest != new.config_digest:

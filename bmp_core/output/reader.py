@@ -68,7 +68,13 @@ def committed_parts(store: OutputStore) -> dict[int, tuple[str, str]] | None:
 
 def _cast(table: pa.Table, kind: str, columns: Sequence[str] | None) -> pa.Table:
     full = TABLE_SCHEMAS[kind]
-    return table.cast(full if columns is None else pa.schema([full.field(c) for c in columns]))
+    target = full if columns is None else pa.schema([full.field(c) for c in columns])
+    for f in target:
+        if f.name not in table.column_names and f.nullable:
+            # A part written before this nullable column existed (images.container_uri, key): nulls,
+            # so an output started before an upgrade still resumes and finalizes.
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(target.names).cast(target)
 
 
 def read_table(store: OutputStore, rels: Sequence[str], kind: str,
@@ -222,7 +228,9 @@ def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
 def read_image_rgb(uri: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an input image, decoded (and EXIF-rotated) exactly as the job did."""
     from bmp_core.io.images import decode_image_bgr
-    from bmp_core.io.uris import read_bytes
+    from bmp_core.io.sources import read_entry_bytes
 
-    # No size limits here: the job already accepted this image.
-    return np.ascontiguousarray(decode_image_bgr(read_bytes(uri), max_pixels=2**62, min_side=1)[:, :, ::-1])
+    # No size limits here: the job already accepted this image. A tar member or Parquet row is read
+    # back from its container (``TAR#MEMBER``, ``FILE#ROW``).
+    data = read_entry_bytes(uri)
+    return np.ascontiguousarray(decode_image_bgr(data, max_pixels=2**62, min_side=1)[:, :, ::-1])

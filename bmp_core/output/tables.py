@@ -31,6 +31,9 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("decode_s", pa.float32()),  # seconds decoding
         pa.field("label_s", pa.float32()),  # seconds in the BMP loop (batched calls split evenly)
         pa.field("shard_id", pa.int32(), nullable=False),
+        # Images inside a container (a WebDataset tar, a Parquet table); both null for loose files.
+        pa.field("container_uri", pa.string()),  # the tar or Parquet file holding the image
+        pa.field("key", pa.string()),  # tar: WebDataset __key__ of the member; Parquet: the --id-column value
     ]
 )
 
@@ -71,6 +74,8 @@ class ImageRow:
     read_s: float | None = None
     decode_s: float | None = None
     label_s: float | None = None
+    container_uri: str | None = None
+    key: str | None = None
 
 
 def images_table(rows: list[ImageRow], shard_id: int) -> pa.Table:
@@ -88,6 +93,8 @@ def images_table(rows: list[ImageRow], shard_id: int) -> pa.Table:
             "decode_s": [r.decode_s for r in rows],
             "label_s": [r.label_s for r in rows],
             "shard_id": [shard_id] * len(rows),
+            "container_uri": [r.container_uri for r in rows],
+            "key": [r.key for r in rows],
         },
         schema=IMAGES_SCHEMA,
     )

@@ -80,6 +80,7 @@ def gt_as_output(
             "num_instances": [0] * len(image_rows), "read_s": [None] * len(image_rows),
             "decode_s": [None] * len(image_rows), "label_s": [None] * len(image_rows),
             "shard_id": [0] * len(image_rows),
+            "container_uri": [None] * len(image_rows), "key": [None] * len(image_rows),
         },
         schema=IMAGES_SCHEMA,
     )

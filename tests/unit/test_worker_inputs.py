@@ -1,0 +1,155 @@
+"""BmpWorker on tar members and Parquet rows (no Ray): one row per entry, keys kept, bad members
+are error rows, and the labels are those of the same images read as loose files."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bmp_core.config import config_from_dict
+from bmp_core.io.sources import list_source
+from bmp_core.output.reader import read_committed_table
+from bmp_core.output.store import OutputStore
+from bmp_core.output.tables import keypoints_array
+from jobs.planner import make_plan, shard_inputs
+from jobs.worker import BmpWorker, ShardTask
+
+EXTS = (".jpg", ".png")
+
+
+def _cfg() -> object:
+    return config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                            ["job.batch_size=2", "job.decode_threads=2", "job.shard_size=5"])
+
+
+def _keypoints_by_uri(rows: list, instances: pa.Table) -> dict[str, np.ndarray]:
+    ids = np.asarray(instances.column("image_id").to_pylist(), dtype=np.int64)
+    kpts = keypoints_array(instances)
+    return {r.uri: kpts[ids == r.image_id] for r in rows}
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_label_like_the_loose_files(testdata: Path, tmp_path: Path) -> None:
+    photos = sorted((testdata / "coco").glob("*.jpg")) + sorted((testdata / "ochuman").glob("*.jpg"))
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for i, path in enumerate(photos):
+            _add(tar, f"{i:04d}.jpg", path.read_bytes())
+            _add(tar, f"{i:04d}.json", b'{"caption": "a sidecar, not an image"}')
+        _add(tar, "9999.jpg", b"corrupt: not a jpeg")
+    cfg = _cfg()
+    listing = list_source(str(tmp_path / "shard-{0..0}.tar"), EXTS)
+    assert len(listing.uris) == len(photos) + 1  # images only, the corrupt one included
+    plan = make_plan(cfg, listing)
+    worker = BmpWorker(cfg)
+    out = str(tmp_path / "out")
+    for shard in range(plan.num_shards):
+        uris, spans = shard_inputs(listing, plan, shard)
+        worker.process_shard(ShardTask(out, plan.plan_id, shard, plan.shard_range(shard)[0], uris, 1,
+                                       listing.kind, spans))
+    images = read_committed_table(OutputStore(out), plan.plan_id, "images").sort_by("image_id")
+    assert images.column("image_id").to_pylist() == list(range(len(photos) + 1))
+    assert images.column("key").to_pylist() == [f"{i:04d}" for i in range(len(photos))] + ["9999"]
+    assert set(images.column("container_uri").to_pylist()) == {str(tmp_path / "shard-0.tar")}
+    status = dict(zip(images.column("key").to_pylist(), images.column("error").to_pylist(), strict=True))
+    assert "not an image" in (status.pop("9999") or "") and set(status.values()) == {None}
+
+    # The same photos as loose files through the same worker: identical people.
+    all_spans = list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
+    member_rows, member_instances = worker.label(range(len(listing.uris)), listing.uris.to_pylist(),
+                                                 kind=listing.kind, spans=all_spans)
+    file_rows, file_instances = worker.label(range(len(photos)), [str(p) for p in photos])
+    by_member = _keypoints_by_uri(member_rows, member_instances)
+    by_file = _keypoints_by_uri(file_rows, file_instances)
+    assert sum(len(v) for v in by_file.values()) > 0
+    for i, path in enumerate(photos):
+        np.testing.assert_array_equal(by_member[f"{tmp_path}/shard-0.tar#{i:04d}.jpg"], by_file[str(path)])
+
+
+def test_parquet_rows_keep_their_ids(testdata: Path, tmp_path: Path) -> None:
+    photos = sorted((testdata / "coco").glob("*.jpg"))
+    table = pa.table({"photo_id": [1000 + i for i in range(len(photos))] + [2000],
+                      "image": [{"bytes": p.read_bytes(), "path": p.name} for p in photos] + [
+                          {"bytes": None, "path": "elsewhere.jpg"}]})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                           ["job.image_column=image", "job.id_column=photo_id", "job.batch_size=2"])
+    listing = list_source(str(tmp_path / "t.parquet"), EXTS, "image", "photo_id")
+    plan = make_plan(cfg, listing)
+    uris, spans = shard_inputs(listing, plan, 0)
+    rows, instances = BmpWorker(cfg).label(range(len(uris)), uris, kind=listing.kind, spans=spans)
+    assert [r.key for r in rows] == [str(1000 + i) for i in range(len(photos))] + ["2000"]
+    assert rows[-1].error is not None and "elsewhere.jpg" in rows[-1].error
+    file_rows, file_instances = BmpWorker(cfg).label(range(len(photos)), [str(p) for p in photos])
+    by_row, by_file = _keypoints_by_uri(rows, instances), _keypoints_by_uri(file_rows, file_instances)
+    for i, path in enumerate(photos):
+        assert rows[i].width is not None and rows[i].error is None
+        np.testing.assert_array_equal(by_row[uris[i]], by_file[str(path)])
+
+
+def test_a_resume_reuses_the_frozen_tar_listing_unless_a_tar_or_the_config_changed(
+        testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bmp_core.io import tars
+    from bmp_core.output.plan import freeze_plan
+    from jobs.planner import list_job_input, listing_table
+
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        for i, path in enumerate(sorted((testdata / "coco").glob("*.jpg"))):
+            _add(tar, f"{i}.jpg", path.read_bytes())
+        _add(tar, "x.png", b"a png by name")
+    cfg = _cfg()
+    store = OutputStore(str(tmp_path / "out"))
+    first = list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    freeze_plan(store, make_plan(cfg, first), listing_table(first), cfg)
+
+    walks: list[str] = []
+    real_walk = tars.list_tar_members
+    monkeypatch.setattr(tars, "list_tar_members", lambda uri, exts: walks.append(uri) or real_walk(uri, exts))
+    again = list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    assert walks == [] and again.uris.equals(first.uris) and again.spans_start.equals(first.spans_start)
+    assert make_plan(cfg, again) == make_plan(cfg, first)  # the resume sees the same plan
+
+    jpg_only = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                                ["job.shard_size=5", "job.image_extensions=[.jpg]"])
+    assert len(list_job_input(jpg_only, str(tmp_path / "a.tar"), store).uris) == len(first.uris) - 1
+    assert walks == [str(tmp_path / "a.tar")]  # another config: walked again, not the frozen listing
+    stat = (tmp_path / "a.tar").stat()
+    os.utime(tmp_path / "a.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    assert len(walks) == 2  # a touched tar: walked again
+
+
+def test_parts_written_before_the_container_columns_read_with_nulls(tmp_path: Path) -> None:
+    from bmp_core.output.reader import read_table
+    from bmp_core.output.tables import IMAGES_SCHEMA, ImageRow, images_table
+
+    old_schema = pa.schema([f for f in IMAGES_SCHEMA if f.name not in ("container_uri", "key")])
+    old_part = images_table([ImageRow(0, "/a.jpg", width=4, height=4)], 0).select(old_schema.names)
+    new_part = images_table([ImageRow(1, "/t.tar#b.jpg", width=4, height=4, container_uri="/t.tar", key="b")], 1)
+    store = OutputStore(str(tmp_path))
+    store.write_table("images/old.parquet", old_part)
+    store.write_table("images/new.parquet", new_part)
+    table = read_table(store, ["images/old.parquet", "images/new.parquet"], "images")
+    assert table.schema == IMAGES_SCHEMA
+    assert table.column("key").to_pylist() == [None, "b"]
+    assert table.column("width").to_pylist() == [4, 4]
+
+
+def test_an_id_column_without_an_image_column_is_a_config_error() -> None:
+    from bmp_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="job.id_column is set but job.image_column is not"):
+        config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.id_column=id"])
+    with pytest.raises(ConfigError, match="job.image_column: an empty column name"):
+        config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.image_column=' '"])
