@@ -95,6 +95,7 @@ def _output(uris: list[str], predictions: list[_Prediction]) -> JobOutput:
         "image_id": list(range(n)), "uri": uris, "status": ["ok"] * n, "error": [None] * n,
         "width": [WIDTH] * n, "height": [HEIGHT] * n, "num_instances": [len(predictions)] * n,
         "read_s": [None] * n, "decode_s": [None] * n, "label_s": [None] * n, "shard_id": [0] * n,
+        "container_uri": [None] * n, "key": [None] * n,
     }, schema=IMAGES_SCHEMA)
     cols: dict[str, list[Any]] = {name: [] for name in INSTANCES_SCHEMA.names}
     for image_id in range(n):

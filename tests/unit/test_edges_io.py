@@ -107,7 +107,7 @@ def fake_worker() -> object:
 
 def test_unreadable_inputs_become_error_rows(fake_worker: object, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import jobs.worker as worker_module
+    import bmp_core.io.uris as uris_module
 
     good = tmp_path / "good.jpg"
     good.write_bytes(synthetic_image_bytes(SYNTHETIC_IMAGES[0]))
@@ -118,7 +118,7 @@ def test_unreadable_inputs_become_error_rows(fake_worker: object, tmp_path: Path
     broken.write_bytes(b"x")
     # Permission and I/O errors cannot be produced reliably on disk (tests may run as root, no
     # failing device): raise them where the worker reads, as fsspec/s3fs would report them.
-    real_read = worker_module.read_bytes
+    real_read = uris_module.read_bytes
 
     def read_bytes(uri: str) -> bytes:
         if uri.endswith("denied.jpg"):
@@ -127,7 +127,7 @@ def test_unreadable_inputs_become_error_rows(fake_worker: object, tmp_path: Path
             raise OSError(errno.EIO, "Input/output error", uri)
         return real_read(uri)
 
-    monkeypatch.setattr(worker_module, "read_bytes", read_bytes)
+    monkeypatch.setattr(uris_module, "read_bytes", read_bytes)
     uris = [str(good), str(directory), str(denied), str(broken), str(tmp_path / "gone.jpg")]
     rows, instances = fake_worker.label(list(range(len(uris))), uris)
     assert [r.image_id for r in rows] == list(range(len(uris)))
