@@ -18,7 +18,7 @@ from bmp_core.records import Detections
 from bmp_core.testing import FakeDetector, FakePoseEstimator, FakeSegmenter, ScriptedDetector, build_fake_models
 from bmp_core.testing.fakes import _TEMPLATE_XY, _ellipse
 
-from tests.conftest import read_bgr
+from tests.conftest import read_bgr, require_shared
 
 GOLDEN = Path(__file__).parent / "golden" / "004806_fake.json"
 CFG = LoopConfig()
@@ -242,8 +242,9 @@ def test_given_boxes_replace_the_first_detector_pass(image_004806: np.ndarray) -
 
 
 def test_batch_equals_one_image_at_a_time(testdata: Path) -> None:
-    images = [read_bgr(testdata / "ochuman" / "004806.jpg"), read_bgr(testdata / "coco" / "000000000785.jpg"),
-              read_bgr(testdata / "ochuman" / "003799.jpg")]
+    ochuman = require_shared(testdata, "ochuman")
+    images = [read_bgr(ochuman / "004806.jpg"), read_bgr(testdata / "coco" / "000000000785.jpg"),
+              read_bgr(ochuman / "003799.jpg")]
     batched_models = build_fake_models()
     batched = run_bmp_batch(images, batched_models, CFG)
     assert batched_models.detector.calls == 2 and batched_models.pose.calls == 2  # one call per pass
