@@ -74,4 +74,15 @@ def read_bgr(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def image_004806(testdata: Path) -> np.ndarray:
+    """OCHuman 004806 (the BMP paper's demo image); skips without the shared set. For tests whose
+    expected values are of this exact image (golden results); others take ``real_image_bgr``."""
     return read_bgr(require_shared(testdata, "ochuman") / "004806.jpg")
+
+
+@pytest.fixture(scope="session")
+def real_image_bgr(testdata: Path) -> np.ndarray:
+    """A real photo of several people: OCHuman 004806 from the shared set, else (a plain clone) the demo
+    set's COCO 000000196141 (four people, the one on which the fake loop also finds people in two passes)."""
+    if (testdata / "ochuman" / "004806.jpg").is_file():
+        return read_bgr(testdata / "ochuman" / "004806.jpg")
+    return read_bgr(testdata / "coco" / "000000196141.jpg")
