@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
         --cuda=*) CUDA="${1#--cuda=}"; shift ;;
         # The lite backend used to need its own VENV_DIR-lite; it is now always in VENV_DIR.
         --lite) echo "setup.sh: --lite is no longer needed (the lite backend is in $VENV)" >&2; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) VENV="$1"; shift ;;
     esac
