@@ -12,23 +12,24 @@ import pytest
 _REPO = Path(__file__).resolve().parents[1]
 
 
-EXAMPLES = _REPO / "examples"
-# The demo set's files under the names the shared set uses (tests/*/ address both as testdata/coco/...).
-_EXAMPLES_AS_COCO = {"ground_truth.json": "test_coco.json", "detections.json": "test_coco_det_AP_H_56.json"}
-
-
 def find_testdata() -> Path | None:
     """The shared real test images: $BMP_TESTDATA, else ../shared/testdata beside the checkout
     (the layout of our dev and CI machines), else /work/shared/testdata (a clone made elsewhere).
-    ``BMP_TESTDATA=examples`` means none of them: the tests run on the repository's demo set, as in a plain
-    clone."""
-    if os.environ.get("BMP_TESTDATA") == "examples":
+
+    ``BMP_NO_SHARED_TESTDATA=1`` makes them absent wherever they are, to check that the unit tier
+    runs on a bare clone (its tests that need real photos skip, the rest use synthetic images)."""
+    if os.environ.get("BMP_NO_SHARED_TESTDATA") == "1":
         return None
     candidates = [os.environ.get("BMP_TESTDATA"), _REPO.parent / "shared" / "testdata", "/work/shared/testdata"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "ochuman" / "004806.jpg").is_file():
             return Path(candidate)
     return None
+
+
+EXAMPLES = _REPO / "examples"
+# The demo set's files under the names the shared set uses (tests/*/ address both as testdata/coco/...).
+_EXAMPLES_AS_COCO = {"ground_truth.json": "test_coco.json", "detections.json": "test_coco_det_AP_H_56.json"}
 
 
 def examples_as_testdata(root: Path) -> Path:
@@ -45,8 +46,8 @@ def examples_as_testdata(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def testdata(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared test images, or (a plain clone) the demo set in examples/, which has only ``coco/``:
-    tests that need the other folders ask for them through ``require_shared``."""
+    """The shared test images, or (a plain clone, or ``BMP_NO_SHARED_TESTDATA=1``) the demo set in examples/,
+    which has only ``coco/``: tests that need the other folders ask for them through ``require_shared``."""
     path = find_testdata()
     if path is not None:
         return path
@@ -57,7 +58,7 @@ def testdata(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def require_shared(testdata: Path, folder: str) -> Path:
     """``testdata / folder``, or skip the test when it is absent: the repository's demo set has only the
-    COCO images (the OCHuman images are not redistributable: their source states no licence)."""
+    COCO images (the OCHuman images are not shipped: no licence for them is stated)."""
     path = testdata / folder
     if not path.is_dir():
         pytest.skip(f"needs the shared test images' {folder}/ (set BMP_TESTDATA; examples/ has only coco/)")
@@ -74,15 +75,5 @@ def read_bgr(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def image_004806(testdata: Path) -> np.ndarray:
-    """OCHuman 004806 (the BMP paper's demo image); skips without the shared set. For tests whose
-    expected values are of this exact image (golden results); others take ``real_image_bgr``."""
+    """OCHuman 004806 (the BMP paper's demo image); skips without the shared set."""
     return read_bgr(require_shared(testdata, "ochuman") / "004806.jpg")
-
-
-@pytest.fixture(scope="session")
-def real_image_bgr(testdata: Path) -> np.ndarray:
-    """A real photo of several people: OCHuman 004806 from the shared set, else (a plain clone) the demo
-    set's COCO 000000196141 (four people, the one on which the fake loop also finds people in two passes)."""
-    if (testdata / "ochuman" / "004806.jpg").is_file():
-        return read_bgr(testdata / "ochuman" / "004806.jpg")
-    return read_bgr(testdata / "coco" / "000000196141.jpg")

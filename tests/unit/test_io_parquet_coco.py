@@ -34,9 +34,9 @@ def _roundtrip(table: pa.Table) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def labeled(real_image_bgr: np.ndarray) -> tuple[list, pa.Table, pa.Table]:
+def labeled(image_004806: np.ndarray) -> tuple[list, pa.Table, pa.Table]:
     models = build_fake_models()
-    small = np.ascontiguousarray(real_image_bgr[::4, ::4])
+    small = np.ascontiguousarray(image_004806[::4, ::4])
     results = [run_bmp(small, models, LoopConfig()), run_bmp(small[:, ::-1].copy(), models, LoopConfig())]
     assert all(len(r.instances) > 0 for r in results)
     inst = _roundtrip(instances_table([7, 9], results))

@@ -18,7 +18,7 @@ from bmp_core.records import Detections
 from bmp_core.testing import FakeDetector, FakePoseEstimator, FakeSegmenter, ScriptedDetector, build_fake_models
 from bmp_core.testing.fakes import _TEMPLATE_XY, _ellipse
 
-from tests.conftest import read_bgr, require_shared
+from tests.conftest import read_bgr
 
 GOLDEN = Path(__file__).parent / "golden" / "004806_fake.json"
 CFG = LoopConfig()
@@ -94,11 +94,11 @@ def test_golden_result_on_ochuman_004806(image_004806: np.ndarray) -> None:
     assert 0 in got["iteration"] and 1 in got["iteration"]
 
 
-def test_loop_structure_on_real_image(real_image_bgr: np.ndarray) -> None:
+def test_loop_structure_on_real_image(image_004806: np.ndarray) -> None:
     models = build_fake_models()
-    result = run_bmp(real_image_bgr, models, CFG, trace=True)
+    result = run_bmp(image_004806, models, CFG, trace=True)
     inst = result.instances
-    h, w = real_image_bgr.shape[:2]
+    h, w = image_004806.shape[:2]
     assert inst.masks.shape == (len(inst), h, w) and inst.keypoints.shape == (len(inst), 17, 3)
     # merge order: older iterations first
     assert np.all(np.diff(inst.iteration) >= 0)
@@ -119,7 +119,7 @@ def test_loop_structure_on_real_image(real_image_bgr: np.ndarray) -> None:
     covered = inst.masks[first].any(0)
     assert covered.any() and (inst.iteration == 1).any()
     assert np.all(second_input[covered] == 0)
-    np.testing.assert_array_equal(second_input[~covered], real_image_bgr[~covered])
+    np.testing.assert_array_equal(second_input[~covered], image_004806[~covered])
     # no person survives the filter with score <= 0.3 or a non-person label
     for t in result.traces:
         assert np.all(t.detections.scores > 0.3) and np.all(t.detections.labels == 0)
@@ -187,16 +187,16 @@ def test_nobody_prompted_means_sam_is_never_run() -> None:
     assert segmenter.prepare_calls == 0 and segmenter.segment_calls == 0
 
 
-def test_empty_image_is_a_valid_result_with_zero_instances(real_image_bgr: np.ndarray) -> None:
+def test_empty_image_is_a_valid_result_with_zero_instances(image_004806: np.ndarray) -> None:
     black = np.zeros((64, 48, 3), np.uint8)
     models = build_fake_models()
     result = run_bmp(black, models, CFG)
     assert len(result.instances) == 0 and result.image_hw == (64, 48)
     assert result.instances.masks.shape == (0, 64, 48)
     assert models.detector.calls == 2 and models.pose.calls == 0 and models.segmenter.prepare_calls == 0
-    h, w = real_image_bgr.shape[:2]
+    h, w = image_004806.shape[:2]
     nothing = BmpModels(ScriptedDetector([[Detections.empty(h, w)]]), FakePoseEstimator(), FakeSegmenter())
-    assert len(run_bmp(real_image_bgr, nothing, CFG).instances) == 0
+    assert len(run_bmp(image_004806, nothing, CFG).instances) == 0
 
 
 def test_detector_filter_label_strict_score_and_box_nms() -> None:
@@ -214,13 +214,13 @@ def test_detector_filter_label_strict_score_and_box_nms() -> None:
     np.testing.assert_array_equal(pose.masks[0], dets.masks[[0, 3]])
 
 
-def test_given_boxes_replace_the_first_detector_pass(real_image_bgr: np.ndarray) -> None:
+def test_given_boxes_replace_the_first_detector_pass(image_004806: np.ndarray) -> None:
     models = build_fake_models()
-    h, w = real_image_bgr.shape[:2]
+    h, w = image_004806.shape[:2]
     boxes = np.array([[50, 100, 300, 800], [380, 120, 640, 900]], np.float32)
     pose = TemplatePose()
     models = BmpModels(models.detector, pose, models.segmenter)
-    inst = run_bmp(real_image_bgr, models, CFG, boxes_xyxy=boxes).instances
+    inst = run_bmp(image_004806, models, CFG, boxes_xyxy=boxes).instances
     first = inst.iteration == 0
     np.testing.assert_allclose(inst.boxes_xyxy[first], boxes)
     assert np.all(inst.det_scores[first] == 1.0)
@@ -229,22 +229,21 @@ def test_given_boxes_replace_the_first_detector_pass(real_image_bgr: np.ndarray)
     assert models.detector.calls == 1  # only the second pass ran the detector
     # given boxes of shape (0, 4): nothing in pass 0, the detector still runs in pass 1
     fresh = build_fake_models()
-    inst0 = run_bmp(real_image_bgr, fresh, CFG, boxes_xyxy=np.zeros((0, 4))).instances
+    inst0 = run_bmp(image_004806, fresh, CFG, boxes_xyxy=np.zeros((0, 4))).instances
     assert fresh.detector.calls == 1 and set(inst0.iteration.tolist()) <= {1}
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
-        run_bmp(real_image_bgr, fresh, CFG, boxes_xyxy=np.zeros((3, 5)))
+        run_bmp(image_004806, fresh, CFG, boxes_xyxy=np.zeros((3, 5)))
     # scores of given boxes (a detections file) are kept as the detector scores
-    scored = run_bmp(real_image_bgr, build_fake_models(), CFG, boxes_xyxy=boxes,
+    scored = run_bmp(image_004806, build_fake_models(), CFG, boxes_xyxy=boxes,
                      box_scores=np.array([0.7, 0.4])).instances
     np.testing.assert_allclose(scored.det_scores[scored.iteration == 0], [0.7, 0.4], rtol=1e-6)
     with pytest.raises(ValueError, match="1 box scores for 2 boxes"):
-        run_bmp(real_image_bgr, build_fake_models(), CFG, boxes_xyxy=boxes, box_scores=np.array([0.7]))
+        run_bmp(image_004806, build_fake_models(), CFG, boxes_xyxy=boxes, box_scores=np.array([0.7]))
 
 
 def test_batch_equals_one_image_at_a_time(testdata: Path) -> None:
-    ochuman = require_shared(testdata, "ochuman")
-    images = [read_bgr(ochuman / "004806.jpg"), read_bgr(testdata / "coco" / "000000000785.jpg"),
-              read_bgr(ochuman / "003799.jpg")]
+    images = [read_bgr(testdata / "ochuman" / "004806.jpg"), read_bgr(testdata / "coco" / "000000000785.jpg"),
+              read_bgr(testdata / "ochuman" / "003799.jpg")]
     batched_models = build_fake_models()
     batched = run_bmp_batch(images, batched_models, CFG)
     assert batched_models.detector.calls == 2 and batched_models.pose.calls == 2  # one call per pass
@@ -254,9 +253,9 @@ def test_batch_equals_one_image_at_a_time(testdata: Path) -> None:
             np.testing.assert_array_equal(getattr(got.instances, name), getattr(want.instances, name), name)
 
 
-def test_more_iterations_never_lose_instances_from_the_image(real_image_bgr: np.ndarray) -> None:
-    one = run_bmp(real_image_bgr, build_fake_models(), config_from_dict({}, ["loop.iterations=1"]).loop)
-    two = run_bmp(real_image_bgr, build_fake_models(), CFG)
+def test_more_iterations_never_lose_instances_from_the_image(image_004806: np.ndarray) -> None:
+    one = run_bmp(image_004806, build_fake_models(), config_from_dict({}, ["loop.iterations=1"]).loop)
+    two = run_bmp(image_004806, build_fake_models(), CFG)
     assert len(two.instances) >= len(one.instances)
     assert set(one.instances.iteration.tolist()) == {0}
 

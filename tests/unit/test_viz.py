@@ -105,14 +105,13 @@ def test_no_people_leaves_the_image_unchanged(image_rgb: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def traced(real_image_bgr: np.ndarray) -> BmpResult:
-    return run_bmp(real_image_bgr, build_fake_models(), LoopConfig(iterations=3), trace=True)
+def traced(image_004806: np.ndarray) -> BmpResult:
+    return run_bmp(image_004806, build_fake_models(), LoopConfig(iterations=3), trace=True)
 
 
-def test_gif_has_one_frame_per_iteration(traced: BmpResult, real_image_bgr: np.ndarray,
-                                         tmp_path: Path) -> None:
+def test_gif_has_one_frame_per_iteration(traced: BmpResult, image_004806: np.ndarray, tmp_path: Path) -> None:
     assert len(traced.traces) == 3
-    rgb = np.ascontiguousarray(real_image_bgr[:, :, ::-1])
+    rgb = np.ascontiguousarray(image_004806[:, :, ::-1])
     frames = viz.iteration_frames(rgb, traced.traces, traced.instances, max_width=800)
     assert len(frames) == 3 and len({f.shape for f in frames}) == 1 and frames[0].shape[1] <= 800
     path = tmp_path / "passes.gif"
@@ -122,13 +121,13 @@ def test_gif_has_one_frame_per_iteration(traced: BmpResult, real_image_bgr: np.n
         assert gif.info.get("loop") == 0
 
 
-def test_traces_round_trip_from_one_small_json(traced: BmpResult, real_image_bgr: np.ndarray,
+def test_traces_round_trip_from_one_small_json(traced: BmpResult, image_004806: np.ndarray,
                                               tmp_path: Path) -> None:
-    files = encode_traces(traced.traces, real_image_bgr)
+    files = encode_traces(traced.traces, image_004806)
     assert set(files) == {"trace.json"}  # every detector input is rebuilt from the original image
     assert len(files["trace.json"]) < 50_000
-    write_traces(str(tmp_path / "7"), traced.traces, real_image_bgr)
-    back = load_traces(str(tmp_path / "7"), real_image_bgr)
+    write_traces(str(tmp_path / "7"), traced.traces, image_004806)
+    back = load_traces(str(tmp_path / "7"), image_004806)
     assert back is not None and len(back) == len(traced.traces)
     for a, b in zip(traced.traces, back):
         assert a.iteration == b.iteration and a.num_new == b.num_new and a.num_removed_old == b.num_removed_old
@@ -136,15 +135,15 @@ def test_traces_round_trip_from_one_small_json(traced: BmpResult, real_image_bgr
         np.testing.assert_allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=0.01)
         np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=1e-4)
         assert np.array_equal(a.detections.masks, b.detections.masks)
-    assert load_traces(str(tmp_path / "missing"), real_image_bgr) is None
+    assert load_traces(str(tmp_path / "missing"), image_004806) is None
 
 
-def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, real_image_bgr: np.ndarray,
+def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, image_004806: np.ndarray,
                                                             tmp_path: Path) -> None:
     greyed = traced.traces[1].detector_input_bgr.copy()
     greyed[~greyed.any(axis=2)] = 127  # a loop that greys people out instead of blacking them out
     traces = [traced.traces[0], dataclasses.replace(traced.traces[1], detector_input_bgr=greyed)]
-    assert set(encode_traces(traces, real_image_bgr)) == {"trace.json", "pass_1_input.png"}
-    write_traces(str(tmp_path / "g"), traces, real_image_bgr)
-    back = load_traces(str(tmp_path / "g"), real_image_bgr)
+    assert set(encode_traces(traces, image_004806)) == {"trace.json", "pass_1_input.png"}
+    write_traces(str(tmp_path / "g"), traces, image_004806)
+    back = load_traces(str(tmp_path / "g"), image_004806)
     assert back is not None and np.array_equal(back[1].detector_input_bgr, greyed)
