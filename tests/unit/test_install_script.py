@@ -14,7 +14,8 @@ README = (ROOT / "README.md").read_text()
 def _commands(text: str) -> list[str]:
     """Shell commands with their continuation lines joined, comments dropped."""
     joined = re.sub(r"\s*\\\n\s*", " ", text)
-    return [line.split(" #", 1)[0].strip() for line in joined.splitlines() if not line.lstrip().startswith("#")]
+    lines = [line for line in joined.splitlines() if not line.lstrip().startswith("#")]
+    return [line.split(" #", 1)[0].strip() for line in lines]
 
 
 def pinned_calls(text: str) -> dict[str, list[str]]:
@@ -47,7 +48,8 @@ def test_every_out_of_resolver_install_is_hash_pinned() -> None:
 
 
 def test_the_checks_catch_an_unpinned_install() -> None:
-    sneaky = SCRIPT + '\n"${PIP[@]}" --no-deps \\\n    "somepkg==1.0"\npinned "other==2.0" -- --no-build-isolation\n'
+    sneaky = (SCRIPT + '\n"${PIP[@]}" --no-deps \\\n    "somepkg==1.0"\n'
+              'pinned "other==2.0" -- --no-build-isolation\n')
     assert unpinned_installs(sneaky) == ['"${PIP[@]}" --no-deps "somepkg==1.0"']
     assert pinned_calls(sneaky)["other==2.0"] == []
 
