@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# Create a virtualenv with bmp-label and everything it runs with.
+# Create one virtualenv with bmp-label and everything it runs with: the real-model stack and the lite
+# backend (MediaPipe BlazePose) side by side.
 #
-# Usage: scripts/setup.sh [VENV_DIR] [--no-models] [--lite]
+# Usage: scripts/setup.sh [VENV_DIR] [--no-models] [--cuda 13|12]
 #   VENV_DIR      where the virtualenv goes (default: .venv)
-#   --no-models   skip the real-model stack (torch, mmdet, mmpose, sam2, ~7 GB): enough for fake
-#                 models, planning, export and the unit/integration tests of the job.
-#   --lite        also create VENV_DIR-lite with the MediaPipe BlazePose backend (models.kind: lite).
-#                 MediaPipe pins protobuf < 5 and opencv-contrib, which clash with the model stack,
-#                 so it gets its own virtualenv (README "Lite").
+#   --no-models   skip the real-model stack (torch, mmdet, mmpose, sam2, ~7 GB): enough for fake models,
+#                 the lite backend, planning, export and the unit/integration tests of the job.
+#   --cuda 12     the CUDA 12 build of the model stack (NVIDIA drivers older than 580; see
+#                 scripts/install_models.sh). Default 13.
 #
-# Installs: the project in editable mode with the s3, ray and dev extras, then (unless --no-models)
-# the pinned model stack through scripts/install_models.sh, which holds every install workaround.
+# Installs the pinned model stack and MediaPipe through scripts/install_models.sh (which holds every install
+# workaround, among them why MediaPipe goes in --no-deps), then the project in editable mode with the s3,
+# ray and dev extras. With --no-models, MediaPipe comes from the project's `lite` extra instead (nothing
+# there clashes with it: no opencv-python).
 set -euo pipefail
 
 VENV=.venv
 WITH_MODELS=1
-WITH_LITE=0
-for arg in "$@"; do
-    case "$arg" in
-        --no-models) WITH_MODELS=0 ;;
-        --lite) WITH_LITE=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-        -*) echo "unknown option $arg" >&2; exit 2 ;;
-        *) VENV="$arg" ;;
+CUDA=13
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --no-models) WITH_MODELS=0; shift ;;
+        --cuda) [[ $# -ge 2 ]] || { echo "--cuda needs 13 or 12" >&2; exit 2; }; CUDA="$2"; shift 2 ;;
+        --cuda=*) CUDA="${1#--cuda=}"; shift ;;
+        # The lite backend used to need its own VENV_DIR-lite; it is now always in VENV_DIR.
+        --lite) echo "setup.sh: --lite is no longer needed (the lite backend is in $VENV)" >&2; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -*) echo "unknown option $1" >&2; exit 2 ;;
+        *) VENV="$1"; shift ;;
     esac
 done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,14 +39,10 @@ PY="$VENV/bin/python"
 "$PY" -m pip install --disable-pip-version-check -q -U "pip==26.3" "setuptools==80.10.2" "wheel==0.48.0"
 if [[ "$WITH_MODELS" == 1 ]]; then
     # The model stack first, so that its exact pins (torch, numpy) are what the project then sees.
-    bash "$HERE/scripts/install_models.sh" "$PY"
-fi
-"$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev]"
-if [[ "$WITH_LITE" == 1 ]]; then
-    LITE="$VENV-lite"
-    [[ -x "$LITE/bin/python" ]] || "$PYTHON" -m venv "$LITE"
-    "$LITE/bin/python" -m pip install --disable-pip-version-check -q -U "pip==26.3" "setuptools==80.10.2" "wheel==0.48.0"
-    "$LITE/bin/python" -m pip install --disable-pip-version-check -q -e "$HERE[s3,lite,ray,dev]"  # one resolve: ray with mediapipe's protobuf<5
-    echo "setup.sh: lite backend in $LITE"
+    bash "$HERE/scripts/install_models.sh" "$PY" --cuda "$CUDA"
+    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev]"
+else
+    # One resolve, so that ray settles on mediapipe's protobuf < 5 (on its own ray would take protobuf 7).
+    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev,lite]"
 fi
 echo "setup.sh: ready. Activate with: source $VENV/bin/activate"

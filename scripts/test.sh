@@ -2,10 +2,9 @@
 # Run every test suite in the environment scripts/setup.sh made (what CI runs).
 #
 # Usage: scripts/test.sh [VENV_DIR] [-- extra pytest args]
-#   .venv:       tests/unit, tests/integration (local Ray, moto S3), tests/models (real architectures,
-#                random weights), tests/lite's geometry tests
-#   .venv-lite:  tests/lite with MediaPipe (real BlazePose weights, AP checked by pycocotools), when
-#                scripts/setup.sh --lite made it
+#   tests/unit, tests/integration (local Ray, moto S3), tests/models (real architectures, random weights),
+#   tests/lite (MediaPipe BlazePose, real weights, AP checked by pycocotools): one environment for all.
+#   Suites whose stack is not installed (e.g. after setup.sh --no-models) skip, saying why (-rs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=.venv
@@ -16,8 +15,3 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     exit 2
 fi
 "$VENV/bin/python" -m pytest -q -rs tests "$@"
-if [[ -x "$VENV-lite/bin/python" ]]; then
-    "$VENV-lite/bin/python" -m pytest -q -rs tests/lite "$@"
-else
-    echo "test.sh: no $VENV-lite, skipped the MediaPipe accuracy tests (scripts/setup.sh --lite)"
-fi

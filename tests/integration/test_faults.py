@@ -94,6 +94,9 @@ def test_worker_killed_mid_shard_is_replaced(ray_cluster: object, testdata: Path
 
 def test_driver_killed_then_resumed(ray_cluster: object, testdata: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
+    num_images = len(list(testdata.rglob("*.jpg")))
+    if num_images < 8:  # e.g. examples/ (4 images): the driver could finish before it is killed
+        pytest.skip(f"needs at least 8 images to kill the driver mid-job, the test images have {num_images}")
     out = tmp_path / "out"
     args = ["run", "--config", str(FAKE_CONFIG), "--input", str(testdata), "--output", str(out), "--no-progress",
             *SLOW]
@@ -116,7 +119,7 @@ def test_driver_killed_then_resumed(ray_cluster: object, testdata: Path, tmp_pat
     rerun = run_job(fake_config(*SLOW), RunOptions(str(testdata), str(out), num_workers=2, progress=False,
                                                     lock_settle_s=0.05))
     assert rerun.counts.shards_skipped >= committed_before >= 3
-    assert rerun.counts.shards_labeled == 10 - rerun.counts.shards_skipped
+    assert rerun.counts.shards_labeled == num_images - rerun.counts.shards_skipped  # 1 per shard
     _assert_same_labels_as_reference(out, testdata)
 
 

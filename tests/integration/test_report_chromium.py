@@ -80,6 +80,9 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
 
 @pytest.fixture(scope="module")
 def job_output(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    from tests.conftest import require_shared
+
+    require_shared(testdata, "ochuman")  # the traced image is OCHuman's 004806
     out = tmp_path_factory.mktemp("report") / "out"
     return out, make_output(testdata, out)
 

@@ -63,7 +63,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
 
     # Resume on S3 skips everything; a job on an S3 output that another job holds is refused.
     assert run_job(cfg, RunOptions(f"s3://{BUCKET}/in/", out, progress=False,
-                                   lock_settle_s=0.05)).counts.shards_skipped == 3
+                                   lock_settle_s=0.05)).counts.shards_skipped == -(-len(local) // 4)
     holder = OutputLock(OutputStore(out), ttl_s=60, settle_s=0)
     holder.acquire()
     try:

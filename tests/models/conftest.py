@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import read_bgr
+from tests.conftest import read_bgr, require_shared
 
 REPO = Path(__file__).resolve().parents[2]
 OCHUMAN = ("004806", "000817", "003799", "003896")
@@ -37,7 +37,7 @@ def tiny_models(tiny_cfg: Any) -> Any:
 @pytest.fixture(scope="session")
 def ochuman_images(testdata: Path) -> dict[str, np.ndarray]:
     """The four OCHuman test images, (H, W, 3) uint8 BGR, keyed by id."""
-    return {name: read_bgr(testdata / "ochuman" / f"{name}.jpg") for name in OCHUMAN}
+    return {name: read_bgr(require_shared(testdata, "ochuman") / f"{name}.jpg") for name in OCHUMAN}
 
 
 @pytest.fixture(scope="session")

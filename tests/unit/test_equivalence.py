@@ -15,7 +15,10 @@ from tests.conftest import read_bgr
 
 
 def _images(testdata: Path) -> list[np.ndarray]:
-    return [read_bgr(p) for p in sorted((testdata / "ochuman").glob("*.jpg"))[:2]]
+    """Two crowded OCHuman photos, or in a plain clone two of the demo set's COCO photos."""
+    paths = sorted((testdata / "ochuman").glob("*.jpg"))[:2] or sorted((testdata / "coco").glob("*.jpg"))[1:3]
+    assert len(paths) == 2
+    return [read_bgr(p) for p in paths]
 
 
 def _assert_same(a, b) -> None:  # noqa: ANN001

@@ -225,7 +225,9 @@ def test_match_images_by_path_suffix() -> None:
 
 
 def test_ochuman_style_gt_without_area_goes_through_xtcocotools(testdata: Path) -> None:
-    gt = _load(testdata / "ochuman" / "test_ochuman.json")
+    from tests.conftest import require_shared
+
+    gt = _load(require_shared(testdata, "ochuman") / "test_ochuman.json")
     for ann in gt["annotations"]:
         del ann["area"]  # as in OCHuman/CrowdPose-style files: pycocotools' COCOeval needs it
     with pytest.raises(EvaluationError, match="area"):
@@ -239,7 +241,9 @@ def test_ochuman_style_gt_without_area_goes_through_xtcocotools(testdata: Path) 
 
 
 def test_ochuman_gt_with_area_matches_pycocotools_direct(testdata: Path) -> None:
-    gt_path = testdata / "ochuman" / "test_ochuman.json"
+    from tests.conftest import require_shared
+
+    gt_path = require_shared(testdata, "ochuman") / "test_ochuman.json"
     gt = _load(gt_path)
     rng = np.random.default_rng(3)
 
@@ -277,7 +281,9 @@ def test_cli_eval_writes_eval_json_from_parquet_parts(tmp_path: Path, coco_gt_pa
 
 
 def test_gt_people_without_a_mask_are_crowd_regions_for_mask_ap(testdata: Path) -> None:
-    gt = _load(testdata / "ochuman" / "test_ochuman.json")
+    from tests.conftest import require_shared
+
+    gt = _load(require_shared(testdata, "ochuman") / "test_ochuman.json")
     output = gt_as_output(gt)  # predictions made while every GT person still had a mask
     gt["annotations"][1]["segmentation"] = None
     result = evaluate_output(output, gt, iou_types=("segm", "keypoints"))

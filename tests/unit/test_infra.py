@@ -241,7 +241,9 @@ def _dockerfile_runs() -> list[str]:
 def test_dockerfile_installs_through_the_project_scripts_not_a_copy() -> None:
     runs = " ".join(_dockerfile_runs())
     assert "bash scripts/install_models.sh" in runs
-    assert "-r requirements/models.txt" in runs  # the cache layer reads the same file
+    # The cache layer reads the same lock as the script: models.txt, or models-cu12.txt with CUDA=12.
+    assert 'pip install -r "requirements/$lock"' in runs and "lock=models.txt" in runs
+    assert "lock=models-cu12.txt" in runs and 'install_models.sh /opt/venv/bin/python --cuda "$CUDA"' in runs
     extras = re.search(r"pip install -e \"?\.\[([\w,]+)\]", runs)
     assert extras, "the project is not installed with pip install -e .[extras]"
     declared = _pyproject()["project"]["optional-dependencies"]

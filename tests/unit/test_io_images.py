@@ -136,6 +136,8 @@ def test_exif_rotated_jpeg_is_labeled_upright() -> None:
 
 def test_real_test_image_matches_pil(testdata: Path) -> None:
     path = testdata / "ochuman" / "004806.jpg"
+    if not path.is_file():  # a plain clone: the demo set's COCO photo
+        path = testdata / "coco" / "000000000785.jpg"
     out = decode_image_bgr(path.read_bytes())
     with Image.open(path) as im:
         expected = np.asarray(im.convert("RGB"))[:, :, ::-1]
