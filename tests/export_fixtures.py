@@ -101,7 +101,8 @@ def write_output(uri: str, images: list[Image], shard_size: int = 2, keypoint_th
                          width=None if images[i].error else images[i].width,
                          height=None if images[i].error else images[i].height,
                          num_instances=0 if images[i].error else len(images[i].people)) for i in ids]
-        people = [[] if images[i].error else images[i].people for i in ids]
+        # An error image's people (none in a real job) are written too: the exports must skip them.
+        people = [images[i].people for i in ids]
         commit_shard(store, plan.plan_id, shard_id, f"a1-{shard_id}", images_table(rows, shard_id),
                      instances_from_people(ids, people))
     return store.uri

@@ -28,19 +28,19 @@ def mask_loops(mask: np.ndarray) -> list[np.ndarray]:
         (K, 2) float64 arrays of ``(x, y)`` corners (the first vertex is not repeated at the end).
     """
     m = np.pad(np.asarray(mask, bool), 1)
-    starts: list[np.ndarray] = []
-    dirs: list[tuple[int, int]] = []
     # Padded pixel (r, c) covers [c, c+1] x [r, r+1]; each edge is walked with the inside on its right.
-    r, c = np.nonzero(m[1:, :] & ~m[:-1, :])  # top edge of inside pixel (r+1, c): +x at y = r+1
-    starts.append(np.stack([c, r + 1], 1)); dirs.append((1, 0))  # noqa: E702
-    r, c = np.nonzero(m[:-1, :] & ~m[1:, :])  # bottom edge of inside pixel (r, c): -x at y = r+1
-    starts.append(np.stack([c + 1, r + 1], 1)); dirs.append((-1, 0))  # noqa: E702
-    r, c = np.nonzero(m[:, 1:] & ~m[:, :-1])  # left edge of inside pixel (r, c+1): -y at x = c+1
-    starts.append(np.stack([c + 1, r + 1], 1)); dirs.append((0, -1))  # noqa: E702
-    r, c = np.nonzero(m[:, :-1] & ~m[:, 1:])  # right edge of inside pixel (r, c): +y at x = c+1
-    starts.append(np.stack([c + 1, r], 1)); dirs.append((0, 1))  # noqa: E702
+    top_r, top_c = np.nonzero(m[1:, :] & ~m[:-1, :])  # top edge of inside pixel (r+1, c): +x at y = r+1
+    bot_r, bot_c = np.nonzero(m[:-1, :] & ~m[1:, :])  # bottom edge of inside pixel (r, c): -x at y = r+1
+    left_r, left_c = np.nonzero(m[:, 1:] & ~m[:, :-1])  # left edge of inside pixel (r, c+1): -y at x = c+1
+    right_r, right_c = np.nonzero(m[:, :-1] & ~m[:, 1:])  # right edge of inside pixel (r, c): +y at x = c+1
+    edges = (
+        (np.stack([top_c, top_r + 1], 1), (1, 0)),
+        (np.stack([bot_c + 1, bot_r + 1], 1), (-1, 0)),
+        (np.stack([left_c + 1, left_r + 1], 1), (0, -1)),
+        (np.stack([right_c + 1, right_r], 1), (0, 1)),
+    )
     outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for pts, d in zip(starts, dirs, strict=True):
+    for pts, d in edges:
         for x, y in pts.tolist():
             outgoing.setdefault((x, y), []).append(d)
     loops = []
