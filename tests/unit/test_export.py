@@ -5,6 +5,7 @@ Label Studio). The trainers' own loaders and a training step are in tests/models
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -363,3 +364,21 @@ def test_cli_export_and_its_one_line_errors(output: str, tmp_path: Path, capsys:
     assert "no plan.json" in capsys.readouterr().err
     assert main(["export", output, "--format", "coco", "--to", output, "--no-progress"]) == 2
     assert "must not be the output itself" in capsys.readouterr().err
+
+
+def test_report_draws_the_policy_and_counts_who_falls_below(output: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    dest = tmp_path / "p"
+    manifest = _export(output, dest, min_det_score=0.5)
+    assert main(["report", output, "--samples", "0", "--policy", str(dest / "export.json"),
+                 "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    section = page[page.index("<section id='policy'>"):]
+    section = section[:section.index("</section>")]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    row = cells[cells.index("min_det_score"):][:3]
+    assert row == ["min_det_score", "0.5", str(manifest["counts"]["ignored_by_reason"]["det_score"])]
+    assert main(["report", output, "--samples", "0", "--policy", str(tmp_path / "none.json"),
+                 "--out", str(tmp_path / "r2.html")]) == 2
+    assert "is not an export.json" in capsys.readouterr().err
