@@ -382,3 +382,17 @@ def test_report_draws_the_policy_and_counts_who_falls_below(output: str, tmp_pat
     assert main(["report", output, "--samples", "0", "--policy", str(tmp_path / "none.json"),
                  "--out", str(tmp_path / "r2.html")]) == 2
     assert "is not an export.json" in capsys.readouterr().err
+
+
+def test_a_previous_export_is_replaced_whole_and_other_folders_are_refused(output: str, tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    export_output(output, str(dest), "coco", ExportPolicy(), ExportOptions(images_per_file=1))
+    assert (dest / "train-00005.json").exists()
+    export_output(output, str(dest), "coco", ExportPolicy())
+    assert sorted(p.name for p in dest.iterdir()) == ["export.json", "index.json", "train.json"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="is not empty and holds no export.json"):
+        export_output(output, str(busy), "coco", ExportPolicy())
+    assert (busy / "thesis.tex").read_text() == "keep me"

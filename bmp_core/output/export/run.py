@@ -38,12 +38,27 @@ class ExportUsageError(ValueError):
     """A bad format or option: the CLI prints it as one line (exit 2)."""
 
 
+def _prepare_dest(dest) -> None:
+    """DEST must be new, empty, or a previous export (it holds ``export.json``), which is replaced
+    whole, so no file of an older, larger export is left beside the new one."""
+    names = dest.list_dir("")
+    if not names:
+        return
+    if EXPORT_JSON not in names:
+        raise ExportUsageError(f"--to {dest.uri} is not empty and holds no {EXPORT_JSON}: give a new or empty "
+                               "folder (a previous export there is replaced)")
+    dest.remove(EXPORT_JSON)  # first: a half-replaced export never looks finished
+    for name in names:
+        dest.remove(name)
+
+
 def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy,
                   options: ExportOptions = ExportOptions()) -> ExportManifest:
     """Export the output at ``source_uri`` to ``dest_uri`` in ``fmt``; returns the written manifest.
 
     Raises:
-        ExportUsageError: unknown format, bad option, DEST inside the source output.
+        ExportUsageError: unknown format, bad option, DEST the source output itself or a folder
+            that is neither empty nor a previous export.
         OutputStateError: the source is not a bmp-label output.
     """
     from bmp_core.output.commits import committed_markers
@@ -60,6 +75,7 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
     if dest.uri.rstrip("/") == src.uri.rstrip("/"):
         raise ExportUsageError("--to must not be the output itself: give a new folder or prefix")
     plan = load_plan(src)
+    _prepare_dest(dest)
     tally = ExportTally()
     shards = iter_export_shards(src, policy, progress=options.progress, desc=f"export {fmt}")
     info = {"source": src.uri, "plan_id": plan.plan_id, "policy": policy.to_dict()}
