@@ -43,6 +43,14 @@ def test_export_s3_to_s3_matches_the_local_export(s3_endpoint: str, tmp_path: Pa
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="exports/coco/export.json")["Body"].read())
     assert manifest["source"] == src and manifest["counts"]["images_failed"] == 1
 
+    # A rerun into the same prefix replaces the previous export whole (no stale train-0000N.json).
+    assert len(remote.files) > 1
+    again = export_output(src, f"s3://{BUCKET}/exports/coco", "coco", policy, ExportOptions())
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="exports/coco/")["Contents"]}
+    names = [f["file"] for f in again.files]
+    assert set(names) <= {"train.json", "val.json"}
+    assert keys == {f"exports/coco/{n}" for n in [*names, "index.json", "export.json"]}
+
     # YOLO on S3: no symlinks; the list files name the source URIs, data.yaml the S3 prefix.
     yolo = export_output(src, f"s3://{BUCKET}/exports/yolo", "yolo-pose", policy, ExportOptions(link="auto"))
     data = yaml.safe_load(s3.get_object(Bucket=BUCKET, Key="exports/yolo/data.yaml")["Body"].read())

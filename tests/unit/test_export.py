@@ -396,3 +396,18 @@ def test_a_previous_export_is_replaced_whole_and_other_folders_are_refused(outpu
     with pytest.raises(ValueError, match="is not empty and holds no export.json"):
         export_output(output, str(busy), "coco", ExportPolicy())
     assert (busy / "thesis.tex").read_text() == "keep me"
+
+
+def test_yolo_pose_clips_boxes_and_unlabels_keypoints_outside_the_image(tmp_path: Path) -> None:
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"x")
+    kp = default_keypoints(box_mask(H, W, 40, 10, 64, 40), 0.9)
+    kp[0, :2] = (W + 5.0, 10.0)  # a confident keypoint outside the image
+    kp[1, :2] = (-1.0, 10.0)
+    person = Person(box_mask(H, W, 40, 10, 64, 40), keypoints=kp, box_xyxy=(40, 10, 70, 40))
+    out = write_output(str(tmp_path / "out"), [Image(str(src), W, H, people=[person])])
+    m = _export(out, tmp_path / "y", "yolo-pose")
+    row = np.array((tmp_path / "y" / "labels" / "train" / "000000000_a.txt").read_text().split(), float)
+    assert (row[5:8] == 0).all() and (row[8:11] == 0).all() and (row[11:][2::3] == 2).all()
+    np.testing.assert_allclose(row[1:5], [52 / W, 25 / H, 24 / W, 30 / H], atol=1e-6)  # the mask's box
+    assert m["counts"]["format_dropped"] == {"keypoints_outside_image": 2}
