@@ -146,10 +146,13 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
                      help="YOLO: leave out images whose ignore regions cover more of the image (default 0.05)")
     fmt = p.add_argument_group("format options")
     fmt.add_argument("--images-per-file", type=int, default=50_000, help="COCO: images per file (default 50000)")
+    fmt.add_argument("--coco-segmentation", default="rle",
+                     help="COCO masks: rle (exact, default) | polygon (one polygon per kept person, for "
+                     "pipelines that read polygons only, e.g. mmdet LoadAnnotations(poly2mask=False))")
     fmt.add_argument("--link", default="auto", help="YOLO images: symlink | list | auto (default: symlinks "
                      "when images and DEST are local)")
     fmt.add_argument("--polygon-tolerance", type=float, default=1.0,
-                     help="YOLO seg / review polygons: simplification tolerance in pixels (0: exact)")
+                     help="YOLO seg / COCO polygon masks: simplification tolerance in pixels (0: exact)")
     fmt.add_argument("--review", type=int, default=100, help="label-studio: images in the review subset")
     fmt.add_argument("--review-by", default="low-confidence", help="low-confidence | crowded | random")
     fmt.add_argument("--image-url-prefix", default="",
@@ -175,7 +178,8 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
                               val_fraction=args.val_fraction, max_ignore_fraction=args.max_ignore_fraction)
         options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
                                 link=args.link, polygon_tolerance_px=args.polygon_tolerance,
-                                image_url_prefix=args.image_url_prefix, progress=not args.no_progress)
+                                image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
+                                progress=not args.no_progress)
         manifest = export_output(args.output, args.to, args.format, policy, options)
     except (PolicyError, ExportUsageError) as err:
         raise ConfigError(str(err)) from None

@@ -17,7 +17,7 @@ pytest.importorskip("mmpose")
 
 from bmp_core.models import _compat
 from bmp_core.output.export.policy import ExportPolicy
-from bmp_core.output.export.run import export_output
+from bmp_core.output.export.run import ExportOptions, export_output
 from tests.export_fixtures import Image, Person, box_mask, default_keypoints, write_output
 
 H, W = 96, 128
@@ -45,6 +45,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = write_output(str(root / "out"), images, shard_size=2)
     dest = root / "coco"
     export_output(out, str(dest), "coco", ExportPolicy(min_pose_score=0.5))
+    export_output(out, str(root / "coco_polygons"), "coco", ExportPolicy(min_pose_score=0.5),
+                  ExportOptions(coco_segmentation="polygon"))
     return dest / "train.json", json.loads((dest / "export.json").read_text())
 
 
@@ -117,7 +119,8 @@ def test_one_vitpose_s_training_step(exported: tuple[Path, dict]) -> None:
     assert "loss_kpt" in losses and all(torch.isfinite(v).all() for v in losses.values())
 
 
-def test_one_rtmdet_ins_tiny_training_step(exported: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("segmentation", ["rle", "polygon"])
+def test_one_rtmdet_ins_tiny_training_step(exported: tuple[Path, dict], segmentation: str) -> None:
     _compat.apply()
     from mmdet.datasets import CocoDataset
     from mmdet.registry import MODELS
@@ -131,19 +134,22 @@ def test_one_rtmdet_ins_tiny_training_step(exported: tuple[Path, dict]) -> None:
     torch.manual_seed(0)
     mm_cfg = build_rtmdet_config(DetectorModelConfig(config="rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py",
                                                      num_classes=1))
-    # RTMDet-Ins's own stage-2 train pipeline, at 320 px for CPU speed. poly2mask=True: the shipped
-    # config's poly2mask=False turns every RLE mask into an ignored instance (README: Training on the labels).
+    # RTMDet-Ins's own stage-2 train pipeline, at 320 px for CPU speed. RLE masks need poly2mask=True:
+    # the shipped poly2mask=False turns every RLE mask into an ignored instance (README: Training on
+    # the labels); the polygon export trains with the shipped setting unchanged.
     pipeline = [dict(step) for step in mm_cfg.train_pipeline_stage2]
+    ann_file = exported[0] if segmentation == "rle" else exported[0].parent.parent / "coco_polygons" / "train.json"
     for step in pipeline:
         if step["type"] == "LoadAnnotations":
-            step["poly2mask"] = True
+            assert step["poly2mask"] is False  # the shipped setting
+            step["poly2mask"] = segmentation == "rle"
         if step["type"] == "RandomResize":
             step["scale"] = (320, 320)
         if step["type"] in ("RandomCrop",):
             step["crop_size"] = (320, 320)
         if step["type"] == "Pad":
             step["size"] = (320, 320)
-    ds = CocoDataset(ann_file=str(exported[0]), data_prefix={"img": ""}, metainfo={"classes": ("person",)},
+    ds = CocoDataset(ann_file=str(ann_file), data_prefix={"img": ""}, metainfo={"classes": ("person",)},
                      pipeline=pipeline)
     # The crowd region travels as an ignored instance, the kept people as targets.
     sample = ds.pipeline(dict(ds.get_data_info(0)))
@@ -170,6 +176,15 @@ def test_rle_masks_are_ignored_by_mmdet_with_poly2mask_false(exported: tuple[Pat
     assert shipped["gt_ignore_flags"].all()
     assert fixed["gt_ignore_flags"].tolist() == [inst["ignore_flag"] == 1 for inst in info["instances"]]
     assert fixed["gt_masks"].masks.sum(axis=(1, 2)).tolist() == [int(a["area"]) for a in _anns(exported[0], 0)]
+    # The polygon export under the shipped setting: the kept people are targets, the crowd region ignored.
+    polys = CocoDataset(ann_file=str(exported[0].parent.parent / "coco_polygons" / "train.json"),
+                        data_prefix={"img": ""}, metainfo={"classes": ("person",)}, filter_cfg=None, pipeline=[])
+    poly_info = polys.get_data_info(0)
+    loaded = LoadAnnotations(with_bbox=True, with_mask=True, poly2mask=False)(dict(poly_info, ori_shape=(H, W)))
+    crowd = [inst["ignore_flag"] == 1 for inst in poly_info["instances"]]
+    assert loaded["gt_ignore_flags"].tolist() == crowd and not all(crowd)
+    masks = loaded["gt_masks"].to_ndarray()
+    np.testing.assert_array_equal(masks[~np.array(crowd)], fixed["gt_masks"].masks[~np.array(crowd)])
 
 
 def _anns(ann_file: Path, index: int) -> list[dict]:

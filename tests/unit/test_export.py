@@ -411,3 +411,17 @@ def test_yolo_pose_clips_boxes_and_unlabels_keypoints_outside_the_image(tmp_path
     assert (row[5:8] == 0).all() and (row[8:11] == 0).all() and (row[11:][2::3] == 2).all()
     np.testing.assert_allclose(row[1:5], [52 / W, 25 / H, 24 / W, 30 / H], atol=1e-6)  # the mask's box
     assert m["counts"]["format_dropped"] == {"keypoints_outside_image": 2}
+
+
+def test_coco_polygon_masks_fill_back_exactly_and_ignore_regions_stay_rle(output: str, tmp_path: Path) -> None:
+    export_output(output, str(tmp_path / "rle"), "coco", ExportPolicy(min_pose_score=0.5))
+    export_output(output, str(tmp_path / "poly"), "coco", ExportPolicy(min_pose_score=0.5),
+                  ExportOptions(coco_segmentation="polygon", polygon_tolerance_px=0))
+    rle, poly = COCO(str(tmp_path / "rle" / "train.json")), COCO(str(tmp_path / "poly" / "train.json"))
+    assert rle.getAnnIds() == poly.getAnnIds()
+    for a, b in zip(rle.loadAnns(rle.getAnnIds()), poly.loadAnns(poly.getAnnIds()), strict=True):
+        assert isinstance(b["segmentation"], dict if b["iscrowd"] else list)
+        np.testing.assert_array_equal(rle.annToMask(a), poly.annToMask(b))
+        assert {**a, "segmentation": None} == {**b, "segmentation": None}
+    recorded = json.loads((tmp_path / "poly" / "export.json").read_text())["options"]
+    assert recorded == {"images_per_file": 50_000, "segmentation": "polygon", "polygon_tolerance_px": 0}

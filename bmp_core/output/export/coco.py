@@ -66,12 +66,28 @@ def image_entry(shard: ExportShard, i: int) -> dict[str, Any]:
             "height": int(shard.heights[i])}
 
 
-class ShardAnnotations:
-    """A shard's annotations encoded once (vectorised), handed out per image."""
+SEGMENTATION_RLE = "rle"
+SEGMENTATION_POLYGON = "polygon"
 
-    def __init__(self, shard: ExportShard, keypoint_thr: float) -> None:
+
+class ShardAnnotations:
+    """A shard's annotations encoded once (vectorised), handed out per image.
+
+    ``segmentation``: ``rle`` (compressed RLE, exact) or ``polygon``: a kept person's mask as ONE COCO
+    polygon (``bmp_core.ops.polygons.mask_polygon``: parts and holes joined by zero-width bridges,
+    Douglas-Peucker at ``polygon_tolerance_px``), for pipelines that read polygons only (mmdet's
+    ``LoadAnnotations(poly2mask=False)``, RTMDet's shipped setting). Ignore regions stay RLE (COCO's
+    crowd convention); a person whose mask is empty keeps its (empty) RLE.
+    """
+
+    def __init__(self, shard: ExportShard, keypoint_thr: float, segmentation: str = SEGMENTATION_RLE,
+                 polygon_tolerance_px: float = 1.0) -> None:
+        if segmentation not in (SEGMENTATION_RLE, SEGMENTATION_POLYGON):
+            raise ValueError(f"segmentation must be rle or polygon, got {segmentation!r}")
         inst = shard.instances
         self.shard = shard
+        self._polygons = segmentation == SEGMENTATION_POLYGON
+        self._tolerance = polygon_tolerance_px
         n = inst.num_rows
         if n:
             kpts51, num_kpts = coco_keypoints(keypoints_array(inst), keypoint_thr)
@@ -93,13 +109,14 @@ class ShardAnnotations:
             if decision == Decision.DROP:
                 continue
             crowd = decision == Decision.IGNORE
+            rle = {"size": list(self._sizes[k]), "counts": self._counts[k]}
             out.append({
                 "image_id": image_id,
                 "category_id": PERSON_CATEGORY_ID,
                 "keypoints": [0] * 51 if crowd else self._kpts[k],
                 "num_keypoints": 0 if crowd else int(self._num_kpts[k]),
                 "bbox": self._bbox[k],
-                "segmentation": {"size": list(self._sizes[k]), "counts": self._counts[k]},
+                "segmentation": self._polygon(rle) if self._polygons and not crowd else rle,
                 "area": float(self._cols["mask_area"][k]),
                 "iscrowd": int(crowd),
                 "score": float(self._cols["pose_score"][k]),
@@ -107,6 +124,16 @@ class ShardAnnotations:
                 "sam_score": self._cols["sam_score"][k],
             })
         return out
+
+
+    def _polygon(self, rle: dict[str, Any]) -> Any:
+        from bmp_core.ops.polygons import mask_polygon
+        from bmp_core.ops.rle import decode_rle
+
+        poly = mask_polygon(decode_rle([rle])[0], self._tolerance)
+        if poly is None or len(poly) < 3:
+            return rle
+        return [np.round(poly.reshape(-1), 2).tolist()]
 
 
 @dataclass(frozen=True)
@@ -215,7 +242,8 @@ class CocoSplitWriter:
 
 def write_coco_export(shards: Iterable[ExportShard], dest, keypoint_thr: float, images_per_file: int,
                       single: bool, tally, info: dict[str, Any] | None = None,
-                      prefix: str = "") -> list[CocoFileInfo]:
+                      prefix: str = "", segmentation: str = SEGMENTATION_RLE,
+                      polygon_tolerance_px: float = 1.0) -> list[CocoFileInfo]:
     """The ``--format coco`` files of ``shards`` in ``dest`` (an ``OutputStore``) and ``index.json``.
 
     Args:
@@ -225,6 +253,7 @@ def write_coco_export(shards: Iterable[ExportShard], dest, keypoint_thr: float, 
             ``val.json`` instead of ``train-00000.json``.
         tally: an ``ExportTally``, filled in.
         prefix: put in front of every file name (e.g. ``"coco/"``).
+        segmentation, polygon_tolerance_px: as in ``ShardAnnotations``.
 
     Returns:
         the files written, train first.
@@ -238,7 +267,7 @@ def write_coco_export(shards: Iterable[ExportShard], dest, keypoint_thr: float, 
                    for s in ("train", "val")}
         for shard in shards:
             tally.add_shard(shard)
-            anns = ShardAnnotations(shard, keypoint_thr)
+            anns = ShardAnnotations(shard, keypoint_thr, segmentation, polygon_tolerance_px)
             for i, split in enumerate(shard.splits):
                 writers[split].add(image_entry(shard, i), anns.of_image(i))
         for w in writers.values():

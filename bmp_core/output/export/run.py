@@ -22,6 +22,7 @@ class ExportOptions:
         link: YOLO: ``symlink`` | ``list`` | ``auto``.
         polygon_tolerance_px: YOLO seg / Label Studio polygons: Douglas-Peucker tolerance.
         image_url_prefix: label-studio: put before each URI in ``data.image`` (e.g. a local-files URL).
+        coco_segmentation: COCO: ``rle`` (exact) or ``polygon`` (kept people as one polygon each).
         progress: a tqdm bar.
     """
 
@@ -31,6 +32,7 @@ class ExportOptions:
     link: str = "auto"
     polygon_tolerance_px: float = 1.0
     image_url_prefix: str = ""
+    coco_segmentation: str = "rle"
     progress: bool = False
 
 
@@ -81,11 +83,16 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
     info = {"source": src.uri, "plan_id": plan.plan_id, "policy": policy.to_dict()}
     recorded: dict = {}
     if fmt == "coco":
+        if options.coco_segmentation not in ("rle", "polygon"):
+            raise ExportUsageError(f"--coco-segmentation must be rle or polygon, got {options.coco_segmentation!r}")
         total = sum(m.num_images for m in committed_markers(src, plan.plan_id).values())
         files = [f.__dict__ for f in write_coco_export(
             shards, dest, policy.keypoint_thr, options.images_per_file,
-            single=total <= options.images_per_file, tally=tally, info=info)]
-        recorded = {"images_per_file": options.images_per_file}
+            single=total <= options.images_per_file, tally=tally, info=info,
+            segmentation=options.coco_segmentation, polygon_tolerance_px=options.polygon_tolerance_px)]
+        recorded = {"images_per_file": options.images_per_file, "segmentation": options.coco_segmentation}
+        if options.coco_segmentation == "polygon":
+            recorded["polygon_tolerance_px"] = options.polygon_tolerance_px
     elif fmt in ("yolo-pose", "yolo-seg"):
         from bmp_core.output.export.yolo import YoloOptions, write_yolo_export
 
