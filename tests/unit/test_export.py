@@ -151,15 +151,17 @@ def test_the_same_split_in_every_format_rerun_and_sharding(output: str, tmp_path
     _export(output, tmp_path / "c1", val_fraction=0.4)
     _export(output, tmp_path / "c2", val_fraction=0.4)
     _export(output, tmp_path / "y", "yolo-pose", val_fraction=0.4)
-    # The same images, cut into other shards, give the same split.
+    # The same images listed in another order with one more (other image ids) and cut into other
+    # shards give the same split: it depends on the URI alone.
     job = load_output(output)
-    resharded = write_output(str(tmp_path / "re"), [
-        Image(u, W, H, people=[PEOPLE["good"]]) if s == "ok" else Image(u, error="x")
-        for u, s in zip(job.images.column("uri").to_pylist(), job.images.column("status").to_pylist(), strict=True)
-    ], shard_size=5)
+    relisted = [Image(u, W, H, people=[PEOPLE["good"]]) if s == "ok" else Image(u, error="x")
+                for u, s in zip(job.images.column("uri").to_pylist(), job.images.column("status").to_pylist(),
+                                strict=True)]
+    extra = Image("/elsewhere/new.jpg", W, H, people=[PEOPLE["good"]])
+    resharded = write_output(str(tmp_path / "re"), [extra, *relisted[::-1]], shard_size=5)
     _export(resharded, tmp_path / "c3", val_fraction=0.4)
     val = coco_val(tmp_path / "c1")
-    assert val and val == coco_val(tmp_path / "c2") == coco_val(tmp_path / "c3")
+    assert val and val == coco_val(tmp_path / "c2") == coco_val(tmp_path / "c3") - {extra.uri}
     csv = [line.split(",") for line in (tmp_path / "y" / "images.csv").read_text().splitlines()[1:]]
     assert {uri for _, split, uri in csv if split == "val"} == val
     assert (tmp_path / "c1" / "val.json").read_bytes() == (tmp_path / "c2" / "val.json").read_bytes()
@@ -425,3 +427,23 @@ def test_coco_polygon_masks_fill_back_exactly_and_ignore_regions_stay_rle(output
         assert {**a, "segmentation": None} == {**b, "segmentation": None}
     recorded = json.loads((tmp_path / "poly" / "export.json").read_text())["options"]
     assert recorded == {"images_per_file": 50_000, "segmentation": "polygon", "polygon_tolerance_px": 0}
+
+
+def test_decide_reports_the_first_failed_threshold_and_thresholds_are_inclusive() -> None:
+    from bmp_core.output.export.policy import REASONS, Decision, decide
+    from tests.export_fixtures import instances_from_people
+
+    mask = box_mask(H, W, 2, 2, 20, 40)
+    people = [
+        Person(mask, det_score=0.5, pose_score=0.5, sam_score=0.5),  # exactly at every minimum: kept
+        Person(mask, det_score=0.1, pose_score=0.1, sam_score=0.9),  # fails det and pose: det first
+        Person(mask, det_score=0.9, pose_score=0.9, sam_score=None),  # never prompted
+        Person(np.zeros((H, W), bool), det_score=0.9, pose_score=0.1, box_xyxy=(1, 1, 5, 5)),  # empty mask
+    ]
+    table = instances_from_people([0], [people])
+    d = decide(table, ExportPolicy(min_det_score=0.5, min_pose_score=0.5, min_sam_score=0.5))
+    assert d.decision.tolist() == [Decision.KEEP, Decision.IGNORE, Decision.IGNORE, Decision.DROP]
+    assert [REASONS[r] if r >= 0 else None for r in d.reason.tolist()] == [
+        None, "det_score", "sam_score", "pose_score"]
+    lenient = decide(table, ExportPolicy(min_det_score=0.5, min_pose_score=0.05))
+    assert lenient.decision.tolist()[2] == Decision.KEEP  # no SAM score passes a zero minimum
