@@ -301,6 +301,7 @@ def _validate_tasks(tasks: list[dict], config_xml: str) -> None:
               "keypointlabels": "KeyPointLabels"}
     for task in tasks:
         assert task["data"]["image"]  # $image of the config
+        assert 0 <= task["predictions"][0]["score"] <= 1
         ids = set()
         for result in task["predictions"][0]["result"]:
             control = controls[result["from_name"]]

@@ -120,6 +120,12 @@ def select_review(shards: Iterable[ExportShard], n: int, review_by: str, tally) 
     return [e[3] for e in sorted(heap, key=lambda e: (-e[0], -e[1]))]
 
 
+def _mean_pose(instances: pa.Table) -> float:
+    if not instances.num_rows:
+        return 0.0
+    return round(float(np.clip(np.mean(instances.column("pose_score").to_numpy(zero_copy_only=False)), 0, 1)), 4)
+
+
 def _pct(values: np.ndarray, size: int) -> list[float]:
     return [round(float(v) * 100.0 / size, 4) for v in values]
 
@@ -168,7 +174,9 @@ def task_of(image: ReviewImage, policy: ExportPolicy, image_url_prefix: str = ""
         "id": image.image_id,
         "data": {IMAGE: image_url_prefix + image.uri, "uri": image.uri, "image_id": image.image_id,
                  "split": image.split, "review_key": image.key},
-        "predictions": [{"model_version": "bmp-label", "score": image.key, "result": results}],
+        # Label Studio wants a prediction score in [0, 1]: the people's mean pose score (the selection
+        # key, which may be a negated count, is in data.review_key).
+        "predictions": [{"model_version": "bmp-label", "score": _mean_pose(inst), "result": results}],
     }
 
 
