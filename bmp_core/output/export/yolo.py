@@ -28,7 +28,8 @@ i.e. taught as background: the fraction bounds how much unsure person area that 
 
 from __future__ import annotations
 
-import io
+import contextlib
+import csv
 import os
 import re
 from collections.abc import Iterable
@@ -161,21 +162,11 @@ def _local_path(uri: str) -> str | None:
     return os.path.abspath(uri.removeprefix("file://")) if protocol_of(uri) == "file" else None
 
 
-def write_yolo_export(shards: Iterable[ExportShard], dest, policy: ExportPolicy, options: YoloOptions,
-                      tally) -> list[dict[str, Any]]:
-    """Write the YOLO dataset of ``shards`` into ``dest`` (an ``OutputStore``); returns its files' summary.
-
-    Raises:
-        ValueError: ``link: symlink`` asked for with DEST or an image not local.
-    """
-    if options.kind not in (KIND_POSE, KIND_SEG):
-        raise ValueError(f"YOLO kind must be pose or seg, got {options.kind!r}")
-    lists: dict[str, io.StringIO] = {"train": io.StringIO(), "val": io.StringIO()}
-    csv_rows = io.StringIO()
-    csv_rows.write("name,split,uri\n")
+def _write_images(shards: Iterable[ExportShard], dest, policy: ExportPolicy, options: YoloOptions, tally,
+                  lists: dict[str, Any], csv_rows: Any) -> dict[str, int]:
+    """Labels (and symlinks) of every image; one line per image into ``lists[split]`` and ``csv_rows``.
+    Returns the label lines written per split."""
     link = options.link
-    if link == LINK_SYMLINK and not dest.is_local:
-        raise ValueError("--link symlink needs a local --to folder")
     labels = {"train": 0, "val": 0}
     write = _file_writer(dest)
     for shard in shards:
@@ -221,13 +212,32 @@ def write_yolo_export(shards: Iterable[ExportShard], dest, policy: ExportPolicy,
                 lists[split].write(f"./images/{split}/{name}{ext}\n")
             else:
                 lists[split].write(uri + "\n")
-            csv_rows.write(f"{name}{ext},{split},{uri}\n")
+            csv_rows.writerow([f"{name}{ext}", split, uri])
             exported[i] = True
         tally.add_shard(shard, exported)
-    for split, buf in lists.items():
-        dest.write_bytes(f"{split}.txt", buf.getvalue().encode())
-    dest.write_bytes(IMAGES_CSV, csv_rows.getvalue().encode())
-    has_val = bool(lists["val"].getvalue())
+    return labels
+
+
+def write_yolo_export(shards: Iterable[ExportShard], dest, policy: ExportPolicy, options: YoloOptions,
+                      tally) -> list[dict[str, Any]]:
+    """Write the YOLO dataset of ``shards`` into ``dest`` (an ``OutputStore``); returns its files' summary.
+
+    Raises:
+        ValueError: ``link: symlink`` asked for with DEST or an image not local.
+    """
+    if options.kind not in (KIND_POSE, KIND_SEG):
+        raise ValueError(f"YOLO kind must be pose or seg, got {options.kind!r}")
+    link = options.link
+    if link == LINK_SYMLINK and not dest.is_local:
+        raise ValueError("--link symlink needs a local --to folder")
+    with contextlib.ExitStack() as stack:
+        # The list files and images.csv are streamed (one line per image: they grow with the output,
+        # so they are never held in memory).
+        lists = {s: stack.enter_context(dest.open_text_for_write(f"{s}.txt")) for s in ("train", "val")}
+        csv_rows = csv.writer(stack.enter_context(dest.open_text_for_write(IMAGES_CSV)), lineterminator="\n")
+        csv_rows.writerow(["name", "split", "uri"])
+        labels = _write_images(shards, dest, policy, options, tally, lists, csv_rows)
+    has_val = tally.images["val"] > 0
     data: dict[str, Any] = {
         "path": dest.uri,
         "train": "train.txt",
