@@ -6,6 +6,7 @@ Usage:
     bmp-label plan --config CONFIG --input URI --output URI [key.path=value ...]
     bmp-label validate-config --config CONFIG [key.path=value ...]
     bmp-label export-coco OUTPUT [--out coco.json] [--keypoint-thr 0.3]
+    bmp-label export OUTPUT --format coco|yolo-pose|yolo-seg|label-studio --to DEST [policy options]
     bmp-label viz | eval | report OUTPUT ...   (look at and measure an output: jobs/cli_inspect.py)
 
 --input is a local folder (searched recursively for job.image_extensions), a glob ("imgs/*.jpg"),
@@ -107,10 +108,95 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--keypoint-thr", type=float, default=None,
                         help="keypoints below this score are written unlabeled (default: job.coco_keypoint_thr)")
 
+    _add_export_parser(sub)
+
     from jobs import cli_inspect  # viz, eval, report: reading a finished output (no Ray)
 
     cli_inspect.add_subparsers(sub)
     return parser
+
+
+EXPORT_EPILOG = """\
+Policy: a person passing every --min-* threshold is a training target; one failing any becomes an
+ignore region (COCO iscrowd=1 with its mask, no keypoints), or is dropped when its mask is empty.
+Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Failed images are never exported.
+YOLO has no ignore regions: images whose ignore area exceeds --max-ignore-fraction are left out,
+below it the ignored people are left out of the labels. The split is a stable hash of each URI.
+DEST/export.json records the policy and the counts kept / ignored / dropped per reason.
+
+Examples:
+  bmp-label export out/job --format coco --to out/coco --val-fraction 0.05 --min-pose-score 0.5
+  bmp-label export s3://b/labels --format yolo-pose --to data/yolo --min-visible-keypoints 6
+  bmp-label export out/job --format label-studio --to out/review --review 200 --review-by crowded
+"""
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="training data from an output: COCO, YOLO pose/seg, Label Studio review",
+                       description="Export the committed shards of OUTPUT to DEST, applying a quality policy.",
+                       epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output", help="a bmp-label output folder or s3:// prefix")
+    p.add_argument("--format", required=True, metavar="FORMAT",
+                   help="coco | yolo-pose | yolo-seg | label-studio")
+    p.add_argument("--to", required=True, metavar="DEST", help="new folder or s3:// prefix for the export")
+    pol = p.add_argument_group("policy (recorded in DEST/export.json)")
+    pol.add_argument("--min-det-score", type=float, default=0.0, help="detector score (default 0)")
+    pol.add_argument("--min-pose-score", type=float, default=0.0, help="pose score, mean of 17 keypoints (default 0)")
+    pol.add_argument("--min-sam-score", type=float, default=0.0,
+                     help="SAM score (default 0); > 0 also fails people SAM never prompted")
+    pol.add_argument("--keypoint-thr", type=float, default=None,
+                     help="keypoints at or above are labeled v=2 (default: the job's job.coco_keypoint_thr)")
+    pol.add_argument("--min-visible-keypoints", type=int, default=0,
+                     help="keypoints at or above --keypoint-thr (default 0)")
+    pol.add_argument("--min-mask-area", type=int, default=0, help="refined-mask pixels (default 0)")
+    pol.add_argument("--val-fraction", type=float, default=0.0,
+                     help="share of images in val, by a stable hash of the URI (default 0)")
+    pol.add_argument("--max-ignore-fraction", type=float, default=0.05,
+                     help="YOLO: leave out images whose ignore regions cover more of the image (default 0.05)")
+    fmt = p.add_argument_group("format options")
+    fmt.add_argument("--images-per-file", type=int, default=50_000, help="COCO: images per file (default 50000)")
+    fmt.add_argument("--coco-segmentation", default="rle",
+                     help="COCO masks: rle (exact, default) | polygon (one polygon per kept person, for "
+                     "pipelines that read polygons only, e.g. mmdet LoadAnnotations(poly2mask=False))")
+    fmt.add_argument("--link", default="auto", help="YOLO images: symlink | list | auto (default: symlinks "
+                     "when images and DEST are local)")
+    fmt.add_argument("--polygon-tolerance", type=float, default=1.0,
+                     help="YOLO seg / COCO polygon masks: simplification tolerance in pixels (0: exact)")
+    fmt.add_argument("--review", type=int, default=100, help="label-studio: images in the review subset")
+    fmt.add_argument("--review-by", default="low-confidence", help="low-confidence | crowded | random")
+    fmt.add_argument("--image-url-prefix", default="",
+                     help="label-studio: prefix of data.image, e.g. '/data/local-files/?d=' for local files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_export_training(args: argparse.Namespace) -> int:
+    from bmp_core.output.export.policy import ExportPolicy, PolicyError
+    from bmp_core.output.export.run import ExportOptions, ExportUsageError, export_output
+    from bmp_core.output.plan import load_plan, load_stored_config
+    from bmp_core.output.store import OutputStore
+
+    try:
+        thr = args.keypoint_thr
+        if thr is None:
+            store = OutputStore(args.output)
+            load_plan(store)  # not an output: say so before anything else
+            thr = load_stored_config(store).job.coco_keypoint_thr
+        policy = ExportPolicy(min_det_score=args.min_det_score, min_pose_score=args.min_pose_score,
+                              min_sam_score=args.min_sam_score, keypoint_thr=float(thr),
+                              min_visible_keypoints=args.min_visible_keypoints, min_mask_area_px=args.min_mask_area,
+                              val_fraction=args.val_fraction, max_ignore_fraction=args.max_ignore_fraction)
+        options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
+                                link=args.link, polygon_tolerance_px=args.polygon_tolerance,
+                                image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
+                                progress=not args.no_progress)
+        manifest = export_output(args.output, args.to, args.format, policy, options)
+    except (PolicyError, ExportUsageError) as err:
+        raise ConfigError(str(err)) from None
+    c = manifest.counts
+    print(json.dumps({"export": manifest.format, "to": args.to, "images": c["images"], "people": c["people"],
+                      "ignored_by_reason": {k: v for k, v in c["ignored_by_reason"].items() if v},
+                      "format_dropped": c["format_dropped"]}))
+    return EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> BmpConfig:
@@ -252,6 +338,7 @@ def _inspect_commands() -> dict[str, object]:
 
 
 _COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "validate-config": _cmd_validate, "export-coco": _cmd_export,
+             "export": _cmd_export_training,
              **_inspect_commands()}
 
 if __name__ == "__main__":

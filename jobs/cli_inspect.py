@@ -4,7 +4,7 @@ Usage::
 
     bmp-label viz OUT [--images ID|GLOB ...] [--out DIR] [--gif] [--limit N] [--keypoint-thr 0.3]
     bmp-label eval OUT --gt GT.json [--iou-types keypoints segm bbox] [--backend auto] [--out OUT/eval.json]
-    bmp-label report OUT [--out OUT/report.html] [--samples 12]
+    bmp-label report OUT [--out OUT/report.html] [--samples 12] [--policy DEST/export.json]
 
 ``jobs/cli.py`` registers these with ``add_subparsers(subparsers)``; each sub-parser sets
 ``func`` to its ``cmd_*`` function, which returns the process exit code. ``python -m jobs.cli_inspect``
@@ -65,6 +65,8 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("output", help="a bmp-label output folder or s3:// prefix")
     rep.add_argument("--out", default=None, help="the HTML file (default OUTPUT/report.html)")
     rep.add_argument("--samples", type=int, default=12, help="sample overlays in the grid")
+    rep.add_argument("--policy", default=None, metavar="EXPORT_JSON",
+                     help="an export's export.json: draw its thresholds on the histograms, count who falls below")
     rep.set_defaults(func=cmd_report)
 
 
@@ -186,7 +188,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = _load(args.output, full_instances=False)
     if output is None:
         return 2
-    html = build_report(output, num_samples=args.samples)
+    policy = None
+    if args.policy is not None:
+        from bmp_core.io.uris import read_bytes
+        from bmp_core.output.export.manifest import ExportManifest
+
+        try:
+            policy = ExportManifest.from_dict(json.loads(read_bytes(args.policy))).policy
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"bmp-label report: --policy {args.policy} is not an export.json: {err}", file=sys.stderr)
+            return 2
+    html = build_report(output, num_samples=args.samples, policy=policy)
     out = _write_file(args.out, args.output, layout.REPORT_HTML, html.encode())
     print(f"wrote {out} ({len(html) / 1e6:.1f} MB)")
     return 0

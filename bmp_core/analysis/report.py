@@ -127,8 +127,12 @@ def failures_section(output: JobOutput) -> str:
     return _section("failures", "Failed images", content)
 
 
-def histograms_png(output: JobOutput) -> bytes:
-    """PNG of four histograms: people per image, detector, pose and SAM scores."""
+def histograms_png(output: JobOutput, policy: Any = None) -> bytes:
+    """PNG of four histograms: people per image, detector, pose and SAM scores.
+
+    With an export ``policy`` (``bmp_core.output.export.policy.ExportPolicy``), each score's minimum
+    is drawn as a dashed line and the title says how many people fall below it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers and CI
@@ -138,14 +142,20 @@ def histograms_png(output: JobOutput) -> bytes:
     per_image = ok.column("num_instances").to_numpy()
     inst = output.instances
     panels = [
-        ("people per image", per_image, np.arange(-0.5, max(int(per_image.max(initial=0)), 1) + 1.5, 1.0)),
-        ("detector score", inst.column("det_score").to_numpy(), np.linspace(0, 1, 21)),
-        ("pose score (mean keypoint score)", inst.column("pose_score").to_numpy(), np.linspace(0, 1, 21)),
-        ("SAM score (predicted IoU)", inst.column("sam_score").drop_null().to_numpy(), np.linspace(0, 1, 21)),
+        ("people per image", per_image, np.arange(-0.5, max(int(per_image.max(initial=0)), 1) + 1.5, 1.0), None),
+        ("detector score", inst.column("det_score").to_numpy(), np.linspace(0, 1, 21),
+         policy.min_det_score if policy else None),
+        ("pose score (mean keypoint score)", inst.column("pose_score").to_numpy(), np.linspace(0, 1, 21),
+         policy.min_pose_score if policy else None),
+        ("SAM score (predicted IoU)", inst.column("sam_score").drop_null().to_numpy(), np.linspace(0, 1, 21),
+         policy.min_sam_score if policy else None),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), dpi=90)
-    for ax, (title, values, bins) in zip(axes, panels):
+    for ax, (title, values, bins, thr) in zip(axes, panels, strict=True):
         ax.hist(values, bins=bins, color="#3b6fd8", edgecolor="white")
+        if thr:
+            ax.axvline(thr, color="#d62728", linestyle="--", linewidth=1.5)
+            title = f"{title}\nmin {thr:g}: {int((values < thr).sum())} below"
         ax.set_title(f"{title} (n={len(values)})", fontsize=10)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
@@ -154,6 +164,40 @@ def histograms_png(output: JobOutput) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def policy_rows(output: JobOutput, policy: Any) -> list[list[Any]]:
+    """[threshold, value, people below it] for each score/area minimum of an export policy, from the
+    summary columns (each person counted under every threshold it fails, unlike ``export.json``'s
+    first-reason counts); plus the people of ``ok`` images the whole policy would not keep."""
+    inst = output.instances
+    ok_ids = pc.is_in(inst.column("image_id"), value_set=output.images.filter(
+        pc.equal(output.images.column("status"), "ok")).column("image_id").combine_chunks())
+    inst = inst.filter(ok_ids)
+    sam = inst.column("sam_score").to_numpy(zero_copy_only=False)
+    rows = []
+    checks = (
+        ("min_det_score", policy.min_det_score, inst.column("det_score").to_numpy(zero_copy_only=False)),
+        ("min_pose_score", policy.min_pose_score, inst.column("pose_score").to_numpy(zero_copy_only=False)),
+        ("min_sam_score", policy.min_sam_score, np.nan_to_num(sam.astype(np.float64), nan=-1.0)),
+        ("min_mask_area_px", policy.min_mask_area_px, inst.column("mask_area").to_numpy(zero_copy_only=False)),
+    )
+    failed = np.zeros(inst.num_rows, bool)
+    for name, thr, values in checks:
+        below = values < thr
+        failed |= below
+        rows.append([name, thr, int(below.sum())])
+    rows.append(["not kept by these thresholds", "", int(failed.sum())])
+    rows.append(["people in ok images", "", inst.num_rows])
+    return rows
+
+
+def policy_section(output: JobOutput, policy: Any) -> str:
+    note = ("<p class='note'>The export policy's thresholds (dashed in the histograms) and how many people "
+            "fall below each; people below any become ignore regions in a COCO export. Visible-keypoint "
+            "counts are in the export's export.json.</p>")
+    return _section("policy", "Export policy", note + _table(["threshold", "value", "people below"],
+                                                             policy_rows(output, policy), numeric_from=1))
 
 
 def pick_samples(output: JobOutput, num_samples: int) -> list[int]:
@@ -213,22 +257,25 @@ def evaluation_section(eval_info: dict[str, Any] | None) -> str:
     return _section("evaluation", "Evaluation (COCO AP/AR)", note + _table(header, rows, numeric_from=2))
 
 
-def build_report(output: JobOutput, num_samples: int = 12) -> str:
+def build_report(output: JobOutput, num_samples: int = 12, policy: Any = None) -> str:
     """The whole HTML page.
 
     Args:
         output: the loaded output (``output_reader.load_output``).
         num_samples: overlays in the sample grid.
+        policy: an export's ``ExportPolicy``: its thresholds drawn on the histograms, and a ``policy``
+            section with the people below each.
 
     Returns:
         HTML text, self-contained.
     """
-    hist = _data_uri(histograms_png(output), "image/png")
+    hist = _data_uri(histograms_png(output, policy), "image/png")
     parts = [
         summary_section(output.run_info),
         _section("counts", "Counts", _table(["", ""], count_rows(output), numeric_from=1)),
         failures_section(output),
         _section("histograms", "Histograms", f"<img style='max-width:100%' alt='histograms' src='{hist}'>"),
+        policy_section(output, policy) if policy is not None else "",
         samples_section(output, num_samples),
         evaluation_section(output.eval_info),
     ]

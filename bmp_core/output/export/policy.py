@@ -1,0 +1,147 @@
+"""The export quality policy: which people are training targets, which are ignore regions, which go.
+
+Parquet keeps every person with its raw scores; an export applies one recorded ``ExportPolicy``.
+Per person, ``decide`` gives a ``Decision`` and, when not kept, the *first* threshold it fails, in
+the fixed order of ``REASONS`` (so the per-reason counts of ``export.json`` add up to the total):
+
+- **keep**: passes every threshold: a training target (COCO ``iscrowd = 0`` with keypoints).
+- **ignore**: fails one, but has a mask: an ignore region (COCO ``iscrowd = 1``, its RLE, no
+  keypoints). Trainers skip such regions for both positives and negatives, so an unsure person is
+  neither taught as a person nor as background.
+- **drop**: fails one and has an empty mask: nothing to mark as ignored (counted, ``empty_mask``).
+
+The train/val split is ``split_of(uri)``: a stable hash of the image URI, so the same image lands in
+the same split in every format, on every rerun, whatever the output's sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# Why a person is not kept, in the order thresholds are tested (the first failing one is reported).
+REASON_DET_SCORE = "det_score"
+REASON_POSE_SCORE = "pose_score"
+REASON_SAM_SCORE = "sam_score"  # below min_sam_score, or SAM never prompted (no score) when one is asked
+REASON_VISIBLE_KEYPOINTS = "visible_keypoints"
+REASON_MASK_AREA = "mask_area"
+REASONS = (REASON_DET_SCORE, REASON_POSE_SCORE, REASON_SAM_SCORE, REASON_VISIBLE_KEYPOINTS, REASON_MASK_AREA)
+
+SPLIT_TRAIN = "train"
+SPLIT_VAL = "val"
+
+
+class Decision(IntEnum):
+    KEEP = 0
+    IGNORE = 1
+    DROP = 2
+
+
+class PolicyError(ValueError):
+    """A policy value out of range (a user mistake: the CLI prints it as one line)."""
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    """Thresholds of an export (all inclusive: a score equal to the minimum passes).
+
+    Attributes:
+        min_det_score: detector score.
+        min_pose_score: pose score (mean of the 17 keypoint scores).
+        min_sam_score: SAM score; with a value > 0, a person SAM never prompted (no score) fails.
+        keypoint_thr: a keypoint scoring >= this is labeled (COCO/YOLO ``v = 2``), else ``v = 0``
+            with ``x = y = 0`` (unlabeled: the trainer ignores it).
+        min_visible_keypoints: keypoints at or above ``keypoint_thr``.
+        min_mask_area_px: refined-mask pixels.
+        val_fraction: share of images in ``val`` (by URI hash), 0 <= F < 1.
+        max_ignore_fraction: YOLO only (it has no ignore regions): an image whose ignore regions
+            cover more than this fraction of its area is left out of the YOLO export; below it the
+            ignored people are omitted from the labels (counted in ``export.json``).
+    """
+
+    min_det_score: float = 0.0
+    min_pose_score: float = 0.0
+    min_sam_score: float = 0.0
+    keypoint_thr: float = 0.3
+    min_visible_keypoints: int = 0
+    min_mask_area_px: int = 0
+    val_fraction: float = 0.0
+    max_ignore_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("min_det_score", "min_pose_score", "min_sam_score", "keypoint_thr", "max_ignore_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise PolicyError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PolicyError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.min_visible_keypoints <= 17:
+            raise PolicyError(f"min_visible_keypoints must be in [0, 17], got {self.min_visible_keypoints}")
+        if self.min_mask_area_px < 0:
+            raise PolicyError(f"min_mask_area_px must be >= 0, got {self.min_mask_area_px}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PersonDecisions:
+    """The policy's verdict on the people of one table (row order).
+
+    Attributes:
+        decision: (N,) int8 ``Decision`` values.
+        reason: (N,) int8 index into ``REASONS`` of the first failed threshold, -1 when kept.
+        visible_keypoints: (N,) int keypoints at or above ``keypoint_thr``.
+    """
+
+    decision: np.ndarray
+    reason: np.ndarray
+    visible_keypoints: np.ndarray
+
+
+def decide(instances: pa.Table, policy: ExportPolicy) -> PersonDecisions:
+    """Apply ``policy`` to the people of an ``instances`` table (any subset of rows, vectorised).
+
+    Reads ``det_score``, ``pose_score``, ``sam_score`` (null: not prompted), ``keypoints`` and
+    ``mask_area``.
+    """
+    from bmp_core.output.tables import keypoints_array
+
+    n = instances.num_rows
+    det = instances.column("det_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    pose = instances.column("pose_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    sam_col = instances.column("sam_score").combine_chunks() if n else pa.array([], pa.float32())
+    sam = sam_col.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    area = instances.column("mask_area").to_numpy(zero_copy_only=False).astype(np.int64)
+    visible = (keypoints_array(instances)[:, :, 2] >= policy.keypoint_thr).sum(axis=1) if n else np.zeros(0, int)
+    # NaN (no SAM score) fails any min_sam_score > 0 and passes 0: ``sam >= 0`` is False for NaN.
+    sam_ok = np.ones(n, bool) if policy.min_sam_score <= 0 else (sam >= policy.min_sam_score)
+    fails = np.stack([
+        det < policy.min_det_score,
+        pose < policy.min_pose_score,
+        ~sam_ok,
+        visible < policy.min_visible_keypoints,
+        area < policy.min_mask_area_px,
+    ], axis=1) if n else np.zeros((0, len(REASONS)), bool)
+    failed = fails.any(axis=1)
+    reason = np.where(failed, fails.argmax(axis=1), -1).astype(np.int8)
+    decision = np.where(~failed, Decision.KEEP, np.where(area > 0, Decision.IGNORE, Decision.DROP)).astype(np.int8)
+    return PersonDecisions(decision=decision, reason=reason, visible_keypoints=visible)
+
+
+def split_score(uri: str) -> float:
+    """A number in [0, 1) fixed by the URI alone (first 8 bytes of its SHA-256)."""
+    return int.from_bytes(hashlib.sha256(uri.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_of(uri: str, val_fraction: float) -> str:
+    """``"val"`` for the images whose ``split_score`` is below ``val_fraction``, else ``"train"``.
+
+    Raising the fraction only moves images from train to val, never back.
+    """
+    return SPLIT_VAL if split_score(uri) < val_fraction else SPLIT_TRAIN
