@@ -341,7 +341,7 @@ def _unsafe_globals(path: str | os.PathLike[str]) -> str:
     try:
         with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_safe_globals()):
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # a malformed file: the caller still reports torch's own error
+    except Exception:  # noqa: BLE001 - a malformed file: the caller reports torch's own error
         return ""
     return ", ".join(sorted(names))
 

@@ -59,7 +59,8 @@ class _Numpy1Pickler(pickle._Pickler):  # type: ignore[name-defined]
         module = getattr(obj, "__module__", "") or ""
         if module.startswith("numpy._core"):
             qualname = name or obj.__qualname__
-            self.write(pickle.GLOBAL + f"{module.replace('numpy._core', 'numpy.core')}\n{qualname}\n".encode())
+            numpy1_module = module.replace("numpy._core", "numpy.core")
+            self.write(pickle.GLOBAL + f"{numpy1_module}\n{qualname}\n".encode())
             self.memoize(obj)
             return
         super().save_global(obj, name)
@@ -98,7 +99,9 @@ def mmengine_checkpoint(state_dict: dict[str, Any], num_keypoints: int | None = 
     }
     message_hub = {
         "log_scalars": OrderedDict({"train/loss": loss}),
-        "runtime_info": OrderedDict({"epoch": 210, "iter": 100170, "max_epochs": 210, "lr": np.float64(5e-6)}),
+        "runtime_info": OrderedDict(
+            {"epoch": 210, "iter": 100170, "max_epochs": 210, "lr": np.float64(5e-6)}
+        ),
         "resumed_keys": OrderedDict({"train/loss": True, "epoch": True, "iter": True}),
     }
     return {"meta": meta, "state_dict": state_dict, "message_hub": message_hub}

@@ -116,7 +116,8 @@ def test_pose_output_contract_and_frame(
     # Random weights give flat heatmaps on which DARK's unbounded step (the reference's) can leave the crop;
     # the frame is checked with the opt-in bound of one heatmap pixel around the argmax.
     pose = tiny_models.pose
-    bounded = MaskPoseEstimator(pose.model, pose.device, dataclasses.replace(pose.cfg, dark_max_offset_px=1.0))
+    bounded_cfg = dataclasses.replace(pose.cfg, dark_max_offset_px=1.0)
+    bounded = MaskPoseEstimator(pose.model, pose.device, bounded_cfg)
     (kpts,) = bounded.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
     np.testing.assert_array_equal(kpts[..., 2], reference[..., 2])  # the bound moves points, not scores
     # Each keypoint lies inside its crop: the box padded by 1.25 and grown to 3:4, in image pixels.

@@ -120,7 +120,9 @@ def _reference_polygon_mask(mask: np.ndarray) -> np.ndarray:
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))) > 0
 
 
-def _reference_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray | None, polygons: bool) -> np.ndarray:
+def _reference_crop(
+    image: np.ndarray, box: np.ndarray, mask: np.ndarray | None, polygons: bool
+) -> np.ndarray:
     """Whole image blended with cv2.addWeighted, then mmpose's UDP crop (the plain, unwindowed path)."""
     source = image
     if mask is not None:
@@ -163,7 +165,7 @@ def test_windowed_crops_equal_whole_image_crops_byte_for_byte(real_people: Any, 
         cases = [(p.box_xyxy, p.mask) for p in people] + _border_cases(image, people)
         boxes = np.stack([box for box, _ in cases])
         masks = [mask for _, mask in cases]
-        crops, centers, scales = estimator.prepare_crops(
+        crops, _, _ = estimator.prepare_crops(
             image, boxes, np.stack([np.zeros(image.shape[:2], bool) if m is None else m for m in masks])
         )
         for (box, mask), crop in zip(cases, crops, strict=True):
@@ -181,7 +183,9 @@ def test_crop_window_covers_what_warp_affine_reads(real_people: Any) -> None:
         y0, y1, x0, x1 = pm.crop_source_window(warp, INPUT_WH, image.shape[:2])
         scrambled = 255 - image
         scrambled[y0:y1, x0:x1] = image[y0:y1, x0:x1]
-        np.testing.assert_array_equal(pm.crop_to_input(scrambled, warp, INPUT_WH), pm.crop_to_input(image, warp, INPUT_WH))
+        np.testing.assert_array_equal(
+            pm.crop_to_input(scrambled, warp, INPUT_WH), pm.crop_to_input(image, warp, INPUT_WH)
+        )
 
 
 def test_crops_normalised_on_the_device_equal_the_numpy_definition(real_people: Any) -> None:
@@ -212,7 +216,8 @@ def _heatmaps(kind: str, rng: np.random.Generator, k: int = 17) -> np.ndarray:
         if kind == "clean":
             hm = _gaussian(u, v, rng.uniform(0.6, 1.0), 2.0)
         elif kind == "broad":
-            hm = _gaussian(u, v, rng.uniform(0.02, 0.08), rng.uniform(6, 12)) + rng.normal(0, 0.004, (64, 48))
+            noise = rng.normal(0, 0.004, (64, 48))
+            hm = _gaussian(u, v, rng.uniform(0.02, 0.08), rng.uniform(6, 12)) + noise
         elif kind == "two_mode":
             u2, v2 = rng.uniform(4, 44), rng.uniform(4, 60)
             hm = _gaussian(u, v, 0.5, 2.0) + _gaussian(u2, v2, rng.uniform(0.3, 0.5), 2.5)
@@ -225,7 +230,9 @@ def _heatmaps(kind: str, rng: np.random.Generator, k: int = 17) -> np.ndarray:
     return stack
 
 
-def _per_instance_mmpose(estimator: pm.MaskPoseEstimator, heatmaps: np.ndarray, centers: Any, scales: Any) -> Any:
+def _per_instance_mmpose(
+    estimator: pm.MaskPoseEstimator, heatmaps: np.ndarray, centers: Any, scales: Any
+) -> np.ndarray:
     """The plain path: mmpose's codec on each instance, then its crop -> image mapping."""
     out = np.zeros((len(heatmaps), heatmaps.shape[1], 3), np.float32)
     for i, hm in enumerate(heatmaps):
@@ -238,10 +245,13 @@ def _per_instance_mmpose(estimator: pm.MaskPoseEstimator, heatmaps: np.ndarray, 
 @pytest.fixture(scope="module")
 def designed_heatmaps() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(14)
-    return {kind: np.stack([_heatmaps(kind, rng) for _ in range(5)]) for kind in ("clean", "broad", "two_mode", "noise")}
+    kinds = ("clean", "broad", "two_mode", "noise")
+    return {kind: np.stack([_heatmaps(kind, rng) for _ in range(5)]) for kind in kinds}
 
 
-def test_vectorised_dark_equals_mmpose_refine_keypoints_dark_udp(designed_heatmaps: dict[str, np.ndarray]) -> None:
+def test_vectorised_dark_equals_mmpose_refine_keypoints_dark_udp(
+    designed_heatmaps: dict[str, np.ndarray],
+) -> None:
     from mmpose.codecs.utils import get_heatmap_maximum, refine_keypoints_dark_udp
 
     heatmaps = np.concatenate(list(designed_heatmaps.values()))  # all kinds in one batch of 20
@@ -253,15 +263,16 @@ def test_vectorised_dark_equals_mmpose_refine_keypoints_dark_udp(designed_heatma
 
 
 @pytest.mark.parametrize("kind", ["clean", "broad", "two_mode", "noise"])
-def test_decode_equals_the_mmpose_codec_per_instance(designed_heatmaps: dict[str, np.ndarray], kind: str) -> None:
+def test_decode_equals_the_mmpose_codec_per_instance(
+    designed_heatmaps: dict[str, np.ndarray], kind: str
+) -> None:
     estimator = _estimator()
     heatmaps = designed_heatmaps[kind]
     rng = np.random.default_rng(1)
     centers = rng.uniform(100, 500, (len(heatmaps), 2)).astype(np.float32)
     scales = rng.uniform(50, 400, (len(heatmaps), 2)).astype(np.float32)
-    np.testing.assert_array_equal(
-        estimator.decode(heatmaps, centers, scales), _per_instance_mmpose(estimator, heatmaps, centers, scales)
-    )
+    expected = _per_instance_mmpose(estimator, heatmaps, centers, scales)
+    np.testing.assert_array_equal(estimator.decode(heatmaps, centers, scales), expected)
 
 
 def test_the_opt_in_clamp_binds_on_broad_peaks_only(designed_heatmaps: dict[str, np.ndarray]) -> None:
@@ -269,7 +280,9 @@ def test_the_opt_in_clamp_binds_on_broad_peaks_only(designed_heatmaps: dict[str,
     centers = np.full((5, 2), 300, np.float32)
     scales = np.tile(np.float32([250, 250 / 0.75]), (5, 1))
     clean = designed_heatmaps["clean"]
-    np.testing.assert_array_equal(clamped.decode(clean, centers, scales), reference.decode(clean, centers, scales))
+    np.testing.assert_array_equal(
+        clamped.decode(clean, centers, scales), reference.decode(clean, centers, scales)
+    )
     broad = designed_heatmaps["broad"]
     moved = np.abs(clamped.decode(broad, centers, scales) - reference.decode(broad, centers, scales))[..., :2]
     crop_px_per_heatmap_px = 250 / 47
