@@ -136,7 +136,8 @@ def _reference_crop(
 
 def _border_cases(image: np.ndarray, people: list[Person]) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Crops and masks at the image's edges: people moved into each corner (box partly outside the image,
-    mask cut by the border), a ring whose hole the crop window cuts, specks only, no mask."""
+    mask cut by the border), a ring whose hole the crop window cuts, specks only, no mask, a box wholly
+    outside the image."""
     h, w = image.shape[:2]
     person = max(people, key=lambda p: p.mask.sum())
     x1, y1, x2, y2 = person.box_xyxy.astype(int)
@@ -154,6 +155,7 @@ def _border_cases(image: np.ndarray, people: list[Person]) -> list[tuple[np.ndar
     specks[10, 10] = specks[20, 40] = True  # contours of < 4 points: no polygon, posed from the box
     cases.append((np.float32([0, 0, 60, 60]), specks))
     cases.append((np.float32([w - 50, h - 80, w + 30, h + 20]), None))
+    cases.append((np.float32([w + 100, 10, w + 300, 200]), person.mask))  # wholly outside the image
     return cases
 
 
@@ -171,7 +173,7 @@ def test_windowed_crops_equal_whole_image_crops_byte_for_byte(real_people: Any, 
         for (box, mask), crop in zip(cases, crops, strict=True):
             np.testing.assert_array_equal(crop, _reference_crop(image, box, mask, polygons))
             checked += 1
-    assert checked == 19 + 7 * 6
+    assert checked == 19 + 7 * 7
 
 
 def test_crop_window_covers_what_warp_affine_reads(real_people: Any) -> None:
