@@ -166,7 +166,7 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     """
     import cv2
 
-    if image_bgr.size == 0:
+    if image_bgr.size == 0:  # a crop wholly outside the image reads no pixel (OpenCV refuses empty arrays)
         return image_bgr.copy()
     foreground, background = _blend_tables(float(alpha))
     out = cv2.LUT(image_bgr, background)  # a table look-up per byte: no float arithmetic per pixel
@@ -459,8 +459,6 @@ class MaskPoseEstimator:
                 if workspace is None:
                     workspace = np.array(image_bgr, np.uint8, order="C", copy=True)
                 y0, y1, x0, x1 = crop_source_window(warp, (w, h), image_hw)
-                if y1 <= y0 or x1 <= x0:  # the crop lies wholly outside the image: border zeros only
-                    y0 = y1 = x0 = x1 = 0
                 workspace[y0:y1, x0:x1] = blend_background(
                     image_bgr[y0:y1, x0:x1], conditioning.window(y0, y1, x0, x1), self.cfg.mask_alpha
                 )
