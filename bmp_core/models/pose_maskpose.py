@@ -141,7 +141,8 @@ def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """(256,) uint8 look-up tables of ``cv2.addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0.
 
     The reference conditions with ``cv2.addWeighted``, which rounds to nearest (a float cast would truncate:
-    at alpha 0.2 about half of all background values would come out one grey level darker). ``addWeighted``
+    at alpha 0.2, the background values with ``4 v mod 5`` in {3, 4}, two in five, would come out one grey
+    level darker). ``addWeighted``
     is elementwise and its second input is either the pixel itself (mask) or 0 (background), so two tables
     built with ``addWeighted`` itself give its exact result for every value.
     """
