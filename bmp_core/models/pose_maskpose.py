@@ -514,7 +514,8 @@ class MaskPoseEstimator:
     def heatmaps(self, crops_bgr: np.ndarray) -> np.ndarray:
         """(N, K, h/4, w/4) float32 heatmaps of (N, h, w, 3) uint8 BGR crops, flip-averaged if enabled.
 
-        Each chunk of ``batch_size`` crops is uploaded as uint8 and normalised on the model's device.
+        Each chunk of ``batch_size`` crops is uploaded as uint8 and normalised on the model's device. Under
+        ``precision`` bf16/fp16 only the backbone runs in autocast; the heatmap head runs in fp32.
         """
         import torch
         from mmpose.models.utils.tta import flip_heatmaps
@@ -526,8 +527,12 @@ class MaskPoseEstimator:
             n = len(x)
             if self.cfg.flip_test:
                 x = torch.cat([x, x.flip(-1)])  # plain + mirrored crops in one forward
-            with torch.inference_mode(), autocast(self.device, self.precision):
-                hm = self.model.head.forward(self.model.extract_feat(x)).float()
+            with torch.inference_mode():
+                with autocast(self.device, self.precision):
+                    feats = self.model.extract_feat(x)
+                # The head in fp32: its maxima are the keypoint scores, thresholded downstream (prompts,
+                # pose-NMS, COCO v), and bf16 keeps only ~3 significant digits of them.
+                hm = self.model.head.forward(tuple(f.float() for f in feats)).float()
             if self.cfg.flip_test:
                 flipped = flip_heatmaps(
                     hm[n:], flip_indices=self.flip_indices, flip_mode="heatmap", shift_heatmap=False

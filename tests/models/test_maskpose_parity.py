@@ -296,3 +296,21 @@ def test_dark_max_offset_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="dark_max_offset_px"):
         PoseModelConfig(dark_max_offset_px=0.0)
+
+
+def test_under_mixed_precision_only_the_backbone_is_autocast(monkeypatch: Any) -> None:
+    """The heatmap head gets fp32 features and gives fp32 heatmaps (keypoint scores are thresholded)."""
+    from bmp_core.models.pose_maskpose import build_maskpose
+
+    cfg = PoseModelConfig(config="vitpose-s", checkpoint=None, flip_test=False)
+    torch.manual_seed(0)
+    estimator = build_maskpose(cfg, torch.device("cpu"), None, "bf16")
+    # autocast is a no-op on CPU in the adapter (device.autocast); force CPU bf16 autocast to see the split.
+    monkeypatch.setattr(pm, "autocast", lambda device, precision: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen: dict[str, Any] = {}
+    backbone_linear = estimator.model.backbone.layers[0].attn.qkv
+    backbone_linear.register_forward_hook(lambda m, i, o: seen.__setitem__("backbone", o.dtype))
+    head_layer = estimator.model.head.final_layer  # the 1x1 conv that makes the heatmaps
+    head_layer.register_forward_hook(lambda m, i, o: seen.update(head_in=i[0].dtype, head_out=o.dtype))
+    estimator.heatmaps(np.zeros((2, 256, 192, 3), np.uint8))
+    assert seen == {"backbone": torch.bfloat16, "head_in": torch.float32, "head_out": torch.float32}
