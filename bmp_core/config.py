@@ -137,6 +137,13 @@ class PoseModelConfig:
     flip_test: bool = True  # average with the horizontally flipped crop's heatmaps
     input_size_wh: tuple[int, ...] = (192, 256)  # crop (width, height) in pixels
     batch_size: int = 64  # crops per forward pass
+    dark_max_offset_px: float | None = None  # opt-in: keep DARK within this many heatmap px of the argmax
+
+    def __post_init__(self) -> None:
+        if self.dark_max_offset_px is not None and not self.dark_max_offset_px > 0:
+            raise ConfigError(
+                f"models.pose.dark_max_offset_px must be > 0 or null, got {self.dark_max_offset_px}"
+            )
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,7 @@ class ModelsConfig:
     tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both
     cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
     offline: bool = False  # never download; a checkpoint missing from cache_dir is an error (also BMP_OFFLINE=1)
-    allow_pickle_checkpoints: bool = True  # load checkpoints weights_only=True refuses (mmengine meta): trust them!
+    allow_pickle_checkpoints: bool = False  # true: fully unpickle what the safe loader refuses (runs its code)
     seed: int = 0  # torch seed for random initialisation (checkpoint: null)
     detector: DetectorModelConfig = field(default_factory=DetectorModelConfig)
     pose: PoseModelConfig = field(default_factory=PoseModelConfig)

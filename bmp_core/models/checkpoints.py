@@ -7,10 +7,13 @@ file), and an optional sha256 is checked before the rename. With ``offline=True`
 variable ``BMP_OFFLINE=1``) nothing is downloaded; a missing cache entry is one error that names the
 file and says how to pre-stage it.
 
-``load_state_dict`` reads the published formats (mmengine ``{'state_dict': ...}``, sam2
-``{'model': ...}``, a bare state dict) with ``torch.load(weights_only=True)``; only when that refuses
-the file (mmengine checkpoints carry pickled numpy/meta objects) and pickle is allowed does it fall back
-to a full unpickle, which can execute code from the file: trust the source (README).
+``load_state_dict`` reads the published formats (mmengine ``{'meta', 'state_dict', 'message_hub', ...}``,
+sam2 ``{'model': ...}``, a bare state dict) with ``torch.load(weights_only=True)`` and a narrow allow-list
+of exactly what mmengine's metadata holds: numpy arrays, dtypes and scalars, and mmengine's
+``HistoryBuffer`` (besides the tensors and plain containers torch always accepts). Nothing on that list
+runs code of the file's choosing. Anything else is refused, naming what the file asks for; a full
+unpickle, which can execute code from the file, happens only when the user opts in
+(``models.allow_pickle_checkpoints``), with a warning naming the file (README "Trusting a checkpoint").
 
 ``load_strict`` loads a state dict into a model and fails, naming the keys, on any missing, unexpected
 or mis-shaped parameter: never a silently random layer.
@@ -25,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -211,6 +215,57 @@ def resolve_checkpoint(
 # Reading and strict loading
 
 
+# What mmengine checkpoints pickle besides tensors (checked on the published files' formats): numpy
+# arrays (``_reconstruct`` + ``ndarray`` + a dtype), numpy scalars (``scalar``), and the message hub's
+# ``HistoryBuffer``s, whose pickled state names their statistics methods as ``getattr(HistoryBuffer,
+# 'mean')`` etc. Files written under numpy 1.x name ``numpy.core.multiarray``; numpy 2 renamed it
+# ``numpy._core.multiarray`` (the old name is an alias): both spellings map to the same functions.
+_NUMPY_DTYPE_CODES = "?bBhHiIlLqQefdgFDGSU"  # bool, ints, floats, complex, bytes, str: no object or void
+_HISTORY_BUFFER = "mmengine.logging.history_buffer.HistoryBuffer"
+_HISTORY_BUFFER_METHODS = frozenset({"min", "max", "current", "mean"})
+_SAFE_GLOBALS_LOCK = threading.Lock()  # torch's allow-list is process-wide; one load edits it at a time
+
+
+class _InertHistoryBuffer:
+    """Stands in for mmengine's ``HistoryBuffer`` while a checkpoint is read: its state is kept as data.
+
+    Why not the real class: its ``__setstate__`` registers the file's ``statistics_methods`` in a
+    class-level registry that mmengine later calls. We only need the file's ``state_dict``, so the message
+    hub's buffers are read into this inert object and dropped.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _history_buffer_method(owner: Any, name: str) -> str:
+    """``getattr`` as the allow-list offers it: only ``HistoryBuffer.{min,max,current,mean}``, as a name."""
+    import pickle
+
+    if owner is _InertHistoryBuffer and name in _HISTORY_BUFFER_METHODS:
+        return f"HistoryBuffer.{name}"
+    raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not on the allow-list")
+
+
+def _safe_globals() -> list[Any]:
+    """The allow-list for ``torch.serialization.safe_globals`` (see the comment above)."""
+    import importlib
+
+    import numpy as np
+
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 2
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    allowed += sorted({type(np.dtype(code)) for code in _NUMPY_DTYPE_CODES}, key=str)  # BUILD of a dtype
+    for name in ("_reconstruct", "scalar"):
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed.append((getattr(multiarray, name), f"{module}.{name}"))
+    allowed += [(_InertHistoryBuffer, _HISTORY_BUFFER), (_history_buffer_method, "builtins.getattr")]
+    return allowed
+
+
 def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, Any]:
     """Read a checkpoint file and return its parameter state dict (CPU tensors).
 
@@ -219,29 +274,36 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
 
     Args:
         path: local checkpoint file.
-        allow_pickle: when ``weights_only=True`` refuses the file, unpickle it fully instead of failing.
-            Full unpickling runs code from the file: only for checkpoints from a source you trust.
+        allow_pickle: when the safe loader refuses the file, unpickle it fully instead of failing (with a
+            warning naming the file). Full unpickling runs code from the file: only for files you trust.
 
     Raises:
-        CheckpointError: unreadable, refused by the safe loader while ``allow_pickle`` is False, or no
-            state dict inside.
+        CheckpointError: unreadable, refused by the safe loader while ``allow_pickle`` is False (naming
+            what the file asks for), or no state dict inside.
     """
     import pickle
 
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        needs = _unsafe_globals(path)
         if not allow_pickle:
             raise CheckpointError(
-                f"{path}: the safe loader (weights_only=True) refused this checkpoint "
-                f"({str(err).splitlines()[0]}). "
-                "It contains pickled Python objects. If you trust its source, set "
-                "models.allow_pickle_checkpoints=true (this can execute code from the file)."
+                f"{path}: refused by the safe loader (torch.load weights_only=True plus numpy arrays/scalars "
+                f"and mmengine's HistoryBuffer): the file asks for {needs or _refusal(err)}, "
+                "which unpickling would import or call, and that can run code of the file's choosing. "
+                "If you trust where the file comes from, set models.allow_pickle_checkpoints: true "
+                "(full unpickling), or convert it once, where you trust it, to a plain state dict: "
+                "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)."
             ) from err
         log.warning(
-            "%s: not loadable with weights_only=True; unpickling fully (trusted source assumed)", path
+            "%s: the safe loader refused it (it asks for %s); unpickling it FULLY because "
+            "models.allow_pickle_checkpoints is true: this runs any code the file contains",
+            path,
+            needs or _refusal(err),
         )
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
@@ -259,6 +321,29 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
         keys = sorted(obj)[:_MAX_KEYS_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: no state dict of tensors found (top level: {keys})")
     return {(k.removeprefix("module.")): v for k, v in state.items()}
+
+
+def _refusal(err: Exception) -> str:
+    """The line of torch's weights-only message that says what was refused."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # torch: "...WeightsUnpickler error: <reason>\n\nCheck the..."
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        if reason.strip():
+            return " ".join(reason.split())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _unsafe_globals(path: str | os.PathLike[str]) -> str:
+    """The globals ``path``'s pickle names beyond the allow-list, read without executing anything."""
+    import torch
+
+    try:
+        with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_safe_globals()):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a malformed file: the caller reports torch's own error
+        return ""
+    return ", ".join(sorted(names))
 
 
 def _name_keys(keys: list[str]) -> str:
@@ -292,6 +377,28 @@ def load_strict(model: Any, state_dict: Mapping[str, Any], what: str) -> None:
         raise CheckpointError(
             f"{what}: checkpoint does not match the model architecture; "
             + "; ".join(problems)
-            + ". Check that the config names the architecture this checkpoint was trained with."
+            + ". "
+            + _class_count_hint(own, state_dict)
+            + "Check that the config names the architecture this checkpoint was trained with."
         )
     model.load_state_dict(dict(state_dict), strict=True)
+
+
+def _class_count_hint(own: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
+    """For an RTMDet(-Ins) head trained with another class count (e.g. person-only): the setting to use.
+
+    The classification convs ``bbox_head.rtm_cls.<level>.weight`` are (num_classes, C, 1, 1), so their
+    first dimension in the checkpoint is the class count it was trained with.
+    """
+    counts = {
+        int(state_dict[k].shape[0])
+        for k in set(own) & set(state_dict)
+        if k.startswith("bbox_head.rtm_cls.")
+        and k.endswith(".weight")
+        and len(state_dict[k].shape) == 4
+        and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    }
+    if len(counts) != 1:
+        return ""
+    (count,) = counts
+    return f"The checkpoint's detector head has {count} classes: set models.detector.num_classes: {count}. "

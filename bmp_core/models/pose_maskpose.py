@@ -7,14 +7,17 @@ on the full image before the crop. No extra channel, no extra parameters, so the
 the batching are ours:
 
 1. per instance: the mask's outer contours rasterised as polygons (holes filled, as the reference does),
-   the background outside them dimmed; centre/scale from the xyxy box, padded 1.25, aspect fixed to
-   192:256 by growing the short side; UDP warp matrix (mmpose's ``get_udp_warp_matrix``), bilinear
-   ``warpAffine``, border 0,
-2. every crop of every image in one batch (chunks of ``batch_size``), BGR -> RGB, ImageNet mean/std,
+   the background outside them dimmed with ``cv2.addWeighted``'s rounding; centre/scale from the xyxy
+   box, padded 1.25, aspect fixed to 192:256 by growing the short side; UDP warp matrix (mmpose's
+   ``get_udp_warp_matrix``), bilinear ``warpAffine``, border 0. Tracing and blending happen only inside
+   the mask's box and the window the crop reads, with crops byte-identical to the whole-image definition,
+2. every crop of every image in one batch (chunks of ``batch_size``), uploaded as uint8 and converted on
+   the model's device: BGR -> RGB, ImageNet mean/std,
 3. flip test: the mirrored crops go through the same forward; their heatmaps are mirrored back, left and
    right channels swapped, and averaged with the plain ones (flip_mode heatmap, no shift),
-4. the first 17 of the 21 channels (COCO) are decoded with mmpose's UDP codec (argmax + DARK-UDP,
-   blur 11) and mapped back to the original image through the crop's centre/scale.
+4. the first 17 of the 21 channels (COCO) are decoded as mmpose's UDP codec does (argmax + DARK-UDP,
+   blur 11, no clamp), all instances in one vectorised pass with the codec's exact values, and mapped
+   back to the original image through the crop's centre/scale.
 
 An instance with an all-False mask (or ``masks=None``) is posed from its box without blending.
 The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_conditioning: false``.
@@ -22,7 +25,9 @@ The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_con
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -131,29 +136,81 @@ def udp_warp_matrix(center: np.ndarray, scale: np.ndarray, input_size_wh: tuple[
     return get_udp_warp_matrix(center, scale, 0.0, output_size=tuple(input_size_wh))
 
 
-def dim_image(image_bgr: np.ndarray, alpha: float) -> np.ndarray:
-    """(H, W, 3) uint8 ``(1 - alpha) * img``, truncated toward zero (numpy ``astype``), as a uint8 image
-    computed in float and cast back would be."""
-    return (image_bgr.astype(np.float32) * np.float32(1.0 - alpha)).astype(np.uint8)
+@functools.lru_cache(maxsize=8)
+def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(256,) uint8 look-up tables of ``cv2.addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0.
+
+    The reference conditions with ``cv2.addWeighted``, which rounds to nearest (a float cast would truncate:
+    at alpha 0.2, the background values with ``4 v mod 5`` in {3, 4}, two in five, would come out one grey
+    level darker). ``addWeighted``
+    is elementwise and its second input is either the pixel itself (mask) or 0 (background), so two tables
+    built with ``addWeighted`` itself give its exact result for every value.
+    """
+    import cv2
+
+    values = np.arange(256, dtype=np.uint8)[None]
+    foreground = cv2.addWeighted(values, 1.0 - alpha, values, alpha, 0.0)[0]
+    background = cv2.addWeighted(values, 1.0 - alpha, np.zeros_like(values), alpha, 0.0)[0]
+    return foreground, background
 
 
-def blend_background(
-    image_bgr: np.ndarray, mask: np.ndarray, alpha: float, dimmed_bgr: np.ndarray | None = None
-) -> np.ndarray:
-    """MaskPose conditioning: ``(1 - alpha) * img + alpha * img * mask``; foreground unchanged.
+def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """MaskPose conditioning: ``(1 - alpha) * img + alpha * img * mask``, rounded as cv2.addWeighted rounds.
 
     Args:
-        image_bgr: (H, W, 3) uint8.
-        mask: (H, W) bool.
+        image_bgr: (H, W, 3) uint8 (the whole image or any window of it: the operation is per pixel).
+        mask: (H, W) bool, True on the person.
         alpha: background dimming; pixels outside the mask become ``(1 - alpha)`` of their value.
-        dimmed_bgr: ``dim_image(image_bgr, alpha)`` when already computed (once per image, not per person).
 
     Returns:
-        (H, W, 3) uint8.
+        (H, W, 3) uint8, equal to ``cv2.addWeighted(img, 1 - alpha, img * mask, alpha, 0)``.
     """
-    if dimmed_bgr is None:
-        dimmed_bgr = dim_image(image_bgr, alpha)
-    return np.where(mask[..., None], image_bgr, dimmed_bgr)
+    import cv2
+
+    if image_bgr.size == 0:  # a crop wholly outside the image reads no pixel (OpenCV refuses empty arrays)
+        return image_bgr.copy()
+    foreground, background = _blend_tables(float(alpha))
+    out = cv2.LUT(image_bgr, background)  # a table look-up per byte: no float arithmetic per pixel
+    # alpha 0.2: 0.8 v + 0.2 v rounds back to v, so the person's pixels are copied as they are.
+    person = image_bgr if np.array_equal(foreground, np.arange(256)) else cv2.LUT(image_bgr, foreground)
+    cv2.copyTo(person, np.ascontiguousarray(mask).view(np.uint8), out)
+    return out
+
+
+@dataclass(frozen=True)
+class BoxedMask:
+    """A binary mask stored only inside its bounding box (everything outside is False).
+
+    Attributes:
+        mask: (h, w) bool, the mask's pixels ``[y0:y0+h, x0:x0+w]`` of the full image.
+        y0, x0: top-left corner of the box in image pixels.
+    """
+
+    mask: np.ndarray
+    y0: int
+    x0: int
+
+    @staticmethod
+    def of(mask: np.ndarray) -> BoxedMask | None:
+        """The (H, W) bool ``mask`` cut to its bounding box; None when it is all False."""
+        import cv2
+
+        x0, y0, w, h = cv2.boundingRect(mask.view(np.uint8))  # one vectorised pass, no (H, W) temporaries
+        if w == 0 or h == 0:
+            return None
+        return BoxedMask(mask[y0 : y0 + h, x0 : x0 + w], y0, x0)
+
+    def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0) bool: the full-image mask's pixels inside that window."""
+        out = np.zeros((y1 - y0, x1 - x0), bool)
+        h, w = self.mask.shape
+        ty0, ty1 = max(y0, self.y0), min(y1, self.y0 + h)
+        tx0, tx1 = max(x0, self.x0), min(x1, self.x0 + w)
+        if ty1 > ty0 and tx1 > tx0:
+            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = self.mask[
+                ty0 - self.y0 : ty1 - self.y0, tx0 - self.x0 : tx1 - self.x0
+            ]
+        return out
 
 
 def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
@@ -162,6 +219,9 @@ def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
     MaskPose was trained on COCO polygon masks, and the reference's inference turns a binary mask into
     its outer contours (``RETR_EXTERNAL``; contours with fewer than 4 points dropped) and rasterises those
     polygons with pycocotools. Holes inside the mask are therefore filled, and specks vanish.
+
+    This full-image version is the plain definition; the adapter uses ``outer_polygon_boxed_mask``, which
+    gives the same pixels without touching the whole image.
 
     Args:
         mask: (H, W) bool.
@@ -182,6 +242,64 @@ def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def outer_polygon_boxed_mask(
+    mask: BoxedMask, image_hw: tuple[int, int], min_points: int = 4
+) -> BoxedMask | None:
+    """``outer_polygon_mask`` of the full-image mask that ``mask`` stands for, computed inside its box.
+
+    Why the result is pixel-identical: every contour of the mask lies inside its box, so tracing it on the
+    box grown by one zero row/column (kept inside the image, so a mask touching the image border still
+    touches the traced array's border) finds the same points shifted by the box corner, in the same order;
+    pycocotools rasterises a polygon that lies inside its canvas the same way after an integer shift (its
+    arithmetic on integer coordinates scaled by 5 is exact), and the polygons never leave the box.
+
+    Returns:
+        The polygon mask inside the same box, or None when no contour survives.
+    """
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    image_h, image_w = image_hw
+    h, w = mask.mask.shape
+    y0, x0 = max(mask.y0 - 1, 0), max(mask.x0 - 1, 0)
+    y1, x1 = min(mask.y0 + h + 1, image_h), min(mask.x0 + w + 1, image_w)
+    traced = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    traced[mask.y0 - y0 : mask.y0 - y0 + h, mask.x0 - x0 : mask.x0 - x0 + w] = mask.mask
+    contours, _ = cv2.findContours(traced, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Contour points relative to the box corner: the canvas is exactly the box.
+    offset = np.array([x0 - mask.x0, y0 - mask.y0])
+    polygons = [
+        (c.reshape(-1, 2) + offset).reshape(-1).astype(np.float64).tolist()
+        for c in contours
+        if len(c) >= min_points
+    ]
+    if not polygons:
+        return None
+    filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))).astype(bool)
+    return BoxedMask(filled, mask.y0, mask.x0)
+
+
+def crop_source_window(
+    warp: np.ndarray, input_size_wh: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the image pixels a bilinear ``warpAffine`` through ``warp`` can read, clipped.
+
+    The crop's pixel grid mapped back to the image (corners of the inverse affine map), widened by the
+    bilinear filter's second tap and one more pixel of margin for warpAffine's fixed-point coordinates.
+    """
+    import cv2
+
+    inverse = cv2.invertAffineTransform(np.asarray(warp, np.float64))
+    w, h = input_size_wh
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float64) @ inverse.T
+    lo = np.floor(corners.min(axis=0)) - 1
+    hi = np.floor(corners.max(axis=0)) + 3  # exclusive end: tap floor(x) + 1, plus one pixel of margin
+    image_h, image_w = image_hw
+    x0, x1 = int(np.clip(lo[0], 0, image_w)), int(np.clip(hi[0], 0, image_w))
+    y0, y1 = int(np.clip(lo[1], 0, image_h)), int(np.clip(hi[1], 0, image_h))
+    return y0, y1, x0, x1
+
+
 def crop_to_input(image_bgr: np.ndarray, warp: np.ndarray, input_size_wh: tuple[int, int]) -> np.ndarray:
     """(h, w, 3) uint8 crop through ``warp``: bilinear, constant-0 border (mmpose's TopdownAffine)."""
     import cv2
@@ -190,10 +308,100 @@ def crop_to_input(image_bgr: np.ndarray, warp: np.ndarray, input_size_wh: tuple[
 
 
 def crops_to_tensor(crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 3, h, w) float32 network input: BGR -> RGB, ImageNet mean/std."""
+    """(N, 3, h, w) float32 network input: BGR -> RGB, ImageNet mean/std (the plain numpy definition;
+    the adapter normalises on its device with ``normalize_on_device``, which gives the same values)."""
     batch = np.stack(crops_bgr)[..., ::-1].astype(np.float32)
     batch = (batch - np.float32(IMAGENET_MEAN_RGB)) / np.float32(IMAGENET_STD_RGB)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def normalize_on_device(crops_bgr: np.ndarray, device: Any) -> Any:
+    """(N, 3, h, w) float32 torch tensor on ``device`` from (N, h, w, 3) uint8 BGR crops.
+
+    The crops travel as uint8 (a quarter of the float32 bytes) and are converted there: BGR -> RGB,
+    ``(x - mean) / std`` with float32 tensors of the per-channel constants. Those are the same IEEE
+    float32 subtraction and division per element as ``crops_to_tensor``, so on CPU the values are
+    identical (tested); CUDA's float32 ``-`` and ``/`` on tensors are also correctly rounded, so the
+    same holds there unless torch is built with fast math.
+    """
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crops_bgr)).to(device)
+    x = x.flip(-1).permute(0, 3, 1, 2).float()  # BGR -> RGB, NHWC -> NCHW
+    mean = torch.tensor(IMAGENET_MEAN_RGB, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_RGB, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding: mmpose's UDP codec (argmax + DARK-UDP) for all instances at once
+
+
+def _gaussian_blur_batch(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """mmpose's ``gaussian_blur`` (zero-padded ``cv2.GaussianBlur``, then rescaled to the original maximum)
+    on (M, H, W) heatmaps in one OpenCV call: the zero-padded maps are stacked one above the other, and
+    with padding equal to the kernel radius no output pixel reads a neighbour map, so each map gets exactly
+    the values of its own call."""
+    import cv2
+
+    border = (kernel - 1) // 2
+    m, h, w = heatmaps.shape
+    origin_max = heatmaps.reshape(m, -1).max(axis=1)
+    padded = np.zeros((m, h + 2 * border, w + 2 * border), np.float32)
+    padded[:, border:-border, border:-border] = heatmaps
+    blurred = cv2.GaussianBlur(padded.reshape(m * (h + 2 * border), w + 2 * border), (kernel, kernel), 0)
+    out = np.ascontiguousarray(blurred.reshape(padded.shape)[:, border:-border, border:-border])
+    out *= (origin_max / out.reshape(m, -1).max(axis=1))[:, None, None]
+    return out
+
+
+def refine_dark_udp_batch(keypoints: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: int) -> np.ndarray:
+    """mmpose 1.3.2's ``refine_keypoints_dark_udp`` for N instances at once, with identical results.
+
+    Args:
+        keypoints: (N, K, 2) float32 argmax locations in heatmap pixels (-1 where the maximum is <= 0).
+        heatmaps: (N, K, H, W) float32, one set per instance (mmpose's function takes one set).
+        blur_kernel_size: Gaussian modulation kernel (11 for sigma 2).
+
+    Returns:
+        (N, K, 2) float32 refined locations (a new array).
+
+    The same operations in the same order and dtypes as mmpose's loop, only batched: the blur (see
+    ``_gaussian_blur_batch``), clip to [1e-3, 50], log, edge padding, the Taylor step with the float64
+    Hessian inverse. mmpose gathers the neighbours from one flattened (K, H+2, W+2) array per instance,
+    so a location of -1 at keypoint 0 reads (by numpy's negative indexing) from the end of that
+    instance's own array; the offsets below wrap within each instance to match.
+    """
+    n, k, h, w = heatmaps.shape
+    keypoints = np.array(keypoints, np.float32, copy=True)
+    modulated = _gaussian_blur_batch(heatmaps.reshape(n * k, h, w), blur_kernel_size)
+    np.clip(modulated, 1e-3, 50.0, modulated)
+    np.log(modulated, modulated)
+    padded = np.pad(modulated.reshape(n, k, h, w), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    per_instance = k * (h + 2) * (w + 2)
+    flat = padded.reshape(-1)
+
+    index = keypoints[..., 0] + 1 + (keypoints[..., 1] + 1) * (w + 2)  # float32, as mmpose computes it
+    index += (w + 2) * (h + 2) * np.arange(0, k)  # in place: stays float32, as in mmpose
+    index = index.astype(int)  # (N, K)
+    base = (np.arange(n) * per_instance)[:, None]
+
+    def at(offset: int) -> np.ndarray:
+        return flat[(index + offset) % per_instance + base].reshape(-1, 1)  # (N*K, 1)
+
+    i_, ix1, iy1, ix1y1 = at(0), at(1), at(w + 2), at(w + 3)
+    ix1_y1_, ix1_, iy1_ = at(-w - 3), at(-1), at(-2 - w)
+    dx = 0.5 * (ix1 - ix1_)
+    dy = 0.5 * (iy1 - iy1_)
+    derivative = np.concatenate([dx, dy], axis=1).reshape(n * k, 2, 1)
+    dxx = ix1 - 2 * i_ + ix1_
+    dyy = iy1 - 2 * i_ + iy1_
+    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n * k, 2, 2)
+    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+    flat_keypoints = keypoints.reshape(n * k, 2)
+    flat_keypoints -= np.einsum("imn,ink->imk", hessian, derivative).reshape(n * k, 2)
+    return keypoints
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,32 +431,52 @@ class MaskPoseEstimator:
 
     def prepare_crops(
         self, image_bgr: np.ndarray, boxes_xyxy: np.ndarray, masks: np.ndarray | None
-    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Crops of one image.
 
+        The conditioned source image is never built whole: each person's mask is traced and blended only
+        inside its own box and the window its crop reads (``crop_source_window``), written into one working
+        copy of the image, warped, and restored. ``warpAffine`` reads no pixel outside that window, so the
+        crop is byte-identical to warping the fully blended image (tested), at a cost that follows the
+        people's sizes, not the image's.
+
         Returns:
-            N crops (h, w, 3) uint8 BGR, centres (N, 2) and sizes (N, 2) float32 in image pixels.
+            (N, h, w, 3) uint8 BGR crops, centres (N, 2) and sizes (N, 2) float32 in image pixels.
         """
         w, h = self.input_size_wh
-        crops, centers, scales = [], [], []
-        dimmed: np.ndarray | None = None  # the dimmed image, shared by every person of this image
-        for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
-            source = image_bgr
-            if self.cfg.mask_conditioning and masks is not None and masks[i].any():
-                mask = outer_polygon_mask(masks[i]) if self.cfg.mask_as_polygons else masks[i]
-                if mask.any():  # a mask of specks only: no usable polygon, pose from the box
-                    if dimmed is None:
-                        dimmed = dim_image(image_bgr, self.cfg.mask_alpha)
-                    source = blend_background(image_bgr, mask, self.cfg.mask_alpha, dimmed)
+        boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+        crops = np.zeros((len(boxes), h, w, 3), np.uint8)
+        centers = np.zeros((len(boxes), 2), np.float32)
+        scales = np.zeros((len(boxes), 2), np.float32)
+        workspace: np.ndarray | None = None  # a copy of the image, blended one window at a time
+        for i, box in enumerate(boxes):
             center, scale = box_center_scale(box, self.cfg.bbox_padding, w / h)
-            crops.append(crop_to_input(source, udp_warp_matrix(center, scale, (w, h)), (w, h)))
-            centers.append(center)
-            scales.append(scale)
-        return (
-            crops,
-            np.array(centers, np.float32).reshape(-1, 2),
-            np.array(scales, np.float32).reshape(-1, 2),
-        )
+            warp = udp_warp_matrix(center, scale, (w, h))
+            conditioning = self._conditioning_mask(masks[i] if masks is not None else None, image_hw)
+            if conditioning is None:
+                crops[i] = crop_to_input(image_bgr, warp, (w, h))
+            else:
+                if workspace is None:
+                    workspace = np.array(image_bgr, np.uint8, order="C", copy=True)
+                y0, y1, x0, x1 = crop_source_window(warp, (w, h), image_hw)
+                workspace[y0:y1, x0:x1] = blend_background(
+                    image_bgr[y0:y1, x0:x1], conditioning.window(y0, y1, x0, x1), self.cfg.mask_alpha
+                )
+                crops[i] = crop_to_input(workspace, warp, (w, h))
+                workspace[y0:y1, x0:x1] = image_bgr[y0:y1, x0:x1]
+            centers[i], scales[i] = center, scale
+        return crops, centers, scales
+
+    def _conditioning_mask(self, mask: np.ndarray | None, image_hw: tuple[int, int]) -> BoxedMask | None:
+        """The mask MaskPose is conditioned on, inside its box; None = pose from the box, no blending
+        (conditioning off, no mask, an all-False mask, or a mask of specks with no usable polygon)."""
+        if not self.cfg.mask_conditioning or mask is None:
+            return None
+        boxed = BoxedMask.of(np.asarray(mask, bool))
+        if boxed is None or not self.cfg.mask_as_polygons:
+            return boxed
+        return outer_polygon_boxed_mask(boxed, image_hw)
 
     # -- the port ------------------------------------------------------------------------------
 
@@ -265,36 +493,46 @@ class MaskPoseEstimator:
         """
         if not (len(images_bgr) == len(boxes_xyxy) == len(masks)):
             raise ValueError("images_bgr, boxes_xyxy and masks must have one entry per image")
-        crops: list[np.ndarray] = []
-        centers, scales, counts = [], [], []
-        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks):
-            c, ctr, scl = self.prepare_crops(image, boxes, image_masks)
-            crops.extend(c)
-            centers.append(ctr)
-            scales.append(scl)
-            counts.append(len(c))
-        keypoints = np.zeros((len(crops), NUM_KEYPOINTS, 3), np.float32)
-        if crops:
-            heatmaps = self.heatmaps(crops_to_tensor(crops))[:, :NUM_KEYPOINTS]  # 21 -> 17: COCO first
-            keypoints = self.decode(heatmaps, np.concatenate(centers), np.concatenate(scales))
-        return list(np.split(keypoints, np.cumsum(counts)[:-1])) if counts else []
+        prepared = [
+            self.prepare_crops(image, boxes, image_masks)
+            for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True)
+        ]
+        counts = [len(crops) for crops, _, _ in prepared]
+        if not prepared:
+            return []
+        keypoints = np.zeros((sum(counts), NUM_KEYPOINTS, 3), np.float32)
+        if sum(counts):
+            crops = np.concatenate([crops for crops, _, _ in prepared])
+            heatmaps = self.heatmaps(crops)[:, :NUM_KEYPOINTS]  # 21 -> 17: COCO first
+            centers = np.concatenate([c for _, c, _ in prepared])
+            scales = np.concatenate([s for _, _, s in prepared])
+            keypoints = self.decode(heatmaps, centers, scales)
+        return list(np.split(keypoints, np.cumsum(counts)[:-1]))
 
     # -- model ---------------------------------------------------------------------------------
 
-    def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
-        """(N, K, h/4, w/4) float32 heatmaps of a normalised (N, 3, h, w) batch, flip-averaged if enabled."""
+    def heatmaps(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(N, K, h/4, w/4) float32 heatmaps of (N, h, w, 3) uint8 BGR crops, flip-averaged if enabled.
+
+        Each chunk of ``batch_size`` crops is uploaded as uint8 and normalised on the model's device. Under
+        ``precision`` bf16/fp16 only the backbone runs in autocast; the heatmap head runs in fp32.
+        """
         import torch
         from mmpose.models.utils.tta import flip_heatmaps
 
         out = []
         bs = max(1, int(self.cfg.batch_size))
-        for start in range(0, len(inputs), bs):
-            x = torch.from_numpy(inputs[start : start + bs]).to(self.device)
+        for start in range(0, len(crops_bgr), bs):
+            x = normalize_on_device(crops_bgr[start : start + bs], self.device)
             n = len(x)
             if self.cfg.flip_test:
                 x = torch.cat([x, x.flip(-1)])  # plain + mirrored crops in one forward
-            with torch.inference_mode(), autocast(self.device, self.precision):
-                hm = self.model.head.forward(self.model.extract_feat(x)).float()
+            with torch.inference_mode():
+                with autocast(self.device, self.precision):
+                    feats = self.model.extract_feat(x)
+                # The head in fp32: its maxima are the keypoint scores, thresholded downstream (prompts,
+                # pose-NMS, COCO v), and bf16 keeps only ~3 significant digits of them.
+                hm = self.model.head.forward(tuple(f.float() for f in feats)).float()
             if self.cfg.flip_test:
                 flipped = flip_heatmaps(
                     hm[n:], flip_indices=self.flip_indices, flip_mode="heatmap", shift_heatmap=False
@@ -304,23 +542,28 @@ class MaskPoseEstimator:
         return np.concatenate(out).astype(np.float32)
 
     def decode(self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        """(N, K, 3) ``(x, y, score)`` in image pixels from (N, K, H, W) heatmaps, crop centres, sizes."""
+        """(N, K, 3) ``(x, y, score)`` in image pixels from (N, K, H, W) heatmaps, crop centres, sizes.
+
+        mmpose's UDP decoding (argmax, DARK-UDP refinement, heatmap -> crop pixels), for all instances in one
+        pass; the values equal the codec's own per-instance ``decode`` (tested), i.e. the reference's. With
+        ``dark_max_offset_px`` set, the refined point is then kept within that many heatmap pixels of the
+        argmax (an opt-in, not the reference; see the config field).
+        """
         from mmpose.codecs.utils import get_heatmap_maximum
 
+        heatmaps = np.asarray(heatmaps, np.float32)
+        n, k, hm_h, hm_w = heatmaps.shape
+        argmax_uv, scores = get_heatmap_maximum(heatmaps)  # (N, K, 2), (N, K)
+        uv = refine_dark_udp_batch(argmax_uv, heatmaps, int(self.codec.blur_kernel_size))
+        bound = self.cfg.dark_max_offset_px
+        if bound is not None:
+            uv = np.clip(uv, argmax_uv - np.float32(bound), argmax_uv + np.float32(bound))
+        # Heatmap -> crop pixels exactly as the codec computes it (float64 from here, like mmpose's).
+        xy_input = uv / [hm_w - 1, hm_h - 1] * self.codec.input_size
+        out = np.zeros((n, k, 3), np.float32)
         input_wh = np.array(self.input_size_wh, np.float32)
-        # One heatmap pixel in crop pixels, as mmpose's UDP decode scales it (u -> u * w / (W - 1)).
-        hm_px = input_wh / (np.array(heatmaps.shape[:1:-1], np.float32) - 1)
-        out = np.zeros((len(heatmaps), heatmaps.shape[1], 3), np.float32)
-        for i, hm in enumerate(heatmaps):
-            xy_input, scores = self.codec.decode(hm)  # (1, K, 2) in crop pixels, (1, K)
-            # DARK is a sub-pixel refinement; on flat or non-Gaussian heatmaps its Newton step can jump far
-            # off (seen with random weights: hundreds of pixels). Keep it within one heatmap pixel of the
-            # argmax; on well-formed peaks this never binds.
-            argmax_uv, _ = get_heatmap_maximum(hm)
-            anchor = argmax_uv * hm_px
-            xy = np.clip(xy_input[0], anchor - hm_px, anchor + hm_px)
-            out[i, :, :2] = xy / input_wh * scales[i] + centers[i] - 0.5 * scales[i]
-            out[i, :, 2] = scores[0]
+        out[..., :2] = xy_input / input_wh * scales[:, None] + centers[:, None] - 0.5 * scales[:, None]
+        out[..., 2] = scores
         return out
 
 

@@ -44,3 +44,58 @@ def ochuman_images(testdata: Path) -> dict[str, np.ndarray]:
 def sam_prepared_004806(tiny_models: Any, ochuman_images: dict[str, np.ndarray]) -> Any:
     """SAM's embedding of 004806 (the most expensive step on CPU), computed once."""
     return tiny_models.segmenter.prepare(ochuman_images["004806"])
+
+
+@pytest.fixture(scope="session")
+def published_layout_models(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``configs/bmp_d3.yaml``'s models (real sizes, CPU here) built by ``build_bmp_models`` from synthetic
+    checkpoints with the published layouts and file formats, with the default loading settings.
+
+    Returns an object with ``models`` (BmpModels), ``cfg`` (the ModelsConfig used), ``files`` (name ->
+    path), ``state_dicts`` (name -> the synthetic state dict written) and ``load_calls`` (the
+    ``weights_only`` argument of every ``torch.load`` made while building). Built once per session
+    (~10 s, ~2 GB).
+    """
+    import dataclasses
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import torch
+
+    from bmp_core.config import load_config
+    from bmp_core.models.build import build_bmp_models
+    from tests.models import published_format as pf
+
+    folder = tmp_path_factory.mktemp("published_layouts")
+    state_dicts = {
+        name: pf.synthetic_state_dict(pf.layout(testdata, name)) for name in ("rtmdet", "maskpose", "sam2")
+    }
+    files = {
+        "rtmdet": pf.save_mmengine(
+            folder / "rtmdet-ins-l-mask.pth", pf.mmengine_checkpoint(state_dicts["rtmdet"])
+        ),
+        "maskpose": pf.save_mmengine(
+            folder / "MaskPose-b-1.0.0.pth", pf.mmengine_checkpoint(state_dicts["maskpose"], num_keypoints=21)
+        ),
+        "sam2": pf.save_sam2(folder / "sam2.1_hiera_base_plus.pt", state_dicts["sam2"]),
+    }
+    m = load_config(REPO / "configs" / "bmp_d3.yaml").models
+    cfg = dataclasses.replace(
+        m,
+        cache_dir=str(folder / "cache"),
+        detector=dataclasses.replace(m.detector, checkpoint=str(files["rtmdet"])),
+        pose=dataclasses.replace(m.pose, checkpoint=str(files["maskpose"])),
+        segmenter=dataclasses.replace(m.segmenter, checkpoint=str(files["sam2"])),
+    )
+    load_calls: list[Any] = []
+    real_load = torch.load
+
+    def recording_load(*args: Any, **kwargs: Any) -> Any:
+        load_calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    with mock.patch.object(torch, "load", recording_load):
+        models = build_bmp_models(cfg)
+    return SimpleNamespace(
+        models=models, cfg=cfg, files=files, state_dicts=state_dicts, load_calls=load_calls
+    )

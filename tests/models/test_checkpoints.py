@@ -202,24 +202,75 @@ def test_s3_download_through_moto(tmp_path: Path, moto_s3: Any) -> None:
 # Reading and strict loading
 
 
-def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path) -> None:
+class _RunsACommand:
+    """Pickles as a call of ``func(command)``: what a malicious checkpoint does on a full unpickle."""
+
+    def __init__(self, func: Any, command: str) -> None:
+        self.func, self.command = func, command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (self.func, (self.command,))
+
+
+class _Opaque:
+    """A harmless custom class: not on the allow-list, so only a full unpickle can rebuild it."""
+
+
+def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path, caplog: Any) -> None:
     sd = {"a.weight": torch.ones(2, 2), "b.bias": torch.zeros(3)}
     torch.save({"state_dict": sd}, tmp_path / "mm_plain.pth")
     torch.save({"model": sd}, tmp_path / "sam.pt")
     torch.save({"module.a.weight": sd["a.weight"], "module.b.bias": sd["b.bias"]}, tmp_path / "bare.pth")
-    for name in ("mm_plain.pth", "sam.pt", "bare.pth"):
-        got = load_state_dict(tmp_path / name, allow_pickle=False)
-        assert sorted(got) == sorted(sd) and torch.equal(got["a.weight"], sd["a.weight"])
-    # mmengine checkpoints carry numpy objects in `meta`: the safe loader refuses them.
+    # mmengine checkpoints carry numpy objects in `meta`: on the allow-list, read by the safe loader.
     torch.save(
         {"meta": {"epoch": np.int64(210), "hist": np.arange(3)}, "state_dict": sd}, tmp_path / "mm_meta.pth"
     )
-    with pytest.raises(CheckpointError, match="allow_pickle_checkpoints"):
-        load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=False)
-    assert sorted(load_state_dict(tmp_path / "mm_meta.pth", allow_pickle=True)) == sorted(sd)
+    for name in ("mm_plain.pth", "sam.pt", "bare.pth", "mm_meta.pth"):
+        got = load_state_dict(tmp_path / name)
+        assert sorted(got) == sorted(sd) and torch.equal(got["a.weight"], sd["a.weight"])
+    # Anything else is refused by default, naming the file and what it asks for ...
+    torch.save({"meta": {"x": _Opaque()}, "state_dict": sd}, tmp_path / "custom.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(tmp_path / "custom.pth")
+    assert str(tmp_path / "custom.pth") in str(err.value) and "_Opaque" in str(err.value)
+    assert "models.allow_pickle_checkpoints: true" in str(err.value)
+    # ... and read only on opt-in, with a warning naming the file.
+    with caplog.at_level("WARNING", logger="bmp_core.models.checkpoints"):
+        assert sorted(load_state_dict(tmp_path / "custom.pth", allow_pickle=True)) == sorted(sd)
+    assert any(
+        str(tmp_path / "custom.pth") in r.getMessage() and "FULLY" in r.getMessage() for r in caplog.records
+    )
     torch.save({"optimizer": {"lr": torch.ones(1)}}, tmp_path / "nosd.pth")
     with pytest.raises(CheckpointError, match="no state dict"):
         load_state_dict(tmp_path / "nosd.pth")
+
+
+@pytest.mark.parametrize("func", ["os.system", "builtins.exec", "getattr gadget"])
+def test_a_checkpoint_that_runs_code_is_refused_and_runs_nothing(tmp_path: Path, func: str) -> None:
+    marker = tmp_path / "pwned"
+    payloads = {
+        "os.system": _RunsACommand(os.system, f"touch {marker}"),
+        "builtins.exec": _RunsACommand(exec, f"open({str(marker)!r}, 'w').close()"),
+    }
+    if func == "getattr gadget":
+        # getattr is on the allow-list only as HistoryBuffer's statistics methods; anything else is refused.
+        from mmengine.logging.history_buffer import HistoryBuffer
+
+        evil: Any = type("G", (), {"__reduce__": lambda self: (getattr, (HistoryBuffer, "__init__"))})()
+    else:
+        evil = payloads[func]
+    file = tmp_path / "evil.pth"
+    torch.save({"meta": {"hook": evil}, "state_dict": {"w": torch.ones(1)}}, file)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(file)  # the default: allow_pickle=False
+    message = str(err.value)
+    assert str(file) in message and "refused by the safe loader" in message
+    assert not marker.exists()
+    if func != "getattr gadget":
+        assert func.split(".")[-1] in message or "posix.system" in message  # names what the file asks for
+        # The payload is real: a full unpickle (what the old default did) runs it.
+        torch.load(file, weights_only=False)
+        assert marker.exists()
 
 
 def test_load_strict_names_renamed_and_mis_shaped_keys() -> None:
@@ -312,3 +363,98 @@ def test_a_renamed_key_fails_loudly_through_the_builder(tiny_models: Any, tiny_c
     sd["head.final_layer.bias"] = sd["head.final_layer.bias"][:17]
     with pytest.raises(CheckpointError, match="shape mismatches .*head.final_layer"):
         build_maskpose(tiny_cfg.models.pose, torch.device("cpu"), sd, "fp32")
+
+
+# --------------------------------------------------------------------------------------------
+# The published layouts and file formats into the models configs/bmp_d3.yaml builds (real sizes)
+
+
+def test_published_layouts_load_strictly_into_bmp_d3_with_the_default_settings(
+    published_layout_models: Any,
+) -> None:
+    built = published_layout_models
+    assert built.cfg.allow_pickle_checkpoints is False  # the default
+    assert built.load_calls == [True, True, True]  # one safe load per file, no full unpickle
+    # The files are in the published formats: mmengine's pickles name numpy 1.x's functions, the
+    # message hub's HistoryBuffer (and its statistics methods through getattr); sam2's is tensors only.
+    for name in ("rtmdet", "maskpose"):
+        needs = set(torch.serialization.get_unsafe_globals_in_checkpoint(built.files[name]))
+        assert {
+            "numpy.core.multiarray._reconstruct",
+            "numpy.core.multiarray.scalar",
+            "mmengine.logging.history_buffer.HistoryBuffer",
+            "builtins.getattr",
+        } <= needs
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(built.files["sam2"]) == []
+    modules = {
+        "rtmdet": built.models.detector.model,
+        "maskpose": built.models.pose.model,
+        "sam2": built.models.segmenter.predictor.model,
+    }
+    for name, module in modules.items():
+        own = module.state_dict()
+        written = built.state_dicts[name]
+        assert sorted(own) == sorted(written)
+        for key in list(written)[:: max(1, len(written) // 25)]:  # the values really arrived
+            assert torch.equal(own[key].cpu(), written[key]), (name, key)
+
+
+def test_vitpose_multi_layout_is_the_maskpose_network(published_layout_models: Any, testdata: Path) -> None:
+    from bmp_core.models.checkpoints import load_strict
+    from tests.models import published_format as pf
+
+    sd = pf.synthetic_state_dict(pf.layout(testdata, "vitpose"))
+    load_strict(published_layout_models.models.pose.model, sd, "pose (vitpose-b)")  # raises on any mismatch
+
+
+def _module(built: Any, name: str) -> Any:
+    return {
+        "rtmdet": built.models.detector.model,
+        "maskpose": built.models.pose.model,
+        "sam2": built.models.segmenter.predictor.model,
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["rtmdet", "maskpose", "sam2"])
+def test_one_renamed_key_or_one_changed_shape_is_refused_naming_it(
+    published_layout_models: Any, testdata: Path, name: str
+) -> None:
+    from bmp_core.models.checkpoints import load_strict
+    from tests.models import published_format as pf
+
+    shapes = pf.layout(testdata, name)
+    keys = list(shapes)
+    renamed_key = next(k for k in keys[len(keys) // 2 :] if shapes[k])
+    sd = pf.synthetic_state_dict(shapes)
+    sd[renamed_key + "_v2"] = sd.pop(renamed_key)
+    with pytest.raises(CheckpointError) as err:
+        load_strict(_module(published_layout_models, name), sd, name)
+    assert f"missing keys (1): {renamed_key}" in str(err.value)
+    assert f"unexpected keys (1): {renamed_key}_v2" in str(err.value)
+
+    reshaped_key = next(k for k in reversed(keys) if len(shapes[k]) >= 1 and shapes[k][0] > 1)
+    changed = dict(shapes, **{reshaped_key: (shapes[reshaped_key][0] - 1, *shapes[reshaped_key][1:])})
+    with pytest.raises(CheckpointError) as err:
+        load_strict(_module(published_layout_models, name), pf.synthetic_state_dict(changed), name)
+    expected = f"shape mismatches (1): {reshaped_key} {changed[reshaped_key]} vs model {shapes[reshaped_key]}"
+    assert expected in str(err.value)
+    assert "missing keys" not in str(err.value) and "unexpected keys" not in str(err.value)
+
+
+def test_a_person_only_rtmdet_layout_gets_the_num_classes_hint(
+    published_layout_models: Any, testdata: Path
+) -> None:
+    from bmp_core.models.checkpoints import load_strict
+    from tests.models import published_format as pf
+
+    shapes = pf.layout(testdata, "rtmdet")
+    person_only = {
+        k: ((1, *shape[1:]) if k.startswith("bbox_head.rtm_cls.") else shape) for k, shape in shapes.items()
+    }
+    assert person_only != shapes
+    with pytest.raises(CheckpointError) as err:
+        load_strict(
+            published_layout_models.models.detector.model, pf.synthetic_state_dict(person_only), "detector"
+        )
+    assert "bbox_head.rtm_cls.0.weight (1, 256, 1, 1) vs model (80, 256, 1, 1)" in str(err.value)
+    assert "set models.detector.num_classes: 1" in str(err.value)

@@ -53,8 +53,9 @@ def test_blend_background_dims_only_outside_the_mask() -> None:
     image = np.array([[[100, 255, 7], [1, 50, 200]]], np.uint8)  # (1, 2, 3)
     mask = np.array([[False, True]])
     out = pm.blend_background(image, mask, alpha=0.2)
-    # 0.8 * value, truncated: 100 -> 80, 255 -> 204, 7 -> 5 (5.6); the masked pixel is unchanged.
-    np.testing.assert_array_equal(out, [[[80, 204, 5], [1, 50, 200]]])
+    # 0.8 * value, rounded as cv2.addWeighted rounds: 100 -> 80, 255 -> 204, 7 -> 6 (5.6, not truncated to 5);
+    # the masked pixel is unchanged.
+    np.testing.assert_array_equal(out, [[[80, 204, 6], [1, 50, 200]]])
     assert out.dtype == np.uint8
 
 
@@ -92,8 +93,8 @@ class _Head:
 
         self.decoder = UDPHeatmap(input_size=INPUT_WH, heatmap_size=HEATMAP_WH, sigma=2)
 
-    def forward(self, feats: object) -> object:
-        return feats
+    def forward(self, feats: tuple[object, ...]) -> object:
+        return feats[-1]  # like mmpose's HeatmapHead: the last of the backbone's feature maps
 
 
 class _FixedHeatmapModel:
@@ -103,8 +104,8 @@ class _FixedHeatmapModel:
         self.head = _Head()
         self._hm = torch.from_numpy(heatmaps)
 
-    def extract_feat(self, x: object) -> object:
-        return self._hm[None].repeat(len(x), 1, 1, 1)
+    def extract_feat(self, x: object) -> tuple[object, ...]:
+        return (self._hm[None].repeat(len(x), 1, 1, 1),)  # a tuple of feature maps, as mmpose's
 
 
 def _estimator(model: object, **overrides: object) -> pm.MaskPoseEstimator:
@@ -148,10 +149,10 @@ class _MirrorSymmetricModel:
                 weights.append(ramp if k % 2 == 1 else ramp[::-1])  # COCO: odd = left, even = right
         self.weights = torch.from_numpy(np.stack(weights))[None, :, None, :]  # (1, 21, 1, W)
 
-    def extract_feat(self, x: object) -> object:
+    def extract_feat(self, x: object) -> tuple[object, ...]:
         red = torch.relu(x[:, 0:1])  # (N, 1, 256, 192), normalised red channel
         pooled = torch.nn.functional.avg_pool2d(red, 4)  # (N, 1, 64, 48)
-        return pooled * self.weights
+        return (pooled * self.weights,)
 
 
 def test_flip_test_swaps_left_right_channels_back() -> None:
