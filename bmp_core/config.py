@@ -147,6 +147,12 @@ class FakeModelsConfig:
     num_people: int = 8  # candidate people the fake detector places in each image
     seed: int = 0  # changes where the fake people stand
     latency_ms: float = 0.0  # simulated fixed time per image of each detector pass, its own compute included (benchmarks)
+    fail_width: int = 0  # fault tests: the fake detector fails on any batch holding an image this wide (0: never)
+    fail_with: str = "bug"  # "bug": a ValueError (a model bug: fails the shard); "oom": CUDA out of memory
+
+    def __post_init__(self) -> None:
+        if self.fail_with not in ("bug", "oom"):
+            raise ConfigError(f"models.fake.fail_with: {self.fail_with!r} is not one of 'bug', 'oom'")
 
 
 @dataclass(frozen=True)

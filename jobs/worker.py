@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
-from bmp_core.io.images import ImageDecodeError, decode_image_bgr
+from bmp_core.io.images import ImageDecodeError, ImageInputError, decode_image_bgr
 from bmp_core.io.parquet import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
 from bmp_core.io.uris import read_bytes
 from bmp_core.loop import run_bmp, run_bmp_batch
@@ -114,8 +114,10 @@ class BmpWorker:
             on_progress: called with a number of images each time that many are done (progress bars).
 
         Returns:
-            The shard's report. Bad images are error rows, not exceptions; an exception here
-            (a model or storage failure) means the shard is not committed and will be retried.
+            The shard's report. Bad images are error rows, not exceptions: read and decode errors,
+            ``ImageInputError`` (e.g. its given boxes) and CUDA out of memory on that image alone.
+            Any other exception (a model bug, a storage failure) propagates: the shard is not
+            committed and will be retried, and after ``job.max_attempts`` the job stops with it.
         """
         t0 = time.perf_counter()
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
@@ -222,24 +224,25 @@ class BmpWorker:
         box_scores = [None if g is None else g.scores for g in given]
         images = [d.image_bgr for d in batch]
         trace = self.cfg.job.trace and store is not None
+        failure = None
         try:
-            results = run_bmp_batch(images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                                    box_scores=box_scores)
-        except (ValueError, IndexError, FloatingPointError) as err:
-            # A data-dependent failure: isolate the culprit by running the images one at a time.
-            # Anything else (CUDA, out of memory) fails the shard so it is retried elsewhere.
-            logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), err)
-            results = []
-            for d, boxes, scores in zip(batch, boxes_xyxy, box_scores):
-                try:
-                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes, trace=trace,
-                                           box_scores=scores))
-                except (ValueError, IndexError, FloatingPointError) as one_err:
-                    results.append(one_err)
+            results: list[BmpResult | str] = list(run_bmp_batch(
+                images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace, box_scores=box_scores))
+        except Exception as err:
+            if not _is_image_failure(err):
+                raise  # not the images' fault: the shard fails, is retried, then stops the job
+            failure = f"{type(err).__name__}: {err}"
+        if failure is not None:
+            # Outside the except block: the traceback (and the tensors its frames hold) is gone
+            # before the cache is emptied and the images run again, one at a time, to find the culprit.
+            _free_accelerator_memory()
+            logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), failure)
+            results = [self._label_one(d.image_bgr, boxes, scores, trace)
+                       for d, boxes, scores in zip(batch, boxes_xyxy, box_scores, strict=True)]
         ok = []
-        for d, result in zip(batch, results):
-            if isinstance(result, Exception):
-                rows.append(_with(d.row, error=f"labeling failed: {type(result).__name__}: {result}"))
+        for d, result in zip(batch, results, strict=True):
+            if isinstance(result, str):
+                rows.append(_with(d.row, error=result))
                 continue
             label_s = result.timings_s.get("total")
             rows.append(_with(d.row, num_instances=len(result.instances), label_s=label_s))
@@ -247,6 +250,53 @@ class BmpWorker:
         if previous is not None:
             previous.result()
         return self._encode_pool.submit(_encode_batch, ok, store if trace else None)
+
+    def _label_one(self, image_bgr: np.ndarray, boxes_xyxy: np.ndarray | None, box_scores: np.ndarray | None,
+                   trace: bool) -> BmpResult | str:
+        """One image alone: its result, or the reason for its error row when it is the image's fault."""
+        failure = None
+        try:
+            return run_bmp(image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
+                           box_scores=box_scores)
+        except Exception as err:
+            if not _is_image_failure(err):
+                raise
+            failure = f"{type(err).__name__}: {err}"
+            if _is_out_of_memory(err):
+                failure = f"out of GPU memory on this image alone ({failure})"
+        _free_accelerator_memory()  # after an OOM, the next image starts from an empty cache
+        return f"labeling failed: {failure}"
+
+
+def _is_image_failure(err: BaseException) -> bool:
+    """Whether ``err`` is this image's own problem (an error row) rather than the shard's.
+
+    Two kinds: ``ImageInputError`` (its given boxes; decoding errors never get here) and CUDA out of
+    memory, which a single huge image causes (RTMDet-Ins upsamples its masks to full resolution;
+    images up to ``job.max_image_pixels`` are accepted), and which would fail every retry of the shard.
+    """
+    return isinstance(err, ImageInputError) or _is_out_of_memory(err)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out of memory, recognised without importing torch (fake and lite models do not need it):
+    ``torch.OutOfMemoryError`` (``torch.cuda.OutOfMemoryError`` is the same class), or the plain
+    ``RuntimeError("CUDA out of memory...")`` that some kernels still raise."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__):
+        return True
+    return isinstance(err, RuntimeError) and "CUDA out of memory" in str(err)
+
+
+def _free_accelerator_memory() -> None:
+    """Return the CUDA caching allocator's free blocks, when torch is loaded and CUDA is in use."""
+    import gc
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    gc.collect()  # reference cycles may still hold the failed batch's tensors
+    torch.cuda.empty_cache()
 
 
 def _encode_batch(ok: list[tuple[_Decoded, BmpResult]], trace_store: OutputStore | None) -> pa.Table:

@@ -146,3 +146,100 @@ def test_concurrent_shards_share_the_models_one_at_a_time_and_match_run_bmp(test
         mine = instances.filter(pc.equal(instances.column("image_id"), image_id))
         assert mine.num_rows == len(expected) > 0, path.name
         np.testing.assert_array_equal(keypoints_array(mine), expected.keypoints)
+
+
+ODD_WIDTH = 333  # no test image is this wide: the fault-injecting fakes fail on it alone
+
+
+@pytest.fixture()
+def three_images(tmp_path: Path, testdata: Path) -> list[str]:
+    """a.jpg, b.png (ODD_WIDTH wide, cut from a.jpg), c.jpg: one batch with job.batch_size=3."""
+    a, c = testdata / "coco" / "000000000785.jpg", testdata / "coco" / "000000040083.jpg"
+    with Image.open(a) as im:
+        odd = np.asarray(im.convert("RGB"))[:, :ODD_WIDTH]
+    (tmp_path / "b.png").write_bytes(_png(np.ascontiguousarray(odd)))
+    return [str(a), str(tmp_path / "b.png"), str(c)]
+
+
+def test_a_model_error_fails_the_shard_instead_of_becoming_error_rows(three_images: list[str],
+                                                                       tmp_path: Path) -> None:
+    """A ValueError from a model (an adapter bug) is not the image's fault: no error rows, no commit."""
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                           ["job.batch_size=3", f"models.fake.fail_width={ODD_WIDTH}", "models.fake.fail_with=bug"])
+    worker = BmpWorker(cfg)
+    with pytest.raises(ValueError, match="simulated model bug"):
+        worker.label([0, 1, 2], three_images)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="simulated model bug"):
+        worker.process_shard(ShardTask(str(out), "plan1", 0, 0, tuple(three_images)))
+    assert not committed_markers(OutputStore(str(out)), "plan1")
+
+
+class _RaisesOn:
+    """Wraps a detector: raises ``make_error()`` on any call whose batch holds an ODD_WIDTH image."""
+
+    def __init__(self, inner: object, make_error: object) -> None:
+        self.inner, self.make_error, self.batches = inner, make_error, []
+
+    def detect(self, images_bgr: list[np.ndarray]) -> object:
+        self.batches.append([im.shape[1] for im in images_bgr])
+        if any(im.shape[1] == ODD_WIDTH for im in images_bgr):
+            raise self.make_error()
+        return self.inner.detect(images_bgr)
+
+
+def _torch_oom() -> Exception:
+    torch = pytest.importorskip("torch")
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 38.00 GiB")
+
+
+@pytest.mark.parametrize("source", ["torch", "config"])
+def test_out_of_memory_on_one_image_is_its_error_row_and_the_shard_goes_on(
+        three_images: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    from dataclasses import replace
+
+    import jobs.worker
+
+    freed = []
+    monkeypatch.setattr(jobs.worker, "_free_accelerator_memory", lambda: freed.append(1))
+    overrides = ["job.batch_size=3"]
+    if source == "config":  # the fakes' own stand-in (no torch), as the Ray integration test uses
+        overrides += [f"models.fake.fail_width={ODD_WIDTH}", "models.fake.fail_with=oom"]
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, overrides)
+    worker = BmpWorker(cfg)
+    if source == "torch":
+        _torch_oom()  # skips without torch
+        worker.models = replace(worker.models, detector=_RaisesOn(worker.models.detector, _torch_oom))
+    out = tmp_path / "out"
+    report = worker.process_shard(ShardTask(str(out), "plan1", 0, 0, tuple(three_images)))
+    assert report.num_images == 3 and report.num_errors == 1
+    images = read_committed_table(OutputStore(str(out)), "plan1", "images")
+    errors = images.column("error").to_pylist()
+    assert errors[0] is None and errors[2] is None
+    assert "out of GPU memory on this image alone" in errors[1] and "OutOfMemoryError" in errors[1]
+    assert len(freed) >= 2  # after the batch failed, and after the image failed alone
+    if source == "torch":  # the whole batch failed, then each image ran alone
+        batches = worker.models.detector.batches
+        assert batches[0] == [640, ODD_WIDTH, 500] and [ODD_WIDTH] in batches and [500] in batches
+    # The other two images are labeled exactly as run_bmp labels them alone.
+    instances = read_committed_table(OutputStore(str(out)), "plan1", "instances")
+    assert set(instances.column("image_id").to_pylist()) == {0, 2}
+    fresh = build_fake_models()
+    for image_id in (0, 2):
+        with Image.open(three_images[image_id]) as im:
+            bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
+        expected = run_bmp(bgr, fresh, cfg.loop).instances
+        mine = instances.filter(pc.equal(instances.column("image_id"), image_id))
+        assert mine.num_rows == len(expected) > 0
+        np.testing.assert_array_equal(keypoints_array(mine), expected.keypoints)
+
+
+def test_an_out_of_memory_error_is_recognised_without_torch() -> None:
+    from bmp_core.testing.fakes import OutOfMemoryError
+    from jobs.worker import _is_image_failure
+
+    assert _is_image_failure(OutOfMemoryError("x"))
+    assert _is_image_failure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 MiB"))
+    for err in (ValueError("bad"), IndexError(0), FloatingPointError(), RuntimeError("CUDA error: illegal address"),
+                MemoryError()):
+        assert not _is_image_failure(err), err
