@@ -172,14 +172,17 @@ class _ProgressCounter:
 class _RayWorker(BmpWorker):
     """``BmpWorker`` that reports per-image progress to the driver's counter."""
 
-    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None,
+                 gpu_assigned: bool = False) -> None:
+        super().__init__(cfg, gpu_assigned)
         self._counter = counter
         self.num_threads = _set_torch_threads(num_threads)
         _warm_up_arrow()
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "torch_threads": self.num_threads}
+        info = {**super().info(), "torch_threads": self.num_threads}
+        logger.info("worker %s:%s ready: %s", info["host"], info["pid"], info.get("summary", info["device"]))
+        return info
 
     def process_shard_reporting(self, task: ShardTask) -> ShardReport:
         return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
@@ -244,6 +247,7 @@ class _ActorPool:
                                    "max_concurrency": max(1, cfg.job.queue_depth)}
         if cluster and env:
             options["runtime_env"] = {"env_vars": env}
+        self.gpu_assigned = num_gpus > 0
         self.remote_cls = ray.remote(_RayWorker)
         self.counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
         self.options = options
@@ -253,7 +257,8 @@ class _ActorPool:
     def _new_actor(self, slot: int) -> Any:
         self.generation[slot] += 1
         name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
-        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter, self.num_threads)
+        actor = self.remote_cls.options(name=name, **self.options)
+        return actor.remote(self.cfg, self.counter, self.num_threads, self.gpu_assigned)
 
     def wait_ready(self) -> list[dict[str, Any]]:
         try:
@@ -281,6 +286,7 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     try:
         num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
+        check_device_for_workers(cfg, use_gpu)
         num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
         num_cpus = 0.0 if use_gpu else _cpu_share(ray, num_workers)
         pool = _ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0,
@@ -289,7 +295,8 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             workers = pool.wait_ready()
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
-                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
+                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each",
+                        "; ".join(f"{w['host']}:{w['pid']} {w.get('summary', w['device'])}" for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
             labeling_s = time.perf_counter() - t0
@@ -301,6 +308,23 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     finally:
         if started:
             ray.shutdown()
+
+
+def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
+    """Refuse, before any worker starts, a ``models.device`` that every worker would refuse.
+
+    Ray gives each GPU actor one GPU and makes it the only one the actor sees (``CUDA_VISIBLE_DEVICES``),
+    as ``cuda:0``: ``cuda:1`` would fail on every worker, and ``cuda`` without a GPU in the cluster
+    would too.
+    """
+    device = cfg.models.device
+    if cfg.models.kind != "bmp" or not device.startswith("cuda"):
+        return
+    if not use_gpu:
+        raise JobError(f"models.device={device!r} but the Ray cluster has no GPU: use 'auto' or 'cpu'")
+    if device not in ("cuda", "cuda:0"):
+        raise JobError(f"models.device={device!r}: under Ray each worker sees only the GPU it was given, as "
+                       "cuda:0; use 'auto' or 'cuda' (one worker per GPU is started for you)")
 
 
 def _cpu_share(ray: Any, num_workers: int) -> float:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -89,13 +89,21 @@ class BmpWorker:
         cfg: the resolved config; ``cfg.models`` is built once here (weights loaded), and so is the
             ``job.given_boxes`` file (read once per worker), so a model or boxes-file error surfaces
             when the worker starts, not on the first image.
+        gpu_assigned: this process was given a GPU (a Ray GPU actor): with the real models and
+            ``models.device: auto``, a torch that cannot use CUDA fails here, with torch's reason
+            (``DeviceError``), instead of building the models on the CPU.
     """
 
-    def __init__(self, cfg: BmpConfig) -> None:
+    def __init__(self, cfg: BmpConfig, gpu_assigned: bool = False) -> None:
         from bmp_core.models import build_models  # the heavy imports happen here, on the worker
 
         check_job_config(cfg)
         self.cfg = cfg
+        self.gpu_assigned = gpu_assigned
+        if gpu_assigned and cfg.models.kind == "bmp":
+            from bmp_core.models.device import resolve_device
+
+            resolve_device(cfg.models.device, gpu_assigned=True)  # before minutes of model building
         self.given_boxes = _load_given_box_index(cfg.job)
         self.models = build_models(cfg.models)
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
@@ -103,8 +111,19 @@ class BmpWorker:
         self._models_lock = threading.Lock()  # one shard at a time on the models (see module doc)
 
     def info(self) -> dict[str, object]:
-        """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
-        return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.cfg.models.device}
+        """Where this worker runs (the driver logs it and waits on it as a readiness check).
+
+        ``device`` is the resolved one (``cuda:0``, ``cpu``), not the configured ``auto``; with the
+        real models, ``device_info`` adds torch's CUDA build, the driver, the GPU and torch's threads.
+        """
+        out: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                  "device": self.cfg.models.device}
+        if self.cfg.models.kind == "bmp":
+            from bmp_core.models.device import describe_device, resolve_device
+
+            device = describe_device(resolve_device(self.cfg.models.device, self.gpu_assigned))
+            out.update(device=device.device, device_info=asdict(device), summary=device.summary())
+        return out
 
     def process_shard(self, task: ShardTask, on_progress: Callable[[int], None] | None = None) -> ShardReport:
         """Label every image of the shard, write its parts and commit marker.
@@ -227,7 +246,8 @@ class BmpWorker:
         failure = None
         try:
             results: list[BmpResult | str] = list(run_bmp_batch(
-                images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace, box_scores=box_scores))
+                images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
+                box_scores=box_scores))
         except Exception as err:
             if not _is_image_failure(err):
                 raise  # not the images' fault: the shard fails, is retried, then stops the job

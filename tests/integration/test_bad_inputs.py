@@ -110,7 +110,7 @@ def test_a_model_bug_stops_the_job_with_its_traceback_and_oom_is_one_error_row(
     good = testdata / "coco" / "000000000785.jpg"
     (src / "a.jpg").write_bytes(good.read_bytes())
     with Image.open(good) as im:
-        _save(src / "b.png", im.convert("RGB").crop((0, 0, 333, im.height)), "PNG")  # the only 333 px wide one
+        _save(src / "b.png", im.convert("RGB").crop((0, 0, 333, im.height)), "PNG")  # the only 333 px wide
     common = ("job.shard_size=1", "job.max_attempts=2", "models.fake.fail_width=333")
     opts = RunOptions(str(src), str(tmp_path / "bug"), num_workers=1, progress=False, lock_settle_s=0.05)
     with pytest.raises(JobError) as info:

@@ -165,7 +165,8 @@ def test_a_model_error_fails_the_shard_instead_of_becoming_error_rows(three_imag
                                                                        tmp_path: Path) -> None:
     """A ValueError from a model (an adapter bug) is not the image's fault: no error rows, no commit."""
     cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
-                           ["job.batch_size=3", f"models.fake.fail_width={ODD_WIDTH}", "models.fake.fail_with=bug"])
+                           ["job.batch_size=3", f"models.fake.fail_width={ODD_WIDTH}",
+                            "models.fake.fail_with=bug"])
     worker = BmpWorker(cfg)
     with pytest.raises(ValueError, match="simulated model bug"):
         worker.label([0, 1, 2], three_images)
@@ -240,6 +241,6 @@ def test_an_out_of_memory_error_is_recognised_without_torch() -> None:
 
     assert _is_image_failure(OutOfMemoryError("x"))
     assert _is_image_failure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 MiB"))
-    for err in (ValueError("bad"), IndexError(0), FloatingPointError(), RuntimeError("CUDA error: illegal address"),
-                MemoryError()):
+    for err in (ValueError("bad"), IndexError(0), FloatingPointError(),
+                RuntimeError("CUDA error: an illegal memory access was encountered"), MemoryError()):
         assert not _is_image_failure(err), err
