@@ -125,11 +125,13 @@ def test_device_info_names_the_gpu_cuda_driver_and_threads(one_visible_gpu: None
 
 
 @pytest.mark.parametrize("line, version", [
-    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024", "535.183.01"),
-    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  (dvs-builder@U16)",
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024",
+     "535.183.01"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  (dvs@U16)",
      "580.65.06"),
 ])
-def test_driver_version_from_proc_without_nvml(monkeypatch: pytest.MonkeyPatch, line: str, version: str) -> None:
+def test_driver_version_from_proc_without_nvml(monkeypatch: pytest.MonkeyPatch, line: str,
+                                               version: str) -> None:
     import io
     import sys
 

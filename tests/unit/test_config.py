@@ -118,6 +118,7 @@ def test_ray_gpu_workers_refuse_a_device_they_cannot_have() -> None:
         check_device_for_workers(cfg("cuda:1"), use_gpu=True)
     with pytest.raises(JobError, match="has no GPU"):
         check_device_for_workers(cfg("cuda"), use_gpu=False)
-    for device, use_gpu in (("auto", True), ("auto", False), ("cuda", True), ("cuda:0", True), ("cpu", False)):
+    for device, use_gpu in (("auto", True), ("auto", False), ("cuda", True), ("cuda:0", True),
+                            ("cpu", False)):
         check_device_for_workers(cfg(device), use_gpu)
     check_device_for_workers(cfg("cuda:1", kind="fake"), use_gpu=True)  # fakes never touch the device
