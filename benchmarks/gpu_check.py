@@ -174,10 +174,15 @@ def step_loop(rows: list[StepResult], cfg_path: Path, overrides: list[str], imag
     from bmp_core.models import build_models
 
     baseline: list[Any] = []
+    built: dict[str, Any] = {}
     for variant in ("fp32", *SPEED_OPTIONS):
         def run(row: StepResult, variant: str = variant) -> None:
             cfg = load_config(cfg_path, [*overrides, *([] if variant == "fp32" else bench_loop.OPTIONS[variant])])
-            models = build_models(cfg.models)
+            # On CPU every speed option is a no-op (autocast, TF32 and compile apply on CUDA only), so
+            # the models would be identical: build them once (the dry run's cost is mostly builds).
+            models = built.get("cpu") or build_models(cfg.models)
+            if device_type == "cpu":
+                built["cpu"] = models
             try:
                 bench_loop.run_batched(images, boxes, models, cfg.loop, batch_size)  # warm-up (compile happens here)
                 _reset_peak(device_type)
