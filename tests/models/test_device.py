@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.models
@@ -171,3 +173,14 @@ def test_worker_start_line_reports_the_resolved_device(monkeypatch: pytest.Monke
     info = BmpWorker(config_from_dict({"models": {"kind": "bmp", "device": "cpu"}})).info()
     assert info["device"] == "cpu" and info["device_info"]["torch_threads"] == torch.get_num_threads()
     assert info["summary"].startswith("device cpu, torch ") and "torch threads" in info["summary"]
+
+
+def test_torch_cuda_out_of_memory_on_one_image_is_its_error_row(tmp_path: Path, testdata: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobs/worker.py recognises torch's own OutOfMemoryError class (no torch import in the worker)."""
+    from tests.unit.test_worker import check_out_of_memory_is_one_error_row, three_images_in
+
+    def oom() -> Exception:
+        return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 38.00 GiB")
+
+    check_out_of_memory_is_one_error_row(three_images_in(tmp_path, testdata), tmp_path, monkeypatch, oom)

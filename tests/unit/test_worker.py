@@ -153,7 +153,11 @@ ODD_WIDTH = 333  # no test image is this wide: the fault-injecting fakes fail on
 
 @pytest.fixture()
 def three_images(tmp_path: Path, testdata: Path) -> list[str]:
-    """a.jpg, b.png (ODD_WIDTH wide, cut from a.jpg), c.jpg: one batch with job.batch_size=3."""
+    return three_images_in(tmp_path, testdata)
+
+
+def three_images_in(tmp_path: Path, testdata: Path) -> list[str]:
+    """a.jpg (640 px wide), b.png (ODD_WIDTH wide, cut from a.jpg), c.jpg (500): one batch of 3."""
     a, c = testdata / "coco" / "000000000785.jpg", testdata / "coco" / "000000040083.jpg"
     with Image.open(a) as im:
         odd = np.asarray(im.convert("RGB"))[:, :ODD_WIDTH]
@@ -189,14 +193,17 @@ class _RaisesOn:
         return self.inner.detect(images_bgr)
 
 
-def _torch_oom() -> Exception:
-    torch = pytest.importorskip("torch")
-    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 38.00 GiB")
-
-
-@pytest.mark.parametrize("source", ["torch", "config"])
 def test_out_of_memory_on_one_image_is_its_error_row_and_the_shard_goes_on(
-        three_images: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+        three_images: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fakes' stand-in for torch's OutOfMemoryError (tests/models/test_device.py raises
+    torch's own class through the same check)."""
+    check_out_of_memory_is_one_error_row(three_images, tmp_path, monkeypatch, None)
+
+
+def check_out_of_memory_is_one_error_row(three_images: list[str], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, make_error: object) -> None:
+    """The ODD_WIDTH image runs out of memory (``make_error()`` raised by a wrapped detector, or the
+    fake detector's own stand-in when None): it alone is an error row, the others are labeled."""
     from dataclasses import replace
 
     import jobs.worker
@@ -204,13 +211,12 @@ def test_out_of_memory_on_one_image_is_its_error_row_and_the_shard_goes_on(
     freed = []
     monkeypatch.setattr(jobs.worker, "_free_accelerator_memory", lambda: freed.append(1))
     overrides = ["job.batch_size=3"]
-    if source == "config":  # the fakes' own stand-in (no torch), as the Ray integration test uses
+    if make_error is None:
         overrides += [f"models.fake.fail_width={ODD_WIDTH}", "models.fake.fail_with=oom"]
     cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, overrides)
     worker = BmpWorker(cfg)
-    if source == "torch":
-        _torch_oom()  # skips without torch
-        worker.models = replace(worker.models, detector=_RaisesOn(worker.models.detector, _torch_oom))
+    if make_error is not None:
+        worker.models = replace(worker.models, detector=_RaisesOn(worker.models.detector, make_error))
     out = tmp_path / "out"
     report = worker.process_shard(ShardTask(str(out), "plan1", 0, 0, tuple(three_images)))
     assert report.num_images == 3 and report.num_errors == 1
@@ -219,7 +225,7 @@ def test_out_of_memory_on_one_image_is_its_error_row_and_the_shard_goes_on(
     assert errors[0] is None and errors[2] is None
     assert "out of GPU memory on this image alone" in errors[1] and "OutOfMemoryError" in errors[1]
     assert len(freed) >= 2  # after the batch failed, and after the image failed alone
-    if source == "torch":  # the whole batch failed, then each image ran alone
+    if make_error is not None:  # the whole batch failed, then each image ran alone
         batches = worker.models.detector.batches
         assert batches[0] == [640, ODD_WIDTH, 500] and [ODD_WIDTH] in batches and [500] in batches
     # The other two images are labeled exactly as run_bmp labels them alone.
