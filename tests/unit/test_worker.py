@@ -180,6 +180,45 @@ def test_a_model_error_fails_the_shard_instead_of_becoming_error_rows(three_imag
     assert not committed_markers(OutputStore(str(out)), "plan1")
 
 
+class _FailsOnCall:
+    """Wraps a model: its ``method`` raises ``error`` on the ``call``-th call (1-based), else delegates."""
+
+    def __init__(self, inner: object, method: str, call: int, error: Exception) -> None:
+        self.inner, self.method, self.call, self.error, self.calls = inner, method, call, error, 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if name != self.method:
+            return attr
+
+        def wrapped(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            if self.calls == self.call:
+                raise self.error
+            return attr(*args, **kwargs)
+
+        return wrapped
+
+
+@pytest.mark.parametrize("model, method, call, error", [
+    ("pose", "estimate", 2, IndexError("index 17 is out of bounds")),  # in pass 2, after pass 1 ran
+    ("segmenter", "segment", 1, FloatingPointError("invalid value encountered")),
+    ("detector", "detect", 2, ValueError("operands could not be broadcast")),
+])
+def test_an_adapter_error_mid_batch_fails_the_shard(three_images: list[str], model: str, method: str,
+                                                    call: int, error: Exception) -> None:
+    """The three exception types the worker used to take for bad data, raised midway by a model."""
+    from dataclasses import replace
+
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=3"])
+    worker = BmpWorker(cfg)
+    wrapped = _FailsOnCall(getattr(worker.models, model), method, call, error)
+    worker.models = replace(worker.models, **{model: wrapped})
+    with pytest.raises(type(error), match=str(error)):
+        worker.label([0, 1, 2], three_images)
+    assert wrapped.calls == call  # it failed where it was told to, and nothing retried it image by image
+
+
 class _RaisesOn:
     """Wraps a detector: raises ``make_error()`` on any call whose batch holds an ODD_WIDTH image."""
 
