@@ -48,16 +48,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_job  # noqa: E402 - benchmarks/ is not a package
-import bench_loop  # noqa: E402
+import bench_job  # benchmarks/ is not a package: imported from its folder, put on sys.path above
+import bench_loop
 
-from bmp_core.config import BmpConfig, load_config  # noqa: E402
+from bmp_core.config import BmpConfig, load_config
 
 # Random weights at the published sizes: no download, and every stage gets data (see the doc).
-REAL_SIZE_RANDOM = ("models.detector.checkpoint=null", "models.pose.checkpoint=null",
-                    "models.segmenter.checkpoint=null", "models.detector.num_classes=1",
-                    "loop.pose_nms.keypoint_thr=0.0", "loop.prompt.confidence_thr=0.0",
-                    "loop.prompt.visibility_thr=0.0")
+REAL_SIZE_RANDOM = (
+    "models.detector.checkpoint=null",
+    "models.pose.checkpoint=null",
+    "models.segmenter.checkpoint=null",
+    "models.detector.num_classes=1",
+    "loop.pose_nms.keypoint_thr=0.0",
+    "loop.prompt.confidence_thr=0.0",
+    "loop.prompt.visibility_thr=0.0",
+)
 # Dry run: the tiny random models on CPU, SAM at 512 px (its encoder is most of a CPU run's time),
 # at most 2 detections per pass; the job runs the fake models (the same models code as the loop's,
 # on tiny_random it would cost a second model build and seconds per image in the Ray worker).
@@ -92,7 +97,9 @@ def _run_step(results: list[StepResult], name: str, fn: Callable[[StepResult], N
         traceback.print_exc()
     row.seconds = time.perf_counter() - t0
     results.append(row)
-    print(f"[gpu_check] {name}: {'ok' if row.ok else 'FAILED'} ({row.seconds:.1f} s) {row.detail}", flush=True)
+    print(
+        f"[gpu_check] {name}: {'ok' if row.ok else 'FAILED'} ({row.seconds:.1f} s) {row.detail}", flush=True
+    )
 
 
 def _torch() -> Any:
@@ -138,7 +145,9 @@ def step_tests(row: StepResult, timeout_s: float, dry_run: bool) -> None:
     where = "tests/models/test_device.py" if dry_run else "tests/models"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", where, "-k", "cuda or gpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     row.detail = lines[-1] if lines else proc.stderr.strip()[-300:]
     row.ok = proc.returncode == 0
@@ -168,23 +177,37 @@ def _inputs(testdata: Path, dry_run: bool) -> tuple[list[np.ndarray], list[np.nd
     return images, boxes
 
 
-def step_loop(rows: list[StepResult], cfg_path: Path, overrides: list[str], images: list[np.ndarray],
-              boxes: list[np.ndarray], repeat: int, batch_size: int, device_type: str) -> None:
+def step_loop(
+    rows: list[StepResult],
+    cfg_path: Path,
+    overrides: list[str],
+    images: list[np.ndarray],
+    boxes: list[np.ndarray],
+    repeat: int,
+    batch_size: int,
+    device_type: str,
+    options: tuple[str, ...] = SPEED_OPTIONS,
+) -> None:
     """fp32, then each speed option: images/s per stage, GPU peak, agreement with fp32."""
     from bmp_core.models import build_models
 
     baseline: list[Any] = []
     built: dict[str, Any] = {}
-    for variant in ("fp32", *SPEED_OPTIONS):
+    for variant in ("fp32", *options):
+
         def run(row: StepResult, variant: str = variant) -> None:
-            cfg = load_config(cfg_path, [*overrides, *([] if variant == "fp32" else bench_loop.OPTIONS[variant])])
+            cfg = load_config(
+                cfg_path, [*overrides, *([] if variant == "fp32" else bench_loop.OPTIONS[variant])]
+            )
             # On CPU every speed option is a no-op (autocast, TF32 and compile apply on CUDA only), so
             # the models would be identical: build them once (the dry run's cost is mostly builds).
             models = built.get("cpu") or build_models(cfg.models)
             if device_type == "cpu":
                 built["cpu"] = models
             try:
-                bench_loop.run_batched(images, boxes, models, cfg.loop, batch_size)  # warm-up (compile happens here)
+                bench_loop.run_batched(
+                    images, boxes, models, cfg.loop, batch_size
+                )  # warm-up (compile happens here)
                 _reset_peak(device_type)
                 t0 = time.perf_counter()
                 for _ in range(repeat):
@@ -198,7 +221,9 @@ def step_loop(rows: list[StepResult], cfg_path: Path, overrides: list[str], imag
             stages = bench_loop.stage_means(got)
             row.stage_images_per_s = {k: 1.0 / stages[k] for k in STAGES if stages.get(k, 0) > 0}
             instances = sum(len(r.instances) for r in got)
-            row.detail = f"{len(images)} images, {instances} instances, batch {batch_size}, {repeat} timed runs"
+            row.detail = (
+                f"{len(images)} images, {instances} instances, batch {batch_size}, {repeat} timed runs"
+            )
             if variant == "fp32":
                 baseline[:] = got
             elif baseline:
@@ -226,23 +251,39 @@ def step_job(row: StepResult, cfg: BmpConfig, testdata: Path, num_images: int) -
     counts, t = run["counts"], run["timings_s"]
     row.images_per_s = run["throughput_images_per_s"]
     worker = run["workers"][0] if run["workers"] else {}
-    row.detail = (f"{counts['images_ok']} ok / {counts['images_error']} errors of {num_images}, "
-                  f"{len(run['workers'])} worker(s), end to end {run['throughput_images_per_s_wall']:.2f} images/s "
-                  f"(workers start {t['workers_start']:.1f} s, wall {t['wall']:.1f} s); "
-                  f"worker: {worker.get('summary', worker.get('device'))}")
+    row.detail = (
+        f"{counts['images_ok']} ok / {counts['images_error']} errors of {num_images}, "
+        f"{len(run['workers'])} worker(s), end to end {run['throughput_images_per_s_wall']:.2f} images/s "
+        f"(workers start {t['workers_start']:.1f} s, wall {t['wall']:.1f} s); "
+        f"worker: {worker.get('summary', worker.get('device'))}"
+    )
     row.ok = counts["images_error"] == 0 and counts["images_ok"] == num_images
 
 
 def format_summary(rows: list[StepResult]) -> str:
     """The one summary table: images/s end to end and per stage, GPU peak, agreement, status."""
-    header = ["step", "status", "images/s", *(f"{s} img/s" for s in STAGES), "GPU peak GiB", "agreement vs fp32",
-              "seconds"]
+    header = [
+        "step",
+        "status",
+        "images/s",
+        *(f"{s} img/s" for s in STAGES),
+        "GPU peak GiB",
+        "agreement vs fp32",
+        "seconds",
+    ]
     table = [header]
     for r in rows:
-        table.append([r.step, "ok" if r.ok else "FAILED", "-" if r.images_per_s is None else f"{r.images_per_s:.2f}",
-                      *(f"{r.stage_images_per_s[s]:.1f}" if s in r.stage_images_per_s else "-" for s in STAGES),
-                      "-" if r.gpu_peak_gib is None else f"{r.gpu_peak_gib:.2f}", r.agreement or "-",
-                      f"{r.seconds:.1f}"])
+        table.append(
+            [
+                r.step,
+                "ok" if r.ok else "FAILED",
+                "-" if r.images_per_s is None else f"{r.images_per_s:.2f}",
+                *(f"{r.stage_images_per_s[s]:.1f}" if s in r.stage_images_per_s else "-" for s in STAGES),
+                "-" if r.gpu_peak_gib is None else f"{r.gpu_peak_gib:.2f}",
+                r.agreement or "-",
+                f"{r.seconds:.1f}",
+            ]
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in table]
     lines.insert(1, "-" * len(lines[0]))
@@ -252,13 +293,28 @@ def format_summary(rows: list[StepResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny models and inputs: the same steps")
-    parser.add_argument("--testdata", default=str(bench_loop.DEFAULT_TESTDATA), help="folder with coco/, ochuman/")
-    parser.add_argument("--job-images", type=int, default=None, help="images of the job (default 200; dry: 4)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed loop runs per variant (default 2; dry: 1)")
+    parser.add_argument(
+        "--testdata", default=str(bench_loop.DEFAULT_TESTDATA), help="folder with coco/, ochuman/"
+    )
+    parser.add_argument(
+        "--job-images", type=int, default=None, help="images of the job (default 200; dry: 4)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="timed loop runs per variant (default 2; dry: 1)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per run_bmp_batch call in the loop")
     parser.add_argument("--skip-tests", action="store_true", help="skip step 2 (pytest)")
+    parser.add_argument(
+        "--options",
+        nargs="*",
+        default=list(SPEED_OPTIONS),
+        choices=list(bench_loop.OPTIONS),
+        help="speed options compared with fp32 in step 3 (default: %(default)s)",
+    )
     parser.add_argument("--tests-timeout", type=float, default=240.0)
     parser.add_argument("--out", default=None, help="also write the results here as JSON")
     parser.add_argument("overrides", nargs="*", help="config key.path=value overrides (both configs)")
@@ -282,7 +338,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_tests:
             _run_step(rows, "tests", lambda row: step_tests(row, args.tests_timeout, args.dry_run))
         images, boxes = _inputs(testdata, args.dry_run)
-        step_loop(rows, cfg_path, overrides, images, boxes, repeat, args.batch_size, device_type[0])
+        step_loop(
+            rows,
+            cfg_path,
+            overrides,
+            images,
+            boxes,
+            repeat,
+            args.batch_size,
+            device_type[0],
+            tuple(args.options),
+        )
         job_cfg_path, job_overrides = DRY_RUN_JOB if args.dry_run else (cfg_path, overrides)
         job_cfg = load_config(job_cfg_path, [*job_overrides, f"job.shard_size={max(1, job_images // 4)}"])
         _run_step(rows, "job", lambda row: step_job(row, job_cfg, testdata, job_images))

@@ -120,7 +120,7 @@ def describe_device(device: Any) -> DeviceInfo:
 def nvidia_driver_version() -> str | None:
     """The NVIDIA driver version (NVML when its Python binding is installed, else Linux's /proc); None
     without one. The driver bounds the CUDA versions torch can use: R580+ for CUDA 13, R525+ for 12.x."""
-    try:
+    with contextlib.suppress(Exception):  # not installed, or no driver: try the next source
         import pynvml  # nvidia-ml-py, often installed next to the CUDA wheels
 
         pynvml.nvmlInit()
@@ -129,8 +129,6 @@ def nvidia_driver_version() -> str | None:
         finally:
             pynvml.nvmlShutdown()
         return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 - not installed, or no driver: try the next source
-        pass
     try:
         with open("/proc/driver/nvidia/version") as f:
             first = f.readline()

@@ -13,8 +13,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.models]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_check_dry_run_runs_every_step_and_prints_one_table(ray_cluster: object, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpu_check_dry_run_runs_every_step_and_prints_one_table(
+    ray_cluster: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for module in ("torch", "mmdet", "mmpose", "sam2"):
         pytest.importorskip(module)
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -28,12 +28,42 @@ from bmp_core.evaluation import (
 )
 from tests.unit.test_evaluation import gt_as_output, gt_keypoints_as_predictions
 
-COCO_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-              "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-              "right_knee", "left_ankle", "right_ankle")
+COCO_NAMES = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 # mmpose configs/_base_/datasets/crowdpose.py, in its keypoint order (head top and neck last).
-CROWDPOSE_SIGMAS = [0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-                    0.079, 0.079]
+CROWDPOSE_SIGMAS = [
+    0.079,
+    0.079,
+    0.072,
+    0.072,
+    0.062,
+    0.062,
+    0.107,
+    0.107,
+    0.087,
+    0.087,
+    0.089,
+    0.089,
+    0.079,
+    0.079,
+]
 # One image per split, two in "medium" (CrowdPose: easy < 0.2 <= medium < 0.8 <= hard).
 CROWD_INDEX = {785: 0.05, 40083: 0.5, 196141: 0.93, 197388: 0.2}
 HEAD, NECK = 12, 13
@@ -48,8 +78,13 @@ def to_crowdpose_gt(coco: dict[str, Any]) -> dict[str, Any]:
     """
     keep = ("id", "file_name", "width", "height")
     images = [{**{k: im[k] for k in keep}, "crowdIndex": CROWD_INDEX[im["id"]]} for im in coco["images"]]
-    category = {"supercategory": "person", "id": 1, "name": "person", "keypoints": list(CROWDPOSE_KEYPOINTS),
-                "skeleton": [[13, 14], [1, 14], [2, 14]]}
+    category = {
+        "supercategory": "person",
+        "id": 1,
+        "name": "person",
+        "keypoints": list(CROWDPOSE_KEYPOINTS),
+        "skeleton": [[13, 14], [1, 14], [2, 14]],
+    }
     out: dict[str, Any] = {"images": images, "categories": [category], "annotations": []}
     for a in coco["annotations"]:
         k = np.asarray(a["keypoints"], np.float64).reshape(17, 3)
@@ -62,10 +97,17 @@ def to_crowdpose_gt(coco: dict[str, Any]) -> dict[str, Any]:
             kp[NECK] = [*(ls[:2] + rs[:2]) / 2, 2]
             if nose[2] > 0:
                 kp[HEAD] = [*(nose[:2] + (nose[:2] - kp[NECK, :2]) / 2), 2]
-        out["annotations"].append({"id": a["id"], "image_id": a["image_id"], "category_id": 1,
-                                   "iscrowd": a.get("iscrowd", 0), "bbox": a["bbox"],
-                                   "keypoints": kp.reshape(-1).tolist(),
-                                   "num_keypoints": int(np.count_nonzero(kp[:, 2] > 0))})
+        out["annotations"].append(
+            {
+                "id": a["id"],
+                "image_id": a["image_id"],
+                "category_id": 1,
+                "iscrowd": a.get("iscrowd", 0),
+                "bbox": a["bbox"],
+                "keypoints": kp.reshape(-1).tolist(),
+                "num_keypoints": int(np.count_nonzero(kp[:, 2] > 0)),
+            }
+        )
     return out
 
 
@@ -124,13 +166,20 @@ def _direct_predictions(output: Any) -> list[dict[str, Any]]:
         body = [by_name[n] for n in CROWDPOSE_KEYPOINTS[:12]]
         ls, rs = by_name["left_shoulder"], by_name["right_shoulder"]
         neck = [(ls[0] + rs[0]) / 2, (ls[1] + rs[1]) / 2, min(ls[2], rs[2])]
-        results.append({"image_id": gt_id[image_id], "category_id": 1, "score": 1.0,
-                        "keypoints": np.asarray([*body, neck]).reshape(-1).tolist()})
+        results.append(
+            {
+                "image_id": gt_id[image_id],
+                "category_id": 1,
+                "score": 1.0,
+                "keypoints": np.asarray([*body, neck]).reshape(-1).tolist(),
+            }
+        )
     return results
 
 
-def test_jittered_predictions_match_xtcocotools_crowdpose_eval_and_pycocotools(coco_gt: dict[str, Any],
-                                                                                tmp_path: Path) -> None:
+def test_jittered_predictions_match_xtcocotools_crowdpose_eval_and_pycocotools(
+    coco_gt: dict[str, Any], tmp_path: Path
+) -> None:
     pytest.importorskip("xtcocotools")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -157,8 +206,9 @@ def test_jittered_predictions_match_xtcocotools_crowdpose_eval_and_pycocotools(c
     (tmp_path / "gt13.json").write_text(json.dumps(gt13))
     with contextlib.redirect_stdout(io.StringIO()):
         xt_gt = XtCOCO(str(tmp_path / "gt13.json"))
-        ev = XtCOCOeval(xt_gt, xt_gt.loadRes(copy.deepcopy(direct)), "keypoints_crowd", sigmas=sigmas,
-                        use_area=False)
+        ev = XtCOCOeval(
+            xt_gt, xt_gt.loadRes(copy.deepcopy(direct)), "keypoints_crowd", sigmas=sigmas, use_area=False
+        )
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -184,13 +234,33 @@ def test_jittered_predictions_match_xtcocotools_crowdpose_eval_and_pycocotools(c
             assert ours[name] == pytest.approx(ev.stats[0], abs=1e-12), name
 
 
-@pytest.mark.parametrize("names", [
-    ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax", "upper_neck", "head_top",
-     "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist"],  # MPII's 16
-    list(reversed(CROWDPOSE_KEYPOINTS)),  # 14, but not CrowdPose's order
-])
-def test_any_other_keypoint_layout_is_a_one_line_error_naming_both(coco_gt: dict[str, Any],
-                                                                   names: list[str]) -> None:
+@pytest.mark.parametrize(
+    "names",
+    [
+        [
+            "r_ankle",
+            "r_knee",
+            "r_hip",
+            "l_hip",
+            "l_knee",
+            "l_ankle",
+            "pelvis",
+            "thorax",
+            "upper_neck",
+            "head_top",
+            "r_wrist",
+            "r_elbow",
+            "r_shoulder",
+            "l_shoulder",
+            "l_elbow",
+            "l_wrist",
+        ],  # MPII's 16
+        list(reversed(CROWDPOSE_KEYPOINTS)),  # 14, but not CrowdPose's order
+    ],
+)
+def test_any_other_keypoint_layout_is_a_one_line_error_naming_both(
+    coco_gt: dict[str, Any], names: list[str]
+) -> None:
     gt = to_crowdpose_gt(coco_gt)
     gt["categories"][0]["keypoints"] = names
     for a in gt["annotations"]:
@@ -216,8 +286,9 @@ def test_cli_eval_on_crowdpose_and_on_an_unknown_layout(coco_gt: dict[str, Any],
     gt["categories"][0]["keypoints"] = gt["categories"][0]["keypoints"][:10]
     (tmp_path / "other.json").write_text(json.dumps(gt))
 
-    args = build_parser().parse_args(["eval", str(tmp_path), "--gt", str(tmp_path / "crowdpose.json"),
-                                      "--overall-only"])
+    args = build_parser().parse_args(
+        ["eval", str(tmp_path), "--gt", str(tmp_path / "crowdpose.json"), "--overall-only"]
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         assert args.func(args) == 0
     written = json.loads((tmp_path / "eval.json").read_text())
