@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -176,11 +177,17 @@ class FakeModelsConfig:
     num_people: int = 8  # candidate people the fake detector places in each image
     seed: int = 0  # changes where the fake people stand
     latency_ms: float = 0.0  # simulated fixed time per image of each detector pass, its own compute included (benchmarks)
+    fail_width: int = 0  # fault tests: the fake detector fails on batches with an image this wide (0: never)
+    fail_with: str = "bug"  # "bug": ValueError (a model bug, fails the shard); "oom": CUDA out of memory
+
+    def __post_init__(self) -> None:
+        if self.fail_with not in ("bug", "oom"):
+            raise ConfigError(f"models.fake.fail_with: {self.fail_with!r} is not one of 'bug', 'oom'")
 
 
 @dataclass(frozen=True)
 class LiteModelsConfig:
-    """MediaPipe BlazePose backend (models.kind: lite; bmp_core/models/lite_blazepose.py)."""
+    """MediaPipe BlazePose backend (models.kind: lite; bmp_core/models/lite/blazepose.py)."""
 
     crop_padding: float = 1.25  # person crop = box grown by this factor about its centre (MaskPose: 1.25)
     square_crop: bool = True  # grow the crop's short side to its long one (BlazePose's ROI is square)
@@ -202,7 +209,7 @@ class LiteModelsConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     kind: str = "bmp"  # "bmp" = RTMDet-Ins + MaskPose + SAM 2.1; "fake" = bmp_core.testing fakes
-    device: str = "auto"  # "auto" = cuda when present, else cpu; or "cpu", "cuda", "cuda:1"
+    device: str = "auto"  # "auto" = cuda when present (a Ray GPU worker must have it), else cpu; "cuda:N"
     precision: str = "fp32"  # "fp32", "bf16", "fp16" (autocast on CUDA only)
     compile: bool = False  # torch.compile the SAM image encoder and the pose backbone (CUDA only)
     tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both
@@ -226,6 +233,8 @@ class ModelsConfig:
             raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"models.precision: {self.precision!r} is not one of 'fp32', 'bf16', 'fp16'")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"models.device: {self.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.kind == "bmp" and self.precision == "fp16" and self.segmenter.precision is None:
             raise ConfigError(
                 "models.precision: fp16 would run SAM 2.1 in fp16, whose activations overflow fp16's range "

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bmp_core.config import LoopConfig
+from bmp_core.io.images import ImageInputError
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import exclusive_masks, mask_boxes_xyxy, mask_iou, mask_out
 from bmp_core.ops.pose_nms import pose_nms
@@ -107,7 +108,7 @@ def run_bmp_batch(
         if given is not None and box_scores is not None and box_scores[i] is not None:
             scores = np.asarray(box_scores[i], np.float32).reshape(-1)
             if len(scores) != len(given):
-                raise ValueError(f"image {i}: {len(scores)} box scores for {len(given)} boxes")
+                raise ImageInputError(f"given boxes: {len(scores)} box scores for {len(given)} boxes")
         h, w = image.shape[:2]
         states.append(
             _ImageState(image, given, scores, Instances.empty(h, w, cfg.prompt.num_pos_keypoints), image)
@@ -132,9 +133,17 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def _check_boxes(boxes: np.ndarray) -> np.ndarray:
+    """The image's given boxes as (N, 4) float32; their problems are the image's (``ImageInputError``)."""
     boxes = np.asarray(boxes, np.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"given boxes must be (N, 4) xyxy, got shape {boxes.shape}")
+        raise ImageInputError(f"given boxes must be (N, 4) xyxy, got shape {boxes.shape}")
+    # A NaN or inverted box would reach the pose crop and fail there with a message about affine
+    # matrices; say what is wrong with the input instead.
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ImageInputError(f"given box {k} is not a finite xyxy box with x2 >= x1, y2 >= y1: "
+                              f"{boxes[k].tolist()} ({int(bad.sum())} such boxes)")
     return boxes
 
 

@@ -10,6 +10,7 @@ models itself, see ``jobs/worker.py``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 
 from bmp_core.config import BmpConfig
 from jobs.worker import BmpWorker, ShardReport, ShardTask
+
+logger = logging.getLogger(__name__)
 
 # Non-secret AWS settings forwarded to actors on a cluster (credentials stay with the nodes).
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
@@ -47,14 +50,17 @@ class ProgressCounter:
 class RayWorker(BmpWorker):
     """``BmpWorker`` that reports per-image progress to the driver's counter."""
 
-    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None,
+                 gpu_assigned: bool = False) -> None:
+        super().__init__(cfg, gpu_assigned)
         self._counter = counter
         self.num_threads = _set_torch_threads(num_threads)
         _warm_up_arrow()
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "torch_threads": self.num_threads}
+        info = {**super().info(), "torch_threads": self.num_threads}
+        logger.info("worker %s:%s ready: %s", info["host"], info["pid"], info.get("summary", info["device"]))
+        return info
 
     def process_shard_reporting(self, task: ShardTask) -> ShardReport:
         return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
@@ -119,6 +125,7 @@ class ActorPool:
                                    "max_concurrency": max(1, cfg.job.queue_depth)}
         if cluster and env:
             options["runtime_env"] = {"env_vars": env}
+        self.gpu_assigned = num_gpus > 0
         self.remote_cls = ray.remote(RayWorker)
         self.counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         self.options = options
@@ -128,7 +135,8 @@ class ActorPool:
     def _new_actor(self, slot: int) -> Any:
         self.generation[slot] += 1
         name = f"bmp-worker-{self.run_token}-{slot}-{self.generation[slot]}"
-        return self.remote_cls.options(name=name, **self.options).remote(self.cfg, self.counter, self.num_threads)
+        actor = self.remote_cls.options(name=name, **self.options)
+        return actor.remote(self.cfg, self.counter, self.num_threads, self.gpu_assigned)
 
     def wait_ready(self) -> list[dict[str, Any]]:
         try:

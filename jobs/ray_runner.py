@@ -146,6 +146,7 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     try:
         num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
+        check_device_for_workers(cfg, use_gpu)
         num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
         num_cpus = 0.0 if use_gpu else node_cpu_share(ray, num_workers)
         pool = ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0,
@@ -154,7 +155,8 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             workers = pool.wait_ready()
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
-                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
+                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each",
+                        "; ".join(f"{w['host']}:{w['pid']} {w.get('summary', w['device'])}" for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)
             labeling_s = time.perf_counter() - t0
@@ -165,5 +167,22 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     finally:
         if started:
             ray.shutdown()
+
+
+def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
+    """Refuse, before any worker starts, a ``models.device`` that every worker would refuse.
+
+    Ray gives each GPU actor one GPU and makes it the only one the actor sees (``CUDA_VISIBLE_DEVICES``),
+    as ``cuda:0``: ``cuda:1`` would fail on every worker, and ``cuda`` without a GPU in the cluster
+    would too.
+    """
+    device = cfg.models.device
+    if cfg.models.kind != "bmp" or not device.startswith("cuda"):
+        return
+    if not use_gpu:
+        raise JobError(f"models.device={device!r} but the Ray cluster has no GPU: use 'auto' or 'cpu'")
+    if device not in ("cuda", "cuda:0"):
+        raise JobError(f"models.device={device!r}: under Ray each worker sees only the GPU it was given, as "
+                       "cuda:0; use 'auto' or 'cuda' (one worker per GPU is started for you)")
 
 

@@ -22,14 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
-from bmp_core.io.images import ImageDecodeError, decode_image_bgr
+from bmp_core.io.images import ImageDecodeError, ImageInputError, decode_image_bgr
 from bmp_core.io.prefetch import prefetch
 from bmp_core.io.sources import KIND_FILES, RawImage, read_group, read_groups
 from bmp_core.loop import run_bmp, run_bmp_batch
@@ -84,13 +84,21 @@ class BmpWorker:
         cfg: the resolved config; ``cfg.models`` is built once here (weights loaded), and so is the
             ``job.given_boxes`` file (read once per worker), so a model or boxes-file error surfaces
             when the worker starts, not on the first image.
+        gpu_assigned: this process was given a GPU (a Ray GPU actor): with the real models and
+            ``models.device: auto``, a torch that cannot use CUDA fails here, with torch's reason
+            (``DeviceError``), instead of building the models on the CPU.
     """
 
-    def __init__(self, cfg: BmpConfig) -> None:
+    def __init__(self, cfg: BmpConfig, gpu_assigned: bool = False) -> None:
         from bmp_core.models import build_models  # the heavy imports happen here, on the worker
 
         check_job_config(cfg)
         self.cfg = cfg
+        self.gpu_assigned = gpu_assigned
+        if gpu_assigned and cfg.models.kind == "bmp":
+            from bmp_core.models.device import resolve_device
+
+            resolve_device(cfg.models.device, gpu_assigned=True)  # before minutes of model building
         self.given_boxes = _load_given_box_index(cfg.job)
         self.models = build_models(cfg.models)
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
@@ -98,8 +106,19 @@ class BmpWorker:
         self._models_lock = threading.Lock()  # one shard at a time on the models (see module doc)
 
     def info(self) -> dict[str, object]:
-        """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
-        return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.cfg.models.device}
+        """Where this worker runs (the driver logs it and waits on it as a readiness check).
+
+        ``device`` is the resolved one (``cuda:0``, ``cpu``), not the configured ``auto``; with the
+        real models, ``device_info`` adds torch's CUDA build, the driver, the GPU and torch's threads.
+        """
+        out: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                  "device": self.cfg.models.device}
+        if self.cfg.models.kind == "bmp":
+            from bmp_core.models.device import describe_device, resolve_device
+
+            device = describe_device(resolve_device(self.cfg.models.device, self.gpu_assigned))
+            out.update(device=device.device, device_info=asdict(device), summary=device.summary())
+        return out
 
     def process_shard(self, task: ShardTask, on_progress: Callable[[int], None] | None = None) -> ShardReport:
         """Label every image of the shard, write its parts and commit marker.
@@ -109,8 +128,10 @@ class BmpWorker:
             on_progress: called with a number of images each time that many are done (progress bars).
 
         Returns:
-            The shard's report. Bad images are error rows, not exceptions; an exception here
-            (a model or storage failure) means the shard is not committed and will be retried.
+            The shard's report. Bad images are error rows, not exceptions: read and decode errors,
+            ``ImageInputError`` (e.g. its given boxes) and CUDA out of memory on that image alone.
+            Any other exception (a model bug, a storage failure) propagates: the shard is not
+            committed and will be retried, and after ``job.max_attempts`` the job stops with it.
         """
         t0 = time.perf_counter()
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
@@ -233,24 +254,26 @@ class BmpWorker:
         box_scores = [None if g is None else g.scores for g in given]
         images = [d.image_bgr for d in batch]
         trace = self.cfg.job.trace and store is not None
+        failure = None
         try:
-            results = run_bmp_batch(images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                                    box_scores=box_scores)
-        except (ValueError, IndexError, FloatingPointError) as err:
-            # A data-dependent failure: isolate the culprit by running the images one at a time.
-            # Anything else (CUDA, out of memory) fails the shard so it is retried elsewhere.
-            logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), err)
-            results = []
-            for d, boxes, scores in zip(batch, boxes_xyxy, box_scores):
-                try:
-                    results.append(run_bmp(d.image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes, trace=trace,
-                                           box_scores=scores))
-                except (ValueError, IndexError, FloatingPointError) as one_err:
-                    results.append(one_err)
+            results: list[BmpResult | str] = list(run_bmp_batch(
+                images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
+                box_scores=box_scores))
+        except Exception as err:
+            if not _is_image_failure(err):
+                raise  # not the images' fault: the shard fails, is retried, then stops the job
+            failure = f"{type(err).__name__}: {err}"
+        if failure is not None:
+            # Outside the except block: the traceback (and the tensors its frames hold) is gone
+            # before the cache is emptied and the images run again, one at a time, to find the culprit.
+            _free_accelerator_memory()
+            logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), failure)
+            results = [self._label_one(d.image_bgr, boxes, scores, trace)
+                       for d, boxes, scores in zip(batch, boxes_xyxy, box_scores, strict=True)]
         ok = []
-        for d, result in zip(batch, results):
-            if isinstance(result, Exception):
-                rows.append(_with(d.row, error=f"labeling failed: {type(result).__name__}: {result}"))
+        for d, result in zip(batch, results, strict=True):
+            if isinstance(result, str):
+                rows.append(_with(d.row, error=result))
                 continue
             label_s = result.timings_s.get("total")
             rows.append(_with(d.row, num_instances=len(result.instances), label_s=label_s))
@@ -258,6 +281,53 @@ class BmpWorker:
         if previous is not None:
             previous.result()
         return self._encode_pool.submit(_encode_batch, ok, store if trace else None)
+
+    def _label_one(self, image_bgr: np.ndarray, boxes_xyxy: np.ndarray | None, box_scores: np.ndarray | None,
+                   trace: bool) -> BmpResult | str:
+        """One image alone: its result, or the reason for its error row when it is the image's fault."""
+        failure = None
+        try:
+            return run_bmp(image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
+                           box_scores=box_scores)
+        except Exception as err:
+            if not _is_image_failure(err):
+                raise
+            failure = f"{type(err).__name__}: {err}"
+            if _is_out_of_memory(err):
+                failure = f"out of GPU memory on this image alone ({failure})"
+        _free_accelerator_memory()  # after an OOM, the next image starts from an empty cache
+        return f"labeling failed: {failure}"
+
+
+def _is_image_failure(err: BaseException) -> bool:
+    """Whether ``err`` is this image's own problem (an error row) rather than the shard's.
+
+    Two kinds: ``ImageInputError`` (its given boxes; decoding errors never get here) and CUDA out of
+    memory, which a single huge image causes (RTMDet-Ins upsamples its masks to full resolution;
+    images up to ``job.max_image_pixels`` are accepted), and which would fail every retry of the shard.
+    """
+    return isinstance(err, ImageInputError) or _is_out_of_memory(err)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out of memory, recognised without importing torch (fake and lite models do not need it):
+    ``torch.OutOfMemoryError`` (``torch.cuda.OutOfMemoryError`` is the same class), or the plain
+    ``RuntimeError("CUDA out of memory...")`` that some kernels still raise."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__):
+        return True
+    return isinstance(err, RuntimeError) and "CUDA out of memory" in str(err)
+
+
+def _free_accelerator_memory() -> None:
+    """Return the CUDA caching allocator's free blocks, when torch is loaded and CUDA is in use."""
+    import gc
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    gc.collect()  # reference cycles may still hold the failed batch's tensors
+    torch.cuda.empty_cache()
 
 
 def _encode_batch(ok: list[tuple[_Decoded, BmpResult]], trace_store: OutputStore | None) -> pa.Table:

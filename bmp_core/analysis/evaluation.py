@@ -17,6 +17,14 @@ Besides the whole output, each prefix of BMP passes is scored ("after pass k": i
 ``iteration <= k``), which shows what the later passes add.
 
 Scores that rank predictions: the pose score for keypoints, the detector score for masks and boxes.
+
+Keypoint layouts (``keypoint_layout``): COCO's 17, and CrowdPose's 14 (12 body joints, head top,
+neck), which the COCO-17 predictions are mapped onto: the 12 body joints are the same; the neck is
+derived (the midpoint of the predicted shoulders); the head top has no COCO counterpart and is skipped
+(not scored: dropped from the ground truth, with its sigma). OKS then uses CrowdPose's own sigmas,
+and keypoint AP is also reported per crowd-index split (easy < 0.2 <= medium < 0.8 <= hard, the
+CrowdPose evaluation code's thresholds, as in xtcocotools' ``keypoints_crowd``). Any other layout
+is refused with a one-line ``EvaluationError``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,16 +53,114 @@ IOU_TYPES = ("keypoints", "segm", "bbox")
 # COCOeval.summarize() order of ``stats``.
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# CrowdPose's keypoints in its files' order, and its OKS sigmas (its evaluation code's, also mmpose's
+# configs/_base_/datasets/crowdpose.py). Its 12 body joints are COCO-17's joints 5..16, in order.
+CROWDPOSE_KEYPOINTS = ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
+                       "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+                       "right_ankle", "head", "neck")
+CROWDPOSE_SIGMAS = np.array([.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79]) / 10.0
+# Crowd-index splits, [low, high): CrowdPose's evaluation code (and xtcocotools) split at 0.2 and 0.8.
+CROWD_INDEX_SPLITS = {"easy": (0.0, 0.2), "medium": (0.2, 0.8), "hard": (0.8, float("inf"))}
+CROWDPOSE_KEYPOINT_STATS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+_COCO_BODY = slice(5, 17)  # COCO-17 joints that CrowdPose's first 12 are
+_COCO_SHOULDERS = (5, 6)
 __all__ = [  # ImageMatch and match_images are re-exported from image_matching
-    "BOX_STATS", "IOU_TYPES", "KEYPOINT_STATS", "CocoScorer", "EvaluationError", "ImageMatch",
-    "choose_backend", "evaluate_output", "format_table", "load_gt", "match_images", "needs_xtcocotools",
-    "results_from_instances", "table_rows",
+    "BOX_STATS", "CROWDPOSE_KEYPOINTS", "CROWDPOSE_KEYPOINT_STATS", "CROWDPOSE_SIGMAS",
+    "CROWD_INDEX_SPLITS", "IOU_TYPES", "KEYPOINT_STATS", "CocoScorer", "EvaluationError", "ImageMatch",
+    "KeypointLayout", "choose_backend", "crowdpose_from_coco17", "evaluate_output", "format_table",
+    "keypoint_layout", "load_gt", "match_images", "needs_xtcocotools", "results_from_instances", "table_rows",
 ]
 _MAX_LISTED = 100  # image names listed per "missing" kind in eval.json; the counts are always complete
 
 
 class EvaluationError(ValueError):
     """The ground truth cannot be scored as asked (the message says why and what to install)."""
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """How the ground truth's keypoints are scored against COCO-17 predictions.
+
+    ``name`` is ``"coco"`` or ``"crowdpose"``; ``scored`` the keypoints OKS uses, in order, with their
+    ``sigmas``; ``derived`` says how a scored keypoint COCO-17 lacks is made from the prediction;
+    ``skipped`` lists ground-truth keypoints no COCO-17 prediction can give, left out of OKS.
+    """
+
+    name: str
+    scored: tuple[str, ...]
+    sigmas: np.ndarray
+    derived: dict[str, str] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """The ``eval.json`` entry."""
+        out: dict[str, Any] = {"name": self.name, "scored": list(self.scored), "derived": self.derived,
+                               "skipped": list(self.skipped)}
+        if self.name == "crowdpose":
+            out["crowd_index_splits"] = {k: [lo, None if hi == float("inf") else hi]
+                                         for k, (lo, hi) in CROWD_INDEX_SPLITS.items()}
+        return out
+
+
+COCO_LAYOUT = KeypointLayout("coco", tuple(f"coco_{k}" for k in range(17)), COCO_SIGMAS)
+CROWDPOSE_LAYOUT = KeypointLayout(
+    "crowdpose", CROWDPOSE_KEYPOINTS[:12] + ("neck",), np.delete(CROWDPOSE_SIGMAS, 12),
+    derived={"neck": "midpoint of the predicted shoulders (score: the lower shoulder score)"},
+    skipped=("head",),
+)
+
+
+def keypoint_layout(gt: dict[str, Any]) -> KeypointLayout:
+    """The layout of the ground truth's person keypoints (its first category's ``keypoints`` names).
+
+    COCO-17 is any 17-keypoint list (or none); CrowdPose is its 14 names in its order (``head`` may be
+    spelled ``top_head``, as mmpose does).
+
+    Raises:
+        EvaluationError: any other layout, in one line naming both supported ones.
+    """
+    cats = [c for c in gt.get("categories", []) if "keypoints" in c]
+    names = [str(n) for n in cats[0]["keypoints"]] if cats else []
+    if not names or len(names) == len(COCO_SIGMAS):
+        return COCO_LAYOUT
+    if [("head" if n == "top_head" else n) for n in names] == list(CROWDPOSE_KEYPOINTS):
+        return CROWDPOSE_LAYOUT
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise EvaluationError(
+        f"ground truth has {len(names)} keypoints ({shown}): bmp-label eval scores COCO's 17 (nose, eyes, "
+        "ears, shoulders ... ankles) or CrowdPose's 14 (left_shoulder, right_shoulder, ..., head, neck)"
+    )
+
+
+def crowdpose_from_coco17(keypoints: np.ndarray) -> np.ndarray:
+    """(N, 17, 3) COCO keypoints -> (N, 13, 3) in ``CROWDPOSE_LAYOUT.scored`` order (12 joints, neck)."""
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 17, 3)
+    left, right = keypoints[:, _COCO_SHOULDERS[0]], keypoints[:, _COCO_SHOULDERS[1]]
+    neck = np.concatenate([(left[:, :2] + right[:, :2]) / 2, np.minimum(left[:, 2:], right[:, 2:])], axis=1)
+    return np.concatenate([keypoints[:, _COCO_BODY], neck[:, None]], axis=1)
+
+
+def _crowdpose_gt(gt: dict[str, Any]) -> dict[str, Any]:
+    """A copy of CrowdPose ground truth with the head top dropped (13 scored keypoints).
+
+    ``num_keypoints`` (which decides whether a person is ignored) is kept as the file says, except for
+    a person whose only labeled keypoint was the head: with nothing left to score, it becomes 0.
+    """
+    gt = copy.deepcopy(gt)
+    head = CROWDPOSE_KEYPOINTS.index("head")
+    for cat in gt.get("categories", []):
+        if "keypoints" in cat:
+            cat["keypoints"] = list(CROWDPOSE_LAYOUT.scored)
+            cat.pop("skeleton", None)  # its indices refer to the 14
+    for a in gt["annotations"]:
+        if a.get("keypoints") is None:
+            continue
+        kpts = np.asarray(a["keypoints"], np.float64).reshape(len(CROWDPOSE_KEYPOINTS), 3)
+        kpts = np.delete(kpts, head, axis=0)
+        a["keypoints"] = kpts.reshape(-1).tolist()
+        labeled = int(np.count_nonzero(kpts[:, 2] > 0))
+        a["num_keypoints"] = int(a.get("num_keypoints", labeled)) if labeled else 0
+    return gt
 
 
 def results_from_instances(
@@ -95,26 +202,29 @@ def results_from_instances(
 
 
 def needs_xtcocotools(gt: dict[str, Any]) -> str | None:
-    """Why pycocotools cannot score this ground truth (None when it can)."""
+    """Why pycocotools cannot score this ground truth (None when it can).
+
+    A known keypoint layout other than COCO's (CrowdPose) is no reason: pycocotools takes its sigmas
+    (``params.kpt_oks_sigmas``); a missing ``area`` is (pycocotools' OKS scale).
+    """
     anns = gt.get("annotations", [])
     if any("area" not in a for a in anns):
         return "annotations without 'area' (OCHuman/CrowdPose style)"
-    for cat in gt.get("categories", []):
-        if "keypoints" in cat and len(cat["keypoints"]) != len(COCO_SIGMAS):
-            return f"{len(cat['keypoints'])} keypoints instead of COCO's 17"
     return None
 
 
 def _normalize_gt(gt: dict[str, Any]) -> dict[str, Any]:
     """A copy with the fields COCOeval reads filled in where a GT file leaves them out."""
     gt = copy.deepcopy(gt)
+    cats = [c for c in gt.get("categories", []) if c.get("keypoints")]
+    num_keypoints = len(cats[0]["keypoints"]) if cats else len(COCO_SIGMAS)
     gt.setdefault("info", {})
     gt.setdefault("licenses", [])
     for a in gt["annotations"]:
         a.setdefault("iscrowd", 0)
         if a.get("keypoints") is None:
             # A person annotated with a mask only: keypoint eval must ignore it (num_keypoints 0).
-            a["keypoints"] = [0.0] * (3 * len(COCO_SIGMAS))
+            a["keypoints"] = [0.0] * (3 * num_keypoints)
         if "num_keypoints" not in a:
             a["num_keypoints"] = int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0))
     return gt
@@ -169,7 +279,9 @@ class CocoScorer:
         keypoint_backend: ``pycocotools`` or ``xtcocotools`` (see ``choose_backend``).
     """
 
-    def __init__(self, gt: dict[str, Any], image_ids: Sequence[int], keypoint_backend: str) -> None:
+    def __init__(self, gt: dict[str, Any], image_ids: Sequence[int], keypoint_backend: str,
+                 layout: KeypointLayout = COCO_LAYOUT) -> None:
+        self.layout = layout
         self.image_ids = sorted(int(i) for i in image_ids)
         self.backends = {"keypoints": keypoint_backend, "segm": "pycocotools", "bbox": "pycocotools"}
         normalized = _normalize_gt(gt)
@@ -182,10 +294,25 @@ class CocoScorer:
             self._gts["segm"] = _fill_area(_load_coco("pycocotools", _unmasked_as_crowd(normalized)))
             self._gt_of["segm"] = "segm"
         self._use_area = all("area" in a for a in gt["annotations"])
+        crowd_index = {int(im["id"]): im.get("crowdIndex") for im in normalized.get("images", [])}
+        # CrowdPose: the scored images of each crowd-index split (images without a crowdIndex in none).
+        self.crowd_splits = {
+            name: [i for i in self.image_ids if crowd_index.get(i) is not None and lo <= crowd_index[i] < hi]
+            for name, (lo, hi) in CROWD_INDEX_SPLITS.items()
+        } if layout.name == "crowdpose" else {}
 
-    def score(self, results: list[dict[str, Any]], iou_type: str) -> dict[str, float] | None:
-        """COCOeval ``stats`` by name; all 0 without predictions; None without ground truth either."""
-        names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
+    def stat_names(self, iou_type: str) -> tuple[str, ...]:
+        if iou_type != "keypoints":
+            return BOX_STATS
+        return CROWDPOSE_KEYPOINT_STATS if self.layout.name == "crowdpose" else KEYPOINT_STATS
+
+    def score(self, results: list[dict[str, Any]], iou_type: str) -> dict[str, float | None] | None:
+        """COCOeval ``stats`` by name; all 0 without predictions; None without ground truth either.
+
+        CrowdPose keypoints: AP/AR at OKS .50:.95, .50, .75 and the AP of each crowd-index split
+        (None for a split without images).
+        """
+        names = self.stat_names(iou_type)
         if not results or not self.image_ids:
             # pycocotools' loadRes cannot take an empty list; nobody found among real people is AP 0.
             has_gt = any(self._gts["pycocotools"].getAnnIds(imgIds=self.image_ids, iscrowd=False))
@@ -193,22 +320,51 @@ class CocoScorer:
         backend = self.backends[iou_type]
         gt = self._gts[self._gt_of[iou_type]]
         _, eval_cls = _coco_api(backend)
+        crowdpose = iou_type == "keypoints" and self.layout.name == "crowdpose"
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             dt = gt.loadRes(copy.deepcopy(results))  # loadRes adds fields to the dicts it gets
-            if backend == "xtcocotools":
-                ev = eval_cls(gt, dt, iou_type, sigmas=self._sigmas(), use_area=self._use_area)
-            else:
-                ev = eval_cls(gt, dt, iou_type)
-            ev.params.imgIds = self.image_ids
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        return {name: float(v) for name, v in zip(names, ev.stats)}
 
-    def _sigmas(self) -> np.ndarray:
-        cats = self._gts["pycocotools"].dataset.get("categories", [])
-        k = len(cats[0].get("keypoints", [])) if cats else 17
-        return COCO_SIGMAS if k in (0, 17) else np.full(k, 0.079)  # 0.079: COCO's mean sigma, for unknown sets
+            def evaluated(image_ids: list[int]) -> Any:
+                if backend == "xtcocotools":
+                    # keypoints_crowd: CrowdPose's rule, a person is ignored when num_keypoints is 0.
+                    ev = eval_cls(gt, dt, "keypoints_crowd" if crowdpose else iou_type,
+                                  sigmas=self.layout.sigmas, use_area=self._use_area)
+                else:
+                    ev = eval_cls(gt, dt, iou_type)
+                    if iou_type == "keypoints":
+                        ev.params.kpt_oks_sigmas = self.layout.sigmas
+                ev.params.imgIds = image_ids
+                ev.evaluate()
+                ev.accumulate()
+                return ev
+
+            ev = evaluated(self.image_ids)
+            if not crowdpose:
+                ev.summarize()
+                return {name: float(v) for name, v in zip(names, ev.stats, strict=True)}
+            # xtcocotools' own CrowdPose summary re-reads the annotation file from disk; the same
+            # numbers are computed here from the accumulated precision / recall.
+            stats: dict[str, float | None] = dict(_keypoint_summary(ev))
+            for split, ids in self.crowd_splits.items():
+                stats[f"AP_{split}"] = _keypoint_summary(evaluated(ids))["AP"] if ids else None
+        return stats
+
+
+def _keypoint_summary(ev: Any) -> dict[str, float]:
+    """AP/AR over OKS .50:.95, at .50 and at .75 (all areas, 20 detections), as COCOeval.summarize."""
+    p, precision, recall = ev.params, ev.eval["precision"], ev.eval["recall"]  # [T,R,K,A,M], [T,K,A,M]
+    m = list(p.maxDets).index(20)
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(valid.mean()) if valid.size else -1.0
+
+    out = {}
+    thresholds = (("", slice(None)), ("50", np.isclose(p.iouThrs, 0.5)), ("75", np.isclose(p.iouThrs, 0.75)))
+    for suffix, t in thresholds:
+        out[f"AP{suffix}"] = mean(precision[t, :, :, 0, m])
+        out[f"AR{suffix}"] = mean(recall[t, :, 0, m])
+    return {name: out[name] for name in ("AP", "AP50", "AP75", "AR", "AR50", "AR75")}
 
 
 def _unmasked_as_crowd(gt: dict[str, Any]) -> dict[str, Any]:
@@ -281,17 +437,24 @@ def evaluate_output(
     unknown = set(iou_types) - set(IOU_TYPES)
     if unknown:
         raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
+    layout = keypoint_layout(gt)
+    if layout.name == "crowdpose":
+        gt = _crowdpose_gt(gt)
     backend = choose_backend(gt, backend)
     images = output.images
     match = match_images(list(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist())),
                          gt.get("images", []))
     failed_ids = set(images.filter(pc.not_equal(images.column("status"), "ok")).column("image_id").to_pylist())
     results = results_from_instances(output.instances, match.output_to_gt, box_source)
+    if layout.name == "crowdpose" and results["keypoints"]:
+        mapped = crowdpose_from_coco17(np.array([r["keypoints"] for r in results["keypoints"]]))
+        for r, kpts in zip(results["keypoints"], mapped, strict=True):
+            r["keypoints"] = kpts.reshape(-1).tolist()
     matched_rows = output.instances.filter(
         pc.is_in(output.instances.column("image_id"), value_set=pa.array(list(match.output_to_gt), pa.int64()))
     )
     iterations = matched_rows.column("iteration").to_numpy()
-    scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend)
+    scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend, layout)
 
     num_passes = int(iterations.max()) + 1 if per_iteration and len(iterations) else 1
     subsets = [iterations <= k for k in range(num_passes - 1)] + [np.ones(len(iterations), bool)]
@@ -316,6 +479,9 @@ def evaluate_output(
         "iou_types": list(iou_types),
         "images": _image_summary(match, len(images), len(gt.get("images", [])), failed_ids),
         "gt_without_mask": scorer.gt_without_mask,
+        "keypoint_layout": {**layout.describe(),
+                            **({"split_images": {k: len(v) for k, v in scorer.crowd_splits.items()}}
+                               if scorer.crowd_splits else {})},
         "overall": overall,
         "per_iteration": passes,
     }
@@ -351,16 +517,27 @@ _TABLE_COLUMNS = {"keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR"),
                   "bbox": ("AP", "AP50", "AP75", "APm", "APl", "AR100")}
 
 
+_CROWD_COLUMNS = ("AP_easy", "AP_medium", "AP_hard")
+
+
 def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the AP table: one row per (subset, IoU type); "-" where nothing was scored."""
+    """(header, rows) of the AP table: one row per (subset, IoU type); "-" where nothing was scored.
+
+    CrowdPose ground truth adds its crowd-index columns (keypoints only); its keypoint APm/APl, which
+    are area ranges, are not reported ("-").
+    """
+    crowd = result.get("keypoint_layout", {}).get("name") == "crowdpose"
     header = ["subset", "type", "preds", "AP", "AP50", "AP75", "APm", "APl", "AR"]
+    if crowd:
+        header += ["APeasy", "APmed", "APhard"]
     rows = []
     subsets = [("all", result["overall"])]
     subsets += [(f"after pass {p['max_iteration'] + 1}", p) for p in result.get("per_iteration", [])]
     for name, entry in subsets:
         for t in result["iou_types"]:
             stats = entry.get(t)
-            values = ["-"] * 6 if stats is None else [f"{stats[c]:.3f}" for c in _TABLE_COLUMNS[t]]
+            columns = _TABLE_COLUMNS[t] + (_CROWD_COLUMNS if crowd else ())
+            values = ["-" if stats is None or stats.get(c) is None else f"{stats[c]:.3f}" for c in columns]
             rows.append([name, t, str(entry["num_predictions"]), *values])
     return header, rows
 
@@ -379,4 +556,10 @@ def format_table(result: dict[str, Any]) -> str:
         f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT "
         f"not in the output, {im['num_ambiguous']} ambiguous; keypoints scored by {result['backend']['keypoints']}"
     )
+    layout = result.get("keypoint_layout", {})
+    if layout.get("name") == "crowdpose":
+        splits = ", ".join(f"{k} {n}" for k, n in layout.get("split_images", {}).items())
+        lines.append(f"CrowdPose keypoints: {len(layout['scored'])} scored with CrowdPose's sigmas; derived: "
+                     f"{'; '.join(f'{k} = {v}' for k, v in layout['derived'].items())}; skipped: "
+                     f"{', '.join(layout['skipped'])}; images per crowd-index split: {splits}")
     return "\n".join(lines)

@@ -51,10 +51,12 @@ class FakeDetector:
     of what lay under it, exactly the signal BMP's second pass relies on.
     """
 
-    def __init__(self, num_people: int = 8, seed: int = 0, latency_ms: float = 0.0) -> None:
+    def __init__(self, num_people: int = 8, seed: int = 0, latency_ms: float = 0.0, fail_width: int = 0,
+                 fail_with: str = "bug") -> None:
         self.num_people = num_people
         self.seed = seed
         self.latency_ms = latency_ms
+        self.fail_width, self.fail_with = fail_width, fail_with
         self.calls = 0
 
     def candidates(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,6 +78,11 @@ class FakeDetector:
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         self.calls += 1
+        if self.fail_width and any(image.shape[1] == self.fail_width for image in images_bgr):
+            # Fault injection (models.fake.fail_width): the whole call fails, as a real model's would.
+            if self.fail_with == "oom":
+                raise OutOfMemoryError(f"CUDA out of memory (fake): a {self.fail_width} px wide image")
+            raise ValueError(f"fake detector: simulated model bug on a {self.fail_width} px wide image")
         out = []
         for image in images_bgr:
             t0 = time.perf_counter()
@@ -93,6 +100,11 @@ class FakeDetector:
             if self.latency_ms:  # a fixed cost per image, like an accelerator's: own compute included
                 time.sleep(max(0.0, self.latency_ms / 1000.0 - (time.perf_counter() - t0)))
         return out
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for ``torch.OutOfMemoryError`` (same class name, which is how the worker knows it)
+    without importing torch."""
 
 
 class ScriptedDetector:
@@ -195,7 +207,7 @@ def build_fake_models(cfg: FakeModelsConfig | None = None) -> BmpModels:
     """The three fakes, configured by ``models.fake``."""
     cfg = cfg or FakeModelsConfig()
     return BmpModels(
-        detector=FakeDetector(cfg.num_people, cfg.seed, cfg.latency_ms),
+        detector=FakeDetector(cfg.num_people, cfg.seed, cfg.latency_ms, cfg.fail_width, cfg.fail_with),
         pose=FakePoseEstimator(),
         segmenter=FakeSegmenter(),
     )

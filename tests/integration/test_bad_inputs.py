@@ -97,3 +97,35 @@ def test_model_build_error_stops_the_job(ray_cluster: object, testdata: Path, tm
     with pytest.raises(JobError, match="workers could not start, building the models failed"):
         run_job(cfg, RunOptions(str(testdata / "coco"), str(tmp_path / "out"), progress=False, lock_settle_s=0.05))
     assert not (tmp_path / "out" / "_lock.json").exists()  # released on the way out
+
+
+def test_a_model_bug_stops_the_job_with_its_traceback_and_oom_is_one_error_row(
+        ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
+    """Through the Ray runner: a model's ValueError is retried on new workers, then stops the job
+    (not N error rows and a "successful" job); CUDA out of memory on one image is that image's row."""
+    from jobs.ray_runner import JobError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = testdata / "coco" / "000000000785.jpg"
+    (src / "a.jpg").write_bytes(good.read_bytes())
+    with Image.open(good) as im:
+        _save(src / "b.png", im.convert("RGB").crop((0, 0, 333, im.height)), "PNG")  # the only 333 px wide
+    common = ("job.shard_size=1", "job.max_attempts=2", "models.fake.fail_width=333")
+    opts = RunOptions(str(src), str(tmp_path / "bug"), num_workers=1, progress=False, lock_settle_s=0.05)
+    with pytest.raises(JobError) as info:
+        run_job(fake_config(*common, "models.fake.fail_with=bug"), opts)
+    message = str(info.value)
+    assert "shard 1 failed 2 time(s)" in message
+    assert "ValueError: fake detector: simulated model bug" in message
+    assert 'fakes.py", line' in message  # the worker's traceback, down to the raising frame
+    assert not (tmp_path / "bug" / "run.json").exists()
+
+    out = tmp_path / "oom"
+    run = run_job(fake_config(*common, "models.fake.fail_with=oom"),
+                  RunOptions(str(src), str(out), num_workers=1, progress=False, lock_settle_s=0.05))
+    images, _ = read_output(str(out))
+    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist())}
+    assert rows["a.jpg"]["status"] == "ok" and rows["a.jpg"]["num_instances"] > 0
+    assert rows["b.png"]["status"] == "error" and "out of GPU memory" in rows["b.png"]["error"]
+    assert run["counts"]["images_error"] == 1 and run["counts"]["failed_attempts"] == 0

@@ -95,3 +95,30 @@ def test_configs_are_frozen() -> None:
     cfg = BmpConfig()
     with pytest.raises(AttributeError):
         cfg.loop.iterations = 5  # type: ignore[misc]
+
+
+def test_models_device_is_validated() -> None:
+    from bmp_core.config import ConfigError, config_from_dict
+
+    for ok in ("auto", "cpu", "cuda", "cuda:0", "cuda:3"):
+        assert config_from_dict({"models": {"device": ok}}).models.device == ok
+    for bad in ("gpu", "cuda:", "cuda:one", "CUDA"):
+        with pytest.raises(ConfigError, match="models.device"):
+            config_from_dict({"models": {"device": bad}})
+
+
+def test_ray_gpu_workers_refuse_a_device_they_cannot_have() -> None:
+    from bmp_core.config import config_from_dict
+    from jobs.ray_runner import JobError, check_device_for_workers
+
+    def cfg(device: str, kind: str = "bmp") -> object:
+        return config_from_dict({"models": {"kind": kind, "device": device}})
+
+    with pytest.raises(JobError, match="each worker sees only the GPU it was given, as cuda:0"):
+        check_device_for_workers(cfg("cuda:1"), use_gpu=True)
+    with pytest.raises(JobError, match="has no GPU"):
+        check_device_for_workers(cfg("cuda"), use_gpu=False)
+    for device, use_gpu in (("auto", True), ("auto", False), ("cuda", True), ("cuda:0", True),
+                            ("cpu", False)):
+        check_device_for_workers(cfg(device), use_gpu)
+    check_device_for_workers(cfg("cuda:1", kind="fake"), use_gpu=True)  # fakes never touch the device

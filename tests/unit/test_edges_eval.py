@@ -2,7 +2,7 @@
 
 The ground truth is built in code (rectangular people with all 17 keypoints labeled), so these tests
 run without ``../shared/testdata``; every number is checked against pycocotools' COCOeval run
-directly on result lists built here, not through ``bmp_core.evaluation``.
+directly on result lists built here, not through ``bmp_core.analysis.evaluation``.
 """
 
 from __future__ import annotations

@@ -82,8 +82,10 @@ def test_pass0_uses_the_files_boxes_and_scores_and_unknown_images_are_detected(f
 def test_one_image_at_a_time_retry_keeps_the_given_boxes(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import jobs.worker
 
+    from bmp_core.io.images import ImageInputError
+
     def failing_batch(*args: object, **kwargs: object) -> None:
-        raise ValueError("a data-dependent batch failure")
+        raise ImageInputError("one image's own problem")
 
     monkeypatch.setattr(jobs.worker, "run_bmp_batch", failing_batch)
     rows, instances = BmpWorker(_cfg(folder)).label([0], [str(folder / "images" / "known.jpg")])
@@ -107,6 +109,18 @@ def test_lite_without_boxes_for_an_image_is_an_error_row(folder: Path, monkeypat
     assert rows[0].error is None
     assert rows[1].error.startswith("no given boxes for this image")
     assert str(folder / "dets.json") in rows[1].error
+
+
+@pytest.mark.parametrize("bbox, reason", [([float("nan"), 30.0, 150.0, 300.0], "not a finite xyxy box"),
+                                          ([40.0, 30.0, -150.0, 300.0], "x2 >= x1")])
+def test_a_bad_given_box_is_that_images_error_row(folder: Path, bbox: list[float], reason: str) -> None:
+    """A given-box problem is the image's own (an error row); the other image of the batch is labeled."""
+    (folder / "dets.json").write_text(json.dumps([{**DETECTIONS[0], "bbox": bbox}]))  # json writes NaN as NaN
+    uris = [str(folder / "images" / "known.jpg"), str(folder / "images" / "unknown.jpg")]
+    rows, instances = BmpWorker(_cfg(folder)).label([0, 1], uris)
+    assert reason in (rows[0].error or "") and "given box 0" in rows[0].error
+    assert rows[1].error is None and rows[1].num_instances > 0
+    assert set(instances.column("image_id").to_pylist()) == {1}
 
 
 def test_bad_boxes_file_fails_the_worker_at_start(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Pure-numpy geometry of the BlazePose ("lite") backend: crops, mask conditioning, 33->17 mapping.
 
 Nothing here imports mediapipe or cv2, so these functions are unit-testable anywhere
-(tests/lite/test_lite_crops.py) and ``lite_blazepose.py`` stays a thin shell around the model.
+(tests/lite/test_lite_crops.py) and ``blazepose.py`` stays a thin shell around the model.
 """
 
 from __future__ import annotations
