@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bmp_core.config import LoopConfig
-from bmp_core.io.images import ImageInputError
+from bmp_core.errors import ImageInputError
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import exclusive_masks, mask_boxes_xyxy, mask_iou, mask_out
 from bmp_core.ops.pose_nms import pose_nms

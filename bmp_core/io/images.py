@@ -16,20 +16,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bmp_core.errors import ImageInputError
+
 DEFAULT_MAX_PIXELS = 100_000_000  # mirrors JobConfig.max_image_pixels
 DEFAULT_MIN_SIDE = 16  # mirrors JobConfig.min_image_side
 
-
-class ImageInputError(ValueError):
-    """One image cannot be labeled because of the image itself: its bytes, its size, its given boxes.
-
-    The one exception type the worker turns into that image's error row (``str(err)`` is the reason
-    stored in the ``images`` table) while the shard goes on. Anything else raised while labeling
-    (an adapter bug, a broken record invariant, CUDA) is not the image's fault: it fails the shard,
-    which is retried and, after ``job.max_attempts``, stops the job with its traceback. Not an
-    ``uris.InputError``: that one means the job's input or output cannot be used at all and stops
-    the command, which one bad image must never do.
-    """
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "ImageDecodeError", "ImageInputError", "decode_image_bgr"]
 
 
 class ImageDecodeError(ImageInputError):
