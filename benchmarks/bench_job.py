@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                                       progress=False))
         bare = run_bare(cfg, paths)
     job, job_wall, t = run.throughput_images_per_s, run.throughput_images_per_s_wall, run.timings_s
-    threads = {w.get("torch_threads") for w in run.workers}
+    threads = {w.torch_threads for w in run.workers}
     print(f"config {args.config} | device {cfg.models.device} | {args.images} images, shard_size {cfg.job.shard_size}, "
           f"batch_size {cfg.job.batch_size}, decode_threads {cfg.job.decode_threads}, queue_depth "
           f"{cfg.job.queue_depth}, {len(run.workers)} worker(s), torch threads {threads} | "

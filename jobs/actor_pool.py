@@ -10,6 +10,7 @@ models itself, see ``jobs/worker.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 from bmp_core.config import BmpConfig
-from jobs.worker import BmpWorker, ShardReport, ShardTask
+from jobs.worker import BmpWorker, ShardReport, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ class RayWorker(BmpWorker):
         self.num_threads = _set_torch_threads(num_threads)
         _warm_up_arrow()
 
-    def info(self) -> dict[str, object]:
-        info = {**super().info(), "torch_threads": self.num_threads}
-        logger.info("worker %s:%s ready: %s", info["host"], info["pid"], info.get("summary", info["device"]))
+    def info(self) -> WorkerInfo:
+        info = dataclasses.replace(super().info(), torch_threads=self.num_threads)
+        logger.info("worker ready: %s", info.summary)
         return info
 
     def process_shard_reporting(self, task: ShardTask) -> ShardReport:
@@ -138,7 +139,7 @@ class ActorPool:
         actor = self.remote_cls.options(name=name, **self.options)
         return actor.remote(self.cfg, self.counter, self.num_threads, self.gpu_assigned)
 
-    def wait_ready(self) -> list[dict[str, Any]]:
+    def wait_ready(self) -> list[WorkerInfo]:
         try:
             return self.ray.get([a.info.remote() for a in self.actors.values()])
         except self.ray.exceptions.RayError as err:  # the constructor raised: models could not be built

@@ -156,14 +156,15 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
                         "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each",
-                        "; ".join(f"{w['host']}:{w['pid']} {w.get('summary', w['device'])}" for w in workers))
+                        "; ".join(w.summary for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
         return LabelingStats(failed_attempts=failed, workers=tuple(workers), workers_start_s=workers_start_s,
-                             labeling_s=labeling_s, dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s))
+                             labeling_s=labeling_s,
+                             dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s))
     finally:
         if started:
             ray.shutdown()

@@ -7,6 +7,7 @@ from typing import Any
 
 from bmp_core.output.plan import Plan
 from jobs.finalize import FinalCounts
+from jobs.worker import WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -15,14 +16,14 @@ class LabelingStats:
 
     Attributes:
         failed_attempts: shard attempts that failed and were retried.
-        workers: each worker's ``info()`` (host, pid, device, torch threads).
+        workers: each worker's ``info()``.
         workers_start_s: Ray start/connect + actors up (models built).
         labeling_s: dispatch: workers ready -> last shard committed.
         dispatch_unix: [start, end] of ``labeling_s``, wall clock; None when nothing was labeled.
     """
 
     failed_attempts: int = 0
-    workers: tuple[dict[str, Any], ...] = ()
+    workers: tuple[WorkerInfo, ...] = ()
     workers_start_s: float = 0.0
     labeling_s: float = 0.0
     dispatch_unix: tuple[float, float] | None = None
@@ -66,7 +67,7 @@ class RunRecord:
     output: str
     plan: Plan
     counts: RunCounts
-    workers: tuple[dict[str, Any], ...]
+    workers: tuple[WorkerInfo, ...]
     timings_s: RunTimings
     throughput_images_per_s: float | None
     throughput_images_per_s_wall: float | None
@@ -77,6 +78,6 @@ class RunRecord:
         """The JSON form (``run.json``; ``plan`` as in ``plan.json``)."""
         out = asdict(self)
         out["plan"] = self.plan.to_dict()
-        out["workers"] = list(self.workers)
+        out["workers"] = [asdict(w) for w in self.workers]
         out["dispatch_unix"] = None if self.dispatch_unix is None else list(self.dispatch_unix)
         return out

@@ -22,7 +22,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,9 @@ from bmp_core.output.store import OutputStore
 from bmp_core.output.tables import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
 from bmp_core.output.traces import write_traces
 from bmp_core.records import BmpResult
+
+if TYPE_CHECKING:
+    from bmp_core.models.device import DeviceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,30 @@ class ShardTask:
     # Per URI: (header offset, end of data) bytes of a tar member, (row, row group) of a Parquet row;
     # empty for loose files.
     spans: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Where a worker runs: its start line and ``run.json`` ``workers``.
+
+    Attributes:
+        device: the resolved device (``cuda:0``, ``cpu``) with the real models; the configured value
+            otherwise.
+        device_info: the real models' device (torch's CUDA build, the driver, the GPU); None otherwise.
+        torch_threads: torch's intra-op threads as the actor set them; None when torch is not loaded.
+    """
+
+    host: str
+    pid: int
+    device: str
+    device_info: DeviceInfo | None = None
+    torch_threads: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for the driver's log."""
+        device = self.device_info.summary() if self.device_info else f"device {self.device}"
+        return f"{self.host}:{self.pid} {device}"
 
 
 @dataclass(frozen=True)
@@ -105,20 +133,14 @@ class BmpWorker:
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="bmp-encode")
         self._models_lock = threading.Lock()  # one shard at a time on the models (see module doc)
 
-    def info(self) -> dict[str, object]:
-        """Where this worker runs (the driver logs it and waits on it as a readiness check).
+    def info(self) -> WorkerInfo:
+        """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
+        if self.cfg.models.kind != "bmp":
+            return WorkerInfo(socket.gethostname(), os.getpid(), self.cfg.models.device)
+        from bmp_core.models.device import describe_device, resolve_device
 
-        ``device`` is the resolved one (``cuda:0``, ``cpu``), not the configured ``auto``; with the
-        real models, ``device_info`` adds torch's CUDA build, the driver, the GPU and torch's threads.
-        """
-        out: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid(),
-                                  "device": self.cfg.models.device}
-        if self.cfg.models.kind == "bmp":
-            from bmp_core.models.device import describe_device, resolve_device
-
-            device = describe_device(resolve_device(self.cfg.models.device, self.gpu_assigned))
-            out.update(device=device.device, device_info=asdict(device), summary=device.summary())
-        return out
+        device = describe_device(resolve_device(self.cfg.models.device, self.gpu_assigned))
+        return WorkerInfo(socket.gethostname(), os.getpid(), device.device, device_info=device)
 
     def process_shard(self, task: ShardTask, on_progress: Callable[[int], None] | None = None) -> ShardReport:
         """Label every image of the shard, write its parts and commit marker.

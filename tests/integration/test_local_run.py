@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from bmp_core.output.tables import rles_of
 from bmp_core.ops.rle import decode_rle
-from jobs.cli import main
 from bmp_core.output.store import OutputStateError
+from bmp_core.output.tables import rles_of
+from jobs.cli import main
 from jobs.ray_runner import RunOptions, run_job
 
 from ._helpers import (
@@ -90,7 +90,7 @@ def test_more_cpu_workers_than_cores_start_and_finish(ray_cluster: object, testd
     run = run_job(fake_config("job.shard_size=1"),
                   RunOptions(str(testdata), out, num_workers=4, progress=False, lock_settle_s=0.05))
     expected = sorted(str(p) for p in testdata.rglob("*.jpg"))
-    assert len(run.workers) == 4 and len({w["pid"] for w in run.workers}) == 4
+    assert len(run.workers) == 4 and len({w.pid for w in run.workers}) == 4
     assert run.counts.shards_labeled == len(expected)
     assert_one_row_per_image(read_output(out)[0], len(expected))
     timings = run.timings_s

@@ -150,7 +150,7 @@ def test_a_gpu_worker_fails_at_start_before_building_anything(no_usable_cuda: No
     import bmp_core.models
     from bmp_core.config import config_from_dict
     from bmp_core.models.device import DeviceError
-    from jobs.ray_runner import _RayWorker
+    from jobs.actor_pool import RayWorker
     from jobs.worker import BmpWorker
 
     def must_not_build(cfg: object) -> None:
@@ -158,7 +158,7 @@ def test_a_gpu_worker_fails_at_start_before_building_anything(no_usable_cuda: No
 
     monkeypatch.setattr(bmp_core.models, "build_models", must_not_build)
     cfg = config_from_dict({"models": {"kind": "bmp", "device": "auto"}})
-    for make in (lambda: BmpWorker(cfg, gpu_assigned=True), lambda: _RayWorker(cfg, None, None, True)):
+    for make in (lambda: BmpWorker(cfg, gpu_assigned=True), lambda: RayWorker(cfg, None, None, True)):
         with pytest.raises(DeviceError, match="too old"):
             make()
 
@@ -171,8 +171,8 @@ def test_worker_start_line_reports_the_resolved_device(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(bmp_core.models, "build_models", lambda cfg: build_fake_models())
     info = BmpWorker(config_from_dict({"models": {"kind": "bmp", "device": "cpu"}})).info()
-    assert info["device"] == "cpu" and info["device_info"]["torch_threads"] == torch.get_num_threads()
-    assert info["summary"].startswith("device cpu, torch ") and "torch threads" in info["summary"]
+    assert info.device == "cpu" and info.device_info.torch_threads == torch.get_num_threads()
+    assert info.device_info.summary().startswith("device cpu, torch ") and "torch threads" in info.summary
 
 
 def test_torch_cuda_out_of_memory_on_one_image_is_its_error_row(tmp_path: Path,

@@ -218,7 +218,7 @@ def check_out_of_memory_is_one_error_row(three_images: list[str], tmp_path: Path
     assert len(freed) >= 2  # after the batch failed, and after the image failed alone
     if make_error is not None:  # the whole batch failed, then each image ran alone
         batches = worker.models.detector.batches
-        assert batches[0] == [640, ODD_WIDTH, 500] and [ODD_WIDTH] in batches and [500] in batches
+        assert batches[0] == [480, ODD_WIDTH, 300] and [ODD_WIDTH] in batches and [300] in batches
     # The other two images are labeled exactly as run_bmp labels them alone.
     instances = read_committed_table(OutputStore(str(out)), "plan1", "instances")
     assert set(instances.column("image_id").to_pylist()) == {0, 2}
