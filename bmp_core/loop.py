@@ -24,7 +24,15 @@ import numpy as np
 
 from bmp_core.config import LoopConfig
 from bmp_core.ops.boxes import box_nms
-from bmp_core.ops.masks import exclusive_masks, mask_boxes_xyxy, mask_iou, mask_out
+from bmp_core.ops.masks import (
+    copy_masks,
+    exclusive_masks,
+    mask_boxes_xyxy,
+    mask_iou,
+    mask_out,
+    mask_windows,
+    windows_from_boxes,
+)
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import select_prompt_keypoints
 from bmp_core.ports import BmpModels
@@ -44,6 +52,8 @@ class _ImageState:
     detector_input_bgr: np.ndarray
     prepared: Any = None  # the segmenter's handle, computed on first use and reused
     new: Detections | None = None  # this pass's filtered detections
+    new_windows: np.ndarray | None = None  # (N, 4) int64 pixel windows of ``new.masks`` (ops.masks)
+    det_windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # of instances.det_masks
     traces: list[IterationTrace] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STAGES, 0.0))
 
@@ -148,6 +158,7 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
             scores = np.ones(n, np.float32) if s.given_scores is None else s.given_scores
             # User boxes carry no mask: the pose is box-only and SAM draws the first mask.
             s.new = Detections(s.given_boxes_xyxy, scores, np.zeros(n, np.int64), np.zeros((n, h, w), bool))
+            s.new_windows = np.zeros((n, 4), np.int64)
         else:
             to_detect.append(s)
     if not to_detect:
@@ -159,24 +170,32 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
     dt = (time.perf_counter() - t0) / len(to_detect)
     for s, dets in zip(to_detect, raw):
         s.timings_s["detect"] += dt
-        s.new = _filter_people(dets, s.image_bgr.shape[:2], cfg)
+        s.new, s.new_windows = _filter_people(dets, s.image_bgr.shape[:2], cfg)
 
 
-def _filter_people(dets: Detections, image_hw: tuple[int, int], cfg: LoopConfig) -> Detections:
-    """Person label, score > thr (strict), then greedy box NMS by descending score."""
+def _filter_people(dets: Detections, image_hw: tuple[int, int], cfg: LoopConfig
+                   ) -> tuple[Detections, np.ndarray]:
+    """Person label, score > thr (strict), then greedy box NMS by descending score.
+
+    Returns the kept detections (masks copied out of the detector's stack, window by window) and the
+    (N, 4) pixel windows of their masks.
+    """
     h, w = image_hw
-    if dets.masks is None:
-        dets = Detections(dets.boxes_xyxy, dets.scores, dets.labels, np.zeros((len(dets), h, w), bool))
     c = cfg.detect
     keep = np.flatnonzero((dets.labels == c.person_label) & (dets.scores > c.score_thr))
-    dets = dets.take(keep)
-    order = box_nms(dets.boxes_xyxy, dets.scores, c.nms_iou_thr, c.nms_pixel_offset)
+    order = keep[box_nms(dets.boxes_xyxy[keep], dets.scores[keep], c.nms_iou_thr, c.nms_pixel_offset)]
+    if dets.masks is None:
+        masks, windows = np.zeros((len(order), h, w), bool), np.zeros((len(order), 4), np.int64)
+    else:
+        picked = [dets.masks[i] for i in order]  # views: only their windows are copied
+        windows = mask_windows(picked)
+        masks = copy_masks(picked, windows, (h, w))
     return Detections(
         dets.boxes_xyxy[order].astype(np.float32),
         dets.scores[order].astype(np.float32),
         dets.labels[order],
-        dets.masks[order].astype(bool),
-    )
+        masks,
+    ), windows
 
 
 def _pose_and_refine_step(
@@ -204,7 +223,9 @@ def _pose_and_refine_step(
             num_new, num_removed = _merge_new(s, models, cfg, iteration, detections, kpts_new)
         if trace:
             s.traces.append(IterationTrace(iteration, s.detector_input_bgr, detections, num_new, num_removed))
-        s.detector_input_bgr = mask_out(s.image_bgr, s.instances.masks, cfg.masks.mask_out_dilate_px)
+        if iteration + 1 < cfg.iterations:  # after the last pass nobody reads the next detector input
+            s.detector_input_bgr = mask_out(s.image_bgr, s.instances.masks, cfg.masks.mask_out_dilate_px,
+                                            windows_from_boxes(s.instances.mask_boxes_xyxy))
         s.new = None
 
 
@@ -226,16 +247,47 @@ def _merge_new(
         cfg.pose_nms.keypoint_thr,
     )
     keep_old, keep_new = keep[: len(old)], keep[len(old):]
-    old = old.take(keep_old)
-    dets, kpts_new = dets.take(keep_new), kpts_new[keep_new]
+    det_windows = s.new_windows
+    if not keep_old.all():
+        old, s.det_windows = _take(old, s.det_windows, np.flatnonzero(keep_old))
+    if not keep_new.all():
+        picked = np.flatnonzero(keep_new)
+        det_windows = det_windows[picked]
+        dets = Detections(dets.boxes_xyxy[picked], dets.scores[picked], dets.labels[picked],
+                          copy_masks([dets.masks[i] for i in picked], det_windows, old.masks.shape[1:]))
+        kpts_new = kpts_new[picked]
     s.timings_s["pose_nms"] += time.perf_counter() - t0
     s.instances = old
     if len(dets) == 0:
         return 0, int((~keep_old).sum())
 
-    new = _refine_with_sam(s, models, cfg, iteration, dets, kpts_new, old)
-    s.instances = Instances.concat(old, new)
+    new = _refine_with_sam(s, models, cfg, iteration, dets, det_windows, kpts_new, old)
+    if len(old) == 0:  # nothing to merge with: the new rows are fresh arrays, used as they are
+        s.instances, s.det_windows = new, det_windows
+    else:
+        s.instances = _concat(old, new, s.det_windows, det_windows)
+        s.det_windows = np.concatenate([s.det_windows, det_windows])
     return len(new), int((~keep_old).sum())
+
+
+def _take(inst: Instances, det_windows: np.ndarray, index: np.ndarray) -> tuple[Instances, np.ndarray]:
+    """``inst.take(index)`` with the two mask stacks copied window by window; and their det windows."""
+    fields = {name: getattr(inst, name)[index] for name in inst.__dataclass_fields__
+              if name not in ("masks", "det_masks")}
+    hw = inst.masks.shape[1:]
+    masks = copy_masks([inst.masks[i] for i in index], windows_from_boxes(inst.mask_boxes_xyxy[index]), hw)
+    det_masks = copy_masks([inst.det_masks[i] for i in index], det_windows[index], hw)
+    return Instances(masks=masks, det_masks=det_masks, **fields), det_windows[index]
+
+
+def _concat(old: Instances, new: Instances, old_det_windows: np.ndarray, new_det_windows: np.ndarray
+            ) -> Instances:
+    """``Instances.concat(old, new)`` with the two mask stacks copied window by window."""
+    fields = {name: np.concatenate([getattr(old, name), getattr(new, name)])
+              for name in old.__dataclass_fields__ if name not in ("masks", "det_masks")}
+    masks = copy_masks([*old.masks, *new.masks], windows_from_boxes(fields["mask_boxes_xyxy"]))
+    det_masks = copy_masks([*old.det_masks, *new.det_masks], np.concatenate([old_det_windows, new_det_windows]))
+    return Instances(masks=masks, det_masks=det_masks, **fields)
 
 
 def _refine_with_sam(
@@ -244,10 +296,15 @@ def _refine_with_sam(
     cfg: LoopConfig,
     iteration: int,
     dets: Detections,
+    det_windows: np.ndarray,
     kpts: np.ndarray,
     old: Instances,
 ) -> Instances:
-    """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows."""
+    """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows.
+
+    ``det_windows`` are the pixel windows of ``dets.masks`` (ops.masks); every mask op below works
+    inside windows, with the same results as on whole-image stacks.
+    """
     p = cfg.prompt
     n = len(dets)
     prompts = np.zeros((n, p.num_pos_keypoints, 3), np.float32)
@@ -261,7 +318,8 @@ def _refine_with_sam(
         prompted[i] = len(chosen) > 0
 
     # An instance without a confident keypoint keeps its detector mask and is not prompted.
-    masks = dets.masks.copy()
+    rows: list[np.ndarray] = list(dets.masks)  # per instance: its final mask (views, copied at the end)
+    windows = det_windows.copy()
     sam_scores = np.full(n, np.nan, np.float32)
     idx = np.flatnonzero(prompted)
     if len(idx):
@@ -272,15 +330,22 @@ def _refine_with_sam(
         t0 = time.perf_counter()
         points = [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx]
         out = models.segmenter.segment(s.prepared, points)
-        masks[idx] = out.masks
+        sam_masks = np.asarray(out.masks, bool)
+        sam_windows = mask_windows(sam_masks)
         sam_scores[idx] = out.scores
         if cfg.masks.exclusive:
             # Context: older instances, and this pass's unprompted ones (score 0: they never win).
             unprompted = np.flatnonzero(~prompted)
-            context = np.concatenate([old.masks, masks[unprompted]])
+            context = [*old.masks, *(dets.masks[i] for i in unprompted)]  # views, no whole-image copies
+            context_windows = np.concatenate([windows_from_boxes(old.mask_boxes_xyxy), det_windows[unprompted]])
             context_scores = np.concatenate([np.nan_to_num(old.sam_scores), np.zeros(len(unprompted))])
-            masks[idx] = exclusive_masks(masks[idx], sam_scores[idx], context, context_scores)
+            sam_masks = exclusive_masks(sam_masks, sam_scores[idx], context, context_scores,
+                                        sam_windows, context_windows)
+        for j, i in enumerate(idx):
+            rows[i] = sam_masks[j]
+        windows[idx] = sam_windows  # they enclose the exclusive masks too (those only lose pixels)
         s.timings_s["segment"] += time.perf_counter() - t0
+    masks = copy_masks(rows, windows, dets.masks.shape[1:])
 
     return Instances(
         boxes_xyxy=dets.boxes_xyxy.astype(np.float32),
@@ -290,9 +355,9 @@ def _refine_with_sam(
         sam_scores=sam_scores,
         masks=masks,
         det_masks=dets.masks,
-        det_mask_iou=mask_iou(dets.masks, masks),
+        det_mask_iou=mask_iou(dets.masks, masks, det_windows, windows),
         iteration=np.full(n, iteration, np.int32),
-        mask_boxes_xyxy=mask_boxes_xyxy(masks),
+        mask_boxes_xyxy=mask_boxes_xyxy(masks, windows),
         prompts=prompts,
         prompted=prompted,
     )
