@@ -55,7 +55,8 @@ def exclusive_masks(
     context_scores: np.ndarray,
     windows_xyxy: np.ndarray | None = None,
     context_windows_xyxy: np.ndarray | None = None,
-) -> np.ndarray:
+    out: list[np.ndarray] | None = None,
+) -> np.ndarray | list[np.ndarray]:
     """Give every contested pixel to the highest-scoring mask that covers it (bmp-method §2.5).
 
     Only ``masks`` (the new instances) change; ``context_masks`` (older instances) compete but keep
@@ -65,25 +66,34 @@ def exclusive_masks(
         masks: (N, H, W) bool new masks. scores: (N,) their scores.
         context_masks: (M, H, W) bool, or M (H, W) arrays. context_scores: (M,).
         windows_xyxy, context_windows_xyxy: optional enclosing windows of the two stacks (see module).
+        out: optional N all-False (H, W) bool arrays (e.g. rows of a bigger stack) to write the result
+            into; only the masks' windows are written.
 
     Returns:
-        (N, H, W) bool new masks with the pixels they lost removed.
+        (N, H, W) bool new masks with the pixels they lost removed; ``out`` itself when given.
     """
     n = len(masks)
-    if n == 0 or n + len(context_masks) < 2:
-        return masks.copy()
-    all_scores = np.concatenate([scores, context_scores]).astype(np.float64)
-    if not np.isfinite(all_scores).all():
-        # argmax's rules for NaN and all -inf pixels are not a plain order; keep its definition.
-        return _exclusive_dense(masks, context_masks, all_scores)
     windows = mask_windows(masks, windows_xyxy)
+    if out is None:
+        stack = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
+        exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy, list(stack))
+        return stack
+    if n == 0:
+        return out
+    all_scores = np.concatenate([scores, context_scores]).astype(np.float64)
+    if n + len(context_masks) < 2 or not np.isfinite(all_scores).all():
+        # One mask alone keeps all its pixels; with NaN or infinite scores argmax's own rules (NaN wins,
+        # all -inf goes to mask 0) are not a plain order, so keep its definition.
+        dense = masks if n + len(context_masks) < 2 else _exclusive_dense(masks, context_masks, all_scores)
+        for i in range(n):
+            _write_window(dense[i], out[i], windows[i])
+        return out
     context_windows = mask_windows(context_masks, context_windows_xyxy)
     # A pixel of new mask i is lost iff a mask that covers it comes first in (score desc, index asc):
     # exactly argmax's "highest score, first index on ties". Walking that order with a canvas of the
     # pixels claimed so far touches each mask's window twice, whatever the overlaps.
     order = np.lexsort((np.arange(len(all_scores)), -all_scores))
     last_new = int(np.flatnonzero(order < n)[-1])
-    out = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
     claimed = np.zeros(masks.shape[1:], bool)
     for k in order[: last_new + 1]:
         x0, y0, x1, y1 = windows[k] if k < n else context_windows[k - n]
@@ -93,9 +103,15 @@ def exclusive_masks(
         window = src[y0:y1, x0:x1]
         taken = claimed[y0:y1, x0:x1]
         if k < n:
-            out[k, y0:y1, x0:x1] = window & ~taken
+            out[k][y0:y1, x0:x1] = window & ~taken
         taken |= window
     return out
+
+
+def _write_window(src: np.ndarray, dst: np.ndarray, window: np.ndarray) -> None:
+    x0, y0, x1, y1 = (int(v) for v in window)
+    if x1 > x0:
+        dst[y0:y1, x0:x1] = src[y0:y1, x0:x1]
 
 
 def _exclusive_dense(masks: np.ndarray, context_masks: np.ndarray | list[np.ndarray], all_scores: np.ndarray
