@@ -215,24 +215,3 @@ def mask_boxes_xyxy(masks: np.ndarray, windows_xyxy: np.ndarray | None = None) -
     out[windows[:, 2] <= windows[:, 0]] = np.nan
     return out
 
-
-def copy_masks(
-    masks: np.ndarray | list[np.ndarray], windows_xyxy: np.ndarray | None = None, image_hw: tuple[int, int] = (0, 0)
-) -> np.ndarray:
-    """``np.stack(masks).astype(bool)`` that writes only each mask's window into a fresh zeroed stack.
-
-    A fresh stack's untouched pages stay the kernel's zero page, so copying N people costs their
-    windows, not N whole images.
-
-    Args:
-        masks: (N, H, W) array, or N (H, W) arrays (e.g. views of rows picked from a bigger stack).
-        windows_xyxy: optional enclosing windows (see module).
-        image_hw: (H, W), used only when ``masks`` is an empty list.
-    """
-    windows = mask_windows(masks, windows_xyxy)
-    h, w = masks[0].shape if len(masks) else image_hw
-    out = np.zeros((len(masks), h, w), bool)
-    for i, (x0, y0, x1, y1) in enumerate(windows):
-        if x1 > x0:
-            out[i, y0:y1, x0:x1] = masks[i][y0:y1, x0:x1]
-    return out

@@ -53,3 +53,90 @@ def test_reference_shaped_path_equals_ours_with_given_boxes(testdata: Path) -> N
     ours = run_bmp_batch(images, build_fake_models(), LoopConfig(), boxes)
     for image, b, got in zip(images, boxes, ours):
         _assert_same(got, run_bmp(image, reference_shaped(build_fake_models()), LoopConfig(), boxes_xyxy=b))
+
+
+# --- the windowed loop (one mask store per image) against the plain whole-image loop ---
+
+from bmp_core.config import config_from_dict  # noqa: E402
+from bmp_core.records import Detections  # noqa: E402
+from bmp_core.testing.dense_ops import run_bmp_dense  # noqa: E402
+from bmp_core.testing.fakes import (  # noqa: E402
+    CrowdDetector,
+    FakePoseEstimator,
+    FakeSegmenter,
+    ModelRecording,
+    ScriptedDetector,
+    _ellipse,
+)
+
+
+def _assert_identical(got, want) -> None:  # noqa: ANN001 - Instances
+    for name in want.__dataclass_fields__:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name
+
+
+def _crowd(num_people: int, seed: int) -> BmpModels:
+    return BmpModels(CrowdDetector(num_people, seed), FakePoseEstimator(), FakeSegmenter())
+
+
+def test_large_images_with_many_people_equal_the_whole_image_loop() -> None:
+    """1920x1080, 20 people (all survive box NMS, one hidden behind every fifth): byte-identical."""
+    cfg = LoopConfig()
+    for seed in (0,):  # a seed whose second pass finds someone
+        image = np.random.default_rng(seed).integers(1, 256, (1080, 1920, 3), dtype=np.uint8)
+        recording = ModelRecording(_crowd(20, seed))
+        got = run_bmp(image, recording.models, cfg).instances
+        assert len(got) >= 20 and set(got.iteration.tolist()) == {0, 1}
+        _assert_identical(got, run_bmp_dense(image, recording.replay(), cfg))
+        # the models' outputs were not written into: replaying them gives the same result again
+        _assert_identical(run_bmp(image, recording.replay(), cfg).instances, got)
+
+
+def test_loop_variants_equal_the_whole_image_loop(testdata: Path) -> None:
+    """Test images, given boxes, 3 passes, dilation, no exclusivity: byte-identical to the plain loop."""
+    variants = [[], ["loop.iterations=3"], ["loop.masks.mask_out_dilate_px=2"], ["loop.masks.exclusive=false"]]
+    for image in _images(testdata):
+        for overrides in variants:
+            cfg = config_from_dict({}, overrides).loop
+            recording = ModelRecording(build_fake_models())
+            _assert_identical(run_bmp(image, recording.models, cfg).instances,
+                              run_bmp_dense(image, recording.replay(), cfg))
+        boxes = np.array([[10, 20, 200, 500], [150, 40, 400, 600], [0, 0, 0, 0]], np.float32)
+        recording = ModelRecording(build_fake_models())
+        got = run_bmp(image, recording.models, LoopConfig(), boxes_xyxy=boxes, box_scores=np.array([0.9, 0.8, 0.7]))
+        _assert_identical(got.instances, run_bmp_dense(image, recording.replay(), LoopConfig(), boxes,
+                                                       np.array([0.9, 0.8, 0.7])))
+
+
+def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> None:
+    """A second pass with more people than the store has room for, and old people pose-NMS removes."""
+    h, w = 300, 1200
+    image = np.random.default_rng(3).integers(1, 256, (h, w, 3), dtype=np.uint8)
+    first = [[30, 40, 90, 200], [400, 40, 460, 200]]
+    grid = [[20 * k, 210, 20 * k + 14, 290] for k in range(58)]  # 58 small people: more than 2 * 2 + 40 rows
+    dup = [[31, 41, 91, 201]]  # the first person again, more confident: replaces the old one
+    boxes = first, dup + grid
+
+    def dets(b: list[list[int]], scores: list[float]) -> Detections:
+        arr = np.asarray(b, np.float32)
+        return Detections(arr, np.asarray(scores, np.float32), np.zeros(len(arr), np.int64),
+                          np.stack([_ellipse(h, w, x) for x in arr]))
+
+    outputs = [[dets(boxes[0], [0.9, 0.8])], [dets(boxes[1], [0.95] + [0.7] * len(grid))]]
+
+    class Pose(FakePoseEstimator):  # the duplicate has more confident keypoints than the original
+        def estimate(self, images_bgr, boxes_xyxy, masks):  # noqa: ANN001, ANN201
+            out = super().estimate(images_bgr, boxes_xyxy, masks)
+            for k, b in zip(out, boxes_xyxy, strict=True):
+                k[:, :, 2] = np.where((b[:, :1] == 31)[:, :, None][:, :, 0], 0.99, k[:, :, 2])
+            return out
+
+    def models() -> BmpModels:
+        return BmpModels(ScriptedDetector(outputs), Pose(), FakeSegmenter())
+
+    got = run_bmp(image, models(), LoopConfig()).instances
+    assert len(got) >= 50 and got.iteration[0] == 0 and 31 in got.boxes_xyxy[:, 0]
+    assert 30 not in got.boxes_xyxy[:, 0]  # the old instance was removed by pose-NMS
+    _assert_identical(got, run_bmp_dense(image, models(), LoopConfig()))
