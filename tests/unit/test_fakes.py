@@ -24,17 +24,26 @@ def _ellipse_whole_image(h: int, w: int, box_xyxy: np.ndarray) -> np.ndarray:
 def test_ellipse_drawn_in_its_box_equals_the_whole_image_drawing() -> None:
     rng = np.random.default_rng(0)
     h, w = 37, 53
-    boxes = [[0, 0, 1, 1], [-5, -5, 300, 300], [10.3, 20.7, 10.4, 20.9], [52.5, 36.5, 53, 37], [-9, 3, -2, 8]]
+    # half-pixel edges put pixel centres exactly on the ellipse (the <= 1.0 boundary decides them)
+    boxes = [[0, 0, 1, 1], [-5, -5, 300, 300], [10.3, 20.7, 10.4, 20.9], [52.5, 36.5, 53, 37], [-9, 3, -2, 8],
+             [0.5, 0.5, 4.5, 6.5], [3.5, 2.5, 11.5, 30.5], [47.5, 20.5, 52.5, 36.5]]
     boxes += rng.uniform(-10, 60, (200, 4)).tolist()
+    boxes += (np.round(rng.uniform(-10, 60, (200, 4)) * 2) / 2).tolist()
     for box in boxes:
         np.testing.assert_array_equal(_ellipse(h, w, np.asarray(box)), _ellipse_whole_image(h, w, np.asarray(box)))
 
 
 def test_window_gray_mean_is_bit_identical_to_the_whole_image_gray() -> None:
-    image = np.random.default_rng(1).integers(0, 256, (20, 9, 3), dtype=np.uint8)
-    gray = image.mean(axis=2)
-    for r0, r1, c0, c1 in [(0, 7, 0, 7), (3, 10, 2, 9), (0, 20, 0, 9), (5, 6, 1, 8), (12, 19, 0, 9)]:
-        assert _window_gray_mean(image, r0, r1, c0, c1) == gray[r0:r1, c0:c1].mean()
+    # many windows, on narrow images too (where the whole-image slice is contiguous)
+    rng = np.random.default_rng(1)
+    for w in (7, 5, 40):
+        image = rng.integers(0, 256, (60, w, 3), dtype=np.uint8)
+        gray = image.mean(axis=2)
+        for _ in range(300):
+            r0, c0 = int(rng.integers(0, 59)), int(rng.integers(0, w))
+            r1, c1 = min(r0 + 7, 60), min(c0 + 7, w)
+            assert _window_gray_mean(image, r0, r1, c0, c1) == gray[r0:r1, c0:c1].mean()
+        assert _window_gray_mean(image, 0, 7, 0, w) == gray[0:7, 0:w].mean()
 
 
 def test_replay_returns_the_recorded_outputs_and_refuses_other_calls() -> None:
