@@ -214,6 +214,9 @@ class JobConfig:
     given_boxes: str | None = None  # COCO detections list or annotations dataset (path or s3://): pass-0 boxes + scores
     given_boxes_images: str | None = None  # COCO file naming a detections list's image ids (e.g. its ground truth)
     given_boxes_score_thr: float = 0.0  # use given boxes with score >= this (entries without a score count as 1.0)
+    # Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1, all of a GPU worker's CPU work on one thread:
+    gpus_per_worker: float = 1.0  # GPU share per GPU worker; 0.5: two per GPU (CPU and GPU work overlap)
+    gpu_worker_cpus: float = 0.0  # CPUs + torch threads per GPU worker; 0: its node's cores split evenly
 
     def __post_init__(self) -> None:
         if self.given_boxes is not None and not self.given_boxes.strip():
@@ -232,6 +235,12 @@ class JobConfig:
                 raise ConfigError(f"job.{key} must be >= 1, got {getattr(self, key)}")
         if self.lock_ttl_s <= 0:
             raise ConfigError(f"job.lock_ttl_s must be > 0, got {self.lock_ttl_s}")
+        if not (0 < self.gpus_per_worker <= 1):
+            raise ConfigError(f"job.gpus_per_worker must be in (0, 1] (e.g. 0.5: two workers per GPU), got "
+                              f"{self.gpus_per_worker}")
+        if not (math.isfinite(self.gpu_worker_cpus) and self.gpu_worker_cpus >= 0):
+            raise ConfigError(f"job.gpu_worker_cpus must be >= 0 (0: split the node's cores), got "
+                              f"{self.gpu_worker_cpus}")
 
 
 @dataclass(frozen=True)

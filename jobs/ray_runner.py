@@ -2,9 +2,11 @@
 
 Local mode (no address, no ``RAY_ADDRESS``) starts an embedded Ray on this machine; on a cluster
 (``ray job submit``, or ``--address``) the same code connects to it. One actor per GPU
-(``num_gpus=1``), or ``--num-workers`` CPU actors when there is no GPU; CPU actors share the
+(``num_gpus`` = ``job.gpus_per_worker``, 1; 0.5 puts two on each GPU so one's CPU work overlaps the
+other's GPU work), or ``--num-workers`` CPU actors when there is no GPU. CPU actors share the
 cluster's cores (``num_cpus`` = their share, so any number of them can start and one alone gets every
-core, with torch's thread count set to match). Each actor has up to
+core); GPU actors get their node's cores split among its GPU workers (or ``job.gpu_worker_cpus``).
+Either way torch's thread count is set to match. Each actor has up to
 ``job.queue_depth`` shards in flight and runs that many threads, so the next shard labels while the
 previous one writes its parts and commit marker. A shard
 whose attempt fails (the actor died, or the worker raised) is given to a fresh actor, up to
@@ -228,6 +230,25 @@ def cpu_share(node_cpus: list[float], num_workers: int) -> float:
     return best
 
 
+def gpu_worker_cpu_share(nodes: list[tuple[float, float]], gpus_per_worker: float) -> float:
+    """CPUs per GPU worker when each node's cores are split among the GPU workers it can hold.
+
+    Args:
+        nodes: (CPUs, GPUs) of each node; nodes without a GPU hold no GPU worker.
+        gpus_per_worker: GPU share of one worker (1: one per GPU, 0.5: two per GPU).
+
+    Returns:
+        The smallest node's share (so a worker fits wherever Ray puts it), rounded down as Ray accepts
+        it (a whole number when >= 1, else 4 decimals); 0.0 when no node has a GPU and a CPU.
+    """
+    shares = []
+    for cpus, gpus in nodes:
+        workers = math.floor(gpus / gpus_per_worker + 1e-9)
+        if workers >= 1 and cpus > 0:
+            shares.append(cpu_share([cpus], workers))
+    return min(shares) if shares else 0.0
+
+
 class _ActorPool:
     """Slots of actors; a slot's actor is replaced when one of its shards fails."""
 
@@ -236,8 +257,9 @@ class _ActorPool:
         self.ray, self.cfg = ray, cfg
         self.run_token = uuid.uuid4().hex[:8]
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        num_cpus = 0 if num_gpus else num_cpus
-        self.num_threads = None if num_gpus else max(1, math.floor(num_cpus))
+        # GPU workers too get CPUs and as many torch threads: their decoding, pre/post-processing and the
+        # loop's own work run on the CPU between GPU calls, and with num_cpus=0 Ray would pin them to one.
+        self.num_threads = max(1, math.floor(num_cpus)) if num_cpus > 0 else None
         # max_concurrency: the queued shard starts labeling while the previous one commits (the
         # worker serialises the models itself, see jobs/worker.py).
         options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0,
@@ -281,15 +303,20 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     try:
         num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
-        num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
-        num_cpus = 0.0 if use_gpu else _cpu_share(ray, num_workers)
-        pool = _ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0,
+        gpu_share = cfg.job.gpus_per_worker
+        num_workers = opts.num_workers or (math.floor(num_gpus_total / gpu_share + 1e-9) if use_gpu else 1)
+        if use_gpu:
+            num_cpus = cfg.job.gpu_worker_cpus or _gpu_cpu_share(ray, gpu_share)
+        else:
+            num_cpus = _cpu_share(ray, num_workers)
+        pool = _ActorPool(ray, cfg, num_workers, gpu_share if use_gpu else 0,
                           cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=num_cpus)
         try:
             workers = pool.wait_ready()
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
-                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
+                        f"{gpu_share:g} GPU + {num_cpus:g} CPU each" if use_gpu else f"{num_cpus:g} CPU each",
+                        workers)
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = _dispatch(ray, pool, cfg, opts, plan, uris, todo, lock)
             labeling_s = time.perf_counter() - t0
@@ -315,6 +342,20 @@ def _cpu_share(ray: Any, num_workers: int) -> float:
     if share <= 0:
         raise JobError(f"no CPUs in the Ray cluster for {num_workers} CPU worker(s)")
     return share
+
+
+def _gpu_cpu_share(ray: Any, gpus_per_worker: float) -> float:
+    """``gpu_worker_cpu_share`` over the alive nodes (the cluster totals when nodes cannot be listed)."""
+    try:
+        nodes = [(float(n.get("Resources", {}).get("CPU", 0)), float(n.get("Resources", {}).get("GPU", 0)))
+                 for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an old/odd Ray: fall back to the totals
+        nodes = []
+    if not any(g for _, g in nodes):
+        totals = ray.cluster_resources()
+        nodes = [(float(totals.get("CPU", 0)), float(totals.get("GPU", 0)))]
+    # No CPU to reserve (a GPU-only node?): 0 keeps the old behaviour rather than refusing to start.
+    return gpu_worker_cpu_share(nodes, gpus_per_worker)
 
 
 def _dispatch(ray: Any, pool: _ActorPool, cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any,
