@@ -67,7 +67,7 @@ def gt_boxes(testdata: Path) -> dict[str, np.ndarray]:
 def compare(ref: list, ours: list) -> tuple[float, float]:
     """Max keypoint L2 (px, over keypoints with score > 0.3) and min mask IoU across all instances."""
     worst_l2, worst_iou = 0.0, 1.0
-    for a, b in zip(ref, ours):
+    for a, b in zip(ref, ours, strict=True):
         ia, ib = a.instances, b.instances
         if len(ia) != len(ib):
             return float("inf"), 0.0
@@ -117,15 +117,18 @@ def interleaved(paths: dict, num_images: int, repeat: int) -> tuple[dict, dict, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny_random.yaml"))
     parser.add_argument("--testdata", default=str(DEFAULT_TESTDATA), help="folder with coco/ and ochuman/")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch in --compare-precision's runs")
-    parser.add_argument("--repeat", type=int, default=3, help="timed repeats of both paths, interleaved (>= 3)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per batch in --compare-precision's runs")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed repeats of both paths, interleaved (>= 3)")
     parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all 8)")
     parser.add_argument("--compare-precision", action="store_true",
-                        help="also run our path with each speed option (bf16, fp16, tf32, compile) and report its "
-                             "agreement with fp32 (CUDA only; skipped on CPU)")
+                        help="also run our path with each speed option (bf16, fp16, tf32, compile) and "
+                             "report its agreement with fp32 (CUDA only; skipped on CPU)")
     parser.add_argument("overrides", nargs="*", help="config key.path=value overrides")
     args = parser.parse_args(argv)
     if args.repeat < 3:
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 
     known = gt_boxes(testdata)
     boxes = []
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         if path.name in known:
             boxes.append(known[path.name])
         else:  # freeze one detector pass so both paths see the same instances
@@ -160,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         busy = sampler.busy_share(t_start, time.time())
 
     device = cfg.models.device
-    print(f"config {args.config} | device {device} | {len(images)} images, {sum(len(b) for b in boxes)} given "
-          f"boxes, {cfg.loop.iterations} iterations | interleaved image by image, {args.repeat} repeats | "
+    num_boxes = sum(len(b) for b in boxes)
+    print(f"config {args.config} | device {device} | {len(images)} images, {num_boxes} given boxes,"
+          f" {cfg.loop.iterations} iterations | interleaved image by image, {args.repeat} repeats | "
           f"machine CPU busy {'n/a' if busy is None else f'{100 * busy:.0f}%'} of {os.cpu_count()} cores")
     for name in runners:
         stages = stage_mins(results[name])
@@ -174,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(wall["reference"], wall["ours"], strict=True)]
     cpu_ratios = [a / b for a, b in zip(cpu["reference"], cpu["ours"], strict=True)]
     print(f"ratio per repeat (wall): {' '.join(f'{r:.2f}' for r in ratios)} | ratio of minima "
-          f"{min(wall['reference']) / min(wall['ours']):.2f} | CPU ratio (median) {statistics.median(cpu_ratios):.2f}")
+          f"{min(wall['reference']) / min(wall['ours']):.2f} | CPU ratio (median) "
+          f"{statistics.median(cpu_ratios):.2f}")
     if args.compare_precision:
-        compare_options(cfg, images, boxes, results["ours"][-1], statistics.median(wall["ours"]) * len(images),
-                        args)
+        ours_s = statistics.median(wall["ours"]) * len(images)
+        compare_options(cfg, images, boxes, results["ours"][-1], ours_s, args)
     print(f"speedup: {statistics.median(ratios):.2f}")
 
 
@@ -188,7 +193,8 @@ OPTIONS = {"bf16": ["models.precision=bf16"], "fp16": ["models.precision=fp16"],
 def compare_options(cfg, images: list, boxes: list, fp32: list, fp32_s: float, args) -> None:
     """Our path with each speed option vs fp32: images/s and agreement (keypoint L2, mask IoU)."""
     if cfg.models.kind != "bmp":
-        print(f"compare-precision: skipped (models.kind={cfg.models.kind}: the options are for the torch models)")
+        print(f"compare-precision: skipped (models.kind={cfg.models.kind}: the options are for the torch "
+              "models)")
         return
     import torch
 
@@ -204,7 +210,7 @@ def compare_options(cfg, images: list, boxes: list, fp32: list, fp32_s: float, a
     for name, overrides in OPTIONS.items():
         opt_cfg = load_config(args.config, [*args.overrides, *overrides])
         models = build_models(opt_cfg.models)
-        run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)  # warm-up (compilation happens here)
+        run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)  # warm-up (compiles here)
         t0 = time.perf_counter()
         for _ in range(args.repeat):
             got = run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)

@@ -39,8 +39,8 @@ from bmp_core.records import BmpResult, Detections, Instances, IterationTrace
 # Model calls (detect, pose, segment_prepare, segment) and the loop's own work between them (filter: the
 # detector's person/score/NMS filter; pose_nms; prompts; exclusive; masks: the new rows' masks, IoU and
 # boxes; mask_out: the next pass's detector input). Seconds per image; batched calls are split evenly.
-_STAGES = ("detect", "filter", "pose", "pose_nms", "prompts", "segment_prepare", "segment", "exclusive", "masks",
-           "mask_out", "total")
+_STAGES = ("detect", "filter", "pose", "pose_nms", "prompts", "segment_prepare", "segment", "exclusive",
+           "masks", "mask_out", "total")
 
 
 @dataclass
@@ -238,7 +238,7 @@ def _filter_people(s: _ImageState, dets: Detections, cfg: LoopConfig) -> tuple[D
 
 def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                 masks: list[np.ndarray] | None) -> tuple[Detections, np.ndarray]:
-    """Detections whose masks are the store's rows after the instances' (all-False where ``masks`` is None)."""
+    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``)."""
     n = len(boxes_xyxy)
     if s.store is None:
         s.store = _MaskStore.for_rows(s.image_bgr.shape[:2], n)
@@ -332,7 +332,8 @@ def _merge_new(
     store.det_windows = np.concatenate([store.det_windows, det_windows])
     fields = {name: np.concatenate([getattr(old, name), getattr(new, name)])
               for name in old.__dataclass_fields__ if name not in ("masks", "det_masks")}
-    s.instances = Instances(masks=store.masks[: store.used], det_masks=store.det_masks[: store.used], **fields)
+    s.instances = Instances(masks=store.masks[: store.used], det_masks=store.det_masks[: store.used],
+                            **fields)
     return len(new), int((~keep_old).sum())
 
 
@@ -345,7 +346,8 @@ def _drop_old(s: _ImageState, kept: np.ndarray, num_new: int) -> Instances:
         _copy_window(store.det_masks[i], fresh.det_masks[row], store.det_windows[i])
     for j in range(num_new):
         _copy_window(store.det_masks[store.used + j], fresh.det_masks[len(kept) + j], s.new_windows[j])
-    fresh.mask_windows, fresh.det_windows, fresh.used = store.mask_windows[kept], store.det_windows[kept], len(kept)
+    fresh.mask_windows, fresh.det_windows = store.mask_windows[kept], store.det_windows[kept]
+    fresh.used = len(kept)
     s.store = fresh
     fields = {name: getattr(old, name)[kept] for name in old.__dataclass_fields__
               if name not in ("masks", "det_masks")}

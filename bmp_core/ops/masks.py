@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def mask_windows(masks: np.ndarray | list[np.ndarray], enclosing_xyxy: np.ndarray | None = None) -> np.ndarray:
+def mask_windows(masks: np.ndarray | list[np.ndarray], enclosing_xyxy: np.ndarray | None = None
+                 ) -> np.ndarray:
     """Tight pixel windows of (N, H, W) bool masks -> (N, 4) int64 ``(x0, y0, x1, y1)``, end exclusive.
 
     Args:
@@ -76,7 +77,8 @@ def exclusive_masks(
     windows = mask_windows(masks, windows_xyxy)
     if out is None:
         stack = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
-        exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy, list(stack))
+        exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy,
+                        list(stack))
         return stack
     if n == 0:
         return out

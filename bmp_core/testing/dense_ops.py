@@ -123,7 +123,8 @@ def _refine_dense(image_bgr: np.ndarray, models: BmpModels, cfg: LoopConfig, ite
     if len(idx):
         if prepared is None:
             prepared = models.segmenter.prepare(image_bgr)
-        out = models.segmenter.segment(prepared, [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx])
+        points = [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx]
+        out = models.segmenter.segment(prepared, points)
         masks[idx] = out.masks
         sam_scores[idx] = out.scores
         if cfg.masks.exclusive:
@@ -134,7 +135,8 @@ def _refine_dense(image_bgr: np.ndarray, models: BmpModels, cfg: LoopConfig, ite
     new = Instances(
         boxes_xyxy=dets.boxes_xyxy.astype(np.float32), det_scores=dets.scores.astype(np.float32),
         keypoints=kpts.astype(np.float32), pose_scores=kpts[:, :, 2].mean(axis=1).astype(np.float32),
-        sam_scores=sam_scores, masks=masks, det_masks=dets.masks, det_mask_iou=mask_iou_dense(dets.masks, masks),
+        sam_scores=sam_scores, masks=masks, det_masks=dets.masks,
+        det_mask_iou=mask_iou_dense(dets.masks, masks),
         iteration=np.full(n, iteration, np.int32), mask_boxes_xyxy=mask_boxes_xyxy_dense(masks),
         prompts=prompts, prompted=prompted,
     )

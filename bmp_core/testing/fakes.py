@@ -181,7 +181,7 @@ class FakePoseEstimator:
     ) -> list[np.ndarray]:
         self.calls += 1
         out = []
-        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks):
+        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             h, w = image.shape[:2]
             kpts = np.zeros((len(boxes), 17, 3), np.float32)
             for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32)):

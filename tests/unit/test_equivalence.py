@@ -18,7 +18,7 @@ def _images(testdata: Path) -> list[np.ndarray]:
     return [read_bgr(p) for p in sorted((testdata / "ochuman").glob("*.jpg"))[:2]]
 
 
-def _assert_same(a, b) -> None:  # noqa: ANN001
+def _assert_same(a, b) -> None:
     for name in a.instances.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(a.instances, name), getattr(b.instances, name), err_msg=name)
 
@@ -42,7 +42,7 @@ def test_batched_pose_crops_equal_one_crop_at_a_time(testdata: Path) -> None:
     fast = build_fake_models()
     slow_models = build_fake_models()
     slow = BmpModels(slow_models.detector, PerInstancePose(slow_models.pose), slow_models.segmenter)
-    for got, image in zip(run_bmp_batch(images, fast, LoopConfig()), images):
+    for got, image in zip(run_bmp_batch(images, fast, LoopConfig()), images, strict=True):
         _assert_same(got, run_bmp(image, slow, LoopConfig()))
     assert fast.pose.calls == 2  # one pose call per pass for all crops of all images
 
@@ -51,16 +51,16 @@ def test_reference_shaped_path_equals_ours_with_given_boxes(testdata: Path) -> N
     images = _images(testdata)
     boxes = [np.array([[10, 20, 200, 500], [150, 40, 400, 600]], np.float32)] * len(images)
     ours = run_bmp_batch(images, build_fake_models(), LoopConfig(), boxes)
-    for image, b, got in zip(images, boxes, ours):
+    for image, b, got in zip(images, boxes, ours, strict=True):
         _assert_same(got, run_bmp(image, reference_shaped(build_fake_models()), LoopConfig(), boxes_xyxy=b))
 
 
 # --- the windowed loop (one mask store per image) against the plain whole-image loop ---
 
-from bmp_core.config import config_from_dict  # noqa: E402
-from bmp_core.records import Detections  # noqa: E402
-from bmp_core.testing.dense_ops import run_bmp_dense  # noqa: E402
-from bmp_core.testing.fakes import (  # noqa: E402
+from bmp_core.config import config_from_dict
+from bmp_core.records import Detections
+from bmp_core.testing.dense_ops import run_bmp_dense
+from bmp_core.testing.fakes import (
     CrowdDetector,
     FakePoseEstimator,
     FakeSegmenter,
@@ -70,7 +70,7 @@ from bmp_core.testing.fakes import (  # noqa: E402
 )
 
 
-def _assert_identical(got, want) -> None:  # noqa: ANN001 - Instances
+def _assert_identical(got, want) -> None:
     for name in want.__dataclass_fields__:
         a, b = getattr(got, name), getattr(want, name)
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -96,7 +96,8 @@ def test_large_images_with_many_people_equal_the_whole_image_loop() -> None:
 
 def test_loop_variants_equal_the_whole_image_loop(testdata: Path) -> None:
     """Test images, given boxes, 3 passes, dilation, no exclusivity: byte-identical to the plain loop."""
-    variants = [[], ["loop.iterations=3"], ["loop.masks.mask_out_dilate_px=2"], ["loop.masks.exclusive=false"]]
+    variants = [[], ["loop.iterations=3"], ["loop.masks.mask_out_dilate_px=2"],
+                ["loop.masks.exclusive=false"]]
     for image in _images(testdata):
         for overrides in variants:
             cfg = config_from_dict({}, overrides).loop
@@ -105,9 +106,10 @@ def test_loop_variants_equal_the_whole_image_loop(testdata: Path) -> None:
                               run_bmp_dense(image, recording.replay(), cfg))
         boxes = np.array([[10, 20, 200, 500], [150, 40, 400, 600], [0, 0, 0, 0]], np.float32)
         recording = ModelRecording(build_fake_models())
-        got = run_bmp(image, recording.models, LoopConfig(), boxes_xyxy=boxes, box_scores=np.array([0.9, 0.8, 0.7]))
-        _assert_identical(got.instances, run_bmp_dense(image, recording.replay(), LoopConfig(), boxes,
-                                                       np.array([0.9, 0.8, 0.7])))
+        scores = np.array([0.9, 0.8, 0.7])
+        got = run_bmp(image, recording.models, LoopConfig(), boxes_xyxy=boxes, box_scores=scores)
+        want = run_bmp_dense(image, recording.replay(), LoopConfig(), boxes, scores)
+        _assert_identical(got.instances, want)
 
 
 def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> None:
@@ -127,7 +129,7 @@ def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> 
     outputs = [[dets(boxes[0], [0.9, 0.8])], [dets(boxes[1], [0.95] + [0.7] * len(grid))]]
 
     class Pose(FakePoseEstimator):  # the duplicate has more confident keypoints than the original
-        def estimate(self, images_bgr, boxes_xyxy, masks):  # noqa: ANN001, ANN201
+        def estimate(self, images_bgr, boxes_xyxy, masks):
             out = super().estimate(images_bgr, boxes_xyxy, masks)
             for k, b in zip(out, boxes_xyxy, strict=True):
                 k[:, :, 2] = np.where((b[:, :1] == 31)[:, :, None][:, :, 0], 0.99, k[:, :, 2])

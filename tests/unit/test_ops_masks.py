@@ -79,8 +79,8 @@ def test_mask_iou_and_boxes_match_pycocotools() -> None:
 
 # --- the windowed operations against the plain whole-image definitions (bmp_core.testing.dense_ops) ---
 
-from bmp_core.ops.masks import mask_windows  # noqa: E402
-from bmp_core.testing.dense_ops import (  # noqa: E402
+from bmp_core.ops.masks import mask_windows
+from bmp_core.testing.dense_ops import (
     exclusive_masks_dense,
     mask_boxes_xyxy_dense,
     mask_iou_dense,
