@@ -60,6 +60,9 @@ class _ImageState:
     timings_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STAGES, 0.0))
 
 
+_SPARE_BYTES = 512 * 2**20
+
+
 class _MaskStore:
     """One image's two mask stacks, with room for the rows later passes add (private to this module).
 
@@ -81,8 +84,10 @@ class _MaskStore:
     @staticmethod
     def for_rows(image_hw: tuple[int, int], rows: int) -> _MaskStore:
         # Room for later passes' detections (RTMDet keeps at most 40 per image) costs address space
-        # only; more than that moves everything into a bigger store (``grow``).
-        return _MaskStore(image_hw, 2 * rows + 40)
+        # only, but capped at ~512 MB of it per stack so that huge images do not ask for gigabytes a
+        # strict overcommit policy would refuse; more rows than that move into a bigger store (``grow``).
+        row_bytes = max(1, image_hw[0] * image_hw[1])
+        return _MaskStore(image_hw, rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes)))
 
     def grow(self, extra_rows: int) -> None:
         """Make room for ``extra_rows`` rows past ``used`` (copies the used rows window by window)."""

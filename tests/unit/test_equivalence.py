@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp, run_bmp_batch
@@ -142,3 +143,13 @@ def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> 
     assert len(got) >= 50 and got.iteration[0] == 0 and 31 in got.boxes_xyxy[:, 0]
     assert 30 not in got.boxes_xyxy[:, 0]  # the old instance was removed by pose-NMS
     _assert_identical(got, run_bmp_dense(image, models(), LoopConfig()))
+
+
+def test_mask_store_spare_rows_are_bounded_for_huge_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bmp_core import loop
+
+    assert len(loop._MaskStore.for_rows((1080, 1920), 20).masks) == 20 + 60  # room for RTMDet's 40 more
+    assert len(loop._MaskStore.for_rows((10_000, 10_000), 20).masks) == 20 + 5  # 100 MP: ~512 MB of spare
+    # with no spare at all every pass grows the store, and the results stay the same
+    monkeypatch.setattr(loop, "_SPARE_BYTES", 0)
+    test_store_growth_and_removed_old_instances_equal_the_whole_image_loop()
