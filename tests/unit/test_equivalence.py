@@ -150,6 +150,6 @@ def test_mask_store_spare_rows_are_bounded_for_huge_images(monkeypatch: pytest.M
 
     assert len(loop._MaskStore.for_rows((1080, 1920), 20).masks) == 20 + 60  # room for RTMDet's 40 more
     assert len(loop._MaskStore.for_rows((10_000, 10_000), 20).masks) == 20 + 5  # 100 MP: ~512 MB of spare
-    # with no spare at all every pass grows the store, and the results stay the same
+    # with the minimum spare (4 rows) the second pass grows the store, and the results stay the same
     monkeypatch.setattr(loop, "_SPARE_BYTES", 0)
     test_store_growth_and_removed_old_instances_equal_the_whole_image_loop()
