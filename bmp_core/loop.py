@@ -71,7 +71,8 @@ class _MaskStore:
     pose sees them, pose-NMS compacts them and the merge keeps them without a whole-image copy. Rows past
     what was written are never touched: a fresh ``np.zeros`` stack costs only the pages a window writes
     (a person, not the image), where concatenating stacks each pass copied every image-sized row again.
-    Rows below ``used`` are never changed once an ``Instances`` shows them.
+    Rows below ``used`` change only when pose-NMS removes an instance (``_drop_old`` compacts them);
+    the ``Instances`` the loop returns are never changed afterwards.
     """
 
     def __init__(self, image_hw: tuple[int, int], capacity: int) -> None:
@@ -343,20 +344,35 @@ def _merge_new(
 
 
 def _drop_old(s: _ImageState, kept: np.ndarray, num_new: int) -> Instances:
-    """Pose-NMS removed earlier instances: a new store with the kept ones (and this pass's detector rows)."""
+    """Pose-NMS removed earlier instances: compact the kept ones' rows (and this pass's detector rows
+    after them) in place, window by window, so no row of the image is copied or faulted in anew.
+
+    In place is safe: the ``Instances`` that showed the old rows is the loop's own and is replaced here.
+    """
     old, store = s.instances, s.store
-    fresh = _MaskStore.for_rows(store.masks.shape[1:], len(kept) + num_new)
-    for row, i in enumerate(kept):
-        _copy_window(store.masks[i], fresh.masks[row], store.mask_windows[i])
-        _copy_window(store.det_masks[i], fresh.det_masks[row], store.det_windows[i])
+    dropped = np.setdiff1d(np.arange(len(old)), kept)
+    for i in dropped:
+        _clear_window(store.masks[i], store.mask_windows[i])
+        _clear_window(store.det_masks[i], store.det_windows[i])
+    # Every move goes to a lower row that is all-False by then (dropped and cleared, or moved away and
+    # cleared): ascending order never overwrites a row still to be moved.
+    for rank, i in enumerate(kept):
+        if rank != i:
+            _move_window(store.masks, i, rank, store.mask_windows[i])
+            _move_window(store.det_masks, i, rank, store.det_windows[i])
     for j in range(num_new):
-        _copy_window(store.det_masks[store.used + j], fresh.det_masks[len(kept) + j], s.new_windows[j])
-    fresh.mask_windows, fresh.det_windows = store.mask_windows[kept], store.det_windows[kept]
-    fresh.used = len(kept)
-    s.store = fresh
+        _move_window(store.det_masks, store.used + j, len(kept) + j, s.new_windows[j])
+    store.mask_windows, store.det_windows = store.mask_windows[kept], store.det_windows[kept]
+    store.used = len(kept)
     fields = {name: getattr(old, name)[kept] for name in old.__dataclass_fields__
               if name not in ("masks", "det_masks")}
-    return Instances(masks=fresh.masks[: fresh.used], det_masks=fresh.det_masks[: fresh.used], **fields)
+    return Instances(masks=store.masks[: store.used], det_masks=store.det_masks[: store.used], **fields)
+
+
+def _move_window(stack: np.ndarray, src: int, dst: int, window: np.ndarray) -> None:
+    if src != dst:
+        _copy_window(stack[src], stack[dst], window)
+        _clear_window(stack[src], window)
 
 
 def _refine_with_sam(
