@@ -11,6 +11,11 @@ Per image, for ``cfg.iterations`` passes:
 whole batch (one detector call, one pose call per pass); the SAM image embedding is computed once
 per image and reused by every pass. The result of an image never depends on the other images of
 its batch (tests/unit/test_loop.py checks it against ``run_bmp`` one image at a time).
+
+The loop's own mask work stays where the pixels are: each mask's pixel window (``ops.masks``), and one
+mask store per image whose rows are written once (``_MaskStore``); the returned ``Instances.masks`` /
+``det_masks`` are views of its first rows. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
+whole-image version it must equal bit for bit (tests/unit/test_equivalence.py).
 """
 
 from __future__ import annotations
