@@ -79,7 +79,7 @@ def test_mask_iou_and_boxes_match_pycocotools() -> None:
 
 # --- the windowed operations against the plain whole-image definitions (bmp_core.testing.dense_ops) ---
 
-from bmp_core.ops.masks import mask_windows
+from bmp_core.ops.masks import mask_windows, windows_from_boxes
 from bmp_core.testing.dense_ops import (
     exclusive_masks_dense,
     mask_boxes_xyxy_dense,
@@ -158,6 +158,7 @@ def test_mask_windows_are_tight_and_respect_enclosing_hints() -> None:
     loose = np.clip(windows + [-2, -3, 4, 1], 0, [33, 25, 33, 25])
     loose[empty] = [0, 0, 33, 25]
     np.testing.assert_array_equal(mask_windows(masks, loose), windows)
+    np.testing.assert_array_equal(windows_from_boxes(mask_boxes_xyxy(masks)), windows)
 
 
 def test_rle_with_windows_equals_pycocotools() -> None:
