@@ -6,8 +6,16 @@ Usage:
 
 Both paths get the same fixed instances: pass 0 uses given boxes (the ground-truth boxes of the test
 images; images without annotations get the boxes of one detector pass, frozen before timing), so the
-work is the same and outputs can be compared. Prints per-stage seconds per image, images/s of each
-path, their agreement (keypoint L2 in px, mask IoU) and, as the last line, ``speedup: X.XX``.
+work is the same and outputs can be compared.
+
+A busy machine must not be able to fake the ratio: the two paths are interleaved image by image (which
+one goes first alternates), the whole set is repeated ``--repeat`` times (>= 3), and each path's
+seconds per image are reported as the min and the median over repeats, in wall clock and in process
+CPU (all threads). The speedup is the median over repeats of that repeat's reference / ours (both
+halves of a repeat ran side by side, under the same load); the ratio of the minima and the CPU ratio
+are printed next to it. The machine's CPU busy share during the timed runs (``/proc/stat``, every
+process) is printed too: near 100% means other work competed with both paths. Also per-stage seconds
+per image (min over repeats), agreement (keypoint L2 in px, mask IoU) and, last, ``speedup: X.XX``.
 ``--compare-precision`` adds each speed option (bf16, fp16, TF32, torch.compile) vs fp32 on CUDA.
 """
 
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_scale import CpuSampler
 from bmp_core.config import load_config
 from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.models import build_models
@@ -56,7 +67,7 @@ def gt_boxes(testdata: Path) -> dict[str, np.ndarray]:
 def compare(ref: list, ours: list) -> tuple[float, float]:
     """Max keypoint L2 (px, over keypoints with score > 0.3) and min mask IoU across all instances."""
     worst_l2, worst_iou = 0.0, 1.0
-    for a, b in zip(ref, ours):
+    for a, b in zip(ref, ours, strict=True):
         ia, ib = a.instances, b.instances
         if len(ia) != len(ib):
             return float("inf"), 0.0
@@ -79,68 +90,100 @@ def run_batched(images: list, boxes: list, models, loop_cfg, batch_size: int) ->
     return out
 
 
-def stage_means(results: list) -> dict[str, float]:
-    keys = results[0].timings_s.keys()
-    return {k: float(np.mean([r.timings_s[k] for r in results])) for k in keys}
+def stage_mins(runs: list[list]) -> dict[str, float]:
+    """Per stage: the min over repeats of that repeat's mean seconds per image."""
+    keys = runs[0][0].timings_s.keys()
+    return {k: min(float(np.mean([r.timings_s[k] for r in run])) for run in runs) for k in keys}
+
+
+def interleaved(paths: dict, num_images: int, repeat: int) -> tuple[dict, dict, dict]:
+    """Run ``paths[name](i)`` for every image, both paths image by image, ``repeat`` times.
+
+    Returns, per path: wall seconds per image of each repeat, process CPU seconds per image of each
+    repeat, and the results of each repeat.
+    """
+    names = list(paths)
+    wall = {n: [0.0] * repeat for n in names}
+    cpu = {n: [0.0] * repeat for n in names}
+    results: dict[str, list[list]] = {n: [[] for _ in range(repeat)] for n in names}
+    for r in range(repeat):
+        for i in range(num_images):
+            for name in names if (r + i) % 2 == 0 else names[::-1]:  # who goes first alternates
+                t0, c0 = time.perf_counter(), time.process_time()
+                results[name][r].append(paths[name](i))
+                wall[name][r] += (time.perf_counter() - t0) / num_images
+                cpu[name][r] += (time.process_time() - c0) / num_images
+    return wall, cpu, results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny_random.yaml"))
     parser.add_argument("--testdata", default=str(DEFAULT_TESTDATA), help="folder with coco/ and ochuman/")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch in our path")
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs of each path (after one warm-up)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per batch in --compare-precision's runs")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed repeats of both paths, interleaved (>= 3)")
+    parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all 8)")
     parser.add_argument("--compare-precision", action="store_true",
-                        help="also run our path with each speed option (bf16, fp16, tf32, compile) and report its "
-                             "agreement with fp32 (CUDA only; skipped on CPU)")
+                        help="also run our path with each speed option (bf16, fp16, tf32, compile) and "
+                             "report its agreement with fp32 (CUDA only; skipped on CPU)")
     parser.add_argument("overrides", nargs="*", help="config key.path=value overrides")
     args = parser.parse_args(argv)
+    if args.repeat < 3:
+        parser.error("--repeat must be at least 3: a min and a median of fewer runs say little")
 
     cfg = load_config(args.config, args.overrides)
     testdata = Path(args.testdata)
     paths = sorted((testdata / "ochuman").glob("*.jpg")) + sorted((testdata / "coco").glob("*.jpg"))
+    paths = paths[: args.images or None]
     images = [read_bgr(p) for p in paths]
     models = build_models(cfg.models)
     slow = reference_shaped(models)
 
     known = gt_boxes(testdata)
     boxes = []
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         if path.name in known:
             boxes.append(known[path.name])
         else:  # freeze one detector pass so both paths see the same instances
             probe = run_bmp(image, models, dataclasses.replace(cfg.loop, iterations=1))
             boxes.append(probe.instances.boxes_xyxy)
-    num_instances = sum(len(b) for b in boxes)
 
-    def reference_path() -> list:
-        return [run_bmp(im, slow, cfg.loop, boxes_xyxy=b) for im, b in zip(images, boxes)]
-
-    def our_path() -> list:
-        return run_batched(images, boxes, models, cfg.loop, args.batch_size)
-
-    timings = {}
-    results = {}
-    for name, fn in (("reference", reference_path), ("ours", our_path)):
-        fn()  # warm-up (lazy init, allocator, cudnn autotune)
-        t0 = time.perf_counter()
-        for _ in range(args.repeat):
-            results[name] = fn()
-        timings[name] = (time.perf_counter() - t0) / args.repeat
+    runners = {
+        "reference": lambda i: run_bmp(images[i], slow, cfg.loop, boxes_xyxy=boxes[i]),
+        "ours": lambda i: run_bmp_batch([images[i]], models, cfg.loop, [boxes[i]])[0],
+    }
+    for fn in runners.values():
+        fn(0)  # warm-up (lazy init, allocator, cudnn autotune)
+    with CpuSampler() as sampler:
+        t_start = time.time()
+        wall, cpu, results = interleaved(runners, len(images), args.repeat)
+        busy = sampler.busy_share(t_start, time.time())
 
     device = cfg.models.device
-    print(f"config {args.config} | device {device} | {len(images)} images, {num_instances} given boxes, "
-          f"{cfg.loop.iterations} iterations")
-    for name in ("reference", "ours"):
-        stages = stage_means(results[name])
-        line = " ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "total")
-        print(f"{name:9s}: {timings[name] / len(images):.3f} s/image, {len(images) / timings[name]:.2f} images/s "
-              f"| per-stage s/image: {line}")
-    l2, iou = compare(results["reference"], results["ours"])
+    num_boxes = sum(len(b) for b in boxes)
+    print(f"config {args.config} | device {device} | {len(images)} images, {num_boxes} given boxes,"
+          f" {cfg.loop.iterations} iterations | interleaved image by image, {args.repeat} repeats | "
+          f"machine CPU busy {'n/a' if busy is None else f'{100 * busy:.0f}%'} of {os.cpu_count()} cores")
+    for name in runners:
+        stages = stage_mins(results[name])
+        line = " ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "total" and v >= 0.0005)
+        print(f"{name:9s}: s/image min {min(wall[name]):.3f} median {statistics.median(wall[name]):.3f} "
+              f"(CPU min {min(cpu[name]):.3f} median {statistics.median(cpu[name]):.3f}) | per-stage s/image "
+              f"(min over repeats): {line}")
+    l2, iou = compare(results["reference"][-1], results["ours"][-1])
     print(f"agreement: max keypoint L2 {l2:.4f} px, min mask IoU {iou:.4f}")
+    ratios = [a / b for a, b in zip(wall["reference"], wall["ours"], strict=True)]
+    cpu_ratios = [a / b for a, b in zip(cpu["reference"], cpu["ours"], strict=True)]
+    print(f"ratio per repeat (wall): {' '.join(f'{r:.2f}' for r in ratios)} | ratio of minima "
+          f"{min(wall['reference']) / min(wall['ours']):.2f} | CPU ratio (median) "
+          f"{statistics.median(cpu_ratios):.2f}")
     if args.compare_precision:
-        compare_options(cfg, images, boxes, results["ours"], timings["ours"], args)
-    print(f"speedup: {timings['reference'] / timings['ours']:.2f}")
+        ours_s = statistics.median(wall["ours"]) * len(images)
+        compare_options(cfg, images, boxes, results["ours"][-1], ours_s, args)
+    print(f"speedup: {statistics.median(ratios):.2f}")
 
 
 OPTIONS = {"bf16": ["models.precision=bf16"], "fp16": ["models.precision=fp16"], "tf32": ["models.tf32=true"],
@@ -150,7 +193,8 @@ OPTIONS = {"bf16": ["models.precision=bf16"], "fp16": ["models.precision=fp16"],
 def compare_options(cfg, images: list, boxes: list, fp32: list, fp32_s: float, args) -> None:
     """Our path with each speed option vs fp32: images/s and agreement (keypoint L2, mask IoU)."""
     if cfg.models.kind != "bmp":
-        print(f"compare-precision: skipped (models.kind={cfg.models.kind}: the options are for the torch models)")
+        print(f"compare-precision: skipped (models.kind={cfg.models.kind}: the options are for the torch "
+              "models)")
         return
     import torch
 
@@ -166,7 +210,7 @@ def compare_options(cfg, images: list, boxes: list, fp32: list, fp32_s: float, a
     for name, overrides in OPTIONS.items():
         opt_cfg = load_config(args.config, [*args.overrides, *overrides])
         models = build_models(opt_cfg.models)
-        run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)  # warm-up (compilation happens here)
+        run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)  # warm-up (compiles here)
         t0 = time.perf_counter()
         for _ in range(args.repeat):
             got = run_batched(images, boxes, models, opt_cfg.loop, args.batch_size)

@@ -265,6 +265,9 @@ class JobConfig:
     given_boxes_score_thr: float = 0.0  # use given boxes with score >= this (entries without a score count as 1.0)
     image_column: str | None = None  # Parquet input: the column of image bytes or HF Image structs (--image-column)
     id_column: str | None = None  # Parquet input: a column kept as each image's key in the images table (--id-column)
+    # Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1, all of a GPU worker's CPU work on one thread:
+    gpus_per_worker: float = 1.0  # GPU share per GPU worker; 0.5: two per GPU (CPU and GPU work overlap)
+    gpu_worker_cpus: float = 0.0  # CPUs + torch threads per GPU worker; 0: its node's cores split evenly
 
     def __post_init__(self) -> None:
         if self.given_boxes is not None and not self.given_boxes.strip():
@@ -289,6 +292,12 @@ class JobConfig:
         if self.id_column is not None and self.image_column is None:
             raise ConfigError("job.id_column is set but job.image_column is not: an id column only applies to a "
                               "Parquet input (--image-column)")
+        if not (0 < self.gpus_per_worker <= 1):
+            raise ConfigError(f"job.gpus_per_worker must be in (0, 1] (e.g. 0.5: two workers per GPU), got "
+                              f"{self.gpus_per_worker}")
+        if not (math.isfinite(self.gpu_worker_cpus) and self.gpu_worker_cpus >= 0):
+            raise ConfigError(f"job.gpu_worker_cpus must be >= 0 (0: split the node's cores), got "
+                              f"{self.gpu_worker_cpus}")
 
 
 @dataclass(frozen=True)

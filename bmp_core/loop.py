@@ -11,6 +11,11 @@ Per image, for ``cfg.iterations`` passes:
 whole batch (one detector call, one pose call per pass); the SAM image embedding is computed once
 per image and reused by every pass. The result of an image never depends on the other images of
 its batch (tests/unit/test_loop.py checks it against ``run_bmp`` one image at a time).
+
+The loop's own mask work stays where the pixels are: each mask's pixel window (``ops.masks``), and one
+mask store per image whose rows are written once (``_MaskStore``); the returned ``Instances.masks`` /
+``det_masks`` are views of its first rows. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
+whole-image version it must equal bit for bit (tests/unit/test_equivalence.py).
 """
 
 from __future__ import annotations
@@ -25,13 +30,23 @@ import numpy as np
 from bmp_core.config import LoopConfig
 from bmp_core.errors import ImageInputError
 from bmp_core.ops.boxes import box_nms
-from bmp_core.ops.masks import exclusive_masks, mask_boxes_xyxy, mask_iou, mask_out
+from bmp_core.ops.masks import (
+    exclusive_masks,
+    mask_boxes_xyxy,
+    mask_iou,
+    mask_out,
+    mask_windows,
+)
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import select_prompt_keypoints
 from bmp_core.ports import BmpModels
 from bmp_core.records import NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
 
-_STAGES = ("detect", "pose", "pose_nms", "segment_prepare", "segment", "total")
+# Model calls (detect, pose, segment_prepare, segment) and the loop's own work between them (filter: the
+# detector's person/score/NMS filter; pose_nms; prompts; exclusive; masks: the new rows' masks, IoU and
+# boxes; mask_out: the next pass's detector input). Seconds per image; batched calls are split evenly.
+_STAGES = ("detect", "filter", "pose", "pose_nms", "prompts", "segment_prepare", "segment", "exclusive",
+           "masks", "mask_out", "total")
 
 
 @dataclass
@@ -44,9 +59,65 @@ class _ImageState:
     instances: Instances
     detector_input_bgr: np.ndarray
     prepared: Any = None  # the segmenter's handle, computed on first use and reused
-    new: Detections | None = None  # this pass's filtered detections
+    store: _MaskStore | None = None  # the instances' mask rows, and this pass's detector masks after them
+    new: Detections | None = None  # this pass's filtered detections (masks: rows of ``store``)
+    new_windows: np.ndarray | None = None  # (N, 4) int64 pixel windows of ``new.masks`` (ops.masks)
     traces: list[IterationTrace] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STAGES, 0.0))
+
+
+_SPARE_BYTES = 512 * 2**20
+
+
+class _MaskStore:
+    """One image's two mask stacks, with room for the rows later passes add (private to this module).
+
+    Rows ``[0, used)`` of ``masks`` / ``det_masks`` are the current instances' (their ``Instances``
+    holds views of those rows); this pass's detector masks go into ``det_masks`` right after them, so
+    pose sees them, pose-NMS compacts them and the merge keeps them without a whole-image copy. Rows past
+    what was written are never touched: a fresh ``np.zeros`` stack costs only the pages a window writes
+    (a person, not the image), where concatenating stacks each pass copied every image-sized row again.
+    Rows below ``used`` change only when pose-NMS removes an instance (``_drop_old`` compacts them);
+    the ``Instances`` the loop returns are never changed afterwards.
+    """
+
+    def __init__(self, image_hw: tuple[int, int], capacity: int) -> None:
+        self.masks = np.zeros((capacity, *image_hw), bool)
+        self.det_masks = np.zeros((capacity, *image_hw), bool)
+        self.mask_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``masks``
+        self.det_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``det_masks``
+        self.used = 0
+
+    @staticmethod
+    def for_rows(image_hw: tuple[int, int], rows: int) -> _MaskStore:
+        # Room for later passes' detections (RTMDet keeps at most 40 per image) costs address space
+        # only, but capped at ~512 MB of it per stack so that huge images do not ask for gigabytes a
+        # strict overcommit policy would refuse; more rows than that move into a bigger store (``grow``).
+        row_bytes = max(1, image_hw[0] * image_hw[1])
+        return _MaskStore(image_hw, rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes)))
+
+    def grow(self, extra_rows: int) -> None:
+        """Make room for ``extra_rows`` rows past ``used`` (copies the used rows window by window)."""
+        if self.used + extra_rows <= len(self.masks):
+            return
+        bigger = _MaskStore.for_rows(self.masks.shape[1:], self.used + extra_rows)
+        for i in range(self.used):
+            _copy_window(self.masks[i], bigger.masks[i], self.mask_windows[i])
+            _copy_window(self.det_masks[i], bigger.det_masks[i], self.det_windows[i])
+        bigger.mask_windows, bigger.det_windows, bigger.used = self.mask_windows, self.det_windows, self.used
+        self.__dict__.update(bigger.__dict__)
+
+
+def _copy_window(src: np.ndarray, dst: np.ndarray, window: np.ndarray) -> None:
+    x0, y0, x1, y1 = (int(v) for v in window)
+    if x1 > x0:
+        dst[y0:y1, x0:x1] = src[y0:y1, x0:x1]
+
+
+def _clear_window(dst: np.ndarray, window: np.ndarray) -> None:
+    x0, y0, x1, y1 = (int(v) for v in window)
+    if x1 > x0:
+        dst[y0:y1, x0:x1] = False
 
 
 def run_bmp(
@@ -155,12 +226,11 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
     """Fill ``state.new`` with this pass's person detections (filtered, NMS'd, with masks)."""
     to_detect = []
     for s in states:
-        h, w = s.image_bgr.shape[:2]
         if iteration == 0 and s.given_boxes_xyxy is not None:
             n = len(s.given_boxes_xyxy)
             scores = np.ones(n, np.float32) if s.given_scores is None else s.given_scores
             # User boxes carry no mask: the pose is box-only and SAM draws the first mask.
-            s.new = Detections(s.given_boxes_xyxy, scores, np.zeros(n, np.int64), np.zeros((n, h, w), bool))
+            s.new, s.new_windows = _into_store(s, s.given_boxes_xyxy, scores, np.zeros(n, np.int64), None)
         else:
             to_detect.append(s)
     if not to_detect:
@@ -175,26 +245,39 @@ def _detect_step(states: list[_ImageState], models: BmpModels, cfg: LoopConfig, 
     if len(raw) != len(to_detect):
         raise RuntimeError(f"detector returned {len(raw)} results for {len(to_detect)} images")
     dt = (time.perf_counter() - t0) / len(to_detect)
-    for s, dets in zip(to_detect, raw):
+    for s, dets in zip(to_detect, raw, strict=True):
         s.timings_s["detect"] += dt
-        s.new = _filter_people(dets, s.image_bgr.shape[:2], cfg)
+        t0 = time.perf_counter()
+        s.new, s.new_windows = _filter_people(s, dets, cfg)
+        s.timings_s["filter"] += time.perf_counter() - t0
 
 
-def _filter_people(dets: Detections, image_hw: tuple[int, int], cfg: LoopConfig) -> Detections:
-    """Person label, score > thr (strict), then greedy box NMS by descending score."""
-    h, w = image_hw
-    if dets.masks is None:
-        dets = Detections(dets.boxes_xyxy, dets.scores, dets.labels, np.zeros((len(dets), h, w), bool))
+def _filter_people(s: _ImageState, dets: Detections, cfg: LoopConfig) -> tuple[Detections, np.ndarray]:
+    """Person label, score > thr (strict), then greedy box NMS by descending score.
+
+    Returns the kept detections, their masks copied window by window into the image's store, and the
+    (N, 4) pixel windows of those masks.
+    """
     c = cfg.detect
     keep = np.flatnonzero((dets.labels == c.person_label) & (dets.scores > c.score_thr))
-    dets = dets.take(keep)
-    order = box_nms(dets.boxes_xyxy, dets.scores, c.nms_iou_thr, c.nms_pixel_offset)
-    return Detections(
-        dets.boxes_xyxy[order].astype(np.float32),
-        dets.scores[order].astype(np.float32),
-        dets.labels[order],
-        dets.masks[order].astype(bool),
-    )
+    order = keep[box_nms(dets.boxes_xyxy[keep], dets.scores[keep], c.nms_iou_thr, c.nms_pixel_offset)]
+    picked = None if dets.masks is None else [dets.masks[i] for i in order]  # views of the detector's rows
+    return _into_store(s, dets.boxes_xyxy[order], dets.scores[order], dets.labels[order], picked)
+
+
+def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                masks: list[np.ndarray] | None) -> tuple[Detections, np.ndarray]:
+    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``)."""
+    n = len(boxes_xyxy)
+    if s.store is None:
+        s.store = _MaskStore.for_rows(s.image_bgr.shape[:2], n)
+    s.store.grow(n)
+    rows = s.store.det_masks[s.store.used: s.store.used + n]
+    windows = np.zeros((n, 4), np.int64) if masks is None else mask_windows(masks)
+    for j in range(n if masks is not None else 0):
+        _copy_window(masks[j], rows[j], windows[j])  # casts to bool as astype(bool) would
+    dets = Detections(np.asarray(boxes_xyxy, np.float32), np.asarray(scores, np.float32), labels, rows)
+    return dets, windows
 
 
 def _pose_and_refine_step(
@@ -212,17 +295,25 @@ def _pose_and_refine_step(
         dt = (time.perf_counter() - t0) / len(with_people)
         for s in with_people:
             s.timings_s["pose"] += dt
-    poses = {id(s): k for s, k in zip(with_people, keypoints_per_image)}
+    poses = {id(s): k for s, k in zip(with_people, keypoints_per_image, strict=True)}
 
     for s in states:
         detections = s.new
+        if trace:  # the store's rows are compacted by the merge: the trace keeps its own copy
+            detections = Detections(detections.boxes_xyxy, detections.scores, detections.labels,
+                                    detections.masks.copy())
         num_new = num_removed = 0
         if len(detections):
             kpts_new = np.asarray(poses[id(s)], np.float32).reshape(len(detections), -1, 3)[:, :NUM_KEYPOINTS]
-            num_new, num_removed = _merge_new(s, models, cfg, iteration, detections, kpts_new)
+            num_new, num_removed = _merge_new(s, models, cfg, iteration, s.new, kpts_new)
         if trace:
             s.traces.append(IterationTrace(iteration, s.detector_input_bgr, detections, num_new, num_removed))
-        s.detector_input_bgr = mask_out(s.image_bgr, s.instances.masks, cfg.masks.mask_out_dilate_px)
+        if iteration + 1 < cfg.iterations:  # after the last pass nobody reads the next detector input
+            t0 = time.perf_counter()
+            windows = s.store.mask_windows if s.store is not None else np.zeros((0, 4), np.int64)
+            s.detector_input_bgr = mask_out(s.image_bgr, s.instances.masks, cfg.masks.mask_out_dilate_px,
+                                            windows)
+            s.timings_s["mask_out"] += time.perf_counter() - t0
         s.new = None
 
 
@@ -244,16 +335,67 @@ def _merge_new(
         cfg.pose_nms.keypoint_thr,
     )
     keep_old, keep_new = keep[: len(old)], keep[len(old):]
-    old = old.take(keep_old)
-    dets, kpts_new = dets.take(keep_new), kpts_new[keep_new]
+    if not keep_old.all():
+        old = _drop_old(s, np.flatnonzero(keep_old), len(dets))
+    store, base = s.store, s.store.used
+    kept = np.flatnonzero(keep_new)
+    rows = store.det_masks[base: base + len(dets)]
+    # Compact the kept detector masks to the front of this pass's rows; every other row ends all-False.
+    for j in np.flatnonzero(~keep_new):
+        _clear_window(rows[j], s.new_windows[j])
+    for rank, j in enumerate(kept):
+        if rank != j:
+            _copy_window(rows[j], rows[rank], s.new_windows[j])
+            _clear_window(rows[j], s.new_windows[j])
+    det_windows = s.new_windows[kept]
+    dets = Detections(dets.boxes_xyxy[kept], dets.scores[kept], dets.labels[kept], rows[: len(kept)])
+    kpts_new = kpts_new[kept]
     s.timings_s["pose_nms"] += time.perf_counter() - t0
     s.instances = old
     if len(dets) == 0:
         return 0, int((~keep_old).sum())
 
-    new = _refine_with_sam(s, models, cfg, iteration, dets, kpts_new, old)
-    s.instances = Instances.concat(old, new)
+    new, windows = _refine_with_sam(s, models, cfg, iteration, dets, det_windows, kpts_new, old)
+    store.used += len(new)
+    store.mask_windows = np.concatenate([store.mask_windows, windows])
+    store.det_windows = np.concatenate([store.det_windows, det_windows])
+    fields = {name: np.concatenate([getattr(old, name), getattr(new, name)])
+              for name in old.__dataclass_fields__ if name not in ("masks", "det_masks")}
+    s.instances = Instances(masks=store.masks[: store.used], det_masks=store.det_masks[: store.used],
+                            **fields)
     return len(new), int((~keep_old).sum())
+
+
+def _drop_old(s: _ImageState, kept: np.ndarray, num_new: int) -> Instances:
+    """Pose-NMS removed earlier instances: compact the kept ones' rows (and this pass's detector rows
+    after them) in place, window by window, so no row of the image is copied or faulted in anew.
+
+    In place is safe: the ``Instances`` that showed the old rows is the loop's own and is replaced here.
+    """
+    old, store = s.instances, s.store
+    dropped = np.setdiff1d(np.arange(len(old)), kept)
+    for i in dropped:
+        _clear_window(store.masks[i], store.mask_windows[i])
+        _clear_window(store.det_masks[i], store.det_windows[i])
+    # Every move goes to a lower row that is all-False by then (dropped and cleared, or moved away and
+    # cleared): ascending order never overwrites a row still to be moved.
+    for rank, i in enumerate(kept):
+        if rank != i:
+            _move_window(store.masks, i, rank, store.mask_windows[i])
+            _move_window(store.det_masks, i, rank, store.det_windows[i])
+    for j in range(num_new):
+        _move_window(store.det_masks, store.used + j, len(kept) + j, s.new_windows[j])
+    store.mask_windows, store.det_windows = store.mask_windows[kept], store.det_windows[kept]
+    store.used = len(kept)
+    fields = {name: getattr(old, name)[kept] for name in old.__dataclass_fields__
+              if name not in ("masks", "det_masks")}
+    return Instances(masks=store.masks[: store.used], det_masks=store.det_masks[: store.used], **fields)
+
+
+def _move_window(stack: np.ndarray, src: int, dst: int, window: np.ndarray) -> None:
+    if src != dst:
+        _copy_window(stack[src], stack[dst], window)
+        _clear_window(stack[src], window)
 
 
 def _refine_with_sam(
@@ -262,10 +404,18 @@ def _refine_with_sam(
     cfg: LoopConfig,
     iteration: int,
     dets: Detections,
+    det_windows: np.ndarray,
     kpts: np.ndarray,
     old: Instances,
-) -> Instances:
-    """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows."""
+) -> tuple[Instances, np.ndarray]:
+    """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows and (N, 4)
+    windows enclosing their masks.
+
+    The masks are written into the store's rows after the old instances' (all-False until now);
+    ``det_windows`` are the pixel windows of ``dets.masks``. Every mask op works inside windows, with
+    the same results as on whole-image stacks (ops.masks).
+    """
+    t0 = time.perf_counter()
     p = cfg.prompt
     n = len(dets)
     prompts = np.zeros((n, p.num_pos_keypoints, 3), np.float32)
@@ -277,30 +427,47 @@ def _refine_with_sam(
         )
         prompts[i, : len(chosen)] = chosen
         prompted[i] = len(chosen) > 0
+    s.timings_s["prompts"] += time.perf_counter() - t0
 
-    # An instance without a confident keypoint keeps its detector mask and is not prompted.
-    masks = dets.masks.copy()
+    t_masks, elsewhere = time.perf_counter(), 0.0  # "masks": this function's mask work besides the stages
+    store = s.store
+    masks = store.masks[store.used: store.used + n]
+    windows = det_windows.copy()
     sam_scores = np.full(n, np.nan, np.float32)
     idx = np.flatnonzero(prompted)
+    unprompted = np.flatnonzero(~prompted)
+    # An instance without a confident keypoint keeps its detector mask and is not prompted.
+    for i in unprompted:
+        _copy_window(dets.masks[i], masks[i], det_windows[i])
     if len(idx):
         if s.prepared is None:
             t0 = time.perf_counter()
             s.prepared = models.segmenter.prepare(s.image_bgr)  # once per image, reused every pass
-            s.timings_s["segment_prepare"] += time.perf_counter() - t0
+            elsewhere += _add_time(s, "segment_prepare", t0)
         t0 = time.perf_counter()
         points = [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx]
         out = models.segmenter.segment(s.prepared, points)
-        masks[idx] = out.masks
+        elsewhere += _add_time(s, "segment", t0)
+        t0 = time.perf_counter()
+        sam_masks = np.asarray(out.masks, bool)
+        sam_windows = mask_windows(sam_masks)
         sam_scores[idx] = out.scores
+        targets = [masks[i] for i in idx]
         if cfg.masks.exclusive:
             # Context: older instances, and this pass's unprompted ones (score 0: they never win).
-            unprompted = np.flatnonzero(~prompted)
-            context = np.concatenate([old.masks, masks[unprompted]])
+            context = [*old.masks, *(dets.masks[i] for i in unprompted)]  # views, no whole-image copies
+            context_windows = np.concatenate([store.mask_windows, det_windows[unprompted]])
             context_scores = np.concatenate([np.nan_to_num(old.sam_scores), np.zeros(len(unprompted))])
-            masks[idx] = exclusive_masks(masks[idx], sam_scores[idx], context, context_scores)
-        s.timings_s["segment"] += time.perf_counter() - t0
+            exclusive_masks(sam_masks, sam_scores[idx], context, context_scores, sam_windows, context_windows,
+                            out=targets)
+        else:
+            for j, target in enumerate(targets):
+                _copy_window(sam_masks[j], target, sam_windows[j])
+        windows[idx] = sam_windows  # they enclose the exclusive masks too (those only lose pixels)
+        elsewhere += _add_time(s, "exclusive", t0)
 
-    return Instances(
+    windows = mask_windows(masks, windows)  # tight now
+    new = Instances(
         boxes_xyxy=dets.boxes_xyxy.astype(np.float32),
         det_scores=dets.scores.astype(np.float32),
         keypoints=kpts.astype(np.float32),
@@ -308,9 +475,18 @@ def _refine_with_sam(
         sam_scores=sam_scores,
         masks=masks,
         det_masks=dets.masks,
-        det_mask_iou=mask_iou(dets.masks, masks),
+        det_mask_iou=mask_iou(dets.masks, masks, det_windows, windows),
         iteration=np.full(n, iteration, np.int32),
-        mask_boxes_xyxy=mask_boxes_xyxy(masks),
+        mask_boxes_xyxy=mask_boxes_xyxy(masks, windows),
         prompts=prompts,
         prompted=prompted,
     )
+    s.timings_s["masks"] += time.perf_counter() - t_masks - elsewhere
+    return new, windows
+
+
+def _add_time(s: _ImageState, stage: str, t0: float) -> float:
+    """Add the time since ``t0`` to ``stage``; returns it."""
+    dt = time.perf_counter() - t0
+    s.timings_s[stage] += dt
+    return dt

@@ -3,9 +3,11 @@
 Ray itself is passed in (``ray_runner`` is the only module of ``jobs/`` that imports it). CPU actors
 share the cluster's cores: ``num_cpus`` = their share (``cpu_share``), so any number of them can start
 and one alone gets every core, with torch's thread count set to match. GPU actors take
-``num_gpus=1`` each. Each actor runs ``job.queue_depth`` threads (``max_concurrency``), so the next
-shard labels while the previous one writes its parts and commit marker (the worker serialises the
-models itself, see ``jobs/worker.py``).
+``num_gpus`` = ``job.gpus_per_worker`` (1; 0.5 puts two on a GPU) and their node's cores split among its
+GPU workers (or ``job.gpu_worker_cpus``), with torch threads to match: their decoding, pre- and
+post-processing run on the CPU between GPU calls. Each actor runs ``job.queue_depth`` threads
+(``max_concurrency``), so the next shard labels while the previous one writes its parts and commit
+marker (the worker serialises the models itself, see ``jobs/worker.py``).
 """
 
 from __future__ import annotations
@@ -118,8 +120,9 @@ class ActorPool:
         self.ray, self.cfg = ray, cfg
         self.run_token = uuid.uuid4().hex[:8]
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        num_cpus = 0 if num_gpus else num_cpus
-        self.num_threads = None if num_gpus else max(1, math.floor(num_cpus))
+        # GPU workers too get CPUs and as many torch threads: their decoding, pre/post-processing and the
+        # loop's own work run on the CPU between GPU calls, and with num_cpus=0 Ray would pin them to one.
+        self.num_threads = max(1, math.floor(num_cpus)) if num_cpus > 0 else None
         # max_concurrency: the queued shard starts labeling while the previous one commits (the
         # worker serialises the models itself, see jobs/worker.py).
         options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0,
@@ -156,6 +159,39 @@ class ActorPool:
     def shutdown(self) -> None:
         for actor in [*self.actors.values(), self.counter]:
             self.ray.kill(actor, no_restart=True)
+
+
+def gpu_worker_cpu_share(nodes: list[tuple[float, float]], gpus_per_worker: float) -> float:
+    """CPUs per GPU worker when each node's cores are split among the GPU workers it can hold.
+
+    Args:
+        nodes: (CPUs, GPUs) of each node; nodes without a GPU hold no GPU worker.
+        gpus_per_worker: GPU share of one worker (1: one per GPU, 0.5: two per GPU).
+
+    Returns:
+        The smallest node's share (so a worker fits wherever Ray puts it), rounded down as Ray accepts
+        it (a whole number when >= 1, else 4 decimals); 0.0 when no node has a GPU and a CPU.
+    """
+    shares = []
+    for cpus, gpus in nodes:
+        workers = math.floor(gpus / gpus_per_worker + 1e-9)
+        if workers >= 1 and cpus > 0:
+            shares.append(cpu_share([cpus], workers))
+    return min(shares) if shares else 0.0
+
+
+def node_gpu_cpu_share(ray: Any, gpus_per_worker: float) -> float:
+    """``gpu_worker_cpu_share`` over the alive nodes (the cluster totals when nodes cannot be listed)."""
+    try:
+        nodes = [(float(n.get("Resources", {}).get("CPU", 0)), float(n.get("Resources", {}).get("GPU", 0)))
+                 for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an old/odd Ray: fall back to the totals
+        nodes = []
+    if not any(g for _, g in nodes):
+        totals = ray.cluster_resources()
+        nodes = [(float(totals.get("CPU", 0)), float(totals.get("GPU", 0)))]
+    # No CPU to reserve (a GPU-only node?): 0 keeps the old behaviour rather than refusing to start.
+    return gpu_worker_cpu_share(nodes, gpus_per_worker)
 
 
 def node_cpu_share(ray: Any, num_workers: int) -> float:

@@ -1,15 +1,17 @@
 """Run a job: plan on the driver, label shards on Ray actors, finish the output.
 
 Local mode (no address, no ``RAY_ADDRESS``) starts an embedded Ray on this machine; on a cluster
-(``ray job submit``, or ``--address``) the same code connects to it: one actor per GPU, or
-``--num-workers`` CPU actors when there is no GPU (``jobs/actor_pool.py``), fed and retried by
-``jobs/dispatch.py``. This is the one module of ``jobs/`` that imports Ray.
+(``ray job submit``, or ``--address``) the same code connects to it: one actor per GPU (or two with
+``job.gpus_per_worker: 0.5``, so one's CPU work overlaps the other's GPU work), or ``--num-workers``
+CPU actors when there is no GPU (``jobs/actor_pool.py``: CPU shares, torch threads), fed and retried
+by ``jobs/dispatch.py``. This is the one module of ``jobs/`` that imports Ray.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import time
@@ -23,7 +25,7 @@ from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.plan import Plan, freeze_plan
 from bmp_core.output.store import OutputStore
-from jobs.actor_pool import ActorPool, JobError, node_cpu_share
+from jobs.actor_pool import ActorPool, JobError, node_cpu_share, node_gpu_cpu_share
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
@@ -147,15 +149,19 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
         num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
         check_device_for_workers(cfg, use_gpu)
-        num_workers = opts.num_workers or (num_gpus_total if use_gpu else 1)
-        num_cpus = 0.0 if use_gpu else node_cpu_share(ray, num_workers)
-        pool = ActorPool(ray, cfg, num_workers, 1 if use_gpu else 0,
+        gpu_share = cfg.job.gpus_per_worker
+        num_workers = opts.num_workers or (math.floor(num_gpus_total / gpu_share + 1e-9) if use_gpu else 1)
+        if use_gpu:
+            num_cpus = cfg.job.gpu_worker_cpus or node_gpu_cpu_share(ray, gpu_share)
+        else:
+            num_cpus = node_cpu_share(ray, num_workers)
+        pool = ActorPool(ray, cfg, num_workers, gpu_share if use_gpu else 0,
                           cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=num_cpus)
         try:
             workers = pool.wait_ready()
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
-                        "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each",
+                        f"{gpu_share:g} GPU + {num_cpus:g} CPU each" if use_gpu else f"{num_cpus:g} CPU each",
                         "; ".join(w.summary for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)

@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 
 from bmp_core.coco_meta import SIGMAS as COCO_SIGMAS
 from bmp_core.io.image_matching import ImageMatch, match_images
-from bmp_core.output.tables import boxes_array, keypoints_array, rles_of
 from bmp_core.output.reader import JobOutput
+from bmp_core.output.tables import boxes_array, keypoints_array, rles_of
 
 logger = logging.getLogger(__name__)
 

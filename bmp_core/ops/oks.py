@@ -8,7 +8,6 @@ from bmp_core.coco_meta import SIGMAS
 from bmp_core.ops.boxes import box_area, xyxy_to_xywh
 
 
-
 def oks_matrix(
     keypoints: np.ndarray,
     boxes_xyxy: np.ndarray,

@@ -11,42 +11,52 @@ from typing import Any
 import numpy as np
 
 
-def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+def encode_rle(masks: np.ndarray, windows_xyxy: np.ndarray | None = None) -> list[dict[str, Any]]:
     """(N, H, W) bool -> N compressed COCO RLEs (byte-identical to ``pycocotools.mask.encode``).
 
     The run lengths are computed inside each mask's bounding box (``rle_counts``); pycocotools only
     compresses them. Its own ``encode`` needs an (H, W, N) Fortran-order copy of every full-image
     mask, a strided transpose that cost ~1.3 ms per 1000x665 mask and held the GIL on the worker's
     encode thread; this is ~3x faster on person-sized masks.
+
+    Args:
+        masks: (N, H, W) bool.
+        windows_xyxy: optional (N, 4) pixel windows enclosing each mask (``bmp_core.ops.masks``; e.g.
+            ``windows_from_boxes(instances.mask_boxes_xyxy)``): the box search then stays inside them
+            instead of reading every whole-image mask once more.
     """
     from pycocotools import mask as mask_utils
+
+    from bmp_core.ops.masks import mask_windows
 
     masks = np.asarray(masks, bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got {masks.shape}")
     h, w = masks.shape[1:]
     out = []
-    for mask in masks:
-        rle = mask_utils.frPyObjects({"size": [h, w], "counts": rle_counts(mask).tolist()}, h, w)
+    for mask, window in zip(masks, mask_windows(masks, windows_xyxy), strict=True):
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": rle_counts(mask, window).tolist()}, h, w)
         out.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
     return out
 
 
-def rle_counts(mask: np.ndarray) -> np.ndarray:
+def rle_counts(mask: np.ndarray, window_xyxy: np.ndarray | None = None) -> np.ndarray:
     """COCO's uncompressed counts of one mask: run lengths in column-major order, zeros first.
 
     Args:
         mask: (H, W) bool.
+        window_xyxy: optional ``(x0, y0, x1, y1)`` pixel window enclosing the mask's pixels.
 
     Returns:
         (R,) int64 run lengths summing to H*W (the first may be 0: the mask starts with a one).
     """
+    from bmp_core.ops.masks import mask_windows
+
     h, w = mask.shape
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(cols) == 0:
+    enclosing = None if window_xyxy is None else np.asarray(window_xyxy).reshape(1, 4)
+    x0, y0, x1, y1 = (int(v) for v in mask_windows(mask[None], enclosing)[0])
+    if x1 <= x0:
         return np.array([h * w], np.int64)
-    rows = np.flatnonzero(mask.any(axis=1))
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     # Each box column, transposed to a row, with a zero above and below: a change between padded[c, j]
     # and padded[c, j + 1] is a run boundary at pixel (y0 + j, x0 + c), flat index (x0 + c) * H + y0 + j.
     padded = np.zeros((x1 - x0, y1 - y0 + 2), bool)

@@ -36,11 +36,39 @@ NON_PERSON_LABEL = 16  # the fake also "detects" a dog, which the loop must drop
 
 def _ellipse(h: int, w: int, box_xyxy: np.ndarray) -> np.ndarray:
     """(H, W) bool filled ellipse inscribed in the box."""
+    out = np.zeros((h, w), bool)
+    ys, xs, crop = _ellipse_in_box(h, w, box_xyxy)
+    out[ys, xs] = crop
+    return out
+
+
+def _ellipse_in_box(h: int, w: int, box_xyxy: np.ndarray) -> tuple[slice, slice, np.ndarray]:
+    """The ellipse of ``_ellipse`` drawn only where it can be: (rows, cols, crop) with
+    ``_ellipse(h, w, box)[rows, cols] == crop`` and no True pixel of it outside that window.
+
+    Every pixel of the window gets the same float expression as it would on the whole image, so the
+    crop is bit-identical to the full-image drawing (tests/unit/test_fakes.py checks it); this keeps
+    the fakes' cost per person in proportion to the person, not to the image.
+    """
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     ax, ay = max((x2 - x1) / 2, 0.5), max((y2 - y1) / 2, 0.5)
-    ys, xs = np.ogrid[:h, :w]
-    return ((xs + 0.5 - cx) / ax) ** 2 + ((ys + 0.5 - cy) / ay) ** 2 <= 1.0
+    # A pixel centre (c + 0.5) farther than the half-axis from the centre is outside; one pixel of slack
+    # on each side absorbs rounding, and the expression itself decides the rest.
+    c0, c1 = _window(cx - ax - 0.5, cx + ax - 0.5, w)
+    r0, r1 = _window(cy - ay - 0.5, cy + ay - 0.5, h)
+    ys, xs = np.ogrid[r0:r1, c0:c1]
+    crop = ((xs + 0.5 - cx) / ax) ** 2 + ((ys + 0.5 - cy) / ay) ** 2 <= 1.0
+    return slice(r0, r1), slice(c0, c1), crop
+
+
+def _window(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """Integer range [a, b) covering [lo, hi] plus one pixel each side, clipped to [0, size)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return 0, size
+    a = min(max(int(np.floor(lo)) - 1, 0), size)
+    b = min(max(int(np.ceil(hi)) + 2, a), size)
+    return a, b
 
 
 class FakeDetector:
@@ -94,7 +122,8 @@ class FakeDetector:
             for i, (x1, y1, x2, y2) in enumerate(boxes):
                 crop = lit[int(y1): int(np.ceil(y2)), int(x1): int(np.ceil(x2))]
                 scores[i] = base[i] * (crop.mean() if crop.size else 0.0)
-                masks[i] = _ellipse(h, w, boxes[i]) & lit
+                ys, xs, ellipse = _ellipse_in_box(h, w, boxes[i])
+                masks[i, ys, xs] = ellipse & lit[ys, xs]
             keep = scores > 0.05  # RTMDet's own score_thr
             out.append(Detections(boxes[keep], scores[keep], labels[keep], masks[keep]))
             if self.latency_ms:  # a fixed cost per image, like an accelerator's: own compute included
@@ -105,6 +134,29 @@ class FakeDetector:
 class OutOfMemoryError(RuntimeError):
     """Stands in for ``torch.OutOfMemoryError`` (same class name, which is how the worker knows it)
     without importing torch."""
+
+
+class CrowdDetector(FakeDetector):
+    """``FakeDetector`` with a crowd: ``num_people`` people in rows of up to 10 that all survive box NMS
+    (neighbours overlap by a quarter of a box), plus one person hidden behind every fifth of them (NMS
+    drops it in pass 1; blacking out the front person changes its score for pass 2). For benchmarks and
+    tests on large images, where ``FakeDetector``'s random boxes would mostly suppress each other.
+    """
+
+    def candidates(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, h, w, 1])
+        n = self.num_people
+        rows = max(1, -(-n // 10))
+        per_row = -(-n // rows)
+        bw, bh = w / (per_row * 0.75 + 0.25), h / (rows * 0.8 + 0.2)
+        k = np.arange(n)
+        x1 = (k % per_row) * 0.75 * bw + rng.uniform(-0.03, 0.03, n) * bw
+        y1 = (k // per_row) * 0.8 * bh + rng.uniform(0.0, 0.1, n) * bh
+        front = np.stack([x1, y1, x1 + bw, y1 + bh * rng.uniform(0.85, 1.0, n)], 1)
+        behind = front[::5] + np.array([0.2, 0.05, 0.2, 0.05]) * np.array([bw, bh, bw, bh])
+        boxes = np.clip(np.concatenate([front, behind]), 0, [w, h, w, h])
+        scores = np.concatenate([rng.uniform(0.6, 0.99, n), rng.uniform(0.35, 0.55, len(behind))])
+        return boxes.astype(np.float32), scores.astype(np.float32), np.zeros(len(boxes), np.int64)
 
 
 class ScriptedDetector:
@@ -141,9 +193,8 @@ class FakePoseEstimator:
     ) -> list[np.ndarray]:
         self.calls += 1
         out = []
-        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks):
+        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             h, w = image.shape[:2]
-            gray = image.mean(axis=2)
             kpts = np.zeros((len(boxes), 17, 3), np.float32)
             for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32)):
                 self.crops += 1
@@ -152,7 +203,8 @@ class FakePoseEstimator:
                 rows = np.clip(xy[:, 1].astype(int), 0, h - 1)
                 r0, r1 = np.clip(rows - 3, 0, h), np.clip(rows + 4, 0, h)
                 c0, c1 = np.clip(cols - 3, 0, w), np.clip(cols + 4, 0, w)
-                bright = np.array([gray[a:b, c:d].mean() for a, b, c, d in zip(r0, r1, c0, c1)]) / 255.0
+                bright = np.array([_window_gray_mean(image, a, b, c, d)
+                                   for a, b, c, d in zip(r0, r1, c0, c1, strict=True)]) / 255.0
                 score = _TEMPLATE_SCORE * (0.8 + 0.2 * bright)
                 if image_masks is not None and image_masks[i].any():
                     score = np.where(image_masks[i][rows, cols], score, 0.5 * score)
@@ -160,6 +212,13 @@ class FakePoseEstimator:
                 kpts[i, :, 2] = score
             out.append(kpts)
         return out
+
+
+def _window_gray_mean(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> float:
+    """``image.mean(axis=2)[r0:r1, c0:c1].mean()`` without the whole-image gray (the same bits: the gray
+    of a pixel does not depend on its neighbours, and numpy sums a small window the same way whether it
+    is a slice of a bigger array or not; tests/unit/test_fakes.py checks both on many windows)."""
+    return float(image[r0:r1, c0:c1].mean(axis=2).mean())
 
 
 @dataclass(frozen=True)
@@ -198,7 +257,8 @@ class FakeSegmenter:
             pts = np.asarray(pts, np.float32).reshape(-1, 2)
             lo, hi = pts.min(0), pts.max(0)
             centre, half = (lo + hi) / 2, (hi - lo) / 2 * 1.3 + 6.0
-            masks[i] = _ellipse(h, w, np.concatenate([centre - half, centre + half])) & prepared.lit
+            ys, xs, ellipse = _ellipse_in_box(h, w, np.concatenate([centre - half, centre + half]))
+            masks[i, ys, xs] = ellipse & prepared.lit[ys, xs]
             scores[i] = 0.55 + 0.4 * (1 - np.exp(-len(pts) / 3)) + 0.04 * ((centre[0] / 97.0) % 1.0)
         return SegmentOutput(masks, scores)
 
@@ -211,3 +271,98 @@ def build_fake_models(cfg: FakeModelsConfig | None = None) -> BmpModels:
         pose=FakePoseEstimator(),
         segmenter=FakeSegmenter(),
     )
+
+
+class ModelRecording:
+    """Models whose outputs are kept, call by call, so that ``replay`` can return them at zero cost.
+
+    Record a run of the loop with ``recording.models``, then run the loop again on the same images and
+    config with ``recording.replay()``: it makes the same calls (the loop is deterministic) and gets the
+    same outputs back without any model work, so what is left to time is the loop's own work
+    (benchmarks/bench_overhead.py). The replayed arrays are the recorded ones, not copies: the loop
+    must not write into model outputs (a replayed second run equal to the first checks that too).
+    """
+
+    def __init__(self, models: BmpModels) -> None:
+        self.inner = models
+        self.detections: list[list[Detections]] = []
+        self.poses: list[list[np.ndarray]] = []
+        self.segments: list[SegmentOutput] = []
+        self.models = BmpModels(_RecordingDetector(self), _RecordingPose(self), _RecordingSegmenter(self))
+
+    def replay(self) -> BmpModels:
+        """Fresh zero-cost models that return the recorded outputs in the recorded order."""
+        return BmpModels(_Replay(self.detections), _Replay(self.poses), _ReplaySegmenter(self.segments))
+
+
+class _RecordingDetector:
+    def __init__(self, rec: ModelRecording) -> None:
+        self.rec = rec
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        out = self.rec.inner.detector.detect(images_bgr)
+        self.rec.detections.append(list(out))
+        return out
+
+
+class _RecordingPose:
+    def __init__(self, rec: ModelRecording) -> None:
+        self.rec = rec
+
+    def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
+                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        out = self.rec.inner.pose.estimate(images_bgr, boxes_xyxy, masks)
+        self.rec.poses.append(list(out))
+        return out
+
+
+class _RecordingSegmenter:
+    def __init__(self, rec: ModelRecording) -> None:
+        self.rec = rec
+
+    def prepare(self, image_bgr: np.ndarray) -> object:
+        return self.rec.inner.segmenter.prepare(image_bgr)
+
+    def segment(self, prepared: object, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
+        out = self.rec.inner.segmenter.segment(prepared, points_xy)
+        self.rec.segments.append(out)
+        return out
+
+
+class _Replay:
+    """Detector and pose estimator in one: call ``k`` returns the k-th recorded list."""
+
+    def __init__(self, outputs: list) -> None:
+        self.outputs = outputs
+        self.calls = 0
+
+    def _next(self, num_images: int) -> list:
+        if self.calls >= len(self.outputs) or len(self.outputs[self.calls]) != num_images:
+            raise RuntimeError(f"replay call {self.calls} does not match the recording (different images "
+                               "or config?)")
+        self.calls += 1
+        return list(self.outputs[self.calls - 1])
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        return self._next(len(images_bgr))
+
+    def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
+                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        return self._next(len(images_bgr))
+
+
+class _ReplaySegmenter:
+    def __init__(self, outputs: list[SegmentOutput]) -> None:
+        self.outputs = outputs
+        self.calls = 0
+
+    def prepare(self, image_bgr: np.ndarray) -> object:
+        return None
+
+    def segment(self, prepared: object, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
+        out = self.outputs[self.calls]
+        if len(out.masks) != len(points_xy):
+            raise RuntimeError(f"replay segment call {self.calls}: {len(points_xy)} prompts, recorded "
+                               f"{len(out.masks)}")
+        self.calls += 1
+        return out

@@ -10,11 +10,11 @@ import pyarrow as pa
 from PIL import Image, ImageOps
 
 from bmp_core.config import BmpConfig, load_config
-from bmp_core.output.tables import keypoints_array
 from bmp_core.loop import run_bmp
-from bmp_core.testing import build_fake_models
 from bmp_core.output.reader import read_committed_table
 from bmp_core.output.store import OutputStore
+from bmp_core.output.tables import keypoints_array
+from bmp_core.testing import build_fake_models
 from jobs.finalize import load_plan
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,9 +7,8 @@ list. Only the Chromium part is skipped when no Chromium is installed.
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -24,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmp_core.config import config_to_dict, dump_config, load_config
 from bmp_core.analysis.report import HEADER_RGB, SECTION_IDS
+from bmp_core.config import config_to_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,10 +45,10 @@ def make_output(testdata: Path, out: Path, trace_image: str = "004806.jpg") -> d
     """
     from bmp_core.io.uris import list_input
     from bmp_core.loop import run_bmp
-    from bmp_core.testing.fakes import build_fake_models
-    from bmp_core.output.traces import write_traces
     from bmp_core.output.plan import freeze_plan
     from bmp_core.output.store import OutputStore
+    from bmp_core.output.traces import write_traces
+    from bmp_core.testing.fakes import build_fake_models
     from jobs.finalize import finalize_output
     from jobs.planner import listing_table, make_plan, shard_uris
     from jobs.worker import BmpWorker, ShardTask

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from bmp_core.config import config_to_dict, dump_config, load_config
-from jobs.cli import main
+from bmp_core.config import load_config
 from bmp_core.output.plan import freeze_plan
 from bmp_core.output.store import OutputStore
+from jobs.cli import main
 from jobs.planner import listing_table, make_plan
 from jobs.worker import BmpWorker, ShardTask
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp, run_bmp_batch
@@ -21,7 +22,7 @@ def _images(testdata: Path) -> list[np.ndarray]:
     return [read_bgr(p) for p in paths]
 
 
-def _assert_same(a, b) -> None:  # noqa: ANN001
+def _assert_same(a, b) -> None:
     for name in a.instances.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(a.instances, name), getattr(b.instances, name), err_msg=name)
 
@@ -45,7 +46,7 @@ def test_batched_pose_crops_equal_one_crop_at_a_time(testdata: Path) -> None:
     fast = build_fake_models()
     slow_models = build_fake_models()
     slow = BmpModels(slow_models.detector, PerInstancePose(slow_models.pose), slow_models.segmenter)
-    for got, image in zip(run_bmp_batch(images, fast, LoopConfig()), images):
+    for got, image in zip(run_bmp_batch(images, fast, LoopConfig()), images, strict=True):
         _assert_same(got, run_bmp(image, slow, LoopConfig()))
     assert fast.pose.calls == 2  # one pose call per pass for all crops of all images
 
@@ -54,5 +55,104 @@ def test_reference_shaped_path_equals_ours_with_given_boxes(testdata: Path) -> N
     images = _images(testdata)
     boxes = [np.array([[10, 20, 200, 500], [150, 40, 400, 600]], np.float32)] * len(images)
     ours = run_bmp_batch(images, build_fake_models(), LoopConfig(), boxes)
-    for image, b, got in zip(images, boxes, ours):
+    for image, b, got in zip(images, boxes, ours, strict=True):
         _assert_same(got, run_bmp(image, reference_shaped(build_fake_models()), LoopConfig(), boxes_xyxy=b))
+
+
+# --- the windowed loop (one mask store per image) against the plain whole-image loop ---
+
+from bmp_core.config import config_from_dict
+from bmp_core.records import Detections
+from bmp_core.testing.dense_ops import run_bmp_dense
+from bmp_core.testing.fakes import (
+    CrowdDetector,
+    FakePoseEstimator,
+    FakeSegmenter,
+    ModelRecording,
+    ScriptedDetector,
+    _ellipse,
+)
+
+
+def _assert_identical(got, want) -> None:
+    for name in want.__dataclass_fields__:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name
+
+
+def _crowd(num_people: int, seed: int) -> BmpModels:
+    return BmpModels(CrowdDetector(num_people, seed), FakePoseEstimator(), FakeSegmenter())
+
+
+def test_large_images_with_many_people_equal_the_whole_image_loop() -> None:
+    """1920x1080, 20 people (all survive box NMS, one hidden behind every fifth): byte-identical."""
+    cfg = LoopConfig()
+    for seed in (0,):  # a seed whose second pass finds someone
+        image = np.random.default_rng(seed).integers(1, 256, (1080, 1920, 3), dtype=np.uint8)
+        recording = ModelRecording(_crowd(20, seed))
+        got = run_bmp(image, recording.models, cfg).instances
+        assert len(got) >= 20 and set(got.iteration.tolist()) == {0, 1}
+        _assert_identical(got, run_bmp_dense(image, recording.replay(), cfg))
+        # the models' outputs were not written into: replaying them gives the same result again
+        _assert_identical(run_bmp(image, recording.replay(), cfg).instances, got)
+
+
+def test_loop_variants_equal_the_whole_image_loop(testdata: Path) -> None:
+    """Test images, given boxes, 3 passes, dilation, no exclusivity: byte-identical to the plain loop."""
+    variants = [[], ["loop.iterations=3"], ["loop.masks.mask_out_dilate_px=2"],
+                ["loop.masks.exclusive=false"]]
+    for image in _images(testdata):
+        for overrides in variants:
+            cfg = config_from_dict({}, overrides).loop
+            recording = ModelRecording(build_fake_models())
+            _assert_identical(run_bmp(image, recording.models, cfg).instances,
+                              run_bmp_dense(image, recording.replay(), cfg))
+        boxes = np.array([[10, 20, 200, 500], [150, 40, 400, 600], [0, 0, 0, 0]], np.float32)
+        recording = ModelRecording(build_fake_models())
+        scores = np.array([0.9, 0.8, 0.7])
+        got = run_bmp(image, recording.models, LoopConfig(), boxes_xyxy=boxes, box_scores=scores)
+        want = run_bmp_dense(image, recording.replay(), LoopConfig(), boxes, scores)
+        _assert_identical(got.instances, want)
+
+
+def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> None:
+    """A second pass with more people than the store has room for, and old people pose-NMS removes."""
+    h, w = 300, 1200
+    image = np.random.default_rng(3).integers(1, 256, (h, w, 3), dtype=np.uint8)
+    first = [[30, 40, 90, 200], [400, 40, 460, 200]]
+    grid = [[20 * k, 210, 20 * k + 14, 290] for k in range(58)]  # 58 small people: more than 2 * 2 + 40 rows
+    dup = [[31, 41, 91, 201]]  # the first person again, more confident: replaces the old one
+    boxes = first, dup + grid
+
+    def dets(b: list[list[int]], scores: list[float]) -> Detections:
+        arr = np.asarray(b, np.float32)
+        return Detections(arr, np.asarray(scores, np.float32), np.zeros(len(arr), np.int64),
+                          np.stack([_ellipse(h, w, x) for x in arr]))
+
+    outputs = [[dets(boxes[0], [0.9, 0.8])], [dets(boxes[1], [0.95] + [0.7] * len(grid))]]
+
+    class Pose(FakePoseEstimator):  # the duplicate has more confident keypoints than the original
+        def estimate(self, images_bgr, boxes_xyxy, masks):
+            out = super().estimate(images_bgr, boxes_xyxy, masks)
+            for k, b in zip(out, boxes_xyxy, strict=True):
+                k[:, :, 2] = np.where((b[:, :1] == 31)[:, :, None][:, :, 0], 0.99, k[:, :, 2])
+            return out
+
+    def models() -> BmpModels:
+        return BmpModels(ScriptedDetector(outputs), Pose(), FakeSegmenter())
+
+    got = run_bmp(image, models(), LoopConfig()).instances
+    assert len(got) >= 50 and got.iteration[0] == 0 and 31 in got.boxes_xyxy[:, 0]
+    assert 30 not in got.boxes_xyxy[:, 0]  # the old instance was removed by pose-NMS
+    _assert_identical(got, run_bmp_dense(image, models(), LoopConfig()))
+
+
+def test_mask_store_spare_rows_are_bounded_for_huge_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bmp_core import loop
+
+    assert len(loop._MaskStore.for_rows((1080, 1920), 20).masks) == 20 + 60  # room for RTMDet's 40 more
+    assert len(loop._MaskStore.for_rows((10_000, 10_000), 20).masks) == 20 + 5  # 100 MP: ~512 MB of spare
+    # with the minimum spare (4 rows) the second pass grows the store, and the results stay the same
+    monkeypatch.setattr(loop, "_SPARE_BYTES", 0)
+    test_store_growth_and_removed_old_instances_equal_the_whole_image_loop()

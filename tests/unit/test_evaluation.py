@@ -21,8 +21,8 @@ from bmp_core.analysis.evaluation import (
     format_table,
     match_images,
 )
-from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA
 from bmp_core.output.reader import JobOutput, load_output
+from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA
 
 
 def _load(path: Path) -> dict[str, Any]:

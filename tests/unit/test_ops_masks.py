@@ -75,3 +75,96 @@ def test_mask_iou_and_boxes_match_pycocotools() -> None:
     np.testing.assert_allclose(boxes[:4, 2:] - boxes[:4, :2], xywh[:4, 2:])
     assert np.isnan(boxes[4]).all()
     np.testing.assert_array_equal(mask_boxes_xyxy(_rect(9, 9, 2, 3, 5, 7)[None])[0], [2, 3, 5, 7])
+
+
+# --- the windowed operations against the plain whole-image definitions (bmp_core.testing.dense_ops) ---
+
+from bmp_core.ops.masks import mask_windows, windows_from_boxes
+from bmp_core.testing.dense_ops import (
+    exclusive_masks_dense,
+    mask_boxes_xyxy_dense,
+    mask_iou_dense,
+    mask_out_dense,
+)
+
+
+def _random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Blobs of random size and place (some touching the borders, one empty, one single pixel)."""
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            continue  # empty
+        if kind == 1:
+            masks[i, rng.integers(0, h), rng.integers(0, w)] = True
+            continue
+        y0, x0 = rng.integers(-h // 4, h), rng.integers(-w // 4, w)
+        y1, x1 = y0 + rng.integers(1, h + 1), x0 + rng.integers(1, w + 1)
+        block = masks[i, max(y0, 0): max(y1, 0), max(x0, 0): max(x1, 0)]
+        block[...] = rng.uniform(size=block.shape) > rng.uniform(0.0, 0.6)
+    return masks
+
+
+def _assert_bytes_equal(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+def test_windowed_ops_equal_whole_image_definitions_on_random_masks() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 50))
+        n, m = int(rng.integers(0, 6)), int(rng.integers(0, 6))
+        new, context = _random_masks(rng, n, h, w), _random_masks(rng, m, h, w)
+        # few distinct values: ties between new masks, between new and context, and zeros
+        scores = rng.choice([0.0, 0.5, 0.5, 0.9], n)
+        context_scores = rng.choice([0.0, 0.5, 0.9], m)
+        want = exclusive_masks_dense(new, scores, context, context_scores)
+        _assert_bytes_equal(exclusive_masks(new, scores, context, context_scores), want)
+        # with the enclosing windows given, the context as a list of rows, and into caller's rows
+        rows = list(np.zeros((n, h, w), bool))
+        exclusive_masks(new, scores, list(context), context_scores, mask_windows(new), mask_windows(context),
+                        out=rows)
+        _assert_bytes_equal(np.asarray(rows, bool).reshape(n, h, w), want)
+        other = _random_masks(rng, n, h, w)
+        _assert_bytes_equal(mask_iou(new, other), mask_iou_dense(new, other))
+        _assert_bytes_equal(mask_boxes_xyxy(new), mask_boxes_xyxy_dense(new))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for r in (0, 1, 3):
+            _assert_bytes_equal(mask_out(image, new, r), mask_out_dense(image, new, r))
+            loose = np.tile([0, 0, w, h], (n, 1))  # whole-image windows enclose anything
+            _assert_bytes_equal(mask_out(image, new, r, loose), mask_out_dense(image, new, r))
+
+
+def test_exclusive_keeps_argmax_rules_for_nan_and_infinite_scores() -> None:
+    rng = np.random.default_rng(8)
+    for special in (np.nan, -np.inf, np.inf):
+        for _ in range(10):
+            new, context = _random_masks(rng, 4, 12, 15), _random_masks(rng, 3, 12, 15)
+            scores = rng.choice([0.2, 0.7, special], 4)
+            context_scores = rng.choice([0.7, special], 3)
+            _assert_bytes_equal(exclusive_masks(new, scores, context, context_scores),
+                                exclusive_masks_dense(new, scores, context, context_scores))
+
+
+def test_mask_windows_are_tight_and_respect_enclosing_hints() -> None:
+    rng = np.random.default_rng(9)
+    masks = _random_masks(rng, 30, 25, 33)
+    windows = mask_windows(masks)
+    boxes = mask_boxes_xyxy_dense(masks)
+    empty = np.isnan(boxes).any(axis=1)
+    np.testing.assert_array_equal(windows[~empty], boxes[~empty].astype(np.int64))
+    assert (windows[empty] == 0).all()
+    loose = np.clip(windows + [-2, -3, 4, 1], 0, [33, 25, 33, 25])
+    loose[empty] = [0, 0, 33, 25]
+    np.testing.assert_array_equal(mask_windows(masks, loose), windows)
+    np.testing.assert_array_equal(windows_from_boxes(mask_boxes_xyxy(masks)), windows)
+
+
+def test_rle_with_windows_equals_pycocotools() -> None:
+    rng = np.random.default_rng(10)
+    masks = _random_masks(rng, 12, 31, 17)
+    theirs = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for windows in (None, mask_windows(masks), np.tile([0, 0, 17, 31], (12, 1))):
+        ours = encode_rle(masks, windows)
+        assert [r["counts"] for r in ours] == [r["counts"].decode() for r in theirs]

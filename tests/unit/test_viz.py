@@ -13,10 +13,10 @@ from bmp_core.analysis import viz
 from bmp_core.coco_meta import SKELETON
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp
-from bmp_core.records import BmpResult
-from bmp_core.testing.fakes import build_fake_models
 from bmp_core.output.store import OutputStore
 from bmp_core.output.traces import encode_traces, load_traces, write_traces
+from bmp_core.records import BmpResult
+from bmp_core.testing.fakes import build_fake_models
 
 H, W = 200, 300
 BOX = np.array([[50.0, 40.0, 150.0, 180.0]], np.float32)

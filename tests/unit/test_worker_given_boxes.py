@@ -81,7 +81,6 @@ def test_pass0_uses_the_files_boxes_and_scores_and_unknown_images_are_detected(f
 
 def test_one_image_at_a_time_retry_keeps_the_given_boxes(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import jobs.worker
-
     from bmp_core.io.images import ImageInputError
 
     def failing_batch(*args: object, **kwargs: object) -> None:

@@ -39,7 +39,7 @@ from bmp_core.models.lite.crops import (
     paste_crop_mask,
 )
 from bmp_core.ports import BmpModels
-from bmp_core.records import NUM_KEYPOINTS, Detections, SegmentOutput
+from bmp_core.records import NUM_KEYPOINTS, SegmentOutput
 
 logger = logging.getLogger(__name__)
 
