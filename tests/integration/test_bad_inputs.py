@@ -128,4 +128,4 @@ def test_a_model_bug_stops_the_job_with_its_traceback_and_oom_is_one_error_row(
     rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist())}
     assert rows["a.jpg"]["status"] == "ok" and rows["a.jpg"]["num_instances"] > 0
     assert rows["b.png"]["status"] == "error" and "out of GPU memory" in rows["b.png"]["error"]
-    assert run["counts"]["images_error"] == 1 and run["counts"]["failed_attempts"] == 0
+    assert run.counts.images_error == 1 and run.counts.failed_attempts == 0

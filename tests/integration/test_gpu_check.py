@@ -14,14 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_dry_run_runs_every_step_and_prints_one_table(
-    ray_cluster: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_cluster: object, tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for module in ("torch", "mmdet", "mmpose", "sam2"):
         pytest.importorskip(module)
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_check
 
-    rc = gpu_check.main(["--dry-run", "--out", str(tmp_path / "gpu_check.json")])
+    rc = gpu_check.main(["--dry-run", "--out", str(tmp_path / "gpu_check.json"), "--testdata", str(testdata)])
     out = capsys.readouterr().out
     rows = {r["step"]: r for r in json.loads((tmp_path / "gpu_check.json").read_text())}
     assert list(rows) == ["device", "tests", "loop fp32", "loop bf16", "loop tf32", "loop compile", "job"]
