@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"actors {r['actors']:2d}: {r['images']:5d} images, {r['images_per_s']:7.1f} img/s "
                   f"(ideal {r['ideal_images_per_s']:6.1f}, {r['vs_ideal']:.2f} x; "
                   f"{r['images_per_s'] / min(r['ideal_images_per_s'], ceiling):.2f} x min(ideal, CPU ceiling)), "
-                  f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image | workers start {r['workers_start_s']:.1f} s, "
+                  f"driver CPU {r['driver_cpu_ms_per_image']:.2f} ms/image | "
+                  f"workers start {r['workers_start_s']:.1f} s, "
                   f"end to end {r['images_per_s_wall']:.1f} img/s | machine CPU busy during dispatch "
                   f"{_pct(r['machine_cpu_busy'])} of {os.cpu_count()} cores", flush=True)
     for size in args.plan_sizes:

@@ -176,7 +176,7 @@ class SegmenterModelConfig:
 class FakeModelsConfig:
     num_people: int = 8  # candidate people the fake detector places in each image
     seed: int = 0  # changes where the fake people stand
-    latency_ms: float = 0.0  # simulated fixed time per image of each detector pass, its own compute included (benchmarks)
+    latency_ms: float = 0.0  # simulated time per image of each detector pass, its own compute included (benchmarks)
     fail_width: int = 0  # fault tests: the fake detector fails on batches with an image this wide (0: never)
     fail_with: str = "bug"  # "bug": ValueError (a model bug, fails the shard); "oom": CUDA out of memory
 

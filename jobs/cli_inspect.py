@@ -91,7 +91,7 @@ def select_images(output: JobOutput, patterns: Sequence[str] | None, limit: int)
     import pyarrow.compute as pc
 
     ok = output.images.filter(pc.equal(output.images.column("status"), "ok"))
-    rows = list(zip(*(ok.column(c).to_pylist() for c in ("image_id", "uri", "width", "height"))))
+    rows = list(zip(*(ok.column(c).to_pylist() for c in ("image_id", "uri", "width", "height")), strict=True))
     if patterns:
         ids = {int(p) for p in patterns if p.isdigit()}
         globs = [p for p in patterns if not p.isdigit()]

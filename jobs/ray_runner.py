@@ -9,6 +9,7 @@ by ``jobs/dispatch.py``. This is the one module of ``jobs/`` that imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import math
@@ -116,10 +117,8 @@ def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("bmp-label", "numpy", "pyarrow", "fsspec", "s3fs", "ray", "pycocotools", "pillow",
                 "torch", "mmdet", "mmpose", "sam2"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -263,12 +263,14 @@ class BmpWorker:
         if self.models.detector is None:
             # No detector: an image the boxes file does not name can only fail. Say why here,
             # rather than letting the detector fail the whole batch and the retry find the culprit.
-            for d, g in zip(batch, given):
+            for d, g in zip(batch, given, strict=True):
                 if g is None:
                     rows.append(_with(d.row, error=f"no given boxes for this image: job.given_boxes "
                                                    f"({self.cfg.job.given_boxes}) names no file like it, "
                                                    "and the models have no person detector"))
-            batch, given = [d for d, g in zip(batch, given) if g is not None], [g for g in given if g is not None]
+            named = [g is not None for g in given]
+            batch = [d for d, ok in zip(batch, named, strict=True) if ok]
+            given = [g for g in given if g is not None]
             if not batch:
                 return _done(INSTANCES_SCHEMA.empty_table())
         # Images the file does not name (None) go to the detector, as without a boxes file.

@@ -5,6 +5,7 @@
 #   tests/unit, tests/integration (local Ray, moto S3), tests/models (real architectures, random weights),
 #   tests/lite (MediaPipe BlazePose, real weights, AP checked by pycocotools): one environment for all.
 #   Suites whose stack is not installed (e.g. after setup.sh --no-models) skip, saying why (-rs).
+#   ruff runs first: the style rules CI keeps (pyproject.toml [tool.ruff]).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=.venv
@@ -14,4 +15,6 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "no virtualenv at $VENV: run scripts/setup.sh first" >&2
     exit 2
 fi
+# Style first (seconds): ruff with the rule set in pyproject.toml ([tool.ruff]).
+"$VENV/bin/python" -m ruff check .
 "$VENV/bin/python" -m pytest -q -rs tests "$@"

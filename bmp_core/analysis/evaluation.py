@@ -407,7 +407,7 @@ def _fill_area(coco: Any) -> Any:
 
 
 def _subset(results: dict[str, list[dict[str, Any]]], keep: np.ndarray) -> dict[str, list[dict[str, Any]]]:
-    return {t: [r for r, k in zip(rs, keep) if k] for t, rs in results.items()}
+    return {t: [r for r, k in zip(rs, keep, strict=True) if k] for t, rs in results.items()}
 
 
 def evaluate_output(
@@ -442,7 +442,8 @@ def evaluate_output(
         gt = _crowdpose_gt(gt)
     backend = choose_backend(gt, backend)
     images = output.images
-    match = match_images(list(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist())),
+    ids_uris = zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist(), strict=True)
+    match = match_images(list(ids_uris),
                          gt.get("images", []))
     failed_ids = set(images.filter(pc.not_equal(images.column("status"), "ok")).column("image_id").to_pylist())
     results = results_from_instances(output.instances, match.output_to_gt, box_source)
@@ -546,7 +547,7 @@ def format_table(result: dict[str, Any]) -> str:
     """A fixed-width text table of ``evaluate_output``'s result, with the image matching summary."""
     header, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in [header, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     im = result["images"]

@@ -119,7 +119,7 @@ def failures_section(output: JobOutput) -> str:
     failed = output.images.filter(pc.not_equal(output.images.column("status"), "ok"))
     if failed.num_rows == 0:
         return _section("failures", "Failed images", "<p class='note'>None: every image was labeled.</p>")
-    rows = [list(r) for r in zip(*(failed.column(c).to_pylist() for c in ("image_id", "uri", "error")))]
+    rows = [list(r) for r in zip(*(failed.column(c).to_pylist() for c in ("image_id", "uri", "error")), strict=True)]
     more = failed.num_rows - MAX_FAILED_ROWS
     tail = f"<p class='note'>... and {more} more (errors.csv has them all).</p>" if more > 0 else ""
     content = f"<p class='err'>{failed.num_rows} image(s) failed.</p>" + _table(

@@ -91,7 +91,7 @@ def blend_masks(image_rgb: np.ndarray, masks: np.ndarray, colors_rgb: np.ndarray
         (H, W, 3) uint8 copy; pixels outside every mask are unchanged.
     """
     out = image_rgb.astype(np.float32)
-    for mask, color in zip(masks, colors_rgb):
+    for mask, color in zip(masks, colors_rgb, strict=True):
         out[mask] = (1.0 - alpha) * out[mask] + alpha * color.astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
@@ -137,7 +137,7 @@ def draw_overlay(
     if style.draw_boxes and boxes_xyxy is not None:
         _draw_boxes(draw, boxes_xyxy, colors, det_scores, pose_scores, style, scale)
     if style.draw_pose and keypoints is not None:
-        for person, color in zip(keypoints, colors):
+        for person, color in zip(keypoints, colors, strict=True):
             _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
     if title:
         draw.text((6 * scale, 4 * scale), title, fill=(255, 255, 0), font=_font(int(18 * scale)),
@@ -155,7 +155,7 @@ def _draw_boxes(
     scale: float,
 ) -> None:
     font = _font(int(12 * scale))
-    for i, (box, color) in enumerate(zip(boxes_xyxy, colors)):
+    for i, (box, color) in enumerate(zip(boxes_xyxy, colors, strict=True)):
         if not np.all(np.isfinite(box)):
             continue
         rgb = tuple(int(c) for c in color)

@@ -19,6 +19,7 @@ shard's entries into runs read with one request each; ``read_group`` reads one r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -214,10 +215,8 @@ def _stat_all(fs: object, paths: list[str], uri: str) -> list[Container]:
         else:
             infos = {}
             for p in wanted:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     infos[p] = fs.info(p)  # type: ignore[attr-defined]
-                except FileNotFoundError:
-                    pass
         for p in wanted:
             if p in infos and infos[p].get("type") != "directory":
                 found.append(_container(fs, p, infos[p]))

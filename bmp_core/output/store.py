@@ -141,7 +141,5 @@ class OutputStore:
             return []
 
     def remove(self, rel: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(rel), recursive=True)
-        except FileNotFoundError:
-            pass

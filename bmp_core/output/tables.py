@@ -45,7 +45,8 @@ INSTANCES_SCHEMA = pa.schema(
         pa.field("det_score", pa.float32(), nullable=False),
         pa.field("pose_score", pa.float32(), nullable=False),  # mean of the 17 keypoint scores
         pa.field("sam_score", pa.float32()),  # null when SAM was not prompted
-        pa.field("keypoints", pa.list_(pa.list_(pa.float32(), 3), NUM_KEYPOINTS), nullable=False),  # (17, 3) x, y, score
+        # (17, 3) x, y, score
+        pa.field("keypoints", pa.list_(pa.list_(pa.float32(), 3), NUM_KEYPOINTS), nullable=False),
         pa.field("mask_rle_counts", pa.string(), nullable=False),  # compressed COCO RLE counts
         pa.field("mask_rle_size", pa.list_(pa.int32(), 2), nullable=False),  # [height, width]
         pa.field("mask_area", pa.int64(), nullable=False),  # pixels
@@ -116,7 +117,7 @@ def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
     cols: dict[str, list[np.ndarray]] = {k: [] for k in INSTANCES_SCHEMA.names}
     counts: list[str] = []
     sizes: list[np.ndarray] = []
-    for image_id, result in zip(image_ids, results):
+    for image_id, result in zip(image_ids, results, strict=True):
         inst = result.instances
         n = len(inst)
         if n == 0:
@@ -185,4 +186,4 @@ def rles_of(table: pa.Table) -> list[dict]:
     """The COCO RLEs (``{"size": [h, w], "counts": str}``) of an ``instances`` table's rows."""
     counts = table.column("mask_rle_counts").to_pylist()
     sizes = table.column("mask_rle_size").to_pylist()
-    return [{"size": list(s), "counts": c} for c, s in zip(counts, sizes)]
+    return [{"size": list(s), "counts": c} for c, s in zip(counts, sizes, strict=True)]

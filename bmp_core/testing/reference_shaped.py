@@ -27,9 +27,10 @@ class PerInstancePose:
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
                  masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         out = []
-        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks):
+        for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             rows = [
-                self.inner.estimate([image], [boxes[i: i + 1]], [None if image_masks is None else image_masks[i: i + 1]])[0]
+                self.inner.estimate([image], [boxes[i: i + 1]],
+                                    [None if image_masks is None else image_masks[i: i + 1]])[0]
                 for i in range(len(boxes))
             ]
             out.append(np.concatenate(rows) if rows else np.zeros((0, 17, 3), np.float32))

@@ -47,7 +47,7 @@ def reference_keypoints(path: Path, cfg: BmpConfig) -> np.ndarray:
 
 def keypoints_by_uri(images: pa.Table, instances: pa.Table) -> dict[str, np.ndarray]:
     """uri -> (N, 17, 3) keypoints in instance_id order."""
-    uri_of = dict(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist()))
+    uri_of = dict(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist(), strict=True))
     instances = instances.sort_by([("image_id", "ascending"), ("instance_id", "ascending")])
     kpts = keypoints_array(instances)
     ids = np.asarray(instances.column("image_id").to_pylist())

@@ -7,6 +7,7 @@ seconds, so tests share it (Ray's "ray_start_regular_shared" advice).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -102,14 +103,10 @@ def ray_cluster(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
         ray.shutdown()
         # Our own process group only (ray start --block tears its cluster down on SIGTERM).
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=3)  # it drains for up to 30 s; nothing here needs a graceful drain
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         log.close()
 
 

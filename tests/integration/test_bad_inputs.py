@@ -65,7 +65,7 @@ def test_bad_and_odd_inputs(ray_cluster: object, testdata: Path, tmp_path: Path)
                                                               progress=False, lock_settle_s=0.05))
     images, instances = read_output(str(out))
     assert_one_row_per_image(images, len(names))
-    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist())}
+    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist(), strict=True)}
     expected_errors = {"zero.jpg": "empty file", "text.jpg": "not an image", "truncated.jpg": "truncated",
                        "one_pixel.png": "too small: 1x1", "bomb.png": "too many pixels",
                        "missing.jpg": "missing file"}
@@ -125,7 +125,7 @@ def test_a_model_bug_stops_the_job_with_its_traceback_and_oom_is_one_error_row(
     run = run_job(fake_config(*common, "models.fake.fail_with=oom"),
                   RunOptions(str(src), str(out), num_workers=1, progress=False, lock_settle_s=0.05))
     images, _ = read_output(str(out))
-    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist())}
+    rows = {Path(u).name: r for u, r in zip(images.column("uri").to_pylist(), images.to_pylist(), strict=True)}
     assert rows["a.jpg"]["status"] == "ok" and rows["a.jpg"]["num_instances"] > 0
     assert rows["b.png"]["status"] == "error" and "out of GPU memory" in rows["b.png"]["error"]
     assert run.counts.images_error == 1 and run.counts.failed_attempts == 0

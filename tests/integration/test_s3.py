@@ -44,7 +44,7 @@ def test_s3_in_s3_out(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp
     expected_uris = [f"s3://{BUCKET}/in/{p.relative_to(testdata)}" for p in local]
     assert images.sort_by("image_id").column("uri").to_pylist() == expected_uris
     got = keypoints_by_uri(images, instances)
-    for path, uri in zip(local, expected_uris):
+    for path, uri in zip(local, expected_uris, strict=True):
         np.testing.assert_array_equal(got[uri], reference_keypoints(path, cfg))
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/run1/")["Contents"]}

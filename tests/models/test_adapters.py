@@ -40,7 +40,7 @@ def detections_batched(tiny_models: Any, ochuman_images: dict[str, np.ndarray]) 
 def test_detector_output_contract(
     detections_batched: list[Detections], ochuman_images: dict[str, np.ndarray], tiny_cfg: Any
 ) -> None:
-    for dets, name in zip(detections_batched, ("004806", "003799")):
+    for dets, name in zip(detections_batched, ("004806", "003799"), strict=True):
         h, w = ochuman_images[name].shape[:2]
         assert 0 < len(dets) <= tiny_cfg.models.detector.max_per_img
         assert dets.boxes_xyxy.dtype == np.float32 and dets.scores.dtype == np.float32
@@ -70,7 +70,7 @@ def test_detector_bgr_input_convention(tiny_models: Any) -> None:
 def test_detector_batched_equals_one_by_one(
     tiny_models: Any, ochuman_images: dict[str, np.ndarray], detections_batched: list[Detections]
 ) -> None:
-    for dets, name in zip(detections_batched, ("004806", "003799")):
+    for dets, name in zip(detections_batched, ("004806", "003799"), strict=True):
         (single,) = tiny_models.detector.detect([ochuman_images[name]])
         assert len(single) == len(dets)
         np.testing.assert_allclose(single.boxes_xyxy, dets.boxes_xyxy, atol=1e-2)
@@ -96,7 +96,7 @@ def _boxes(h: int, w: int) -> np.ndarray:
 
 def _partial_masks(h: int, w: int, boxes: np.ndarray) -> np.ndarray:
     masks = np.zeros((len(boxes), h, w), bool)
-    for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+    for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int), strict=True):
         m[y1 : (y1 + y2) // 2, x1:x2] = True  # upper half of each box
     return masks
 
@@ -122,7 +122,7 @@ def test_pose_output_contract_and_frame(
     np.testing.assert_array_equal(kpts[..., 2], reference[..., 2])  # the bound moves points, not scores
     # Each keypoint lies inside its crop: the box padded by 1.25 and grown to 3:4, in image pixels.
     pad = tiny_cfg.models.pose.bbox_padding
-    for box, person in zip(boxes, kpts):
+    for box, person in zip(boxes, kpts, strict=True):
         bw, bh = (box[2] - box[0]) * pad, (box[3] - box[1]) * pad
         bw, bh = max(bw, bh * 0.75), max(bh, bw / 0.75)
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -137,7 +137,7 @@ def test_pose_all_crops_of_all_images_in_one_batch_equals_one_by_one(
 ) -> None:
     images = [ochuman_images["004806"], ochuman_images["000817"]]
     boxes = [_boxes(*im.shape[:2]) for im in images]
-    masks = [_partial_masks(*im.shape[:2], b) for im, b in zip(images, boxes)]
+    masks = [_partial_masks(*im.shape[:2], b) for im, b in zip(images, boxes, strict=True)]
     batched = tiny_models.pose.estimate(images, boxes, masks)
     for i, image in enumerate(images):
         for j in range(len(boxes[i])):

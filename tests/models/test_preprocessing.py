@@ -117,7 +117,7 @@ def test_decode_keeps_first_17_channels_and_maps_peaks_to_image_pixels() -> None
     rng = np.random.default_rng(0)
     peaks_uv = np.stack([rng.integers(5, 43, 21), rng.integers(5, 59, 21)], axis=1)
     amplitudes = np.linspace(0.3, 0.9, 21).astype(np.float32)
-    heatmaps = np.stack([_gaussian(u, v, a) for (u, v), a in zip(peaks_uv, amplitudes)]).astype(np.float32)
+    heatmaps = np.stack([_gaussian(u, v, a) for (u, v), a in zip(peaks_uv, amplitudes, strict=True)]).astype(np.float32)
     estimator = _estimator(_FixedHeatmapModel(heatmaps))
     image = np.zeros((600, 500, 3), np.uint8)
     box = np.array([[100, 200, 300, 400]], np.float32)

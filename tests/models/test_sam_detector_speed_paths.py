@@ -162,7 +162,7 @@ def test_sam_masks_and_scores_equal_the_predictors_own(
 ) -> None:
     # The old default (10 / 50) without sam2._C: sam2 warns and skips it, i.e. today's masks.
     predictor = _predictor(tiny_models.segmenter, 10.0, 50.0)
-    for name, prepared in zip(IMAGES, sam_batch, strict=True):
+    for _name, prepared in zip(IMAGES, sam_batch, strict=True):
         h, w = prepared.image_hw
         prompts = _prompts(h, w)
         out = tiny_models.segmenter.segment(prepared, prompts)

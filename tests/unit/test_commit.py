@@ -88,7 +88,8 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) ->
     second.release()
 
     # A holder whose process is gone (a killed driver on this host) does not block a rerun.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     store.write_json("_lock.json", {"token": "t", "host": socket.gethostname(), "pid": int(dead.stdout),
                                     "heartbeat_unix": time.time(), "ttl_s": 60})
     third = OutputLock(store, ttl_s=60, settle_s=0)

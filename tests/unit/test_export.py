@@ -147,7 +147,9 @@ def test_the_split_is_a_stable_uri_hash(tmp_path: Path) -> None:
 
 
 def test_the_same_split_in_every_format_rerun_and_sharding(tmp_path: Path) -> None:
-    coco_val = lambda d: {im["file_name"] for im in json.loads((d / "val.json").read_text())["images"]}
+    def coco_val(d: Path) -> set[str]:
+        return {im["file_name"] for im in json.loads((d / "val.json").read_text())["images"]}
+
     # 40 images: the URIs carry the random tmp path, and with 0.4 of them in val the chance that none
     # is (which would leave no val.json to compare) is 0.6 ** 39, not 0.6 ** 6 as with the shared output.
     src = tmp_path / "src"
@@ -343,7 +345,8 @@ def test_review_tasks_validate_against_the_labeling_config(output: str, tmp_path
         expected = sorted(ok, key=lambda i: (-len(pose[i]), i))[:3]
     else:
         expected = [t["id"] for t in tasks]  # stable: the same on a rerun
-        export_output(output, str(tmp_path / "again"), "label-studio", ExportPolicy(), ExportOptions(review=3, review_by=review_by))
+        export_output(output, str(tmp_path / "again"), "label-studio", ExportPolicy(),
+                      ExportOptions(review=3, review_by=review_by))
         assert [t["id"] for t in json.loads((tmp_path / "again" / "tasks.json").read_text())] == expected
     assert [t["id"] for t in tasks] == expected
     coco = COCO(str(dest / "review_coco.json"))  # CVAT's COCO import reads the same file format

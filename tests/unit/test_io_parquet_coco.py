@@ -43,9 +43,10 @@ def labeled() -> tuple[list, pa.Table, pa.Table]:
     results = [run_bmp(small, models, LoopConfig()), run_bmp(small[:, ::-1].copy(), models, LoopConfig())]
     assert all(len(r.instances) > 0 for r in results)
     inst = _roundtrip(instances_table([7, 9], results))
-    rows = [ImageRow(7, "/x/a.jpg", width=small.shape[1], height=small.shape[0], num_instances=len(results[0].instances)),
+    h, w = small.shape[:2]
+    rows = [ImageRow(7, "/x/a.jpg", width=w, height=h, num_instances=len(results[0].instances)),
             ImageRow(8, "/x/bad.jpg", error="empty file (0 bytes)"),
-            ImageRow(9, "/x/b.jpg", width=small.shape[1], height=small.shape[0], num_instances=len(results[1].instances))]
+            ImageRow(9, "/x/b.jpg", width=w, height=h, num_instances=len(results[1].instances))]
     imgs = _roundtrip(images_table(rows, shard_id=0))
     return results, imgs, inst
 
@@ -54,14 +55,14 @@ def test_parquet_round_trip(labeled: tuple[list, pa.Table, pa.Table]) -> None:
     results, imgs, inst = labeled
     assert imgs.schema.equals(IMAGES_SCHEMA) and inst.schema.equals(INSTANCES_SCHEMA)
     assert imgs.column("status").to_pylist() == ["ok", "error", "ok"]
-    for image_id, result in zip([7, 9], results):
+    for image_id, result in zip([7, 9], results, strict=True):
         rows = inst.filter(pa.compute.equal(inst.column("image_id"), image_id))
         expected = result.instances
         assert rows.column("instance_id").to_pylist() == list(range(len(expected)))
         np.testing.assert_array_equal(keypoints_array(rows), expected.keypoints)
         np.testing.assert_array_equal(boxes_array(rows), expected.boxes_xyxy)
         rles = [{"size": s, "counts": c} for c, s in zip(rows.column("mask_rle_counts").to_pylist(),
-                                                           rows.column("mask_rle_size").to_pylist())]
+                                                           rows.column("mask_rle_size").to_pylist(), strict=True)]
         np.testing.assert_array_equal(decode_rle(rles), expected.masks)
         assert rows.column("mask_area").to_pylist() == expected.masks.sum(axis=(1, 2)).tolist()
         sam = rows.column("sam_score").to_pylist()
@@ -80,11 +81,11 @@ def test_coco_loads_in_pycocotools_and_round_trips(labeled: tuple[list, pa.Table
     assert sorted(coco.getImgIds()) == [7, 9]  # the failed image is not a COCO image
     cat = coco.loadCats(coco.getCatIds(catNms=["person"]))[0]
     assert tuple(cat["keypoints"]) == COCO_KEYPOINT_NAMES and len(cat["skeleton"]) == 19
-    for image_id, result in zip([7, 9], results):
+    for image_id, result in zip([7, 9], results, strict=True):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
         expected = result.instances
         assert len(anns) == len(expected)
-        for ann, k in zip(anns, range(len(expected))):
+        for ann, k in zip(anns, range(len(expected)), strict=True):
             np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), expected.masks[k])
             kp = np.array(ann["keypoints"]).reshape(17, 3)
             visible = expected.keypoints[k, :, 2] >= 0.3

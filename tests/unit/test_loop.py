@@ -40,7 +40,7 @@ class TemplatePose:
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
                  masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         out = []
-        for image, boxes, m in zip(images_bgr, boxes_xyxy, masks):
+        for image, boxes, m in zip(images_bgr, boxes_xyxy, masks, strict=True):
             self.images.append(image.copy())
             self.masks.append(None if m is None else m.copy())
             k = np.zeros((len(boxes), 17, 3), np.float32)
@@ -252,7 +252,7 @@ def test_batch_equals_one_image_at_a_time() -> None:
     batched_models = build_fake_models()
     batched = run_bmp_batch(images, batched_models, CFG)
     assert batched_models.detector.calls == 2 and batched_models.pose.calls == 2  # one call per pass
-    for image, got in zip(images, batched):
+    for image, got in zip(images, batched, strict=True):
         want = run_bmp(image, build_fake_models(), CFG)
         for name in want.instances.__dataclass_fields__:
             np.testing.assert_array_equal(getattr(got.instances, name), getattr(want.instances, name), name)

@@ -41,7 +41,7 @@ def test_dilate_matches_brute_force_square_kernel() -> None:
     m = rng.uniform(size=(20, 25)) > 0.97
     for r in (0, 1, 3):
         brute = np.zeros_like(m)
-        for y, x in zip(*np.nonzero(m)):
+        for y, x in zip(*np.nonzero(m), strict=True):
             brute[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1] = True
         np.testing.assert_array_equal(dilate(m, r), brute)
 

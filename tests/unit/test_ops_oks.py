@@ -39,7 +39,7 @@ def test_oks_matches_pycocotools_compute_oks() -> None:
     thr = 0.3
     gt = COCO()
     anns, results = [], []
-    for i, (k, b) in enumerate(zip(kpts, boxes)):
+    for i, (k, b) in enumerate(zip(kpts, boxes, strict=True)):
         visible = k[:, 2] > thr
         flat = np.stack([k[:, 0], k[:, 1], np.where(visible, 2, 0)], 1).reshape(-1).tolist()
         w, h = b[2] - b[0], b[3] - b[1]

@@ -15,7 +15,7 @@ def _kpts(points: dict[int, tuple[float, float, float]]) -> np.ndarray:
 def test_distance_confidence_spreads_points_within_the_confident_band() -> None:
     # seed (0,0) .99; a near twin .98 at (1,0); a far point .97 at (100,0); weaker points elsewhere.
     pts = {0: (0, 0, 0.99), 1: (1, 0, 0.98), 2: (100, 0, 0.97), 3: (50, 80, 0.60)}
-    for i, s in zip(range(4, 10), (0.59, 0.58, 0.57, 0.56, 0.55, 0.54)):
+    for i, s in zip(range(4, 10), (0.59, 0.58, 0.57, 0.56, 0.55, 0.54), strict=True):
         pts[i] = (10.0 * i, 300.0, s)
     kpts = _kpts(pts)
     # Hand-run: band = 80th percentile of the scores with chosen ones at -1.

@@ -49,9 +49,8 @@ def paths_leaving_the_repository(block: str) -> list[str]:
                 bad.append(word)
             elif _SCHEME.match(word):
                 continue
-            elif word.startswith("~") or ".." in word.split("/"):
-                bad.append(word)
-            elif word.startswith("/") and not word.startswith(ALLOWED_ABSOLUTE):
+            elif (word.startswith("~") or ".." in word.split("/")
+                  or (word.startswith("/") and not word.startswith(ALLOWED_ABSOLUTE))):
                 bad.append(word)
     return bad
 

@@ -133,7 +133,7 @@ def test_traces_round_trip_from_one_small_json(traced: BmpResult, image_004806: 
     assert (tmp_path / "traces" / "7" / "trace.json").is_file()  # OUT/traces/<image_id>/trace.json
     back = load_traces(store, 7, image_004806)
     assert back is not None and len(back) == len(traced.traces)
-    for a, b in zip(traced.traces, back):
+    for a, b in zip(traced.traces, back, strict=True):
         assert a.iteration == b.iteration and a.num_new == b.num_new and a.num_removed_old == b.num_removed_old
         assert np.array_equal(a.detector_input_bgr, b.detector_input_bgr)  # exact
         np.testing.assert_allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=0.01)

@@ -214,7 +214,8 @@ class CocoSplitWriter:
     def add(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
         if self._file is None:
             k = len(self.files)
-            self._rel = f"{self._prefix}{self.split}.json" if self._single else f"{self._prefix}{self.split}-{k:05d}.json"
+            stem = f"{self._prefix}{self.split}"
+            self._rel = f"{stem}.json" if self._single else f"{stem}-{k:05d}.json"
             cm = self._dest.open_text_for_write(self._rel)
             fp = cm.__enter__()
             self._close_fp = lambda: cm.__exit__(None, None, None)
