@@ -7,9 +7,6 @@ directly on result lists built here, not through ``bmp_core.analysis.evaluation`
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from bmp_core.analysis.evaluation import evaluate_output
 from bmp_core.io.image_matching import match_images
 from bmp_core.output.reader import JobOutput
 from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA
+from tests.unit.test_evaluation import pycocotools_stats
 
 HEIGHT, WIDTH = 200, 400
 # Two people per image in the left half; a "displaced" copy lands in the empty right half.
@@ -121,9 +119,6 @@ def _output(uris: list[str], predictions: list[_Prediction]) -> JobOutput:
 def _direct_stats(gt: dict[str, Any], gt_path: Path, predictions: list[_Prediction], gt_image_ids: list[int],
                   iou_type: str, score: str) -> np.ndarray:
     """COCOeval stats the plain way, each prediction scored by its ``score`` attribute."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     results = []
     for image_id in gt_image_ids:
         for p in predictions:
@@ -137,13 +132,7 @@ def _direct_stats(gt: dict[str, Any], gt_path: Path, predictions: list[_Predicti
                 entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
             results.append(entry)
     gt_path.write_text(json.dumps(gt))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(gt_path))
-        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
+    return pycocotools_stats(gt_path, results, iou_type)
 
 
 @pytest.mark.parametrize(("iou_type", "right", "wrong"), [
