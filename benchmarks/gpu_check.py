@@ -223,7 +223,7 @@ def step_loop(
                 _restore_tf32_defaults()
             row.gpu_peak_gib = _peak_gib(device_type)
             row.images_per_s = len(images) / seconds
-            stages = bench_loop.stage_means(got)
+            stages = bench_loop.stage_mins([got])  # one run: its mean seconds per image
             row.stage_images_per_s = {k: 1.0 / stages[k] for k in STAGES if stages.get(k, 0) > 0}
             instances = sum(len(r.instances) for r in got)
             row.detail = (
