@@ -27,6 +27,7 @@ from jobs.actor_pool import ActorPool, JobError, node_cpu_share
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
+from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
 from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 
@@ -79,7 +80,9 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats = _label_shards(cfg, opts, plan, uris, todo, lock) if todo else LabelingStats()
+        # Before any worker starts: the token a local output's workers must find (jobs/path_probe.py).
+        probes = write_probes(store, uris) if todo else ()
+        stats = _label_shards(cfg, opts, plan, uris, todo, lock, probes) if todo else LabelingStats()
         labeling_wall_s = time.perf_counter() - t0  # workers start + labeling + shutting them down
         t0 = time.perf_counter()
         final = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
@@ -140,7 +143,7 @@ def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
 
 
 def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo: list[int],
-                  lock: OutputLock) -> LabelingStats:
+                  lock: OutputLock, probes: tuple[PathProbe, ...] = ()) -> LabelingStats:
     t_start = time.perf_counter()
     ray, started = _init_ray(opts)
     try:
@@ -152,6 +155,7 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
                           cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=num_cpus)
         try:
             workers = pool.wait_ready()
+            pool.check_paths(probes)  # every worker sees the local output / input, or nothing is labeled
             workers_start_s = time.perf_counter() - t_start
             logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
                         "1 GPU each" if use_gpu else f"{num_cpus:g} CPU each", workers)
