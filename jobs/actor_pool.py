@@ -23,6 +23,7 @@ from jobs.worker import BmpWorker, ShardReport, ShardTask
 
 # Non-secret AWS settings forwarded to actors on a cluster (credentials stay with the nodes).
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+FORWARDED_ENV = _FORWARDED_ENV  # also for the sample worker (ray_runner.measure_sample)
 
 
 class JobError(RuntimeError):

@@ -107,7 +107,8 @@ def node_name() -> str:
     if ray is None or not ray.is_initialized():
         return host
     try:
-        return f"{ray.util.get_node_ip_address()} (node {ray.get_runtime_context().get_node_id()[:12]}, host {host})"
+        node_id = ray.get_runtime_context().get_node_id()[:12]
+        return f"{ray.util.get_node_ip_address()} (node {node_id}, host {host})"
     except Exception:  # noqa: BLE001 - a name is only for the message
         return host
 

@@ -67,7 +67,8 @@ class BmpPredictor:
     """
 
     def __init__(self, config: BmpConfig | str | os.PathLike[str], overrides: Sequence[str] = (),
-                 image_column: str = "image", uri_column: str | None = "path", column_prefix: str = "") -> None:
+                 image_column: str = "image", uri_column: str | None = "path",
+                 column_prefix: str = "") -> None:
         cfg = config if isinstance(config, BmpConfig) else load_config(os.fspath(config), list(overrides))
         self.cfg = cfg
         self.image_column, self.uri_column, self.prefix = image_column, uri_column, column_prefix
@@ -85,7 +86,7 @@ class BmpPredictor:
             if not isinstance(batch, Mapping):  # a pandas DataFrame
                 batch = {name: batch[name].to_numpy() for name in batch.columns}
             names = list(batch)
-            values = batch[self.image_column] if self.image_column in batch else None
+            values = batch.get(self.image_column)
             uris = list(batch[self.uri_column]) if self.uri_column in batch else None
         if values is None:
             raise KeyError(f"BmpPredictor: the batch has no column {self.image_column!r} (columns: "
@@ -136,7 +137,8 @@ def to_bgr(value: Any, max_pixels: int, min_side: int) -> np.ndarray:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return decode_image_bgr(bytes(value), max_pixels, min_side)
     if not isinstance(value, np.ndarray):
-        raise ImageDecodeError(f"not an image: a {type(value).__name__} (expected HWC uint8 pixels or bytes)")
+        raise ImageDecodeError(f"not an image: a {type(value).__name__} (expected HWC uint8 pixels or "
+                               "bytes)")
     return pixels_to_bgr(value, max_pixels, min_side)
 
 
@@ -144,14 +146,16 @@ def pixels_to_bgr(pixels: np.ndarray, max_pixels: int, min_side: int) -> np.ndar
     """BGR from HWC RGB / HW gray / HW4 RGBA uint8 pixels, with the decoder's checks (size limits;
     alpha composited on white, as ``decode_image_bgr`` does)."""
     if pixels.dtype != np.uint8:
-        raise ImageDecodeError(f"pixels must be uint8, got {pixels.dtype} (read_images(mode='RGB') gives uint8)")
+        raise ImageDecodeError(f"pixels must be uint8, got {pixels.dtype} (read_images(mode='RGB') "
+                               "gives uint8)")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (3, 4))):
         raise ImageDecodeError(f"pixels must be HxW, HxWx3 or HxWx4, got shape {pixels.shape}")
     h, w = pixels.shape[:2]
     if h * w > max_pixels:
-        raise ImageDecodeError(f"too many pixels: {w}x{h} = {w * h} > limit {max_pixels} (job.max_image_pixels)")
+        raise ImageDecodeError(f"too many pixels: {w}x{h} = {w * h} > limit {max_pixels} "
+                               "(job.max_image_pixels)")
     if h < min_side or w < min_side:
         raise ImageDecodeError(f"image too small: {w}x{h} pixels (minimum side {min_side})")
     if pixels.ndim == 2:
@@ -179,13 +183,15 @@ def _columns(rows: list[ImageRow], instances: pa.Table) -> list[pa.Array]:
     ok = np.array([r.error is None for r in rows], bool)
     image_values = {
         "status": [STATUS_OK if r.error is None else STATUS_ERROR for r in rows],
-        "error": [r.error for r in rows], "width": [r.width for r in rows], "height": [r.height for r in rows],
+        "error": [r.error for r in rows],
+        "width": [r.width for r in rows],
+        "height": [r.height for r in rows],
         "num_instances": [r.num_instances for r in rows],
     }
     out = [pa.array(image_values[f.name], f.type) for f in IMAGE_FIELDS]
     instances = instances.sort_by([("image_id", "ascending"), ("instance_id", "ascending")])
     image_ids = instances.column("image_id").to_numpy()
-    counts = np.bincount(image_ids, minlength=len(rows)) if len(image_ids) else np.zeros(len(rows), np.int64)
+    counts = np.bincount(image_ids, minlength=len(rows)) if len(image_ids) else np.zeros(len(rows), int)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     for f in PERSON_FIELDS:
         values = instances.column(f.name).combine_chunks()

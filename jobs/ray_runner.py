@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import time
@@ -23,17 +24,18 @@ from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.plan import Plan, freeze_plan
 from bmp_core.output.store import OutputStore
-from jobs.actor_pool import ActorPool, JobError, node_cpu_share
+from jobs.actor_pool import FORWARDED_ENV, ActorPool, JobError, node_cpu_share
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
 from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
+from jobs.pricing import SampleTiming, SampleWorker
 from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobError", "RunOptions", "prepare_output", "run_job"]
+__all__ = ["JobError", "RunOptions", "measure_sample", "prepare_output", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,49 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             ray.shutdown()
 
 
+
+
+def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], num_workers: int | None,
+                   address: str | None = None) -> tuple[SampleTiming, int]:
+    """Time one worker on ``image_ids`` (``jobs/pricing.py``): the resources one of ``num_workers``
+    job workers would get (one GPU each when the cluster has GPUs, else their share of the cores).
+
+    Returns:
+        (the timing, the number of workers the projection is for: ``num_workers`` or the job's default).
+    """
+    ray, started = _init_ray(RunOptions("", "", address=address))
+    try:
+        num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
+        num_workers = num_workers or (num_gpus_total if use_gpu else 1)
+        num_cpus = 0.0 if use_gpu else node_cpu_share(ray, num_workers)
+        uris = listing.uris.take(image_ids).to_pylist()
+        spans: list[tuple[int, int]] = []
+        if listing.spans_start is not None and listing.spans_end is not None:
+            spans = list(zip(listing.spans_start.take(image_ids).to_pylist(),
+                             listing.spans_end.take(image_ids).to_pylist(), strict=True))
+        t0 = time.perf_counter()
+        options: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": num_cpus, "max_restarts": 0}
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if env and (address or os.environ.get("RAY_ADDRESS")):
+            options["runtime_env"] = {"env_vars": env}  # as the job's workers get them (actor_pool.py)
+        num_threads = None if use_gpu else max(1, math.floor(num_cpus))
+        actor = ray.remote(SampleWorker).options(**options).remote(cfg, num_threads)
+        try:
+            try:
+                info = ray.get(actor.info.remote())
+            except ray.exceptions.RayError as err:
+                raise JobError(f"the sample worker could not start (building the models failed): "
+                               f"{err}") from err
+            start_s = time.perf_counter() - t0
+            num_warmup = min(cfg.job.batch_size, len(image_ids))
+            timed = actor.time_sample.remote(image_ids, uris, listing.kind, spans, num_warmup)
+            n, seconds, errors, warmup_s = ray.get(timed)
+        finally:
+            ray.kill(actor, no_restart=True)
+        device = "1 GPU" if use_gpu else f"{num_cpus:g} CPU"
+        return SampleTiming(n, errors, seconds, num_warmup, warmup_s, start_s,
+                            f"{info['host']}:{info['pid']}", device), num_workers
+    finally:
+        if started:
+            ray.shutdown()

@@ -144,7 +144,8 @@ class BmpWorker:
             rows, parts = self._label(reads, on_progress, None)
         return rows, _concat(parts)
 
-    def label_decoded(self, images: Sequence[tuple[ImageRow, np.ndarray | None]]) -> tuple[list[ImageRow], pa.Table]:
+    def label_decoded(self, images: Sequence[tuple[ImageRow, np.ndarray | None]]
+                      ) -> tuple[list[ImageRow], pa.Table]:
         """Label images decoded elsewhere (the Ray Data UDF, ``jobs/ray_data.py``), in one call.
 
         Args:
