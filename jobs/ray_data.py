@@ -5,13 +5,14 @@
 
     ds = ray.data.read_images("s3://bucket/photos/", include_paths=True)
     ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs=dict(config="configs/bmp_d3.yaml"),
-                        num_gpus=1, batch_size=16, concurrency=4)
+                        num_gpus=1, batch_size=16, compute=ray.data.ActorPoolStrategy(size=4))
     ds.write_parquet("s3://bucket/labels/")
 
-A plain callable class: Ray Data makes one actor of it per ``concurrency`` slot (the models are
-built once per actor, in ``__init__``), and this module never imports Ray, so nothing here depends
-on which compute arguments the installed Ray takes (they changed between releases: ``compute=``,
-``concurrency=``); they are the caller's, see the README ("Ray Data").
+A plain callable class: Ray Data makes a pool of actors of it (the models are built once per actor,
+in ``__init__``), and this module never imports Ray, so nothing here depends on which compute
+arguments the installed Ray takes; they changed between releases (Ray 2.51+:
+``compute=ActorPoolStrategy(size=N)``; before: ``concurrency=N``) and are the caller's (README,
+"Ray Data").
 
 One output row per input row, in order: every input column except the image column passes through,
 then the image's ``status`` / ``error`` / ``width`` / ``height`` / ``num_instances`` (as in the

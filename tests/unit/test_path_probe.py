@@ -23,7 +23,8 @@ def test_same_view_passes_and_every_difference_is_named(tmp_path: Path) -> None:
     photo.write_bytes(b"\xff\xd8 some jpeg bytes")
     store = OutputStore(str(tmp_path / "out"))
     probes = write_probes(store, _listing(str(photo)))
-    assert [(p.role, p.path) for p in probes] == [("output", store.path(layout.PATH_PROBE)), ("input", str(photo))]
+    assert [(p.role, p.path) for p in probes] == [("output", store.path(layout.PATH_PROBE)),
+                                                  ("input", str(photo))]
     assert check_probes(probes) == ()  # the driver's own view
     # A second write is a new token: a stale token from an earlier run never passes.
     assert write_probes(store, _listing(str(photo)))[0].sha256 != probes[0].sha256

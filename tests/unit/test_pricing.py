@@ -20,7 +20,8 @@ def _closed_form_makespan(num_images: int, shard_size: int, num_workers: int, ra
 
 
 @pytest.mark.parametrize(("num_images", "shard_size", "num_workers"),
-                         [(10, 2, 3), (1000, 256, 8), (1000, 256, 1), (7, 10, 4), (2049, 256, 8), (5000, 7, 13)])
+                         [(10, 2, 3), (1000, 256, 8), (1000, 256, 1), (7, 10, 4), (2049, 256, 8),
+                          (5000, 7, 13)])
 def test_makespan_matches_the_closed_form_for_equal_shards(num_images: int, shard_size: int,
                                                            num_workers: int) -> None:
     plan = Plan(num_images, shard_size, "l", "c")

@@ -81,8 +81,8 @@ def test_pixels_from_read_images_and_bad_rows(testdata: Path) -> None:
 def test_bytes_and_hf_struct_columns_decode_like_the_job(testdata: Path) -> None:
     photos = _photos(testdata, 2)
     data = [p.read_bytes() for p in photos]
-    values = np.array([data[0], {"bytes": data[1], "path": "x.jpg"}, b"not an image", {"bytes": None, "path": "y"}],
-                      object)
+    values = np.array([data[0], {"bytes": data[1], "path": "x.jpg"}, b"not an image",
+                       {"bytes": None, "path": "y"}], object)
     out = BmpPredictor(str(CONFIG), image_column="bytes")({"bytes": values})
     for i in range(2):
         _check_row(out, i, decode_image_bgr(data[i]))  # EXIF orientation applied, as for the job's files
@@ -96,9 +96,10 @@ def test_pyarrow_batch_gives_a_table_with_the_same_columns(testdata: Path) -> No
     predictor = BmpPredictor(CONFIG)
     out = predictor(table)
     assert isinstance(out, pa.Table)
-    assert out.column_names == ["id", *prediction_schema().names] and out.column("id").to_pylist() == ["a", "b"]
-    as_dict = predictor({"id": np.array(["a", "b"], object), "image": np.array(table.column("image").to_pylist(),
-                                                                                 object)})
+    assert out.column_names == ["id", *prediction_schema().names]
+    assert out.column("id").to_pylist() == ["a", "b"]
+    images = np.array(table.column("image").to_pylist(), object)
+    as_dict = predictor({"id": np.array(["a", "b"], object), "image": images})
     for name in prediction_schema().names:
         assert out.column(name).combine_chunks().equals(as_dict[name]), name
 
