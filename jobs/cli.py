@@ -274,15 +274,15 @@ def _price(cfg: BmpConfig, args: argparse.Namespace, listing: InputListing, plan
     p = project(timing, plan, num_workers, args.gpu_hour_price)
     unit = "GPU" if timing.device.endswith("GPU") else "worker"
     print(f"sample: {timing.num_images} of {p.num_images} images (seed {args.seed}) on one worker "
-          f"({timing.device}, {timing.worker}): workers start {timing.worker_start_s:.1f} s, warm-up "
-          f"{timing.num_warmup} images {timing.warmup_s:.1f} s (excluded), then {timing.num_images} images "
-          f"in {timing.labeling_s:.2f} s ({timing.num_errors} errors)")
-    print(f"rate: {p.images_per_s_per_worker:.3f} images/s per worker")
+          f"({timing.device}, {timing.worker}): workers start {timing.worker_start_s:.2f} s, warm-up "
+          f"{timing.num_warmup} images {timing.warmup_s:.2f} s (excluded), then {timing.num_images} images "
+          f"in {timing.labeling_s:.3f} s ({timing.num_errors} errors)")
+    print(f"rate: {p.images_per_s_per_worker:.4g} images/s per worker")
     print(f"projection: {p.num_images} images in {p.num_shards} shard(s) on {num_workers} worker(s): "
-          f"labeling {p.labeling_s:.0f} s + start and warm-up {p.overhead_s:.0f} s = wall {p.wall_s:.0f} s "
+          f"labeling {p.labeling_s:.2f} s + start and warm-up {p.overhead_s:.2f} s = wall {p.wall_s:.2f} s "
           f"({format_duration(p.wall_s)})")
-    cost = "" if p.cost is None else f"; cost {p.cost:.2f} at {args.gpu_hour_price:g} per {unit}-hour"
-    print(f"{unit}-hours: {p.gpu_hours:.2f} ({num_workers} x wall){cost}")
+    cost = "" if p.cost is None else f"; cost {p.cost:.4g} at {args.gpu_hour_price:g} per {unit}-hour"
+    print(f"{unit}-hours: {p.gpu_hours:.4g} ({num_workers} x wall){cost}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def test_read_images_map_batches_write_parquet(ray_cluster: object, testdata: Pa
     src, photos = _inputs(testdata, tmp_path)
     cfg = fake_config()
     ds = ray.data.read_images(str(src), include_paths=True, mode="RGB")
-    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs=dict(config=cfg), batch_size=2,
+    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs={"config": cfg}, batch_size=2,
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     ds.write_parquet(str(tmp_path / "labels"))
 
@@ -80,8 +80,8 @@ def test_read_binary_files_bytes_column_and_a_config_path(ray_cluster: object, t
     src, photos = _inputs(testdata, tmp_path)
     (src / "broken.jpg").write_bytes(photos[0].read_bytes()[:300])  # a cut JPEG
     ds = ray.data.read_binary_files(str(src), include_paths=True)
-    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs=dict(config=str(REPO / "configs/fake.yaml"),
-                                                                 image_column="bytes"),
+    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs={"config": str(REPO / "configs/fake.yaml"),
+                                                                 "image_column": "bytes"},
                         batch_size=3, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
                         batch_format="pyarrow")
     ds.write_parquet(str(tmp_path / "labels"))
@@ -106,8 +106,8 @@ def test_lite_config(ray_cluster: object, testdata: Path, tmp_path: Path) -> Non
     overrides = [f"job.given_boxes={coco / 'test_coco_det_AP_H_56.json'}",
                  f"job.given_boxes_images={coco / 'test_coco.json'}"]
     ds = ray.data.read_images([str(p) for p in photos], include_paths=True, mode="RGB")
-    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs=dict(config=str(REPO / "configs/lite_cpu.yaml"),
-                                                                 overrides=overrides),
+    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs={"config": str(REPO / "configs/lite_cpu.yaml"),
+                                                                 "overrides": overrides},
                         batch_size=2, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     ds.write_parquet(str(tmp_path / "labels"))
     table = pq.read_table(tmp_path / "labels")
