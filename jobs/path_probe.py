@@ -3,9 +3,9 @@
 A local ``--output /data/labels`` on a cluster where ``/data`` is not shared labels fine: each node
 writes its shards to its own disk, and only finalize notices that rows are missing, after all the
 work. So the driver writes a fresh token into a local output (``layout.PATH_PROBE``) and hashes the
-first bytes of the input's first local file; each worker reads both at the same paths before it takes
-a shard (``jobs/actor_pool.py``), and a mismatch stops the job with the node and the path
-(``PathProbeError``). S3 URIs need no probe: every node sees the same bucket.
+first bytes of the input's first readable local file; each worker reads both at the same paths
+before it takes a shard (``jobs/actor_pool.py``), and a mismatch stops the job with the node and the
+path (``PathProbeError``). S3 URIs need no probe: every node sees the same bucket.
 
 No Ray here: the node's name comes from the Ray already loaded in a worker process, when there is one.
 """
@@ -24,6 +24,7 @@ from bmp_core.output import layout
 from bmp_core.output.store import OutputStore
 
 PROBE_BYTES = 64 * 1024  # of an input file: enough to tell two files apart, cheap on any disk
+PROBE_CANDIDATES = 8  # listed inputs tried, in order, for one the driver can read
 
 
 class PathProbeError(InputError):
@@ -51,7 +52,7 @@ class PathMismatch:
 
 
 def write_probes(store: OutputStore, listing: InputListing) -> tuple[PathProbe, ...]:
-    """Write the output's token (a local output only) and hash the input's first local file.
+    """Write the output's token (a local output only) and hash the input's first readable local file.
 
     Returns:
         The probes for the workers; empty when both input and output are on S3.
@@ -62,13 +63,18 @@ def write_probes(store: OutputStore, listing: InputListing) -> tuple[PathProbe, 
         store.write_bytes(layout.PATH_PROBE, token)
         probes.append(PathProbe("output", store.path(layout.PATH_PROBE), hashlib.sha256(token).hexdigest(),
                                 len(token)))
-    if len(listing.uris):
-        first = listing.uris[0].as_py()
-        split = split_member_uri(first)
-        path = split[0] if split else first  # a tar member / Parquet row: its container file
-        if protocol_of(path) == "file":
-            path = path.removeprefix("file://")
-            probes.append(PathProbe("input", path, _sha256_head(path, PROBE_BYTES), PROBE_BYTES))
+    for uri in listing.uris.slice(0, PROBE_CANDIDATES).to_pylist():
+        split = split_member_uri(uri)
+        path = split[0] if split else uri  # a tar member / Parquet row: its container file
+        if protocol_of(path) != "file":
+            break  # an S3 input: every node sees the same bucket
+        path = path.removeprefix("file://")
+        try:
+            digest = _sha256_head(path, PROBE_BYTES)
+        except OSError:
+            continue  # a missing or unreadable input is that image's error row, not the probe's business
+        probes.append(PathProbe("input", path, digest, PROBE_BYTES))
+        break
     return tuple(probes)
 
 

@@ -49,3 +49,6 @@ def test_a_container_is_probed_for_its_members_and_s3_is_not(tmp_path: Path) -> 
     (probe_out, probe_in) = write_probes(store, _listing(f"{tar}#000001.jpg", f"{tar}#000002.jpg"))
     assert probe_in.path == str(tar) and probe_out.role == "output"
     assert write_probes(store, _listing("s3://bucket/photos/a.jpg"))[1:] == ()  # only the output's
+    # A missing input is its image's error row later; the probe takes the next readable one.
+    (_, probe) = write_probes(store, _listing(str(tmp_path / "missing.jpg"), f"{tar}#000001.jpg"))
+    assert probe.path == str(tar)
