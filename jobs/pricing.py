@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bmp_core.config import BmpConfig
+from bmp_core.io.sources import InputListing
 from bmp_core.output.plan import Plan
 from jobs.actor_pool import RayWorker
 
@@ -70,6 +71,16 @@ def sample_ids(num_images: int, sample_size: int, seed: int) -> list[int]:
     """``sample_size`` distinct image ids (all of them if fewer), drawn with ``seed``, ascending."""
     n = min(sample_size, num_images)
     return sorted(int(i) for i in np.random.default_rng(seed).choice(num_images, size=n, replace=False))
+
+
+def sample_inputs(listing: InputListing, image_ids: Sequence[int]) -> tuple[list[str], list[tuple[int, int]]]:
+    """(URIs, spans) of the sampled ids, in id order, as ``SampleWorker.time_sample`` takes them."""
+    uris = listing.uris.take(list(image_ids)).to_pylist()
+    if listing.spans_start is None or listing.spans_end is None:
+        return uris, []
+    starts = listing.spans_start.take(list(image_ids)).to_pylist()
+    ends = listing.spans_end.take(list(image_ids)).to_pylist()
+    return uris, list(zip(starts, ends, strict=True))
 
 
 def makespan_s(shard_sizes: Sequence[int], num_workers: int, images_per_s: float) -> float:

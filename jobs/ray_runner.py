@@ -30,7 +30,7 @@ from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
 from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
-from jobs.pricing import SampleTiming, SampleWorker
+from jobs.pricing import SampleTiming, SampleWorker, sample_inputs
 from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 
 logger = logging.getLogger(__name__)
@@ -189,11 +189,7 @@ def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], 
         use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
         num_workers = num_workers or (num_gpus_total if use_gpu else 1)
         num_cpus = 0.0 if use_gpu else node_cpu_share(ray, num_workers)
-        uris = listing.uris.take(image_ids).to_pylist()
-        spans: list[tuple[int, int]] = []
-        if listing.spans_start is not None and listing.spans_end is not None:
-            spans = list(zip(listing.spans_start.take(image_ids).to_pylist(),
-                             listing.spans_end.take(image_ids).to_pylist(), strict=True))
+        uris, spans = sample_inputs(listing, image_ids)
         t0 = time.perf_counter()
         options: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": num_cpus, "max_restarts": 0}
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}

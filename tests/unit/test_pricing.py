@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import math
+import tarfile
+from pathlib import Path
 
 import pytest
 
+from bmp_core.config import config_from_dict
+from bmp_core.io.sources import list_source
 from bmp_core.output.plan import Plan
-from jobs.pricing import SampleTiming, format_duration, makespan_s, project, sample_ids
+from jobs.pricing import (
+    SampleTiming,
+    SampleWorker,
+    format_duration,
+    makespan_s,
+    project,
+    sample_ids,
+    sample_inputs,
+)
 
 
 def _closed_form_makespan(num_images: int, shard_size: int, num_workers: int, rate: float) -> float:
@@ -56,3 +69,20 @@ def test_format_duration() -> None:
     assert format_duration(37.21) == "37.2 s"
     assert format_duration(252) == "4 min 12 s"
     assert format_duration(3600 + 5 * 60 + 59) == "1 h 05 min"
+
+
+def test_sample_worker_times_scattered_tar_members(testdata: Path, tmp_path: Path) -> None:
+    """The sample's ids are scattered over the listing: members of a tar read out of their runs."""
+    photos = sorted(testdata.rglob("*.jpg"))
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for i, data in enumerate([p.read_bytes() for p in photos] + [b"corrupt: not a jpeg"]):
+            info = tarfile.TarInfo(f"{i:04d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    listing = list_source(str(tmp_path / "shard-0.tar"), (".jpg",))
+    ids = [0, 3, len(photos) - 1, len(photos)]  # the last member is the corrupt one
+    uris, spans = sample_inputs(listing, ids)
+    assert uris == [listing.uris[i].as_py() for i in ids] and len(spans) == len(ids)
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=2"])
+    n, seconds, errors, warmup_s = SampleWorker(cfg).time_sample(ids, uris, listing.kind, spans, 2)
+    assert (n, errors) == (4, 1) and seconds > 0 and warmup_s > 0
