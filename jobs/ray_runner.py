@@ -173,8 +173,6 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             ray.shutdown()
 
 
-
-
 def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], num_workers: int | None,
                    address: str | None = None) -> tuple[SampleTiming, int]:
     """Time one worker on ``image_ids`` (``jobs/pricing.py``): the resources one of ``num_workers``
