@@ -104,7 +104,7 @@ def test_a_node_with_another_disk_stops_the_job_before_labeling(node_with_other_
     text = str(err.value)
     assert f"127.0.0.2 (node {node_id[:12]}" in text  # the node, by IP and Ray node id
     assert f"output {out / layout.PATH_PROBE}: missing there" in text
-    assert f"input {sorted(src.iterdir())[0]}: missing there" in text
+    assert f"input {min(src.iterdir())}: missing there" in text
     assert "shared" in text and "s3://" in text
     # Nothing was labeled: no commit marker, no part, on the driver's disk.
     assert not (out / layout.COMMITS_DIR).exists() and not (out / layout.IMAGES_DIR).exists()
