@@ -31,6 +31,8 @@ from .conftest import VENV_BIN, Cluster, free_port
 
 pytestmark = pytest.mark.integration
 
+RAY_CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"  # Ray's default temp dir
+
 
 def _alive_nodes() -> list[dict]:
     import ray
@@ -58,8 +60,15 @@ def node_with_other_disk(ray_cluster: Cluster, tmp_path: Path) -> Iterator[tuple
                  "--object-store-memory=100000000", f"--dashboard-agent-listen-port={free_port()}",
                  f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
                  f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]
+    # `ray start` records its address in /tmp/ray/ray_current_cluster, which later ray.init() and
+    # state-API calls read; the node's own record must not replace the head's (bmp-probe-head
+    # resolves only in here), so it writes into a scratch file bound over that one.
+    current = shlex.quote(RAY_CURRENT_CLUSTER)
+    scratch = shlex.quote(str(tmp_path / "ray_current_cluster"))
     script = (f"mount -t tmpfs bmp-other-disk {shlex.quote(str(hidden))} && "
-              f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec {shlex.join(ray_start)}")
+              f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && "
+              f"if [ -e {current} ]; then cp {current} {scratch} && mount --bind {scratch} {current}; fi && "
+              f"exec {shlex.join(ray_start)}")
     log = open(tmp_path / "node2.log", "wb")  # noqa: SIM115 - closed at teardown
     # The variable keeps a one-node Ray on 127.0.0.1 (conftest); a node joining needs it on.
     env = {**ray_cluster.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
