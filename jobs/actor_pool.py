@@ -22,12 +22,14 @@ from collections import Counter
 from typing import Any
 
 from bmp_core.config import BmpConfig
+from jobs.path_probe import PathMismatch, PathProbe, check_probes, probe_error
 from jobs.worker import BmpWorker, ShardReport, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
 # Non-secret AWS settings forwarded to actors on a cluster (credentials stay with the nodes).
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+FORWARDED_ENV = _FORWARDED_ENV  # also for the sample worker (ray_runner.measure_sample)
 
 
 class JobError(RuntimeError):
@@ -67,6 +69,10 @@ class RayWorker(BmpWorker):
 
     def process_shard_reporting(self, task: ShardTask) -> ShardReport:
         return self.process_shard(task, lambda n: self._counter.add.remote(task.shard_id, n))
+
+    def check_paths(self, probes: tuple[PathProbe, ...]) -> tuple[PathMismatch, ...]:
+        """The driver's local paths as this worker's node sees them (``jobs/path_probe.py``)."""
+        return check_probes(probes)
 
 
 def _set_torch_threads(num_threads: int | None) -> int | None:
@@ -134,6 +140,7 @@ class ActorPool:
         self.counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         self.options = options
         self.generation: Counter[int] = Counter()
+        self.probes: tuple[PathProbe, ...] = ()  # local paths every actor must see (check_paths)
         self.actors = {slot: self._new_actor(slot) for slot in range(num_workers)}
 
     def _new_actor(self, slot: int) -> Any:
@@ -152,9 +159,27 @@ class ActorPool:
                            "Check the models section of the config (checkpoints, device) and that the "
                            f"model packages are installed (pip install 'bmp-label[models]').\n\n{err}") from err
 
+    def check_paths(self, probes: tuple[PathProbe, ...]) -> None:
+        """Every actor, and every later replacement, must see ``probes`` as the driver does.
+
+        Raises:
+            PathProbeError: naming each node and path that differ (before any shard is given out).
+        """
+        self.probes = probes
+        self._check_paths(list(self.actors.values()))
+
+    def _check_paths(self, actors: list[Any]) -> None:
+        if not self.probes:
+            return
+        seen = self.ray.get([a.check_paths.remote(self.probes) for a in actors])
+        mismatches = [m for found in seen for m in found]
+        if mismatches:
+            raise probe_error(mismatches)
+
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)
         self.actors[slot] = self._new_actor(slot)
+        self._check_paths([self.actors[slot]])  # a fresh actor may start on another node
 
     def shutdown(self) -> None:
         for actor in [*self.actors.values(), self.counter]:

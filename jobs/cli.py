@@ -3,7 +3,8 @@
 Usage:
     bmp-label run --config CONFIG --input URI --output URI [--num-workers N] [--shard-size 256]
                   [--force] [--break-lock] [--address ADDR] [key.path=value ...]
-    bmp-label plan --config CONFIG --input URI --output URI [key.path=value ...]
+    bmp-label plan --config CONFIG --input URI --output URI [--sample N [--num-workers K]
+                   [--gpu-hour-price P]] [key.path=value ...]
     bmp-label validate-config --config CONFIG [key.path=value ...]
     bmp-label export-coco OUTPUT [--out coco.json] [--keypoint-thr 0.3]
     bmp-label export OUTPUT --format coco|yolo-pose|yolo-seg|label-studio --to DEST [policy options]
@@ -45,8 +46,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bmp_core.config import BmpConfig, ConfigError, check_job_config, dump_config, load_config
+
+if TYPE_CHECKING:
+    from bmp_core.io.sources import InputListing
+    from bmp_core.output.plan import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -95,6 +101,22 @@ def _parser() -> argparse.ArgumentParser:
     with_io(plan)
     plan.add_argument("--shard-size", type=int, default=None, help="= job.shard_size")
     plan.add_argument("--show", type=int, default=5, help="how many URIs of the listing to print")
+    price = plan.add_argument_group(
+        "pricing (--sample)",
+        "Label a seeded random sample of N images on one worker with the given config (nothing is written) "
+        "and project the whole listing. The worker gets what one of the job's K workers would (one GPU, or "
+        "its share of the cores without GPUs). Rate = sample images / seconds of a timed run over the "
+        "whole sample, after an untimed warm-up run on its first job.batch_size images (warm-up "
+        "excluded); wall = workers start + warm-up (measured) + the shards (job.shard_size images each) "
+        "handed to K workers as each frees up, at that rate per worker; GPU-hours = K x wall; cost = "
+        "GPU-hours x --gpu-hour-price. Listing, finalize and autoscaling are not included.")
+    price.add_argument("--sample", type=int, default=None, metavar="N", help="sample size (e.g. 200)")
+    price.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    price.add_argument("--num-workers", type=int, default=None, metavar="K",
+                       help="workers to project for (default: as run: one per GPU in the cluster, or 1)")
+    price.add_argument("--gpu-hour-price", type=float, default=None, metavar="P",
+                       help="price of one GPU-hour (any currency) for the cost line")
+    price.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     with_config(plan)
 
     validate = sub.add_parser("validate-config", help="check a config and print it resolved",
@@ -315,7 +337,38 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         done = committed_markers(store, plan.plan_id)
         print(f"output: {args.output}: {len(done)} shard(s) committed and skipped on rerun, "
               f"{plan.num_shards - len(done)} to do")
+    if args.sample is not None:
+        _price(cfg, args, listing, plan)
     return EXIT_OK
+
+
+def _price(cfg: BmpConfig, args: argparse.Namespace, listing: InputListing, plan: Plan) -> None:
+    """``plan --sample N``: time a sample on one worker, print the projection (jobs/pricing.py)."""
+    from jobs.pricing import format_duration, project, sample_ids
+    from jobs.ray_runner import measure_sample
+
+    if args.sample < 1:
+        raise ConfigError("--sample must be >= 1")
+    if args.num_workers is not None and args.num_workers < 1:
+        raise ConfigError("--num-workers must be >= 1")
+    if args.gpu_hour_price is not None and args.gpu_hour_price < 0:
+        raise ConfigError("--gpu-hour-price must be >= 0")
+    if plan.num_images == 0:
+        raise ConfigError("--sample: the input has no images")
+    ids = sample_ids(plan.num_images, args.sample, args.seed)
+    timing, num_workers = measure_sample(cfg, listing, ids, args.num_workers, args.address)
+    p = project(timing, plan, num_workers, args.gpu_hour_price)
+    unit = "GPU" if timing.device.endswith("GPU") else "worker"
+    print(f"sample: {timing.num_images} of {p.num_images} images (seed {args.seed}) on one worker "
+          f"({timing.device}, {timing.worker}): workers start {timing.worker_start_s:.2f} s, warm-up "
+          f"{timing.num_warmup} images {timing.warmup_s:.2f} s (excluded), then {timing.num_images} images "
+          f"in {timing.labeling_s:.3f} s ({timing.num_errors} errors)")
+    print(f"rate: {p.images_per_s_per_worker:.4g} images/s per worker")
+    print(f"projection: {p.num_images} images in {p.num_shards} shard(s) on {num_workers} worker(s): "
+          f"labeling {p.labeling_s:.2f} s + start and warm-up {p.overhead_s:.2f} s = wall {p.wall_s:.2f} s "
+          f"({format_duration(p.wall_s)})")
+    cost = "" if p.cost is None else f"; cost {p.cost:.4g} at {args.gpu_hour_price:g} per {unit}-hour"
+    print(f"{unit}-hours: {p.gpu_hours:.4g} ({num_workers} x wall){cost}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

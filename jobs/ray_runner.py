@@ -26,16 +26,18 @@ from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.plan import Plan, freeze_plan
 from bmp_core.output.store import OutputStore
-from jobs.actor_pool import ActorPool, JobError, node_cpu_share, node_gpu_cpu_share
+from jobs.actor_pool import FORWARDED_ENV, ActorPool, JobError, node_cpu_share, node_gpu_cpu_share
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
+from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
+from jobs.pricing import SampleTiming, SampleWorker, sample_inputs
 from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobError", "RunOptions", "prepare_output", "run_job"]
+__all__ = ["JobError", "RunOptions", "measure_sample", "prepare_output", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         logger.info("%d images in %d shards; %d already committed, %d to do",
                     plan.num_images, plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
-        stats = _label_shards(cfg, opts, plan, uris, todo, lock) if todo else LabelingStats()
+        # Before any worker starts: the token a local output's workers must find (jobs/path_probe.py).
+        probes = write_probes(store, uris) if todo else ()
+        stats = _label_shards(cfg, opts, plan, uris, todo, lock, probes) if todo else LabelingStats()
         labeling_wall_s = time.perf_counter() - t0  # workers start + labeling + shutting them down
         t0 = time.perf_counter()
         final = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
@@ -141,27 +145,20 @@ def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
 
 
 def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo: list[int],
-                  lock: OutputLock) -> LabelingStats:
+                  lock: OutputLock, probes: tuple[PathProbe, ...] = ()) -> LabelingStats:
     t_start = time.perf_counter()
     ray, started = _init_ray(opts)
     try:
-        num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
-        use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
-        check_device_for_workers(cfg, use_gpu)
-        gpu_share = cfg.job.gpus_per_worker
-        num_workers = opts.num_workers or (math.floor(num_gpus_total / gpu_share + 1e-9) if use_gpu else 1)
-        if use_gpu:
-            num_cpus = cfg.job.gpu_worker_cpus or node_gpu_cpu_share(ray, gpu_share)
-        else:
-            num_cpus = node_cpu_share(ray, num_workers)
-        pool = ActorPool(ray, cfg, num_workers, gpu_share if use_gpu else 0,
-                          cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=num_cpus)
+        res = worker_resources(ray, cfg, opts.num_workers)
+        num_workers = res.num_workers
+        pool = ActorPool(ray, cfg, num_workers, res.num_gpus,
+                         cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=res.num_cpus)
         try:
             workers = pool.wait_ready()
+            pool.check_paths(probes)  # every worker sees the local output / input, or nothing is labeled
             workers_start_s = time.perf_counter() - t_start
-            logger.info("%d worker(s) ready in %.1f s (%s): %s", num_workers, workers_start_s,
-                        f"{gpu_share:g} GPU + {num_cpus:g} CPU each" if use_gpu else f"{num_cpus:g} CPU each",
-                        "; ".join(w.summary for w in workers))
+            logger.info("%d worker(s) ready in %.1f s (%s each): %s", num_workers, workers_start_s,
+                        res.describe(), "; ".join(w.summary for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
             failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)
             labeling_s = time.perf_counter() - t0
@@ -173,6 +170,36 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     finally:
         if started:
             ray.shutdown()
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """What each job worker gets from Ray, and how many there are."""
+
+    num_workers: int
+    num_gpus: float  # per worker: job.gpus_per_worker, or 0 for CPU workers
+    num_cpus: float  # per worker: its share of its node's cores (or job.gpu_worker_cpus)
+
+    def describe(self) -> str:
+        return f"{self.num_gpus:g} GPU + {self.num_cpus:g} CPU" if self.num_gpus else f"{self.num_cpus:g} CPU"
+
+
+def worker_resources(ray: Any, cfg: BmpConfig, num_workers: int | None) -> WorkerResources:
+    """The job's workers on this cluster: one per ``job.gpus_per_worker`` of GPU when it has GPUs (and
+    ``models.device`` is not cpu), else ``num_workers`` (default 1) CPU workers sharing the cores.
+
+    Raises:
+        JobError: ``models.device`` cannot work on these workers (``check_device_for_workers``).
+    """
+    num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
+    check_device_for_workers(cfg, use_gpu)
+    if not use_gpu:
+        workers = num_workers or 1
+        return WorkerResources(workers, 0.0, node_cpu_share(ray, workers))
+    share = cfg.job.gpus_per_worker
+    workers = num_workers or math.floor(num_gpus_total / share + 1e-9)
+    return WorkerResources(workers, share, cfg.job.gpu_worker_cpus or node_gpu_cpu_share(ray, share))
 
 
 def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
@@ -192,3 +219,40 @@ def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
                        "cuda:0; use 'auto' or 'cuda' (one worker per GPU is started for you)")
 
 
+def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], num_workers: int | None,
+                   address: str | None = None) -> tuple[SampleTiming, int]:
+    """Time one worker on ``image_ids`` (``jobs/pricing.py``): the resources one of ``num_workers``
+    job workers would get (one GPU each when the cluster has GPUs, else their share of the cores).
+
+    Returns:
+        (the timing, the number of workers the projection is for: ``num_workers`` or the job's default).
+    """
+    ray, started = _init_ray(RunOptions("", "", address=address))
+    try:
+        res = worker_resources(ray, cfg, num_workers)
+        num_workers = res.num_workers
+        uris, spans = sample_inputs(listing, image_ids)
+        t0 = time.perf_counter()
+        options: dict[str, Any] = {"num_gpus": res.num_gpus, "num_cpus": res.num_cpus, "max_restarts": 0}
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if env and (address or os.environ.get("RAY_ADDRESS")):
+            options["runtime_env"] = {"env_vars": env}  # as the job's workers get them (actor_pool.py)
+        num_threads = max(1, math.floor(res.num_cpus)) if res.num_cpus > 0 else None
+        actor = ray.remote(SampleWorker).options(**options).remote(cfg, num_threads, res.num_gpus > 0)
+        try:
+            try:
+                info = ray.get(actor.info.remote())
+            except ray.exceptions.RayError as err:
+                raise JobError(f"the sample worker could not start (building the models failed): "
+                               f"{err}") from err
+            start_s = time.perf_counter() - t0
+            num_warmup = min(cfg.job.batch_size, len(image_ids))
+            timed = actor.time_sample.remote(image_ids, uris, listing.kind, spans, num_warmup)
+            n, seconds, errors, warmup_s = ray.get(timed)
+        finally:
+            ray.kill(actor, no_restart=True)
+        return SampleTiming(n, errors, seconds, num_warmup, warmup_s, start_s,
+                            f"{info.host}:{info.pid}", res.describe()), num_workers
+    finally:
+        if started:
+            ray.shutdown()

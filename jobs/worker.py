@@ -187,6 +187,22 @@ class BmpWorker:
             rows, parts = self._label(reads, on_progress, None)
         return rows, _concat(parts)
 
+    def label_decoded(self, images: Sequence[tuple[ImageRow, np.ndarray | None]]
+                      ) -> tuple[list[ImageRow], pa.Table]:
+        """Label images decoded elsewhere (the Ray Data UDF, ``jobs/ray_data.py``), in one call.
+
+        Args:
+            images: per image its row and its (H, W, 3) uint8 BGR pixels, or None when it could not
+                be decoded (the row's ``error`` says why; it passes through unlabeled).
+
+        Returns:
+            As ``label``: the rows in image-id order, the ``instances`` table of the ok images.
+        """
+        reads = (_Decoded(row, image_bgr) for row, image_bgr in images)
+        with self._models_lock:
+            rows, parts = self._label(reads, None, None)
+        return rows, _concat(parts)
+
     def _label(self, reads: Iterator[_Decoded], on_progress: Callable[[int], None] | None,
                store: OutputStore | None) -> tuple[list[ImageRow], list[Future[pa.Table]]]:
         """``label`` on started reads, up to the instances tables still being encoded; ``store``

@@ -12,6 +12,7 @@
     OUT/instances/shard-000007-<attempt>.parquet   one row per person (``tables.INSTANCES_SCHEMA``)
     OUT/_commits/shard-000007.json                 marker naming the parts of the committed attempt
     OUT/_lock.json             the running job's lock (jobs/lock.py)
+    OUT/_path_probe.txt        a local output's token: every worker must read it (jobs/path_probe.py)
     OUT/traces/<image_id>/trace.json               per-pass data for GIFs (the ``job.trace`` option)
     OUT/run.json               what the last run did (counts, timings, versions), written at its end
     OUT/errors.csv             image_id, uri, error of every image that failed
@@ -37,6 +38,7 @@ EVAL_JSON = "eval.json"
 REPORT_HTML = "report.html"
 VIZ_DIR = "viz"
 LOCK_JSON = "_lock.json"
+PATH_PROBE = "_path_probe.txt"
 COMMITS_DIR = "_commits"
 IMAGES_DIR = "images"
 INSTANCES_DIR = "instances"
