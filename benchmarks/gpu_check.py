@@ -253,16 +253,15 @@ def step_job(row: StepResult, cfg: BmpConfig, testdata: Path, num_images: int) -
     with tempfile.TemporaryDirectory() as tmp:
         bench_job.make_input(testdata, Path(tmp) / "in", num_images)
         run = run_job(cfg, RunOptions(str(Path(tmp) / "in"), str(Path(tmp) / "out"), progress=False))
-    counts, t = run["counts"], run["timings_s"]
-    row.images_per_s = run["throughput_images_per_s"]
-    worker = run["workers"][0] if run["workers"] else {}
+    counts, t = run.counts, run.timings_s
+    row.images_per_s = run.throughput_images_per_s
+    worker = run.workers[0].summary if run.workers else "none"
     row.detail = (
-        f"{counts['images_ok']} ok / {counts['images_error']} errors of {num_images}, "
-        f"{len(run['workers'])} worker(s), end to end {run['throughput_images_per_s_wall']:.2f} images/s "
-        f"(workers start {t['workers_start']:.1f} s, wall {t['wall']:.1f} s); "
-        f"worker: {worker.get('summary', worker.get('device'))}"
+        f"{counts.images_ok} ok / {counts.images_error} errors of {num_images}, "
+        f"{len(run.workers)} worker(s), end to end {run.throughput_images_per_s_wall:.2f} images/s "
+        f"(workers start {t.workers_start:.1f} s, wall {t.wall:.1f} s); worker: {worker}"
     )
-    row.ok = counts["images_error"] == 0 and counts["images_ok"] == num_images
+    row.ok = counts.images_error == 0 and counts.images_ok == num_images
 
 
 def format_summary(rows: list[StepResult]) -> str:
