@@ -55,11 +55,24 @@ def test_blend_background_like_maskpose_by_hand() -> None:
     mask = np.array([[True, False]])
     out = blend_background(image, mask, alpha=0.2)
     assert out.dtype == np.uint8
-    # Inside the mask: unchanged. Outside: 0.8 * value, truncated (as pose_maskpose does): 0, 8, 79.2 -> 79.
+    # Inside the mask: unchanged. Outside: 0.8 * value, rounded to nearest (as cv2.addWeighted and
+    # pose_maskpose do): 0, 8, 79.2 -> 79.
     np.testing.assert_array_equal(out, [[[100, 101, 255], [0, 8, 79]]])
-    # Outside pixels of a second image: 100 -> 80, 255 -> 204.
+    # Outside pixels of a second image: 100 -> 80, 255 -> 204, 1 -> 0.8 -> 1 (truncating would give 0).
     np.testing.assert_array_equal(blend_background(np.full((1, 1, 3), [100, 255, 1], np.uint8),
-                                                   np.zeros((1, 1), bool), 0.2), [[[80, 204, 0]]])
+                                                   np.zeros((1, 1), bool), 0.2), [[[80, 204, 1]]])
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.1, 0.25, 0.5, 0.7])
+def test_blend_background_equals_cv2_add_weighted(alpha: float) -> None:
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(int(alpha * 100))
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    image[0, :, :] = np.arange(80)[:, None] * 3 + np.arange(3)  # every value 0..239 somewhere
+    image[1, :16, :] = np.arange(240, 256).reshape(16, 1)
+    mask = rng.random((64, 80)) < 0.4
+    expected = cv2.addWeighted(image, 1.0 - alpha, image * mask[:, :, None].astype(np.uint8), alpha, 0.0)
+    np.testing.assert_array_equal(blend_background(image, mask, alpha), expected)
 
 
 def test_padded_crop_box_by_hand() -> None:

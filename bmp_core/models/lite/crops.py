@@ -70,8 +70,9 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     """MaskPose's mask conditioning: ``(1 - alpha) * img + alpha * img * mask`` (bmp-method §3).
 
     Background pixels keep ``1 - alpha`` of their intensity (80% at alpha 0.2), the person is
-    unchanged. Computed in float32 and truncated toward zero, as the MaskPose adapter does
-    (``pose_maskpose.blend_background``), so both backends see the same conditioned pixels.
+    unchanged. Rounded to nearest as ``cv2.addWeighted`` rounds, like the MaskPose adapter
+    (``pose_maskpose.blend_background``, which uses addWeighted itself), so both backends see the same
+    conditioned pixels; here in numpy (two 256-entry tables), so this module needs no OpenCV.
 
     Args:
         image_bgr: (H, W, 3) uint8.
@@ -81,8 +82,18 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     Returns:
         (H, W, 3) uint8 blended image.
     """
-    dimmed = (image_bgr.astype(np.float32) * np.float32(1.0 - alpha)).astype(np.uint8)
-    return np.where(mask[:, :, None], image_bgr, dimmed)
+    person, background = _blend_tables(float(alpha))
+    return np.where(mask[:, :, None], person[image_bgr], background[image_bgr])
+
+
+def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(256,) uint8 ``addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0: float32 products,
+    summed, rounded half to even (OpenCV's ``cvRound``) and saturated, as OpenCV computes 8-bit inputs."""
+    v = np.arange(256, dtype=np.float32)
+    keep, add = np.float32(1.0 - alpha), np.float32(alpha)
+    person = np.clip(np.rint(v * keep + v * add), 0, 255).astype(np.uint8)
+    background = np.clip(np.rint(v * keep), 0, 255).astype(np.uint8)
+    return person, background
 
 
 def landmarks_to_coco17(landmarks_norm: np.ndarray, crop_xyxy: np.ndarray) -> np.ndarray:
