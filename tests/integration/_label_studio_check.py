@@ -1,5 +1,5 @@
 """Run by tests/integration/test_export_label_studio.py with the separate Label Studio SDK venv's
-Python (scripts/setup_label_studio_sdk.sh): validates a review export's tasks and predictions with
+Python (scripts/setup_test_clients.sh): validates a review export's tasks and predictions with
 the SDK's own ``LabelInterface`` built from the exported labeling config; prints the errors as JSON.
 
 Usage: python _label_studio_check.py TASKS_JSON CONFIG_XML

@@ -1,5 +1,5 @@
 """The review export validated by the Label Studio SDK's own ``LabelInterface`` (built from the
-exported labeling config), in the separate venv of scripts/setup_label_studio_sdk.sh, run as a
+exported labeling config), in the separate venv of scripts/setup_test_clients.sh, run as a
 subprocess. Skipped when that venv is missing; tests/unit/test_export.py validates the same tasks
 against the config's XML everywhere."""
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("BMP_LABEL_STUDIO_PYTHON", str(REPO / ".venv-labelstudio" / "bin" / "python"))
 
 pytestmark = pytest.mark.skipif(not Path(PYTHON).exists(),
-                                reason="no Label Studio SDK test venv: scripts/setup_label_studio_sdk.sh makes it")
+                                reason="no Label Studio SDK test venv: scripts/setup_test_clients.sh makes it")
 
 
 @pytest.mark.parametrize("review_by", ["low-confidence", "crowded", "random"])

@@ -1,5 +1,5 @@
 """The YOLO exports loaded by Ultralytics' own ``check_det_dataset`` and ``YOLODataset`` (which runs
-its label verification), in the separate test venv of scripts/setup_ultralytics.sh (AGPL: never
+its label verification), in the separate test venv of scripts/setup_test_clients.sh (AGPL: never
 imported here; run as a subprocess). Skipped when that venv is missing; tests/unit/test_export.py
 holds the strict format check that runs everywhere."""
 
@@ -24,7 +24,7 @@ PYTHON = os.environ.get("BMP_ULTRALYTICS_PYTHON", str(REPO / ".venv-ultralytics"
 H, W = 48, 64
 
 pytestmark = pytest.mark.skipif(not Path(PYTHON).exists(),
-                                reason="no Ultralytics test venv: scripts/setup_ultralytics.sh makes it")
+                                reason="no Ultralytics test venv: scripts/setup_test_clients.sh makes it")
 
 
 @pytest.fixture(scope="module")
