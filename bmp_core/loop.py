@@ -296,6 +296,7 @@ def _pose_and_refine_step(
         for s in with_people:
             s.timings_s["pose"] += dt
     poses = {id(s): k for s, k in zip(with_people, keypoints_per_image, strict=True)}
+    _prepare_segmenter(with_people, poses, models, cfg)
 
     for s in states:
         detections = s.new
@@ -315,6 +316,44 @@ def _pose_and_refine_step(
                                             windows)
             s.timings_s["mask_out"] += time.perf_counter() - t0
         s.new = None
+
+
+def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], models: BmpModels,
+                       cfg: LoopConfig) -> None:
+    """SAM image embeddings of this pass's images that will prompt SAM, in one segmenter call when it
+    has ``prepare_batch`` (one encoder forward on the device for the whole batch).
+
+    An image is prepared here only if it has none yet and one of its new people has a confident
+    keypoint (the prompt selection's own test), so an image that never prompts SAM is never encoded.
+    Pose-NMS only removes people, so every person ``_refine_with_sam`` prompts was seen here (it still
+    prepares an image that lacks a handle, alone). Embeddings do not depend on the batch, so the
+    results are those of preparing each image alone.
+    """
+    p = cfg.prompt
+    todo = []
+    for s in states:
+        if s.prepared is not None:
+            continue
+        kpts = np.asarray(poses[id(s)], np.float32).reshape(len(s.new), -1, 3)[:, :NUM_KEYPOINTS]
+        t0 = time.perf_counter()
+        wants = any(len(select_prompt_keypoints(k, p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
+                                                p.selection_method, p.collapse_face, p.confidence_percentile))
+                    for k in kpts)
+        s.timings_s["prompts"] += time.perf_counter() - t0
+        if wants:
+            todo.append(s)
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    prepare_batch = getattr(models.segmenter, "prepare_batch", None)
+    if prepare_batch is not None and len(todo) > 1:
+        prepared = prepare_batch([s.image_bgr for s in todo])
+    else:
+        prepared = [models.segmenter.prepare(s.image_bgr) for s in todo]
+    dt = (time.perf_counter() - t0) / len(todo)
+    for s, handle in zip(todo, prepared, strict=True):
+        s.prepared = handle
+        s.timings_s["segment_prepare"] += dt
 
 
 def _merge_new(

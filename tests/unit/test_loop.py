@@ -258,6 +258,27 @@ def test_batch_equals_one_image_at_a_time() -> None:
             np.testing.assert_array_equal(getattr(got.instances, name), getattr(want.instances, name), name)
 
 
+def test_a_batch_prepares_sam_in_one_call_and_equals_one_image_at_a_time() -> None:
+    """A segmenter with ``prepare_batch`` (SAM 2.1's adapter: one encoder forward for the batch) gets
+    one call per pass for the images that prompt SAM, never one per image, with the same results."""
+    images = [synthetic_people_bgr(s.height, s.width, s.num_people, s.seed) for s in SYNTHETIC_IMAGES[:3]]
+    models = build_fake_models()
+    batch_sizes: list[int] = []
+
+    def prepare_batch(images_bgr: Sequence[np.ndarray]) -> list[object]:
+        batch_sizes.append(len(images_bgr))
+        return [models.segmenter.prepare(image) for image in images_bgr]
+
+    models.segmenter.prepare_batch = prepare_batch  # type: ignore[attr-defined]
+    batched = run_bmp_batch(images, models, CFG)
+    assert batch_sizes and batch_sizes[0] == len(images)  # pass 0: every image prompts SAM, one call
+    assert models.segmenter.prepare_calls == len(images)  # each image encoded once, in the batch call
+    for image, got in zip(images, batched, strict=True):
+        want = run_bmp(image, build_fake_models(), CFG)
+        for name in want.instances.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(got.instances, name), getattr(want.instances, name), name)
+
+
 def test_more_iterations_never_lose_instances_from_the_image(image_004806: np.ndarray) -> None:
     one = run_bmp(image_004806, build_fake_models(), config_from_dict({}, ["loop.iterations=1"]).loop)
     two = run_bmp(image_004806, build_fake_models(), CFG)
