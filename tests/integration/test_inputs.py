@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bmp_core.output.store import OutputStateError
+from bmp_core.testing.images import SyntheticImage, write_synthetic_images
 from jobs.cli import main
 from jobs.ray_runner import RunOptions, run_job
 
@@ -38,7 +40,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _photos(testdata: Path) -> list[Path]:
-    return sorted(testdata.rglob("*.jpg"))
+    """The test photos; with a plain clone's demo set (4 COCO photos) also synthetic ones, so that every
+    case here has the 10 it cuts into tars and tables."""
+    photos = sorted(testdata.rglob("*.jpg"))
+    if len(photos) < 10:
+        extra = Path(tempfile.mkdtemp(prefix="bmp-photos-"))
+        specs = [SyntheticImage(f"synthetic_{i}.jpg", 200 + 10 * i, 300, 1 + i % 3, i) for i in range(10 - len(photos))]
+        photos += write_synthetic_images(extra, tuple(specs))
+    return photos
 
 
 def _write_shards(folder: Path, photos: list[Path], per_tar: int) -> dict[str, Path]:

@@ -28,15 +28,15 @@ def test_plan_sample_prices_the_listing(ray_cluster: object, testdata: Path, tmp
     num_images = len(list(testdata.rglob("*.jpg")))
     # 40 ms per model call: seconds long enough that the printed roundings do not matter.
     assert main(["plan", "--config", str(FAKE_CONFIG), "--input", str(testdata), "--output", str(out),
-                 "--shard-size", "3", "--sample", "5", "--seed", "7", "--num-workers", "2",
+                 "--shard-size", "3", "--sample", "3", "--seed", "7", "--num-workers", "2",
                  "--gpu-hour-price", "2.5", "models.fake.latency_ms=40"]) == 0
     text = capsys.readouterr().out
     assert not out.exists()  # plan writes nothing, --sample included
     # The worker of 2 on 2 cores gets 1 core.
-    assert f"sample: 5 of {num_images} images (seed 7) on one worker (1 CPU" in text
-    sample_s = _num(r"then 5 images in ([\d.]+) s \(0 errors\)", text)
+    assert f"sample: 3 of {num_images} images (seed 7) on one worker (1 CPU" in text
+    sample_s = _num(r"then 3 images in ([\d.]+) s \(0 errors\)", text)
     rate = _num(r"rate: ([\d.e+-]+) images/s per worker", text)
-    assert rate == pytest.approx(5 / sample_s, rel=0.01)
+    assert rate == pytest.approx(3 / sample_s, rel=0.01)
     labeling = _num(r"labeling ([\d.]+) s", text)
     overhead = _num(r"start and warm-up ([\d.]+) s", text)
     wall = _num(r"= wall ([\d.]+) s", text)

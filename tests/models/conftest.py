@@ -47,7 +47,7 @@ def sam_prepared_004806(tiny_models: Any, ochuman_images: dict[str, np.ndarray])
 
 
 @pytest.fixture(scope="session")
-def published_layout_models(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def published_layout_models(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``configs/bmp_d3.yaml``'s models (real sizes, CPU here) built by ``build_bmp_models`` from synthetic
     checkpoints with the published layouts and file formats, with the default loading settings.
 
@@ -68,7 +68,7 @@ def published_layout_models(testdata: Path, tmp_path_factory: pytest.TempPathFac
 
     folder = tmp_path_factory.mktemp("published_layouts")
     state_dicts = {
-        name: pf.synthetic_state_dict(pf.layout(testdata, name)) for name in ("rtmdet", "maskpose", "sam2")
+        name: pf.synthetic_state_dict(pf.layout(name)) for name in ("rtmdet", "maskpose", "sam2")
     }
     files = {
         "rtmdet": pf.save_mmengine(

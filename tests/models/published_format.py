@@ -1,6 +1,7 @@
 """Synthetic checkpoints with the published files' layouts and file formats (no real weights).
 
-The layouts (key -> shape) are ../shared/testdata/checkpoints/*.json. The file format is what the
+The layouts (key -> shape) are ``tests/models/checkpoint_layouts/*.json`` (copied from the shared test
+data, so a plain clone has them; their README says where each comes from). The file format is what the
 published files hold: mmengine checkpoints (RTMDet-Ins, MaskPose, ViTPose) are ``{'meta', 'state_dict',
 'message_hub'}`` with numpy arrays and scalars in the metadata and mmengine ``HistoryBuffer``s in the
 message hub, pickled under numpy 1.x (so the pickle names ``numpy.core.multiarray``); sam2 files are
@@ -30,9 +31,12 @@ LAYOUT_FILES = {
 }
 
 
-def layout(testdata: Path, name: str) -> dict[str, tuple[int, ...]]:
+LAYOUT_DIR = Path(__file__).resolve().parent / "checkpoint_layouts"
+
+
+def layout(name: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a published checkpoint (``name`` one of ``LAYOUT_FILES``)."""
-    raw = json.loads((testdata / "checkpoints" / LAYOUT_FILES[name]).read_text())
+    raw = json.loads((LAYOUT_DIR / LAYOUT_FILES[name]).read_text())
     return {key: tuple(shape) for key, shape in raw.items()}
 
 

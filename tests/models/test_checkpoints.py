@@ -399,11 +399,11 @@ def test_published_layouts_load_strictly_into_bmp_d3_with_the_default_settings(
             assert torch.equal(own[key].cpu(), written[key]), (name, key)
 
 
-def test_vitpose_multi_layout_is_the_maskpose_network(published_layout_models: Any, testdata: Path) -> None:
+def test_vitpose_multi_layout_is_the_maskpose_network(published_layout_models: Any) -> None:
     from bmp_core.models.checkpoints import load_strict
     from tests.models import published_format as pf
 
-    sd = pf.synthetic_state_dict(pf.layout(testdata, "vitpose"))
+    sd = pf.synthetic_state_dict(pf.layout("vitpose"))
     load_strict(published_layout_models.models.pose.model, sd, "pose (vitpose-b)")  # raises on any mismatch
 
 
@@ -417,12 +417,12 @@ def _module(built: Any, name: str) -> Any:
 
 @pytest.mark.parametrize("name", ["rtmdet", "maskpose", "sam2"])
 def test_one_renamed_key_or_one_changed_shape_is_refused_naming_it(
-    published_layout_models: Any, testdata: Path, name: str
+    published_layout_models: Any, name: str
 ) -> None:
     from bmp_core.models.checkpoints import load_strict
     from tests.models import published_format as pf
 
-    shapes = pf.layout(testdata, name)
+    shapes = pf.layout(name)
     keys = list(shapes)
     renamed_key = next(k for k in keys[len(keys) // 2 :] if shapes[k])
     sd = pf.synthetic_state_dict(shapes)
@@ -442,12 +442,12 @@ def test_one_renamed_key_or_one_changed_shape_is_refused_naming_it(
 
 
 def test_a_person_only_rtmdet_layout_gets_the_num_classes_hint(
-    published_layout_models: Any, testdata: Path
+    published_layout_models: Any
 ) -> None:
     from bmp_core.models.checkpoints import load_strict
     from tests.models import published_format as pf
 
-    shapes = pf.layout(testdata, "rtmdet")
+    shapes = pf.layout("rtmdet")
     person_only = {
         k: ((1, *shape[1:]) if k.startswith("bbox_head.rtm_cls.") else shape) for k, shape in shapes.items()
     }
