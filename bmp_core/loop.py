@@ -38,7 +38,7 @@ from bmp_core.ops.masks import (
     mask_windows,
 )
 from bmp_core.ops.pose_nms import pose_nms
-from bmp_core.ops.prompts import select_prompt_keypoints
+from bmp_core.ops.prompts import has_prompt, select_prompt_keypoints
 from bmp_core.ports import BmpModels
 from bmp_core.records import NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
 
@@ -323,8 +323,9 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], 
     """SAM image embeddings of this pass's images that will prompt SAM, in one segmenter call when it
     has ``prepare_batch`` (one encoder forward on the device for the whole batch).
 
-    An image is prepared here only if it has none yet and one of its new people has a confident
-    keypoint (the prompt selection's own test), so an image that never prompts SAM is never encoded.
+    An image is prepared here only if it has none yet and one of its new people has a keypoint the
+    prompt selection would pick (the same test, on the scores), so an image that never prompts SAM is
+    never encoded.
     Pose-NMS only removes people, so every person ``_refine_with_sam`` prompts was seen here (it still
     prepares an image that lacks a handle, alone). Embeddings do not depend on the batch, so the
     results are those of preparing each image alone.
@@ -334,13 +335,8 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], 
     for s in states:
         if s.prepared is not None:
             continue
-        kpts = np.asarray(poses[id(s)], np.float32).reshape(len(s.new), -1, 3)[:, :NUM_KEYPOINTS]
-        t0 = time.perf_counter()
-        wants = any(len(select_prompt_keypoints(k, p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
-                                                p.selection_method, p.collapse_face, p.confidence_percentile))
-                    for k in kpts)
-        s.timings_s["prompts"] += time.perf_counter() - t0
-        if wants:
+        scores = np.asarray(poses[id(s)], np.float32).reshape(len(s.new), -1, 3)[:, :NUM_KEYPOINTS, 2]
+        if has_prompt(scores, p.confidence_thr, p.visibility_thr).any():
             todo.append(s)
     if not todo:
         return

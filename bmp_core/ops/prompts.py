@@ -106,3 +106,11 @@ def _percentile_linear(values_sorted: list[float], percentile: float) -> float:
     a, b = values_sorted[lo], values_sorted[hi]
     diff = b - a
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
+def has_prompt(scores: np.ndarray, confidence_thr: float, visibility_thr: float) -> np.ndarray:
+    """(N,) bool: whether ``select_prompt_keypoints`` picks any point for each of N instances, from their
+    (N, K) keypoint scores alone (it does iff a score is >= both thresholds and > 0: collapsing the face
+    keeps its most confident point, which then passes too). Vectorised, for deciding before selecting."""
+    s = np.asarray(scores, np.float32)
+    return np.any((s >= confidence_thr) & (s >= visibility_thr) & (s > 0), axis=-1)

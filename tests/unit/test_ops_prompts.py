@@ -96,3 +96,16 @@ def test_fast_order_equals_numpy_reference_including_ties() -> None:
         out = select_prompt_keypoints(kpts, num_points, 0.3, 0.3, collapse_face=False,
                                       confidence_percentile=percentile)
         np.testing.assert_array_equal(out, expected, err_msg=f"trial {trial}")
+
+
+def test_has_prompt_says_whether_the_selection_picks_anything() -> None:
+    from bmp_core.ops.prompts import has_prompt
+
+    rng = np.random.default_rng(3)
+    for trial in range(400):
+        kpts = np.zeros((17, 3), np.float32)
+        kpts[:, :2] = rng.uniform(0, 100, (17, 2))
+        kpts[:, 2] = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7, 0.9], 17) * (rng.random(17) < 0.3)
+        conf, vis = rng.choice([0.0, 0.3, 0.5]), rng.choice([0.0, 0.3, 0.5, 0.7])
+        picked = select_prompt_keypoints(kpts, 6, conf, vis, "distance+confidence", bool(trial % 2), 80.0)
+        assert has_prompt(kpts[None, :, 2], conf, vis)[0] == (len(picked) > 0), (trial, conf, vis)
