@@ -1,19 +1,20 @@
-"""Input kinds: planning many WebDataset tars on S3 (moto), and reading tar members vs loose files.
+"""Input kinds: planning many WebDataset tars on S3 (moto), and streaming tars vs reading loose files.
 
 Usage:
-    python benchmarks/bench_inputs.py                       # 300 tars x 50 members of 20 kB, 240 images read
-    python benchmarks/bench_inputs.py --tars 10000 --members 1000     # the issue's scale (hours on moto)
+    python benchmarks/bench_inputs.py                # plan 10,000 tars; read 240 images as files and as tars
+    python benchmarks/bench_inputs.py --tars 300 --members 50 --member-bytes 20000 --walk-headers
 
 - plan: ``--tars`` synthetic tars of ``--members`` members each (``--member-bytes`` of filler, a
   ``.json`` sidecar per sample, as WebDataset writes them) uploaded to a moto server on 127.0.0.1; then
-  ``list_source`` on ``s3://bench/tars/*.tar`` (one LIST, then one header walk per tar on
-  ``LISTING_THREADS`` threads). Prints the wall time, S3 requests (GET / LIST / HEAD, counted from
-  moto's request log), bytes served, and entries/s, and the same for listing the tar URIs alone (what
-  a plan that left members to the workers would cost).
+  ``list_source`` on ``s3://bench/tars/shard-{000000..N}.tar``: what the plan does (the tars' URIs,
+  sizes and ETags, one LIST per 1,000; no tar is opened). Prints the wall time and the S3 requests
+  (GET / LIST / HEAD, counted from moto's request log). ``--walk-headers`` also times what the
+  previous plan did, a header walk of every tar on 32 threads (256 KiB read-ahead), for comparison.
 - read: the same ``--images`` test photos (cycled) as loose objects and as tars of ``--per-tar``
-  members, on moto and on local disk; the worker's read stage (``read_groups`` + ``read_group``, runs
-  of ``job.batch_size`` members, ``decode_threads`` threads) with and without decoding. Prints
-  images/s, requests and bytes read for each.
+  members, on moto and on local disk; the worker's read stage with ``--threads`` decode threads:
+  loose files through ``read_groups`` + ``read_group``, tars streamed front to back
+  (``stream_tar``, on the worker's read-ahead thread), with and without decoding. Prints images/s,
+  requests and bytes fetched for each.
 
 moto is a Python server on the same machine: its per-request cost (~ms) is far below S3's (~20-50 ms
 first byte) and its bandwidth is the CPU's, so requests per image is the figure that carries over.
@@ -98,7 +99,7 @@ def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
 def bench_plan(args: argparse.Namespace, counter: RequestCounter) -> None:
     import boto3
 
-    from bmp_core.io.sources import list_containers, list_source
+    from bmp_core.io.sources import list_source
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     filler = os.urandom(args.member_bytes)
@@ -119,26 +120,40 @@ def bench_plan(args: argparse.Namespace, counter: RequestCounter) -> None:
     counter.take()
     pattern = f"s3://{BUCKET}/tars/shard-{{000000..{args.tars - 1:06d}}}.tar"
     t0 = time.perf_counter()
-    containers = list_containers(pattern, ".tar")
-    tars_s = time.perf_counter() - t0
-    tars_requests = counter.take()
-    fetched = _count_fetched_bytes()
-    t0 = time.perf_counter()
     listing = list_source(pattern, (".jpg",))
     plan_s = time.perf_counter() - t0
     requests = counter.take()
-    entries = len(listing.uris)
-    assert entries == args.tars * args.members and len(containers) == args.tars
-    print(f"plan, tar URIs + sizes + ETags only: {tars_s:.2f} s, requests {dict(tars_requests)}")
-    print(f"plan, members enumerated (header walk, {args.member_bytes} B members): {plan_s:.1f} s for {entries} "
-          f"entries ({entries / plan_s:.0f} entries/s, {args.tars / plan_s:.1f} tars/s), requests "
-          f"{dict(requests)} = {sum(requests.values()) / args.tars:.1f} per tar, {fetched[0] / 1e6:.1f} MB fetched "
-          f"of {total_bytes / 1e6:.0f} MB; "
-          f"projected for 10,000 tars: {10_000 / (args.tars / plan_s) / 60:.1f} min")
+    assert len(listing.tars) == args.tars and listing.total_bytes == total_bytes
+    print(f"plan: {args.tars} tars ({total_bytes / 1e6:.0f} MB) pinned by URI + size + ETag in {plan_s:.2f} s, "
+          f"requests {dict(requests)}; no tar opened")
+    if args.walk_headers:
+        fetched = _count_fetched_bytes()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            entries = sum(pool.map(_walk_headers, [t.uri for t in listing.tars]))
+        walk_s = time.perf_counter() - t0
+        walk = counter.take()
+        print(f"for comparison, a header walk of every tar (the previous plan): {walk_s:.1f} s for {entries} "
+              f"members, requests {dict(walk)} = {sum(walk.values()) / args.tars:.1f} per tar, "
+              f"{fetched[0] / 1e6:.1f} MB fetched of {total_bytes / 1e6:.0f} MB")
+
+
+def _walk_headers(tar_uri: str) -> int:
+    """The image members of a tar found by seeking from header to header (what planning used to do)."""
+    from bmp_core.io.uris import filesystem
+
+    fs, path = filesystem(tar_uri)
+    count = 0
+    with fs.open(path, "rb", block_size=256 << 10, cache_type="readahead") as f, \
+            tarfile.open(fileobj=f, mode="r:") as tar:
+        while (info := tar.next()) is not None:
+            count += info.name.endswith(".jpg")
+            tar.members.clear()
+    return count
 
 
 def _count_fetched_bytes() -> list[int]:
-    """Bytes s3fs's file objects fetch from now on (the header walk reads through them)."""
+    """Bytes s3fs's file objects fetch from now on (tar streams and header walks read through them)."""
     import s3fs.core
 
     fetched = [0]
@@ -153,25 +168,28 @@ def _count_fetched_bytes() -> list[int]:
     return fetched
 
 
-def _read_stage(kind: str, uris: list[str], spans: list[tuple[int, int]], batch: int, threads: int,
-                decode: bool) -> tuple[float, int]:
-    """(seconds, bytes returned) for the worker's read stage on ``uris``."""
+def _read_stage(listing: object, threads: int, decode: bool) -> tuple[float, int, int]:
+    """(seconds, images, bytes of image data) for the worker's read stage on a listing."""
     from bmp_core.io.images import decode_image_bgr
-    from bmp_core.io.prefetch import prefetch
-    from bmp_core.io.sources import read_group, read_groups
+    from bmp_core.io.prefetch import prefetch, read_ahead
+    from bmp_core.io.sources import KIND_TAR, read_group, read_groups, stream_tar
 
-    groups = read_groups(kind, list(range(len(uris))), uris, spans, max_run=batch)
-    requested = sum(g.spans[-1][1] - g.spans[0][0] for g in groups) if spans else None
-    nbytes = 0
+    def use(data: bytes | None) -> int:
+        assert data is not None
+        if decode:
+            decode_image_bgr(data)
+        return len(data)
+
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        for raws in prefetch(pool, read_group, groups, 2 * threads):
-            for raw in raws:
-                assert raw.data is not None, raw.error
-                nbytes += len(raw.data)
-                if decode:
-                    decode_image_bgr(raw.data)
-    return time.perf_counter() - t0, requested if requested is not None else nbytes
+        if listing.kind == KIND_TAR:  # type: ignore[attr-defined]
+            raw = (r for t, tar in enumerate(listing.tars) for r in stream_tar(tar, (".jpg",), t))  # type: ignore[attr-defined]
+            sizes = list(prefetch(pool, lambda r: use(r.data), read_ahead(raw, 2 * threads), 2 * threads))
+        else:
+            uris = listing.uris.to_pylist()  # type: ignore[attr-defined]
+            groups = read_groups(listing.kind, list(range(len(uris))), uris, [])  # type: ignore[attr-defined]
+            sizes = list(prefetch(pool, lambda g: use(read_group(g)[0].data), groups, 2 * threads))
+    return time.perf_counter() - t0, len(sizes), sum(sizes)
 
 
 def bench_read(args: argparse.Namespace, counter: RequestCounter, testdata: Path) -> None:
@@ -179,7 +197,7 @@ def bench_read(args: argparse.Namespace, counter: RequestCounter, testdata: Path
 
     from bmp_core.io.sources import list_source
 
-    photos = sorted((testdata / "ochuman").glob("*.jpg")) + sorted((testdata / "coco").glob("*.jpg"))
+    photos = sorted(testdata.rglob("*.jpg"))
     datas = [photos[i % len(photos)].read_bytes() for i in range(args.images)]
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     tmp = Path(tempfile.mkdtemp(prefix="bench_inputs_"))
@@ -188,42 +206,50 @@ def bench_read(args: argparse.Namespace, counter: RequestCounter, testdata: Path
     for i, data in enumerate(datas):
         (tmp / "files" / f"{i:06d}.jpg").write_bytes(data)
         s3.put_object(Bucket=BUCKET, Key=f"files/{i:06d}.jpg", Body=data)
+    tar_bytes = 0
     for k in range(-(-args.images // args.per_tar)):
         body = _tar_bytes([(f"{i:06d}.jpg", datas[i]) for i in range(k * args.per_tar,
                                                                      min(args.images, (k + 1) * args.per_tar))])
+        tar_bytes += len(body)
         (tmp / "tars" / f"shard-{k:04d}.tar").write_bytes(body)
         s3.put_object(Bucket=BUCKET, Key=f"rtars/shard-{k:04d}.tar", Body=body)
     image_bytes = sum(len(d) for d in datas)
-    print(f"read: {args.images} images ({image_bytes / 1e6:.1f} MB), tars of {args.per_tar}, runs of "
-          f"{args.batch_size}, {args.threads} threads")
+    print(f"read: {args.images} images ({image_bytes / 1e6:.1f} MB; as tars {tar_bytes / 1e6:.1f} MB), tars of "
+          f"{args.per_tar}, {args.threads} threads")
+    fetched = _count_fetched_bytes()
     inputs = {"local files": str(tmp / "files"), "local tars": str(tmp / "tars" / "*.tar"),
               "s3 files": f"s3://{BUCKET}/files/", "s3 tars": f"s3://{BUCKET}/rtars/*.tar"}
     for decode in (False, True):
         for name, uri in inputs.items():
             listing = list_source(uri, (".jpg",))
-            spans = ([] if listing.spans_start is None else
-                     list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True)))
             counter.take()
-            seconds, nbytes = _read_stage(listing.kind, listing.uris.to_pylist(), spans, args.batch_size,
-                                          args.threads, decode)
+            fetched[0] = 0
+            seconds, images, nbytes = _read_stage(listing, args.threads, decode)
             requests = counter.take()
-            assert nbytes >= image_bytes
+            assert images == args.images and nbytes == image_bytes
+            s3_part = "" if name.startswith("local") else f", {sum(requests.values()) / args.images:.3f} requests/image"
+            if name == "s3 tars":
+                s3_part += f", {fetched[0] / image_bytes:.3f} x the image bytes fetched"
             print(f"  {'read+decode' if decode else 'read only':11s} {name:11s}: {args.images / seconds:7.0f} "
-                  f"images/s, {nbytes / 1e6:.2f} MB read ({nbytes / image_bytes:.3f} x the images), "
-                  f"{sum(requests.values()):4d} requests"
-                  f"{'' if name.startswith('local') else f' ({sum(requests.values()) / args.images:.2f}/image)'}")
+                  f"images/s, {sum(requests.values()):4d} requests{s3_part}")
+
+
+def _default_testdata() -> Path:
+    shared = REPO.parent / "shared" / "testdata"
+    return shared if shared.is_dir() else REPO / "examples" / "images"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--tars", type=int, default=300)
-    parser.add_argument("--members", type=int, default=50, help="images per synthetic tar (+ a sidecar each)")
-    parser.add_argument("--member-bytes", type=int, default=20_000)
+    parser.add_argument("--tars", type=int, default=10_000)
+    parser.add_argument("--members", type=int, default=4, help="images per synthetic tar (+ a sidecar each)")
+    parser.add_argument("--member-bytes", type=int, default=2_000)
+    parser.add_argument("--walk-headers", action="store_true",
+                        help="also time a header walk of every tar (what the plan did before)")
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--per-tar", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=4, help="= job.batch_size: members per ranged read")
     parser.add_argument("--threads", type=int, default=4, help="= job.decode_threads")
-    parser.add_argument("--testdata", type=Path, default=REPO.parent / "shared" / "testdata")
+    parser.add_argument("--testdata", type=Path, default=_default_testdata())
     parser.add_argument("--skip-plan", action="store_true")
     parser.add_argument("--skip-read", action="store_true")
     args = parser.parse_args()

@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         "whole sample, after an untimed warm-up run on its first job.batch_size images (warm-up "
         "excluded); wall = workers start + warm-up (measured) + the shards (job.shard_size images each) "
         "handed to K workers as each frees up, at that rate per worker; GPU-hours = K x wall; cost = "
-        "GPU-hours x --gpu-hour-price. Listing, finalize and autoscaling are not included.")
+        "GPU-hours x --gpu-hour-price. Listing, finalize and autoscaling are not included. A tar input "
+        "(streamed front to back) samples the first N images of tars taken in a seeded random order, and its "
+        "tars' image counts are estimated from their sizes at the sample's images per byte.")
     price.add_argument("--sample", type=int, default=None, metavar="N", help="sample size (e.g. 200)")
     price.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     price.add_argument("--num-workers", type=int, default=None, metavar="K",
@@ -320,13 +322,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     files = file_digests(cfg)
     listing = list_job_input(cfg, args.input, store, files)
     plan = make_plan(cfg, listing, files)
-    inside = f" in {listing.num_containers} {listing.kind} file(s)" if listing.num_containers else ""
-    print(f"input: {args.input}\n  {plan.num_images} images{inside}, listing digest {plan.listing_digest[:16]}")
+    if plan.is_tar:
+        print(f"input: {args.input}\n  {plan.num_tars} tar file(s), {_gib(listing.total_bytes)}, listing digest "
+              f"{plan.listing_digest[:16]}; their image members are counted by the workers as they stream them")
+    else:
+        inside = f" in {listing.num_containers} {listing.kind} file(s)" if listing.num_containers else ""
+        print(f"input: {args.input}\n  {plan.num_images} images{inside}, listing digest {plan.listing_digest[:16]}")
     for uri in listing.uris.slice(0, args.show).to_pylist():
         print(f"    {uri}")
-    if plan.num_images > args.show:
-        print(f"    ... ({plan.num_images - args.show} more)")
-    print(f"shards: {plan.num_shards} of {plan.shard_size} images; plan {plan.plan_id}")
+    if len(listing.uris) > args.show:
+        print(f"    ... ({len(listing.uris) - args.show} more)")
+    shards = "one per tar" if plan.is_tar else f"of {plan.shard_size} images"
+    print(f"shards: {plan.num_shards} {shards}; plan {plan.plan_id}")
     old = read_plan(store)
     if old is None:
         print(f"output: {args.output} is new; a run labels all {plan.num_shards} shard(s)")
@@ -335,8 +342,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
               "without --force (config or input changed)")
     else:
         done = committed_markers(store, plan.plan_id)
-        print(f"output: {args.output}: {len(done)} shard(s) committed and skipped on rerun, "
-              f"{plan.num_shards - len(done)} to do")
+        print(f"output: {args.output}: {len(done)} shard(s) committed ({sum(m.num_images for m in done.values())} "
+              f"images) and skipped on rerun, {plan.num_shards - len(done)} to do")
     if args.sample is not None:
         _price(cfg, args, listing, plan)
     return EXIT_OK
@@ -344,7 +351,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _price(cfg: BmpConfig, args: argparse.Namespace, listing: InputListing, plan: Plan) -> None:
     """``plan --sample N``: time a sample on one worker, print the projection (jobs/pricing.py)."""
-    from jobs.pricing import format_duration, project, sample_ids
+    from jobs.pricing import format_duration, project, sample_ids, sample_tars
     from jobs.ray_runner import measure_sample
 
     if args.sample < 1:
@@ -355,20 +362,35 @@ def _price(cfg: BmpConfig, args: argparse.Namespace, listing: InputListing, plan
         raise ConfigError("--gpu-hour-price must be >= 0")
     if plan.num_images == 0:
         raise ConfigError("--sample: the input has no images")
-    ids = sample_ids(plan.num_images, args.sample, args.seed)
-    timing, num_workers = measure_sample(cfg, listing, ids, args.num_workers, args.address)
-    p = project(timing, plan, num_workers, args.gpu_hour_price)
+    if plan.is_tar:
+        tar_sample = (sample_tars(listing, args.seed), args.sample)
+        timing, num_workers = measure_sample(cfg, listing, [], args.num_workers, args.address, tar_sample)
+        if timing.num_images == 0:
+            raise ConfigError("--sample: the input's tars hold no image members")
+    else:
+        ids = sample_ids(plan.num_images or 0, args.sample, args.seed)
+        timing, num_workers = measure_sample(cfg, listing, ids, args.num_workers, args.address)
+    p = project(timing, plan, num_workers, args.gpu_hour_price, [t.size for t in listing.tars])
     unit = "GPU" if timing.device.endswith("GPU") else "worker"
-    print(f"sample: {timing.num_images} of {p.num_images} images (seed {args.seed}) on one worker "
+    of = f"~{p.num_images}" if p.estimated else f"{p.num_images}"
+    if p.estimated:
+        per_gib = (timing.images_per_byte or 0.0) * (1 << 30)
+        print(f"estimate: {p.num_images} images in the {plan.num_tars} tars ({_gib(listing.total_bytes)} at the "
+              f"sample's {per_gib:.4g} images per GiB, from {_gib(timing.bytes_read or 0)} of tar streamed)")
+    print(f"sample: {timing.num_images} of {of} images (seed {args.seed}) on one worker "
           f"({timing.device}, {timing.worker}): workers start {timing.worker_start_s:.2f} s, warm-up "
           f"{timing.num_warmup} images {timing.warmup_s:.2f} s (excluded), then {timing.num_images} images "
           f"in {timing.labeling_s:.3f} s ({timing.num_errors} errors)")
     print(f"rate: {p.images_per_s_per_worker:.4g} images/s per worker")
-    print(f"projection: {p.num_images} images in {p.num_shards} shard(s) on {num_workers} worker(s): "
+    print(f"projection: {of} images in {p.num_shards} shard(s) on {num_workers} worker(s): "
           f"labeling {p.labeling_s:.2f} s + start and warm-up {p.overhead_s:.2f} s = wall {p.wall_s:.2f} s "
           f"({format_duration(p.wall_s)})")
     cost = "" if p.cost is None else f"; cost {p.cost:.4g} at {args.gpu_hour_price:g} per {unit}-hour"
     print(f"{unit}-hours: {p.gpu_hours:.4g} ({num_workers} x wall){cost}")
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / (1 << 30):.3g} GiB" if num_bytes >= 1 << 30 else f"{num_bytes / (1 << 20):.3g} MiB"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

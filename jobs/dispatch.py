@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bmp_core.config import BmpConfig
-from bmp_core.io.sources import InputListing
+from bmp_core.io.sources import InputChangedError, InputListing
 from bmp_core.output.plan import Plan
 from jobs.actor_pool import ActorPool, JobError
 from jobs.lock import OutputLock
@@ -34,14 +34,18 @@ def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: P
     attempts: Counter[int] = Counter()
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, shard)
     failed = errors = 0
-    total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
-    bar = tqdm(total=total, unit="img", desc="labeling", disable=not progress, smoothing=0.1)
+    # Progress in images; for a tar input (its images are counted as the tars are streamed) in tars,
+    # with the images labeled so far beside them.
+    total = len(todo) if plan.is_tar else sum(plan.shard_num_images(s) or 0 for s in todo)
+    bar = tqdm(total=total, unit="tar" if plan.is_tar else "img", desc="labeling", disable=not progress,
+               smoothing=0.1)
+    tars_done = 0
 
     def submit(slot: int, shard: int) -> None:
         attempts[shard] += 1
-        start, _ = plan.shard_range(shard)
-        shard_uri_tuple, spans = shard_inputs(uris, plan, shard)
-        task = ShardTask(output_uri, plan.plan_id, shard, start, shard_uri_tuple, attempts[shard], uris.kind, spans)
+        inputs = shard_inputs(uris, plan, shard)
+        task = ShardTask(output_uri, plan.plan_id, shard, plan.first_image_id(shard), inputs.uris, attempts[shard],
+                         uris.kind, inputs.spans, inputs.tar)
         inflight[pool.actors[slot].process_shard_reporting.remote(task)] = (slot, shard)
 
     try:
@@ -52,7 +56,9 @@ def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: P
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             if lock.lost.is_set():
                 raise JobError("lost the output lock to another job; stopping")
-            bar.update(min(ray.get(pool.counter.total.remote()), total) - bar.n)
+            images_done = ray.get(pool.counter.total.remote())
+            if not plan.is_tar:
+                bar.update(min(images_done, total) - bar.n)
             for ref in ready:
                 if ref not in inflight:
                     continue  # dropped when its actor was replaced
@@ -60,12 +66,20 @@ def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: P
                 try:
                     report: ShardReport = ray.get(ref)
                 except ray.exceptions.RayError as err:  # actor died (killed, OOM) or the worker raised
+                    changed = _input_changed(err)
+                    if changed is not None:  # every retry would find the same file: stop now, say which
+                        raise JobError(f"shard {shard}: {changed}") from err
                     failed += 1
                     requeued = retry_slot(pool, inflight, pending, attempts, slot, shard, err, cfg.job.max_attempts)
                     ray.get([pool.counter.reset.remote(s) for s in requeued])
                     continue
                 errors += report.num_errors
-                bar.set_postfix(errors=errors, retries=failed, refresh=False)
+                if plan.is_tar:
+                    tars_done += 1
+                    bar.update(tars_done - bar.n)
+                    bar.set_postfix(images=images_done, errors=errors, retries=failed, refresh=False)
+                else:
+                    bar.set_postfix(errors=errors, retries=failed, refresh=False)
                 logger.debug("committed %s", asdict(report))
         bar.update(total - bar.n)
     finally:
@@ -96,3 +110,9 @@ def retry_slot(pool: ActorPool, inflight: dict[Any, tuple[int, int]], pending: d
     pending.appendleft(shard)
     pool.replace(slot)
     return requeued
+
+
+def _input_changed(err: Exception) -> InputChangedError | None:
+    """The worker's ``InputChangedError`` inside a Ray task error (a tar rewritten since the plan), if any."""
+    cause = getattr(err, "cause", None)  # the worker's own exception (not Ray's wrapper with the traceback)
+    return cause if isinstance(cause, InputChangedError) else None

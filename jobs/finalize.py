@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from bmp_core.output import layout
 from bmp_core.output.coco import CocoCounts, write_coco_json
-from bmp_core.output.commits import garbage_collect
+from bmp_core.output.commits import ShardCommit, committed_markers, garbage_collect
 from bmp_core.output.plan import Plan, load_plan
 from bmp_core.output.reader import iter_shards, read_committed_table
 from bmp_core.output.store import OutputStateError, OutputStore
@@ -39,14 +39,29 @@ class FinalCounts:
     orphan_parts_removed: int
 
 
-def check_complete(plan: Plan, images: pa.Table) -> None:
-    """Every image id 0..N-1 exactly once, or raise (a bug in the commit protocol if it ever fires)."""
+def check_complete(plan: Plan, images: pa.Table, markers: dict[int, ShardCommit] | None = None) -> None:
+    """Every image exactly once, or raise (a bug in the commit protocol if it ever fires).
+
+    Listed images: the ids 0..N-1. A tar input (``markers``: the committed shards' markers, needed):
+    every tar's shard committed, and shard ``s``'s ids ``s * TAR_ID_STRIDE + 0..n-1`` with ``n`` the
+    images its marker counted.
+    """
     ids = np.sort(images.column("image_id").to_numpy())
-    if len(ids) != plan.num_images or not np.array_equal(ids, np.arange(plan.num_images)):
+    if not plan.is_tar:
+        expected = np.arange(plan.num_images or 0)
+        what = f"{plan.num_images} images"
+    else:
+        markers = markers or {}
+        missing = [s for s in range(plan.num_shards) if s not in markers]
+        if missing:
+            raise OutputStateError(f"{len(missing)} of the {plan.num_tars} tars have no committed shard "
+                                   f"(e.g. shard {missing[0]})")
+        expected = np.concatenate([plan.first_image_id(s) + np.arange(markers[s].num_images, dtype=np.int64)
+                                   for s in range(plan.num_shards)] or [np.zeros(0, np.int64)])
+        what = f"{len(expected)} images counted in {plan.num_tars} tars"
+    if len(ids) != len(expected) or not np.array_equal(ids, expected):
         dup = int(len(ids) - len(np.unique(ids)))
-        raise OutputStateError(
-            f"images table has {len(ids)} rows for {plan.num_images} images ({dup} duplicated ids)"
-        )
+        raise OutputStateError(f"images table has {len(ids)} rows for {what} ({dup} duplicated ids)")
 
 
 def errors_csv(images: pa.Table) -> bytes:
@@ -75,7 +90,7 @@ def finalize_output(store: OutputStore, plan: Plan, keypoint_thr: float) -> Fina
     if removed:
         logger.info("removed %d part(s) of failed or duplicate attempts", removed)
     images = read_committed_table(store, plan.plan_id, layout.IMAGES_DIR)
-    check_complete(plan, images)
+    check_complete(plan, images, committed_markers(store, plan.plan_id) if plan.is_tar else None)
     store.write_bytes(layout.ERRORS_CSV, errors_csv(images))
     coco = export_coco(store, keypoint_thr)
     num_errors = int(pc.sum(pc.equal(images.column("status"), STATUS_ERROR)).as_py() or 0)

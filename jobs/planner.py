@@ -1,21 +1,25 @@
-"""The frozen listing and the fixed-size shards (pyarrow + hashlib, no Ray; output I/O only to reuse
-a frozen tar / Parquet listing on resume, ``list_job_input``).
+"""The frozen listing and the shards (pyarrow + hashlib, no Ray; output I/O only to reuse a frozen
+Parquet listing on resume, ``list_job_input``).
 
 The ``Plan`` record and how it is stored in an output live in ``bmp_core/output/plan.py``.
 
-An image's id is its index in the sorted listing, so ids are stable for as long as the listing is,
-and the listing is frozen in the output on the first run. Shard ``s`` holds ids
-``[s * shard_size, min((s + 1) * shard_size, num_images))``. Two digests pin what an output was
+Loose files and Parquet rows: an image's id is its index in the sorted listing, so ids are stable
+for as long as the listing is, and the listing is frozen in the output on the first run. Shard
+``s`` holds ids ``[s * shard_size, min((s + 1) * shard_size, num_images))``. A tar input: the
+listing is the sorted tars, one shard each, pinned by size and version; the worker streams its tar
+and numbers the image members (``bmp_core/io/tars.py``). Two digests pin what an output was
 made from: the listing digest (sha256 of every URI followed by ``\\n``, in order) and the config
 digest (sha256 of the result-affecting config sections as canonical JSON, plus the sha256 of the
 content of every input file the config names: ``job.given_boxes``, ``job.given_boxes_images``, so
-rewriting such a file between a run and its resume is caught like a config change).
+rewriting such a file between a run and its resume is caught like a config change; and the tars'
+or Parquet files' sizes and versions).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.io.sources import InputListing, list_source
+from bmp_core.io.sources import KIND_TAR, Container, InputListing, list_source
 from bmp_core.output import layout
 from bmp_core.output.plan import INPUT_CONTAINERS_KEY, Plan, read_plan
 from bmp_core.output.store import OutputStore
@@ -88,40 +92,59 @@ def make_plan(cfg: BmpConfig, uris: pa.Array | InputListing, file_sha256: dict[s
     """The plan for a sorted listing under ``cfg``; ``file_sha256``: ``file_digests(cfg)``.
 
     ``uris`` may be an ``InputListing`` (``bmp_core.io.sources.list_source``): a tar or Parquet
-    input's containers digest is then pinned too (``INPUT_CONTAINERS_KEY``).
+    input's containers digest is then pinned too (``INPUT_CONTAINERS_KEY``), and a tar input gets
+    one shard per tar.
     """
     files = dict(file_sha256 or {})
+    num_tars = 0
     if isinstance(uris, InputListing):
         if uris.containers_sha256 is not None:
             files[INPUT_CONTAINERS_KEY] = uris.containers_sha256
+        num_tars = len(uris.tars) if uris.kind == KIND_TAR else 0
         uris = uris.uris
-    return Plan(len(uris), cfg.job.shard_size, listing_digest(uris), config_digest(cfg, files),
-                tuple(sorted(files.items())))
+    return Plan(None if num_tars else len(uris), cfg.job.shard_size, listing_digest(uris),
+                config_digest(cfg, files), tuple(sorted(files.items())), num_tars)
 
 
 def shard_uris(uris: pa.Array, plan: Plan, shard_id: int) -> list[str]:
-    """The URIs of one shard, in image-id order."""
+    """The URIs of one shard of listed images, in image-id order."""
     start, stop = plan.shard_range(shard_id)
     return uris.slice(start, stop - start).to_pylist()
 
 
-def shard_inputs(listing: InputListing, plan: Plan, shard_id: int) -> tuple[tuple[str, ...],
-                                                                             tuple[tuple[int, int], ...]]:
-    """(URIs, spans) of one shard in image-id order; spans are empty for loose files."""
+@dataclass(frozen=True)
+class ShardInputs:
+    """What a worker reads for one shard: listed images (``uris``, ``spans``) or one tar (``tar``)."""
+
+    uris: tuple[str, ...] = ()
+    spans: tuple[tuple[int, int], ...] = ()  # a Parquet row's (row, row group); empty otherwise
+    tar: Container | None = None
+
+
+def shard_inputs(listing: InputListing, plan: Plan, shard_id: int) -> ShardInputs:
+    """The inputs of one shard, in image-id order."""
+    if plan.is_tar:
+        plan.first_image_id(shard_id)  # in range
+        return ShardInputs(tar=listing.tars[shard_id])
     start, stop = plan.shard_range(shard_id)
     uris = tuple(listing.uris.slice(start, stop - start).to_pylist())
     if listing.spans_start is None or listing.spans_end is None:
-        return uris, ()
+        return ShardInputs(uris)
     starts = listing.spans_start.slice(start, stop - start).to_pylist()
     ends = listing.spans_end.slice(start, stop - start).to_pylist()
-    return uris, tuple(zip(starts, ends, strict=True))
+    return ShardInputs(uris, tuple(zip(starts, ends, strict=True)))
 
 
 def listing_table(uris: pa.Array | InputListing) -> pa.Table:
-    """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string); for a tar or Parquet
-    input also ``span_start``, ``span_end`` (int64: the member's header offset and data end; the
-    row and its row group)."""
+    """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string); for a Parquet input
+    also ``span_start``, ``span_end`` (int64: the row and its row group). A tar input: ``shard_id``
+    (int64), ``uri``, ``size`` (int64 bytes), ``version`` (S3 ETag or local mtime) of each tar."""
     listing = uris if isinstance(uris, InputListing) else None
+    if listing is not None and listing.kind == KIND_TAR:
+        return pa.table({"shard_id": pa.array(np.arange(len(listing.tars), dtype=np.int64)),
+                         "uri": pa.array([t.uri for t in listing.tars], pa.string()),
+                         "size": pa.array([t.size for t in listing.tars], pa.int64()),
+                         "version": pa.array([t.version for t in listing.tars], pa.string())})
     arr = listing.uris if listing is not None else uris
     columns = {"image_id": pa.array(np.arange(len(arr), dtype=np.int64)), "uri": arr.cast(pa.string())}
     if listing is not None and listing.spans_start is not None and listing.spans_end is not None:
@@ -132,8 +155,8 @@ def listing_table(uris: pa.Array | InputListing) -> pa.Table:
 
 def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
                    file_sha256: dict[str, str] | None = None) -> InputListing:
-    """The input's listing; for tars / Parquet files unchanged since ``store``'s plan (same sizes and
-    versions, same config), the frozen ``listing.parquet`` instead of a second header walk.
+    """The input's listing; for Parquet files unchanged since ``store``'s plan (same sizes and
+    versions, same config), the frozen ``listing.parquet`` instead of reading every footer again.
 
     ``file_sha256``: ``file_digests(cfg)`` (computed here when None).
     """

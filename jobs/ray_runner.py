@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.io.sources import InputListing
+from bmp_core.io.sources import Container, InputListing
 from bmp_core.io.uris import describe_storage
 from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
@@ -81,8 +81,9 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         listing_s = time.perf_counter() - t0
         done = committed_markers(store, plan.plan_id)
         todo = [s for s in range(plan.num_shards) if s not in done]
-        logger.info("%d images in %d shards; %d already committed, %d to do",
-                    plan.num_images, plan.num_shards, len(done), len(todo))
+        logger.info("%s in %d shards; %d already committed, %d to do",
+                    f"{plan.num_tars} tar file(s)" if plan.is_tar else f"{plan.num_images} images",
+                    plan.num_shards, len(done), len(todo))
         t0 = time.perf_counter()
         # Before any worker starts: the token a local output's workers must find (jobs/path_probe.py).
         probes = write_probes(store, uris) if todo else ()
@@ -91,7 +92,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         t0 = time.perf_counter()
         final = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
         finalize_s = time.perf_counter() - t0
-        labeled_now = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in todo)
+        labeled_now = final.images - sum(m.num_images for m in done.values())
         wall_s = time.time() - t_start
         run = RunRecord(
             config=config_to_dict(cfg),
@@ -220,9 +221,11 @@ def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
 
 
 def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], num_workers: int | None,
-                   address: str | None = None) -> tuple[SampleTiming, int]:
+                   address: str | None = None, tar_sample: tuple[list[tuple[Container, int]], int] | None = None
+                   ) -> tuple[SampleTiming, int]:
     """Time one worker on ``image_ids`` (``jobs/pricing.py``): the resources one of ``num_workers``
     job workers would get (one GPU each when the cluster has GPUs, else their share of the cores).
+    A tar input: ``tar_sample`` = (the tars in sample order, the sample size) instead of ids.
 
     Returns:
         (the timing, the number of workers the projection is for: ``num_workers`` or the job's default).
@@ -231,7 +234,7 @@ def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], 
     try:
         res = worker_resources(ray, cfg, num_workers)
         num_workers = res.num_workers
-        uris, spans = sample_inputs(listing, image_ids)
+        uris, spans = sample_inputs(listing, image_ids) if tar_sample is None else ([], [])
         t0 = time.perf_counter()
         options: dict[str, Any] = {"num_gpus": res.num_gpus, "num_cpus": res.num_cpus, "max_restarts": 0}
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -246,13 +249,20 @@ def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], 
                 raise JobError(f"the sample worker could not start (building the models failed): "
                                f"{err}") from err
             start_s = time.perf_counter() - t0
-            num_warmup = min(cfg.job.batch_size, len(image_ids))
-            timed = actor.time_sample.remote(image_ids, uris, listing.kind, spans, num_warmup)
-            n, seconds, errors, warmup_s = ray.get(timed)
+            bytes_read = None
+            if tar_sample is not None:
+                num_warmup = min(cfg.job.batch_size, tar_sample[1])
+                timed = actor.time_tar_sample.remote(tar_sample[0], tar_sample[1], num_warmup)
+                n, seconds, errors, warmup_s, bytes_read = ray.get(timed)
+                num_warmup = min(num_warmup, n)
+            else:
+                num_warmup = min(cfg.job.batch_size, len(image_ids))
+                timed = actor.time_sample.remote(image_ids, uris, listing.kind, spans, num_warmup)
+                n, seconds, errors, warmup_s = ray.get(timed)
         finally:
             ray.kill(actor, no_restart=True)
         return SampleTiming(n, errors, seconds, num_warmup, warmup_s, start_s,
-                            f"{info.host}:{info.pid}", res.describe()), num_workers
+                            f"{info.host}:{info.pid}", res.describe(), bytes_read), num_workers
     finally:
         if started:
             ray.shutdown()

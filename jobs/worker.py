@@ -15,12 +15,13 @@ Masks leave the worker as RLE inside the Parquet parts; the driver only gets a s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,8 +32,16 @@ import pyarrow as pa
 from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, ImageInputError, decode_image_bgr
-from bmp_core.io.prefetch import prefetch
-from bmp_core.io.sources import KIND_FILES, RawImage, read_group, read_groups
+from bmp_core.io.prefetch import prefetch, read_ahead
+from bmp_core.io.sources import (
+    KIND_FILES,
+    KIND_TAR,
+    Container,
+    RawImage,
+    read_group,
+    read_groups,
+    stream_tar,
+)
 from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.output.commits import commit_shard, new_attempt_id
 from bmp_core.output.store import OutputStore
@@ -48,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to label: its image ids are ``first_image_id + i`` for ``uris[i]``."""
+    """One shard to label: its image ids are ``first_image_id + i`` for ``uris[i]``; a tar input's
+    shard names no URIs but its ``tar``, whose image member ``k`` is image ``first_image_id + k``."""
 
     output_uri: str
     plan_id: str
@@ -57,9 +67,9 @@ class ShardTask:
     uris: tuple[str, ...]
     attempt: int = 1
     kind: str = KIND_FILES  # the input kind (bmp_core/io/sources.py): "files", "tar" or "parquet"
-    # Per URI: (header offset, end of data) bytes of a tar member, (row, row group) of a Parquet row;
-    # empty for loose files.
+    # Per URI: (row, row group) of a Parquet row; empty otherwise.
     spans: tuple[tuple[int, int], ...] = ()
+    tar: Container | None = None  # a tar input: the tar this shard streams, as the plan pinned it
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,8 @@ class BmpWorker:
         image_ids = [task.first_image_id + i for i in range(len(task.uris))]
         store = OutputStore(task.output_uri)
         # Reads start before the models are free: the first images are decoded by the time they are.
-        reads = self._read_ahead(image_ids, list(task.uris), task.kind, task.spans)
+        tars = () if task.tar is None else ((task.tar, task.first_image_id),)
+        reads = self._read_ahead(image_ids, list(task.uris), task.kind, task.spans, tars)
         with self._models_lock:
             rows, parts = self._label(reads, on_progress, store)
         # The last batch's encoding and the commit (Parquet parts, marker: the slow part on S3) run
@@ -175,16 +186,29 @@ class BmpWorker:
 
     def label(self, image_ids: Sequence[int], uris: Sequence[str],
               on_progress: Callable[[int], None] | None = None, kind: str = KIND_FILES,
-              spans: Sequence[tuple[int, int]] = ()) -> tuple[list[ImageRow], pa.Table]:
+              spans: Sequence[tuple[int, int]] = (), tars: Sequence[tuple[Container, int]] = ()
+              ) -> tuple[list[ImageRow], pa.Table]:
         """Read, decode and label images (``on_progress``, ``kind``, ``spans`` as in ``process_shard``
         and ``ShardTask``).
+
+        Args:
+            tars: a tar input: (tar, id of its first image member) of each tar to stream, in order
+                (``image_ids`` and ``uris`` are then empty).
 
         Returns:
             (one ``ImageRow`` per input in image-id order, the ``instances`` table of the ok images).
         """
-        reads = self._read_ahead(image_ids, uris, kind, spans)
+        reads = self._read_ahead(image_ids, uris, kind, spans, tars)
         with self._models_lock:
             rows, parts = self._label(reads, on_progress, None)
+        return rows, _concat(parts)
+
+    def label_stream(self, raw: Iterable[RawImage], on_progress: Callable[[int], None] | None = None
+                     ) -> tuple[list[ImageRow], pa.Table]:
+        """Decode and label images read elsewhere (a tar stream the caller watches: the sample run
+        that prices a tar input), in their order; returns as ``label``."""
+        with self._models_lock:
+            rows, parts = self._label(self._decode_stream(raw), on_progress, None)
         return rows, _concat(parts)
 
     def label_decoded(self, images: Sequence[tuple[ImageRow, np.ndarray | None]]
@@ -230,27 +254,36 @@ class BmpWorker:
         return rows, parts
 
     def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str], kind: str = KIND_FILES,
-                    spans: Sequence[tuple[int, int]] = ()) -> Iterator[_Decoded]:
+                    spans: Sequence[tuple[int, int]] = (),
+                    tars: Sequence[tuple[Container, int]] = ()) -> Iterator[_Decoded]:
         """Submit the first reads now; the returned iterator yields decoded images in read order
         (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
         bounded window read and decoded in advance.
 
-        A loose file is read and decoded by one task. A tar run (one ranged request for several
-        members) or a Parquet row group is read by one task, and its images are then decoded by a
-        task each, so a run still decodes on every thread.
+        A loose file is read and decoded by one task. A Parquet row group is read by one task, and
+        its images are then decoded by a task each. A tar is streamed front to back on a thread of
+        its own (``read_ahead``), its images decoded by a task each; so decoding uses every thread.
         """
         job = self.cfg.job
         window = 2 * job.batch_size + job.decode_threads
-        groups = read_groups(kind, image_ids, uris, spans, max_run=job.batch_size)
+        if kind == KIND_TAR:
+            return self._decode_stream(itertools.chain.from_iterable(
+                stream_tar(tar, job.image_extensions, first) for tar, first in tars))
+        groups = read_groups(kind, image_ids, uris, spans)
         if kind == KIND_FILES:
             return prefetch(self._pool, lambda g: self._decode_one(read_group(g)[0]), groups, window)
         raw = prefetch(self._pool, lambda g: read_group(g, job.image_column, job.id_column), groups,
                        max(2, -(-window // job.batch_size)))
         return prefetch(self._pool, self._decode_one, (image for group in raw for image in group), window)
 
+    def _decode_stream(self, raw: Iterable[RawImage]) -> Iterator[_Decoded]:
+        """A sequential source (a tar stream) read on a thread of its own, decoded on the pool."""
+        window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
+        return prefetch(self._pool, self._decode_one, read_ahead(raw, window), window)
+
     def _read_one(self, image_id: int, uri: str) -> _Decoded:
         """Read and decode one loose file (what ``_read_ahead`` does for each file, on one thread)."""
-        (raw,) = read_group(read_groups(KIND_FILES, [image_id], [uri], [], 1)[0])
+        (raw,) = read_group(read_groups(KIND_FILES, [image_id], [uri], [])[0])
         return self._decode_one(raw)
 
     def _decode_one(self, raw: RawImage) -> _Decoded:

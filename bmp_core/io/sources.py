@@ -1,20 +1,22 @@
-"""What an ``--input`` names, listed into the one frozen listing, and read back in runs.
+"""What an ``--input`` names, listed into the one frozen listing, and read back by the workers.
 
-Three kinds of input, one listing:
+Three kinds of input:
 
-- loose image files (``uris.list_input``: folder, glob, list file, single image): one entry per file;
+- loose image files (``uris.list_input``: folder, glob, list file, single image): one listing entry
+  (one image) per file;
 - WebDataset tar shards (the path, glob or brace pattern ``shard-{000000..000999}.tar`` ends with
-  ``.tar``, or a list file lists only ``.tar`` files): one entry per image member,
-  ``TAR#MEMBER`` (``tars.py``);
+  ``.tar``, or a list file lists only ``.tar`` files): one listing entry per *tar*, pinned by its
+  size and version and never opened by the planner; the worker streams it and makes one image per
+  image member, ``TAR#MEMBER`` (``stream_tar``; the numbering is in ``tars.py``);
 - Parquet image tables (``job.image_column`` set; a ``.parquet`` file, a folder or ``s3://`` prefix
-  of them, a glob or a list file): one entry per row, ``FILE#ROW`` (``parquet_images.py``).
+  of them, a glob or a list file): one entry per row, ``FILE#ROW`` (``parquet_images.py``; a file's
+  footer says how many rows it has, so the planner reads the footers, not the rows).
 
-Every entry is one ``images`` row, so ids, shards, resume and the listing digest work the same for
-all three. A tar or Parquet file (a *container*) is also pinned by its size and version (S3 ETag, or
-local mtime) in ``containers_sha256``: a rerun against a rewritten container is refused even when
-its listing happens to be the same. Each entry of a container carries a *span*: ``(header offset,
-end of data)`` bytes of a tar member, ``(row, row group)`` of a Parquet row. ``read_groups`` cuts a
-shard's entries into runs read with one request each; ``read_group`` reads one run.
+A tar or Parquet file (a *container*) is pinned by its size and version (S3 ETag, or local mtime)
+in ``containers_sha256``: a rerun against a rewritten container is refused even when its listing
+happens to be the same, and a worker that finds a tar other than the plan's stops
+(``InputChangedError``). A Parquet row carries a *span* ``(row, row group)``; ``read_groups`` cuts
+a shard's rows into row groups, ``read_group`` reads one.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import itertools
 import logging
 import posixpath
 import re
+import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,9 +54,7 @@ logger = logging.getLogger(__name__)
 
 KIND_FILES, KIND_TAR, KIND_PARQUET = "files", "tar", "parquet"
 MEMBER_SEP = "#"
-LISTING_THREADS = 32  # containers whose headers / footers are read at once (latency-bound on S3)
-MAX_RUN_GAP_BYTES = 4 << 20  # a shard's tar members closer than this are read in the same request
-MAX_RUN_BYTES = 64 << 20  # ... up to this many bytes per request (bounds a read's memory)
+LISTING_THREADS = 32  # Parquet footers read at once (latency-bound on S3)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class Container:
 class InputListing:
     """The sorted listing of an input.
 
-    ``spans_start`` / ``spans_end`` (int64, one per URI) are None for loose files.
+    ``uris``: one per image (loose files, Parquet rows), or one per tar (a tar input: ``tars``
+    holds the same tars with their pinned sizes and versions, in the same order).
+    ``spans_start`` / ``spans_end`` (int64, one per URI): a Parquet row's (row, row group); None otherwise.
     ``containers_sha256`` is None for loose files.
     """
 
@@ -79,6 +82,16 @@ class InputListing:
     spans_end: pa.Int64Array | None = None
     containers_sha256: str | None = None
     num_containers: int = 0
+    tars: tuple[Container, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """The tars' bytes (a tar input; 0 otherwise)."""
+        return sum(c.size for c in self.tars)
+
+
+class InputChangedError(InputError):
+    """A tar the plan pinned is not the same file any more (rewritten, resized or deleted)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,7 @@ class RawImage:
     container_uri: str | None = None
     key: str | None = None
     read_s: float | None = None
+    end_offset: int | None = None  # a tar member: the byte just past its data (how far the stream got)
 
 
 def split_member_uri(uri: str) -> tuple[str, str] | None:
@@ -270,9 +284,9 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
         uri: the ``--input``.
         extensions: image suffixes: files of a folder or glob, members of a tar.
         image_column, id_column: ``job.image_column`` / ``job.id_column`` (Parquet input).
-        reuse: for a tar or Parquet input, called with (kind, containers digest, number of
-            containers) once the containers are listed; a listing it returns is used instead of
-            reading every tar's headers again (a resume: ``jobs.planner.list_job_input``).
+        reuse: for a Parquet input, called with (kind, containers digest, number of
+            containers) once the files are listed; a listing it returns is used instead of reading
+            every file's footer again (a resume: ``jobs.planner.list_job_input``).
 
     Raises:
         InputError: the input cannot be listed, lists nothing, or lacks a named column.
@@ -286,6 +300,12 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
     t0 = time.perf_counter()
     suffix = tars.TAR_SUFFIX if kind == KIND_TAR else parquet_images.PARQUET_SUFFIX
     containers = list_containers(uri, suffix)
+    if kind == KIND_TAR:  # pinned, never opened: the workers enumerate the members
+        logger.info("listed %d tar file(s), %d bytes, in %.1f s", len(containers), sum(c.size for c in containers),
+                    time.perf_counter() - t0)
+        return InputListing(KIND_TAR, pa.array([c.uri for c in containers], pa.string()),
+                            containers_sha256=containers_digest(containers), num_containers=len(containers),
+                            tars=tuple(containers))
     if reuse is not None:
         frozen = reuse(kind, containers_digest(containers), len(containers))
         if frozen is not None:
@@ -293,17 +313,13 @@ def list_source(uri: str, extensions: Sequence[str], image_column: str | None = 
                         len(containers), suffix, len(frozen.uris))
             return frozen
     with ThreadPoolExecutor(min(LISTING_THREADS, len(containers))) as pool:
-        if kind == KIND_TAR:
-            parts = list(pool.map(lambda c: _tar_entries(c.uri, extensions), containers))
-        else:
-            assert image_column is not None
-            parts = list(pool.map(lambda c: _parquet_entries(c.uri, image_column, id_column), containers))
+        assert image_column is not None
+        parts = list(pool.map(lambda c: _parquet_entries(c.uri, image_column, id_column), containers))
     uris = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
     starts = pa.concat_arrays([p[1] for p in parts])
     ends = pa.concat_arrays([p[2] for p in parts])
     if len(uris) == 0:
-        what = f"image members ({', '.join(extensions)})" if kind == KIND_TAR else "rows"
-        raise InputError(f"input {uri}: its {len(containers)} {suffix} file(s) hold no {what}")
+        raise InputError(f"input {uri}: its {len(containers)} {suffix} file(s) hold no rows")
     order = pc.sort_indices(uris)
     uris, starts, ends = pc.take(uris, order), pc.take(starts, order), pc.take(ends, order)
     if len(sort_unique(uris)) != len(uris):  # only when two inputs name the same container twice
@@ -328,12 +344,6 @@ def _container_hint(uri: str) -> str:
     return ""
 
 
-def _tar_entries(tar_uri: str, extensions: Sequence[str]) -> tuple[pa.Array, pa.Array, pa.Array]:
-    members = tars.list_tar_members(tar_uri, extensions)
-    uris = pa.array([f"{tar_uri}{MEMBER_SEP}{m.name}" for m in members], pa.string())
-    return (uris, pa.array([m.offset for m in members], pa.int64()), pa.array([m.end for m in members], pa.int64()))
-
-
 def _parquet_entries(file_uri: str, image_column: str, id_column: str | None) -> tuple[pa.Array, pa.Array, pa.Array]:
     footer = parquet_images.read_footer(file_uri, image_column, id_column)
     rows = np.arange(footer.num_rows, dtype=np.int64)
@@ -350,16 +360,17 @@ def _parquet_entries(file_uri: str, image_column: str, id_column: str | None) ->
 
 
 def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
-                spans: Sequence[tuple[int, int]], max_run: int) -> list[ReadGroup]:
-    """Cut a shard into what is read together, in the order to read it.
+                spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
+    """Cut a shard of loose files or Parquet rows into what is read together, in the order to read it.
 
-    Loose files: one group each. A tar: its members sorted by offset, cut into runs of at most
-    ``max_run`` members whose gaps and size stay small (each run is one ranged read; a shard's
-    runs never overlap, so a shard reads its part of the tar once). A Parquet file: the shard's
-    rows of each row group (read in batches of ``READ_BATCH_ROWS``, image and id columns only).
+    Loose files: one group each. A Parquet file: the shard's rows of each row group (read in
+    batches of ``READ_BATCH_ROWS``, image and id columns only). A tar is not cut: it is streamed
+    (``stream_tar``).
     """
     if kind == KIND_FILES:
         return [ReadGroup(KIND_FILES, None, (i,), (u,)) for i, u in zip(image_ids, uris, strict=True)]
+    if kind != KIND_PARQUET:
+        raise ValueError(f"read_groups: a {kind} input is not read in groups")
     by_container: dict[str, list[tuple[int, str, tuple[int, int]]]] = {}
     for image_id, uri, span in zip(image_ids, uris, spans, strict=True):
         split = split_member_uri(uri)
@@ -369,19 +380,8 @@ def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
     groups = []
     for container, entries in by_container.items():
         entries.sort(key=lambda e: e[2][0])
-        if kind == KIND_PARQUET:
-            for _, rows in itertools.groupby(entries, key=lambda e: e[2][1]):  # one read per row group
-                groups.append(_group(kind, container, list(rows)))
-            continue
-        run: list[tuple[int, str, tuple[int, int]]] = []
-        for entry in entries:
-            if run and (len(run) >= max_run or entry[2][0] - run[-1][2][1] > MAX_RUN_GAP_BYTES
-                        or entry[2][1] - run[0][2][0] > MAX_RUN_BYTES):
-                groups.append(_group(kind, container, run))
-                run = []
-            run.append(entry)
-        if run:
-            groups.append(_group(kind, container, run))
+        for _, rows in itertools.groupby(entries, key=lambda e: e[2][1]):  # one read per row group
+            groups.append(_group(kind, container, list(rows)))
     return groups
 
 
@@ -414,34 +414,63 @@ def read_group(group: ReadGroup, image_column: str | None = None, id_column: str
             return [RawImage(image_id, uri, None, read_error(err))]
         return [RawImage(image_id, uri, data, read_s=time.perf_counter() - t0)]
     assert group.container is not None
-    if group.kind == KIND_TAR:
-        return _read_tar_group(group, t0)
     if image_column is None:
         raise ValueError("a Parquet input needs job.image_column")
     return _read_parquet_group(group, image_column, id_column, t0)
 
 
-def _read_tar_group(group: ReadGroup, t0: float) -> list[RawImage]:
-    container = group.container
-    assert container is not None
-    names = [u[len(container) + len(MEMBER_SEP):] for u in group.uris]
+def check_unchanged(tar: Container) -> None:
+    """Refuse to read a tar that is not the one the plan pinned (one HEAD / stat).
+
+    Raises:
+        InputChangedError: it was rewritten (other size or version) or deleted since the plan.
+    """
+    fs, path = filesystem(tar.uri)
     try:
-        buffer, start = tars.read_tar_span(container, group.spans[0][0], group.spans[-1][1])
-    except OSError as err:
-        reason = read_error(err)
-        return [RawImage(i, u, None, reason, container, tars.webdataset_key(n))
-                for i, u, n in zip(group.image_ids, group.uris, names, strict=True)]
-    per_image_s = (time.perf_counter() - t0) / len(names)  # one request for the run, shared evenly
-    out = []
-    for image_id, uri, name, (offset, end) in zip(group.image_ids, group.uris, names, group.spans, strict=True):
-        key = tars.webdataset_key(name)
+        now = _container(fs, path, fs.info(path))  # type: ignore[attr-defined]
+    except FileNotFoundError as err:
+        raise InputChangedError(f"the tar {tar.uri} was deleted since the plan froze the input") from err
+    if (now.size, now.version) != (tar.size, tar.version):
+        raise InputChangedError(
+            f"the tar {tar.uri} changed since the plan froze the input (size {tar.size} then, {now.size} now; "
+            f"version {tar.version} then, {now.version} now): its members are no longer the plan's. Restore it, "
+            "or label the changed input into a new --output (or pass --force to start this one over)")
+
+
+def stream_tar(tar: Container, extensions: Sequence[str], first_image_id: int) -> Iterator[RawImage]:
+    """Every image member of one tar as a ``RawImage``, front to back in one sequential read.
+
+    Image ``first_image_id + k`` is the tar's image member ``k`` (``tars.iter_tar_images``: a cut,
+    duplicate or unreadable member is a ``RawImage`` with an error). A file that is not a tar at
+    all is one ``RawImage`` for the tar itself (its URI, an error): the tar is an ``images`` row
+    like any input that cannot be read, rather than a job that stops.
+
+    Raises:
+        InputChangedError: the tar is not the plan's (``check_unchanged``), checked before reading.
+        InputError: the tar holds more than ``tars.TAR_ID_STRIDE`` image members.
+        OSError: storage failed mid-read (the shard fails and is retried).
+    """
+    check_unchanged(tar)
+    fs, path = filesystem(tar.uri)
+    opener = (fs.open(path, "rb", block_size=tars.STREAM_BLOCK_BYTES, cache_type="readahead")
+              if protocol_of(tar.uri) == "s3" else fs.open(path, "rb"))
+    t0 = time.perf_counter()
+    with opener as f:
+        members = tars.iter_tar_images(f, tar.uri, tar.size, extensions)
         try:
-            data = tars.member_bytes(buffer, start, name, offset, end)
-        except tars.TarMemberError as err:
-            out.append(RawImage(image_id, uri, None, str(err), container, key))
-            continue
-        out.append(RawImage(image_id, uri, data, None, container, key, per_image_s))
-    return out
+            first = next(members, None)
+        except tarfile.ReadError as err:  # the first header: nothing in the file can be named
+            yield RawImage(first_image_id, tar.uri, None, f"not a tar archive (or empty): {err}", tar.uri)
+            return
+        for member in itertools.chain([] if first is None else [first], members):
+            if member.ordinal >= tars.TAR_ID_STRIDE:
+                raise InputError(f"the tar {tar.uri} holds more than {tars.TAR_ID_STRIDE} image members: split it "
+                                 "into smaller tars")
+            read_s = time.perf_counter() - t0  # this member's share of the stream (the consumer's time excluded)
+            yield RawImage(first_image_id + member.ordinal, f"{tar.uri}{MEMBER_SEP}{member.name}", member.data,
+                           member.error, tar.uri, tars.webdataset_key(member.name),
+                           None if member.error else read_s, member.end)
+            t0 = time.perf_counter()
 
 
 def _read_parquet_group(group: ReadGroup, image_column: str, id_column: str | None, t0: float) -> list[RawImage]:

@@ -1,43 +1,58 @@
-"""WebDataset tar shards: the member listing of a tar (one pass over its headers) and reading members.
+"""WebDataset tar shards: a tar's image members read front to back in one pass, and one member read back.
 
-A tar member image is addressed as ``TAR_URI#MEMBER_NAME`` (``s3://b/shard-000001.tar#0001.jpg``);
-its span is ``(header offset, end of its data)`` in bytes. The planner walks each tar's headers
-once (``list_tar_members``: seeks past the data, so on S3 it reads the headers and whatever the
-read-ahead block around them holds, never the whole tar unless the members are tiny); the worker
-then reads each run of a shard's members with ONE ranged read (``read_tar_span``) and parses the
-members out of that buffer, so a shard makes one pass over the part of the tar it needs and
-nothing is extracted to disk.
+The plan pins each tar by its URI, size and version (S3 ETag, or local mtime) and never opens it
+(``sources.list_source``): planning 10,000 tars is one listing, whatever they hold. The worker that
+labels a tar streams it (``iter_tar_images``: ``tarfile``'s stream mode over a sequential read, a
+large read-ahead block per request on S3, nothing extracted to disk, no seek back) and numbers its
+image members as it meets them: the member ``k`` (0-based, counting only image members) of the tar
+with plan index ``t`` is image ``t * TAR_ID_STRIDE + k``. The tar is pinned, so the numbering is the
+same on every rerun.
 
+A tar member image is addressed as ``TAR_URI#MEMBER_NAME`` (``s3://b/shard-000001.tar#0001.jpg``).
 WebDataset's ``__key__`` of a member is its path up to the first ``.`` of its file name
 (``dir/0001.seg.png`` -> ``dir/0001``); ``webdataset_key`` computes it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import posixpath
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
-from bmp_core.io.uris import InputError, describe_storage, filesystem, protocol_of
+from bmp_core.io.uris import filesystem
 
 logger = logging.getLogger(__name__)
 
 TAR_SUFFIX = ".tar"
-# Read-ahead while walking headers on S3: one ranged GET serves every header inside it, so small
-# members cost one request per block rather than one per member, large ones one per member.
-HEADER_WALK_BLOCK_BYTES = 256 << 10
+# Image ids of a tar input: plan index of the tar x this + ordinal of the image member in the tar.
+# Decimal, so that an id reads as (tar, member) by eye: 30000005 is tar 3, image member 5.
+TAR_ID_STRIDE = 10_000_000
+# Bytes per ranged GET while streaming a tar from S3: few requests per image, bounded memory.
+STREAM_BLOCK_BYTES = 16 << 20
+# A tar's end: two zero blocks, padded up to a 10240-byte record (what GNU tar and Python write).
+_END_SLACK_BYTES = 2 * 512 + 10240
 
 
 @dataclass(frozen=True)
-class TarMember:
-    """A regular file inside a tar: its name and where its header chain starts and its data ends."""
+class TarImage:
+    """One image member met while streaming a tar: its bytes, or why there are none.
 
+    Attributes:
+        ordinal: index among the tar's image members (0-based, in tar order).
+        name: the member's path inside the tar.
+        offset, end: the byte offset of its header and just past its data.
+        data: its bytes; None when ``error`` says why it cannot be read.
+    """
+
+    ordinal: int
     name: str
-    offset: int  # byte offset of the member's first header block (pax/GNU long-name headers included)
-    end: int  # byte offset just past its data
+    offset: int
+    end: int
+    data: bytes | None
+    error: str | None = None
 
 
 def webdataset_key(member_name: str) -> str:
@@ -47,82 +62,65 @@ def webdataset_key(member_name: str) -> str:
     return posixpath.join(folder, stem) if folder else stem
 
 
-def list_tar_members(tar_uri: str, extensions: Sequence[str]) -> list[TarMember]:
-    """The regular-file members of a tar whose names end with one of ``extensions``, in tar order.
+def iter_tar_images(fileobj: IO[bytes], tar_uri: str, tar_size: int,
+                    extensions: Sequence[str]) -> Iterator[TarImage]:
+    """The regular-file members of a tar whose names end with one of ``extensions``, in tar order,
+    read in one forward pass over ``fileobj`` (``tar_size``: the tar's size as the plan pinned it).
 
-    A member that appears twice keeps its last copy (what ``tar -x`` leaves). A tar cut short after
-    some members keeps those (the one whose data is cut is listed: reading it becomes an error row).
+    Every image member the tar's headers name is yielded once:
+
+    - a member whose data the end of the tar cuts (a truncated tar) has ``error`` "truncated tar ...",
+      and nothing after it is read;
+    - a second member of an already-met name has ``error`` "duplicate member ..." (the first copy is
+      the labeled one; ``tar -x`` would leave the last, but a stream cannot know a later copy comes);
+    - headers that stop making sense before the end (garbage, a cut header) end the stream with a
+      warning: there are no members there to name.
 
     Raises:
-        InputError: the tar cannot be opened or is not a tar at all (named in the message).
+        tarfile.ReadError: the first block is not a tar header (not a tar at all, or empty).
+        OSError: reading failed (storage), as fsspec raises it.
     """
     exts = tuple(e.lower() for e in extensions)
-    fs, path = filesystem(tar_uri)
-    found: dict[str, TarMember] = {}
-    try:
-        opener = (fs.open(path, "rb", block_size=HEADER_WALK_BLOCK_BYTES, cache_type="readahead")
-                  if protocol_of(tar_uri) == "s3" else fs.open(path, "rb"))
-        with opener as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            while True:
-                try:
-                    info = tar.next()
-                except tarfile.ReadError as err:
-                    logger.warning("tar %s is truncated after %d listed member(s) (%s): the rest cannot be "
-                                   "listed", tar_uri, len(found), err)
-                    break
-                if info is None:
-                    break
-                if info.isfile() and info.name.lower().endswith(exts):
-                    found[info.name] = TarMember(info.name, info.offset, info.offset_data + info.size)
-                tar.members.clear()  # tarfile keeps every TarInfo otherwise; we keep our own small records
-    except FileNotFoundError as err:
-        raise InputError(f"tar not found: {tar_uri}") from err
-    except tarfile.TarError as err:
-        raise InputError(f"cannot read the tar {tar_uri}: {err} (not a tar archive, or empty); remove it from "
-                         "the input") from err
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the tar {describe_storage(tar_uri)}: {type(err).__name__}: {err}") from err
-    return sorted(found.values(), key=lambda m: m.offset)
-
-
-class TarMemberError(ValueError):
-    """A listed member cannot be read from the tar; ``str(err)`` is the reason for the ``images`` table."""
-
-
-def read_tar_span(tar_uri: str, start: int, end: int) -> tuple[bytes, int]:
-    """Bytes ``[start, end)`` of a tar in one ranged read; returns (bytes, start). Fewer bytes come back
-    when the tar is shorter than ``end`` (a truncated tar): ``member_bytes`` then reports the cut member.
-
-    Raises:
-        FileNotFoundError, PermissionError, OSError: as fsspec reports them.
-    """
-    fs, path = filesystem(tar_uri)
-    return fs.cat_file(path, start=start, end=end), start
-
-
-def member_bytes(buffer: bytes, buffer_start: int, name: str, offset: int, end: int) -> bytes:
-    """The data of the member ``name`` whose header starts at ``offset``, from a buffer read by
-    ``read_tar_span`` (``buffer_start``: the tar offset of ``buffer[0]``).
-
-    Raises:
-        TarMemberError: the data is cut short (truncated tar), or the header there is not the
-            member's (the tar was rewritten since the plan).
-    """
-    lo, hi = offset - buffer_start, end - buffer_start
-    if hi > len(buffer):
-        raise TarMemberError(f"truncated tar: member {name} needs bytes up to {end}, the tar ends at "
-                             f"{buffer_start + len(buffer)}")
-    try:
-        with tarfile.open(fileobj=io.BytesIO(buffer[lo:hi]), mode="r:") as tar:
-            info = tar.next()
-            if info is None or info.name != name:
-                found = None if info is None else info.name
-                raise TarMemberError(f"the tar changed since the plan: expected member {name} at byte {offset}, "
-                                     f"found {found!r}")
-            data = tar.extractfile(info)
-            return b"" if data is None else data.read()
-    except tarfile.TarError as err:
-        raise TarMemberError(f"corrupt tar member {name} at byte {offset}: {err}") from err
+    seen: dict[str, int] = {}
+    ordinal = 0
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        end_of_last = 0
+        while True:
+            try:
+                info = tar.next()
+            except (tarfile.ReadError, tarfile.StreamError) as err:  # a cut in a member that is not an image
+                logger.warning("tar %s is cut short after byte %d of %d (%s): nothing after it is read",
+                               tar_uri, end_of_last, tar_size, err)
+                return
+            if info is None:
+                break
+            tar.members.clear()  # tarfile keeps every TarInfo otherwise: a million members, a million objects
+            end_of_last = info.offset_data + info.size
+            if not (info.isfile() and info.name.lower().endswith(exts)):
+                continue
+            if end_of_last > tar_size:
+                yield TarImage(ordinal, info.name, info.offset, end_of_last, None,
+                               f"truncated tar: member {info.name} needs bytes up to {end_of_last}, the tar ends "
+                               f"at {tar_size}")
+                return
+            try:
+                data_file = tar.extractfile(info)
+                data = b"" if data_file is None else data_file.read()
+            except (tarfile.ReadError, tarfile.StreamError) as err:  # shorter than its header says
+                yield TarImage(ordinal, info.name, info.offset, end_of_last, None,
+                               f"truncated tar: member {info.name} cannot be read whole ({err})")
+                return
+            if info.name in seen:
+                yield TarImage(ordinal, info.name, info.offset, end_of_last, None,
+                               f"duplicate member {info.name} in the tar: its first copy (image member "
+                               f"{seen[info.name]}) is the one labeled")
+            else:
+                seen[info.name] = ordinal
+                yield TarImage(ordinal, info.name, info.offset, end_of_last, data)
+            ordinal += 1
+    if end_of_last + _END_SLACK_BYTES < tar_size:
+        logger.warning("tar %s: its headers stop making sense at about byte %d of %d; whatever follows is "
+                       "not read (a damaged tar?)", tar_uri, end_of_last, tar_size)
 
 
 def read_member_by_name(tar_uri: str, name: str) -> bytes:

@@ -2,9 +2,11 @@
 
 ``OUT`` is a local folder or an ``s3://`` prefix::
 
-    OUT/plan.json              what the output is made from: num_images, shard_size, digests, plan_id
-    OUT/listing.parquet        the frozen sorted listing: image_id, uri (+ span_start, span_end for tar
-                               members / Parquet rows: bytes of the member; row and row group)
+    OUT/plan.json              what the output is made from: num_images (or num_tars), shard_size,
+                               digests, plan_id
+    OUT/listing.parquet        the frozen sorted listing: image_id, uri (+ span_start, span_end of
+                               Parquet rows: row and row group); a tar input: shard_id, uri, size,
+                               version of each tar (its members are listed by the images table)
     OUT/config.yaml            the resolved config of the first run
     OUT/images/shard-000007-<attempt>.parquet      one row per input image (``tables.IMAGES_SCHEMA``;
                                                    ``container_uri``, ``key``: the tar / Parquet file and

@@ -16,6 +16,7 @@ import pyarrow as pa
 import yaml
 
 from bmp_core.config import BmpConfig, config_to_dict, dump_config
+from bmp_core.io.tars import TAR_ID_STRIDE
 from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.store import OutputStateError, OutputStore
@@ -28,16 +29,31 @@ INPUT_CONTAINERS_KEY = "input.containers"
 
 @dataclass(frozen=True)
 class Plan:
-    """What an output is made from, and how it is cut into shards."""
+    """What an output is made from, and how it is cut into shards.
 
-    num_images: int
+    Loose files and Parquet rows: ``num_images`` listed images, shard ``s`` holds ids
+    ``[s * shard_size, min((s + 1) * shard_size, num_images))``. A tar input: ``num_tars`` tars,
+    one shard each, ``num_images`` None (the workers count the members as they stream each tar);
+    shard ``s``'s images are ``s * TAR_ID_STRIDE + k`` (``bmp_core/io/tars.py``), as many as its
+    commit marker says.
+    """
+
+    num_images: int | None
     shard_size: int
-    listing_digest: str  # sha256 hex of the sorted listing
+    listing_digest: str  # sha256 hex of the sorted listing (the tars' URIs for a tar input)
     config_digest: str  # sha256 hex of the result-affecting config and the pinned files' digests
     file_sha256: tuple[tuple[str, str], ...] = ()  # (config key, sha256 hex of the file) of pinned files
+    num_tars: int = 0  # a tar input: its tars, one shard each; 0 otherwise
+
+    @property
+    def is_tar(self) -> bool:
+        return self.num_tars > 0
 
     @property
     def num_shards(self) -> int:
+        if self.is_tar:
+            return self.num_tars
+        assert self.num_images is not None
         return -(-self.num_images // self.shard_size)
 
     @property
@@ -45,15 +61,34 @@ class Plan:
         """Names this plan in commit markers; a marker of another plan is never trusted."""
         return hashlib.sha256(f"{self.listing_digest}:{self.config_digest}".encode()).hexdigest()[:16]
 
+    def first_image_id(self, shard_id: int) -> int:
+        """The id of a shard's first image."""
+        self._check(shard_id)
+        return shard_id * (TAR_ID_STRIDE if self.is_tar else self.shard_size)
+
     def shard_range(self, shard_id: int) -> tuple[int, int]:
-        """[start, stop) image ids of a shard."""
-        if not 0 <= shard_id < self.num_shards:
-            raise IndexError(f"shard {shard_id} out of range [0, {self.num_shards})")
+        """[start, stop) image ids of a shard of listed images (not of a tar input: ``first_image_id``)."""
+        if self.is_tar:
+            raise ValueError("a tar input's shards are counted by their workers: use first_image_id")
+        self._check(shard_id)
+        assert self.num_images is not None
         start = shard_id * self.shard_size
         return start, min(start + self.shard_size, self.num_images)
 
+    def shard_num_images(self, shard_id: int) -> int | None:
+        """Images in a shard; None for a tar (not known before it is streamed)."""
+        if self.is_tar:
+            self._check(shard_id)
+            return None
+        start, stop = self.shard_range(shard_id)
+        return stop - start
+
+    def _check(self, shard_id: int) -> None:
+        if not 0 <= shard_id < self.num_shards:
+            raise IndexError(f"shard {shard_id} out of range [0, {self.num_shards})")
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "num_images": self.num_images,
             "shard_size": self.shard_size,
             "num_shards": self.num_shards,
@@ -62,11 +97,16 @@ class Plan:
             "plan_id": self.plan_id,
             "file_sha256": dict(self.file_sha256),
         }
+        if self.is_tar:
+            data["num_tars"] = self.num_tars
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Plan:
-        return Plan(int(data["num_images"]), int(data["shard_size"]), data["listing_digest"], data["config_digest"],
-                    tuple(sorted((data.get("file_sha256") or {}).items())))
+        num_images = data.get("num_images")
+        return Plan(None if num_images is None else int(num_images), int(data["shard_size"]), data["listing_digest"],
+                    data["config_digest"], tuple(sorted((data.get("file_sha256") or {}).items())),
+                    int(data.get("num_tars") or 0))
 
 
 def read_plan(store: OutputStore) -> Plan | None:
@@ -172,9 +212,13 @@ def _plan_difference(store: OutputStore, old: Plan, new: Plan, config_dict: dict
             parts.append(f"config:\n  {shown}")
     if old.listing_digest != new.listing_digest:
         parts.append(
-            f"input listing ({old.num_images} images then, {new.num_images} now; "
+            f"input listing ({_size(old)} then, {_size(new)} now; "
             f"digest {old.listing_digest[:12]} then, {new.listing_digest[:12]} now)"
         )
     if not parts and old.shard_size != new.shard_size:
         parts.append(f"shard size ({old.shard_size} then, {new.shard_size} now)")
     return "\n".join(parts) or "plan"
+
+
+def _size(plan: Plan) -> str:
+    return f"{plan.num_tars} tar file(s)" if plan.is_tar else f"{plan.num_images} images"

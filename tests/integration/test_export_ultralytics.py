@@ -31,10 +31,19 @@ pytestmark = pytest.mark.skipif(not Path(PYTHON).exists(),
 def output(tmp_path_factory: pytest.TempPathFactory) -> str:
     from PIL import Image as PILImage
 
+    from bmp_core.output.export.policy import split_of
+
     root = tmp_path_factory.mktemp("ultralytics")
+    # The split hashes the URI, which carries the random tmp path: pick names that put 4 images in
+    # each split at the tests' val fraction (0.4), or an unlucky path leaves a split empty (0.6 ** 8).
+    names: dict[str, list[str]] = {"val": [], "train": []}
+    for j in range(1000):
+        names_of = names[split_of(str(root / "src" / f"im{j}.png"), 0.4)]
+        if len(names_of) < 4:
+            names_of.append(f"im{j}.png")
     images = []
-    for i in range(8):
-        uri = str(root / "src" / f"im{i}.png")
+    for i, name in enumerate(sorted(names["val"] + names["train"])):
+        uri = str(root / "src" / name)
         Path(uri).parent.mkdir(exist_ok=True)
         PILImage.fromarray(np.random.default_rng(i).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(uri)
         holed = box_mask(H, W, 4, 4, 24, 44)

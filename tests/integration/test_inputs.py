@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bmp_core.io.tars import TAR_ID_STRIDE
 from bmp_core.output.store import OutputStateError
 from bmp_core.testing.images import SyntheticImage, write_synthetic_images
 from jobs.cli import main
@@ -65,6 +66,18 @@ def _write_shards(folder: Path, photos: list[Path], per_tar: int) -> dict[str, P
     return where
 
 
+def _assert_one_row_per_member(images: pa.Table, expected: dict[str, Path]) -> None:
+    """Every member once; the member k of the t-th tar (sorted) is image t * TAR_ID_STRIDE + k."""
+    uris = images.column("uri").to_pylist()
+    assert sorted(uris) == sorted(expected) and len(set(uris)) == len(uris)
+    tar_index = {t: i for i, t in enumerate(sorted({u.split("#")[0] for u in expected}))}
+    by_tar: dict[str, list[str]] = {}
+    for uri in expected:  # _write_shards lists members in tar order
+        by_tar.setdefault(uri.split("#")[0], []).append(uri)
+    want = {u: tar_index[t] * TAR_ID_STRIDE + k for t, members in by_tar.items() for k, u in enumerate(members)}
+    assert dict(zip(uris, images.column("image_id").to_pylist(), strict=True)) == want
+
+
 def _check_labels(images: pa.Table, instances: pa.Table, expected: dict[str, Path], cfg: object) -> None:
     got = keypoints_by_uri(images, instances)
     for uri, path in expected.items():
@@ -85,25 +98,35 @@ def test_local_tars_corrupt_truncated_resume_and_rewrite(ray_cluster: object, te
         cut = tar.getmember("cut.jpg")
     bad.write_bytes(bad.read_bytes()[: cut.offset_data + cut.size // 2])  # cut.jpg halved, no end blocks
     expected[f"{bad}#ok.jpg"] = photos[6]
-    pattern = str(tmp_path / "tars" / "shard-{000000..000002}.tar")
-    cfg = fake_config("job.shard_size=2")
+    not_a_tar = tmp_path / "tars" / "shard-000003.tar"
+    not_a_tar.write_bytes(b"an html error page saved as a tar " * 30)
+    pattern = str(tmp_path / "tars" / "shard-{000000..000003}.tar")
+    cfg = fake_config("job.shard_size=2")  # a tar input: one shard per tar, whatever shard_size says
     out = tmp_path / "out"
     run = run_job(cfg, RunOptions(pattern, str(out), num_workers=2, progress=False, lock_settle_s=0.05))
+    assert run.counts.shards == 4 and run.plan.num_images is None
 
     images, instances = read_output(str(out))
-    assert_one_row_per_image(images, 9)  # 6 + corrupt + ok + cut: sidecars are not images
-    assert run.counts.images_error == 2
+    # 6 + corrupt + ok + cut (sidecars are not images) + the file that is no tar: tar t's member k is t*S + k.
+    s = TAR_ID_STRIDE
+    assert sorted(images.column("image_id").to_pylist()) == [0, 1, 2, s, s + 1, s + 2, 2 * s, 2 * s + 1, 2 * s + 2,
+                                                             3 * s]
+    assert run.counts.images == 10 and run.counts.images_error == 3
     images = images.sort_by("image_id")
-    errors = {u.rsplit("#", 1)[1]: e for u, e in zip(images.column("uri").to_pylist(),
+    errors = {u.rsplit("/", 1)[1]: e for u, e in zip(images.column("uri").to_pylist(),
                                                      images.column("error").to_pylist(), strict=True) if e}
-    assert set(errors) == {"corrupt.jpg", "cut.jpg"}
-    assert "not an image" in errors["corrupt.jpg"] and "truncated tar" in errors["cut.jpg"]
+    assert set(errors) == {"shard-000002.tar#corrupt.jpg", "shard-000002.tar#cut.jpg", "shard-000003.tar"}
+    assert "not an image" in errors["shard-000002.tar#corrupt.jpg"]
+    assert "truncated tar" in errors["shard-000002.tar#cut.jpg"]
+    assert "not a tar archive" in errors["shard-000003.tar"]
+    assert "shard-000003.tar" in (out / "errors.csv").read_text()
     keys = images.column("key").to_pylist()
     assert keys[:6] == ["00000", "00001", "00002", "01000", "01001", "01002"]
     assert images.column("container_uri").to_pylist()[0] == str(tmp_path / "tars" / "shard-000000.tar")
     _check_labels(images, instances, expected, cfg)
     listing = pq.read_table(out / "listing.parquet")
-    assert listing.column_names == ["image_id", "uri", "span_start", "span_end"]
+    assert listing.column_names == ["shard_id", "uri", "size", "version"]
+    assert listing.column("size").to_pylist()[2] == bad.stat().st_size
 
     # Resume: nothing to do. A rewritten tar (same listing): refused, naming the input.
     again = run_job(cfg, RunOptions(pattern, str(out), progress=False, lock_settle_s=0.05))
@@ -115,7 +138,7 @@ def test_local_tars_corrupt_truncated_resume_and_rewrite(ray_cluster: object, te
         run_job(cfg, RunOptions(pattern, str(out), progress=False, lock_settle_s=0.05))
     assert main(["plan", "--config", str(Path(__file__).parents[2] / "configs" / "fake.yaml"), "--input", pattern,
                  "--output", str(out)]) == 0
-    assert "in 3 tar file(s)" in capsys.readouterr().out
+    assert "4 tar file(s)" in capsys.readouterr().out
 
 
 def test_tars_and_parquet_on_s3(ray_cluster: object, s3_endpoint: str, testdata: Path, tmp_path: Path) -> None:
@@ -130,8 +153,7 @@ def test_tars_and_parquet_on_s3(ray_cluster: object, s3_endpoint: str, testdata:
     out = f"s3://{BUCKET}/out/wds"
     run_job(cfg, RunOptions(f"s3://{BUCKET}/wds/*.tar", out, num_workers=2, progress=False, lock_settle_s=0.05))
     images, instances = read_output(out)
-    assert_one_row_per_image(images, len(photos))
-    assert sorted(images.column("uri").to_pylist()) == sorted(expected)
+    _assert_one_row_per_member(images, expected)
     _check_labels(images, instances, expected, cfg)
 
     # Parquet: two files under a prefix, HF Image structs, an id column, row groups of 2.
@@ -167,8 +189,9 @@ def test_worker_killed_mid_shard_of_a_tar(ray_cluster: object, testdata: Path, t
     from .test_faults import _kill_a_worker, _wait_for_commits
 
     photos = _photos(testdata)
-    expected = _write_shards(tmp_path / "tars", photos, per_tar=5)
-    cfg = fake_config("models.fake.latency_ms=150", "job.shard_size=1")
+    expected = _write_shards(tmp_path / "tars", photos, per_tar=3)
+    expected_tars = {uri.split("#")[0] for uri in expected}
+    cfg = fake_config("models.fake.latency_ms=150")
     out = tmp_path / "out"
     result: dict[str, object] = {}
 
@@ -189,6 +212,41 @@ def test_worker_killed_mid_shard_of_a_tar(ray_cluster: object, testdata: Path, t
         raise result["error"]  # type: ignore[misc]
     assert result["run"].counts.failed_attempts >= 1  # type: ignore[attr-defined]
     images, instances = read_output(str(out))
-    assert_one_row_per_image(images, len(photos))
+    _assert_one_row_per_member(images, expected)
     _check_labels(images, instances, expected, cfg)
-    assert len(list((out / "images").iterdir())) == len(photos)  # only committed attempts are left
+    assert len(list((out / "images").iterdir())) == len(expected_tars)  # only committed attempts are left
+
+
+def test_a_tar_rewritten_after_the_plan_stops_the_job_at_once_naming_it(ray_cluster: object, testdata: Path,
+                                                                        tmp_path: Path) -> None:
+    from bmp_core.output.plan import freeze_plan
+    from bmp_core.output.store import OutputStore
+    from jobs.actor_pool import JobError
+    from jobs.planner import list_job_input, listing_table, make_plan
+
+    photos = _photos(testdata)
+    _write_shards(tmp_path / "tars", photos[:4], per_tar=2)
+    pattern = str(tmp_path / "tars" / "*.tar")
+    cfg = fake_config("job.max_attempts=3")
+    out = tmp_path / "out"
+    store = OutputStore(str(out))
+    listing = list_job_input(cfg, pattern, store)
+    freeze_plan(store, make_plan(cfg, listing), listing_table(listing), cfg)  # what a first run leaves
+    # The plan is frozen; then a tar is rewritten before its shard runs: the listing check of a
+    # rerun would refuse it, so here the workers see the changed file (the plan check is skipped).
+    rewritten = tmp_path / "tars" / "shard-000001.tar"
+    with tarfile.open(rewritten, "a") as tar:
+        _add(tar, "late.jpg", photos[5].read_bytes())
+    from jobs import ray_runner
+
+    def prepare(cfg_: object, opts: RunOptions, store_: OutputStore) -> tuple[object, object]:
+        return make_plan(cfg, listing), listing
+
+    original = ray_runner.prepare_output
+    ray_runner.prepare_output = prepare  # type: ignore[assignment]
+    try:
+        with pytest.raises(JobError, match=r"shard 1: the tar .*shard-000001.tar changed since the plan") as err:
+            run_job(cfg, RunOptions(pattern, str(out), num_workers=1, progress=False, lock_settle_s=0.05))
+        assert "ray::" not in str(err.value) and "Traceback" not in str(err.value)  # the reason, not Ray's wrapper
+    finally:
+        ray_runner.prepare_output = original  # type: ignore[assignment]

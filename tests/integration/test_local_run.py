@@ -68,7 +68,8 @@ def test_local_run_resume_and_refusals(ray_cluster: object, testdata: Path, tmp_
     # plan (read-only) reports the resume state.
     assert main(["plan", "--config", str(Path(__file__).parents[2] / "configs/fake.yaml"), "--input", str(testdata),
                  "--output", out, "--shard-size", "3"]) == 0
-    assert f"{shards} shard(s) committed and skipped on rerun, 0 to do" in capsys.readouterr().out
+    assert (f"{shards} shard(s) committed ({len(expected_uris)} images) and skipped on rerun, 0 to do"
+            in capsys.readouterr().out)
 
     # A changed config is refused, naming the key; --force starts over.
     with pytest.raises(OutputStateError, match="loop.iterations: 2 -> 1"):

@@ -60,3 +60,31 @@ def test_plan_sample_refuses_nonsense(ray_cluster: object, testdata: Path, tmp_p
     assert main(["plan", "--config", str(FAKE_CONFIG), "--input", str(testdata),
                  "--output", str(tmp_path / "o"), "--sample", "0"]) == 2
     assert "--sample must be >= 1" in capsys.readouterr().err
+
+
+def test_plan_sample_prices_a_tar_input_from_its_bytes(ray_cluster: object, testdata: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import tarfile
+
+    photos = sorted(testdata.rglob("*.jpg"))[:4]
+    for t in range(3):  # 3 equal tars of 4 photos each (12 images, only the 3 sizes are known to the plan)
+        with tarfile.open(tmp_path / f"shard-{t}.tar", "w") as tar:
+            for i, p in enumerate(photos):
+                data = p.read_bytes()
+                info = tarfile.TarInfo(f"{t}{i}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    assert main(["plan", "--config", str(FAKE_CONFIG), "--input", str(tmp_path / "shard-{0..2}.tar"),
+                 "--output", str(out), "--sample", "4", "--num-workers", "1", "models.fake.latency_ms=20"]) == 0
+    text = capsys.readouterr().out
+    assert "3 tar file(s)" in text and "shards: 3 one per tar" in text and not out.exists()
+    # The sample is one whole tar (4 images): per byte, the 3 equal tars hold 3 x 4 images, up to each
+    # tar's end blocks, which the sample's bytes (up to its last member) leave out.
+    estimate = _num(r"estimate: (\d+) images in the 3 tars", text)
+    assert 12 <= estimate <= 13
+    assert "sample: 4 of ~" in text and re.search(r"projection: ~\d+ images in 3 shard\(s\) on 1 worker", text)
+    rate = _num(r"rate: ([\d.e+-]+) images/s per worker", text)
+    labeling = _num(r"labeling ([\d.]+) s", text)
+    assert labeling == pytest.approx(estimate / rate, rel=0.1)

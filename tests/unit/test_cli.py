@@ -45,7 +45,7 @@ def test_plan_and_export_coco(tmp_path: Path, testdata: Path, capsys: pytest.Cap
     start, stop = plan.shard_range(0)
     BmpWorker(cfg).process_shard(ShardTask(str(out), plan.plan_id, 0, start, tuple(uris[start:stop].to_pylist())))
     assert main(args) == 0
-    assert "1 shard(s) committed and skipped on rerun, 1 to do" in capsys.readouterr().out
+    assert "1 shard(s) committed (3 images) and skipped on rerun, 1 to do" in capsys.readouterr().out
     assert main([*args, "loop.iterations=1"]) == 0
     assert "refused without --force" in capsys.readouterr().out
 

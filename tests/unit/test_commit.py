@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -67,7 +68,7 @@ def test_plan_is_frozen_and_changes_are_refused_unless_forced(tmp_path: Path) ->
     with pytest.raises(OutputStateError, match=r"loop.iterations: 2 -> 3") as err:
         _freeze(store, config_from_dict({}, ["loop.iterations=3"]), ["/a.jpg", "/b.jpg"])
     assert "--force" in str(err.value) and "1 committed shard" in str(err.value)
-    with pytest.raises(OutputStateError, match=r"input listing \(2 images then, 3 now"):
+    with pytest.raises(OutputStateError, match=r"input listing \(2 images then, 3 images now"):
         _freeze(store, cfg, ["/a.jpg", "/b.jpg", "/c.jpg"])
 
     _freeze(store, cfg, ["/a.jpg", "/b.jpg", "/c.jpg"], force=True)
@@ -177,3 +178,30 @@ def test_read_parts_keeps_order_with_a_window_and_raises_a_missing_part(tmp_path
         assert got == [[int(r[8:10])] for r in rels]
     with pytest.raises(FileNotFoundError):
         list(read_parts(store, [*rels[:5], "images/missing.parquet", *rels[5:]], 4))
+
+
+def test_a_tar_plan_round_trips_and_its_completeness_is_counted_per_tar() -> None:
+    from bmp_core.io.tars import TAR_ID_STRIDE
+    from bmp_core.output.commits import ShardCommit
+    from bmp_core.output.plan import Plan
+    from jobs.finalize import check_complete
+
+    plan = Plan(None, 256, "l" * 64, "c" * 64, (("input.containers", "d" * 64),), num_tars=3)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert plan.num_shards == 3 and [plan.first_image_id(s) for s in range(3)] == [0, TAR_ID_STRIDE,
+                                                                                   2 * TAR_ID_STRIDE]
+    with pytest.raises(ValueError, match="use first_image_id"):
+        plan.shard_range(0)
+
+    def marker(shard: int, n: int) -> ShardCommit:
+        return ShardCommit(plan.plan_id, shard, "a1", "i", "j", n, 0, 0.0)
+
+    markers = {0: marker(0, 2), 1: marker(1, 0), 2: marker(2, 1)}  # an empty tar is a committed shard of 0
+    ids = [0, 1, 2 * TAR_ID_STRIDE]
+    check_complete(plan, pa.table({"image_id": pa.array(ids, pa.int64())}), markers)
+    with pytest.raises(OutputStateError, match="1 of the 3 tars have no committed shard"):
+        check_complete(plan, pa.table({"image_id": pa.array(ids, pa.int64())}), {0: markers[0], 2: markers[2]})
+    with pytest.raises(OutputStateError, match=r"images table has 3 rows for 4 images counted in 3 tars"):
+        check_complete(plan, pa.table({"image_id": pa.array(ids, pa.int64())}), {**markers, 1: marker(1, 1)})
+    with pytest.raises(OutputStateError, match=r"\(1 duplicated ids\)"):
+        check_complete(plan, pa.table({"image_id": pa.array([0, 0, 2 * TAR_ID_STRIDE], pa.int64())}), markers)

@@ -1,10 +1,9 @@
-"""Tar shards and Parquet image tables as input: listing, spans, reading back, checked against
-``tarfile`` / ``pyarrow`` reading the same files whole, and the shell's own brace expansion."""
+"""Tar shards and Parquet image tables as input: listing, streaming tars, reading rows back, checked
+against ``tarfile`` / ``pyarrow`` reading the same files whole, and the shell's own brace expansion."""
 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import os
 import shutil
@@ -23,12 +22,14 @@ from bmp_core.io.parquet_images import read_rows
 from bmp_core.io.sources import (
     KIND_PARQUET,
     KIND_TAR,
+    InputChangedError,
     expand_braces,
     list_source,
     read_entry_bytes,
     read_group,
     read_groups,
     split_member_uri,
+    stream_tar,
 )
 from bmp_core.io.uris import InputError
 
@@ -65,10 +66,32 @@ def _spans(listing: sources.InputListing) -> list[tuple[int, int]]:
     return list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
 
 
-def _read_all(listing: sources.InputListing, max_run: int = 3, **columns: str | None) -> list[sources.RawImage]:
+def _read_all(listing: sources.InputListing, **columns: str | None) -> list[sources.RawImage]:
     uris = listing.uris.to_pylist()
-    groups = read_groups(listing.kind, list(range(len(uris))), uris, _spans(listing), max_run)
+    groups = read_groups(listing.kind, list(range(len(uris))), uris, _spans(listing))
     return sorted((r for g in groups for r in read_group(g, **columns)), key=lambda r: r.image_id)
+
+
+def _stream_all(listing: sources.InputListing) -> list[sources.RawImage]:
+    """Every tar of a listing streamed, as the workers of its shards would (shard t: tar t)."""
+    return [r for t, tar in enumerate(listing.tars) for r in stream_tar(tar, EXTS, t * tars.TAR_ID_STRIDE)]
+
+
+class _ForwardOnly(io.RawIOBase):
+    """A file that can only be read forward, counting the bytes read (one pass, no seek back)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self.pos, self.bytes_read = data, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray) -> int:  # type: ignore[override]
+        n = len(self._data[self.pos: self.pos + len(buf)])
+        buf[:n] = self._data[self.pos: self.pos + n]
+        self.pos += n
+        self.bytes_read += n
+        return n
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for the reference expansion")
@@ -80,48 +103,81 @@ def test_brace_patterns_expand_as_bash_does(pattern: str) -> None:
     assert expand_braces(pattern) == reference
 
 
-def test_tar_listing_one_entry_per_image_member_with_its_bytes(tmp_path: Path) -> None:
+def test_the_plan_pins_tars_by_size_and_version_without_opening_them(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_tar(tmp_path / "b.tar", [("x.jpg", _jpeg(9))])
+    _write_tar(tmp_path / "a.tar", [("y.jpg", _jpeg(8)), ("z.jpg", _jpeg(7))])
+    (tmp_path / "notes.txt").write_text("not a tar")
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: pytest.fail("the planner opened a tar"))
+    listing = list_source(str(tmp_path / "*.tar"), EXTS)
+    assert listing.kind == KIND_TAR and listing.num_containers == 2
+    assert listing.uris.to_pylist() == [f"{tmp_path}/a.tar", f"{tmp_path}/b.tar"]  # sorted: shard t is tar t
+    for tar in listing.tars:
+        stat = os.stat(tar.uri)
+        assert (tar.size, tar.version) == (stat.st_size, str(stat.st_mtime))  # fsspec's local mtime
+    assert listing.total_bytes == sum(os.stat(t.uri).st_size for t in listing.tars)
+    assert listing.containers_sha256 == sources.containers_digest(listing.tars)
+
+
+def test_a_streamed_tar_yields_every_image_member_with_its_bytes(tmp_path: Path) -> None:
     long_dir = "d" * 120  # a name over 100 characters needs a pax header before the member's own
     members = [("0001.jpg", _jpeg(1)), ("0001.json", json.dumps({"a": 1}).encode()), ("0002.PNG", _jpeg(2)),
                (f"{long_dir}/0003.seg.jpg", _jpeg(3)), ("0004.txt", b"caption"), ("0005.jpeg", _jpeg(5))]
     _write_tar(tmp_path / "a.tar", members)
     _write_tar(tmp_path / "b.tar", [("x.jpg", _jpeg(9))], fmt=tarfile.GNU_FORMAT)
     listing = list_source(str(tmp_path / "*.tar"), EXTS)
-    assert listing.kind == KIND_TAR and listing.num_containers == 2
-    uris = listing.uris.to_pylist()
-    expected = sorted([f"{tmp_path}/a.tar#{n}" for n, _ in members if n.lower().endswith(EXTS)] +
-                      [f"{tmp_path}/b.tar#x.jpg"])
-    assert uris == expected  # .json / .txt sidecars are not images
+    got = _stream_all(listing)
+    image_names = [n for n, _ in members if n.lower().endswith(EXTS)]
+    expected = [f"{tmp_path}/a.tar#{n}" for n in image_names] + [f"{tmp_path}/b.tar#x.jpg"]
+    assert [r.uri for r in got] == expected  # tar order; .json / .txt sidecars are not images
+    # ids: tar index x stride + ordinal among the image members
+    assert [r.image_id for r in got] == [0, 1, 2, 3, tars.TAR_ID_STRIDE]
     reference = {f"{tmp_path}/{t}.tar#{n}": d for t in "ab" for n, d in _all_members(tmp_path / f"{t}.tar").items()}
-    got = _read_all(listing)
-    assert [r.uri for r in got] == uris
     for r in got:
         assert r.error is None and r.data == reference[r.uri]
         assert r.container_uri == split_member_uri(r.uri)[0]  # type: ignore[index]
-    assert {r.key for r in got} == {"0001", "0002", f"{long_dir}/0003", "0005", "x"}
-    assert read_entry_bytes(uris[1]) == reference[uris[1]]  # viz reads one member back by name
+    assert [r.key for r in got] == ["0001", "0002", f"{long_dir}/0003", "0005", "x"]
+    assert got[1].end_offset is not None and got[0].end_offset < got[1].end_offset  # type: ignore[operator]
+    assert read_entry_bytes(expected[1]) == reference[expected[1]]  # viz reads one member back by name
 
 
-def test_a_member_stored_twice_keeps_its_last_copy(tmp_path: Path) -> None:
-    _write_tar(tmp_path / "a.tar", [("x.jpg", _jpeg(1)), ("x.jpg", _jpeg(2))])
-    (got,) = _read_all(list_source(str(tmp_path / "a.tar"), EXTS))
-    assert got.data == _jpeg(2)
+def test_a_tar_is_read_in_one_forward_pass(tmp_path: Path) -> None:
+    _write_tar(tmp_path / "a.tar", [(f"{i:03d}.{ext}", _jpeg(i, 48)) for i in range(20) for ext in ("jpg", "cls")])
+    data = (tmp_path / "a.tar").read_bytes()
+    stream = _ForwardOnly(data)
+    got = list(tars.iter_tar_images(io.BufferedReader(stream), "a.tar", len(data), EXTS))
+    assert [m.name for m in got] == [f"{i:03d}.jpg" for i in range(20)] and [m.ordinal for m in got] == list(range(20))
+    assert stream.bytes_read <= len(data)  # never re-read, never seeked back (the stream cannot)
+    assert all(m.data == _all_members(tmp_path / "a.tar")[m.name] for m in got)
 
 
-def test_truncated_tar_lists_what_it_holds_and_the_cut_member_is_an_error(tmp_path: Path) -> None:
+def test_a_member_stored_twice_is_labeled_once_the_copy_is_an_error_row(tmp_path: Path) -> None:
+    _write_tar(tmp_path / "a.tar", [("x.jpg", _jpeg(1)), ("y.jpg", _jpeg(3)), ("x.jpg", _jpeg(2))])
+    first, other, copy = _stream_all(list_source(str(tmp_path / "a.tar"), EXTS))
+    assert first.data == _jpeg(1) and other.data == _jpeg(3) and copy.data is None
+    assert copy.image_id == 2 and "duplicate member x.jpg" in (copy.error or "")
+
+
+def test_truncated_tar_streams_what_it_holds_and_the_cut_member_is_an_error(tmp_path: Path) -> None:
     members = [(f"{i:04d}.jpg", _jpeg(i, 64)) for i in range(5)]
     _write_tar(tmp_path / "full.tar", members)
-    full = list_source(str(tmp_path / "full.tar"), EXTS)
-    cut_at = (_spans(full)[2][0] + _spans(full)[2][1]) // 2  # inside member 2's data
-    (tmp_path / "cut.tar").write_bytes((tmp_path / "full.tar").read_bytes()[:cut_at])
-    listing = list_source(str(tmp_path / "cut.tar"), EXTS)
-    assert [u.rsplit("#", 1)[1] for u in listing.uris.to_pylist()] == ["0000.jpg", "0001.jpg", "0002.jpg"]
-    got = _read_all(listing, max_run=10)  # one run: the short read must not spoil the members before
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        cut = tar.getmember("0002.jpg")
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "full.tar").read_bytes()[: cut.offset_data + cut.size // 2])
+    got = _stream_all(list_source(str(tmp_path / "cut.tar"), EXTS))
+    assert [r.uri.rsplit("#", 1)[1] for r in got] == ["0000.jpg", "0001.jpg", "0002.jpg"]
     assert [r.data for r in got[:2]] == [members[0][1], members[1][1]]
     assert got[2].data is None and "truncated tar" in (got[2].error or "")
+    # Cut inside a sidecar (not an image): the images before it, then the stream ends.
+    _write_tar(tmp_path / "full2.tar", [("a.jpg", _jpeg(1)), ("a.json", b"x" * 4000), ("b.jpg", _jpeg(2))])
+    with tarfile.open(tmp_path / "full2.tar") as tar:
+        side = tar.getmember("a.json")
+    (tmp_path / "cut2.tar").write_bytes((tmp_path / "full2.tar").read_bytes()[: side.offset_data + 100])
+    (only,) = _stream_all(list_source(str(tmp_path / "cut2.tar"), EXTS))
+    assert only.data == _jpeg(1)
 
 
-def test_a_rewritten_tar_is_noticed_per_member_and_by_the_digest(tmp_path: Path) -> None:
+def test_a_rewritten_or_deleted_tar_stops_its_worker_and_changes_the_digest(tmp_path: Path) -> None:
     _write_tar(tmp_path / "a.tar", [("a.jpg", _jpeg(1)), ("b.jpg", _jpeg(2))])
     listing = list_source(str(tmp_path / "a.tar"), EXTS)
     _write_tar(tmp_path / "a.tar", [("b.jpg", _jpeg(2)), ("a.jpg", _jpeg(1))])  # same members, other order
@@ -130,27 +186,22 @@ def test_a_rewritten_tar_is_noticed_per_member_and_by_the_digest(tmp_path: Path)
     relisted = list_source(str(tmp_path / "a.tar"), EXTS)
     assert relisted.uris.equals(listing.uris)  # the same listing ...
     assert relisted.containers_sha256 != listing.containers_sha256  # ... but the tar is not the same
-    got = _read_all(listing)  # the stale spans now point at the other member
-    assert all(r.data is None and "changed since the plan" in (r.error or "") for r in got)
+    with pytest.raises(InputChangedError, match=r"the tar .*a.tar changed since the plan"):
+        _stream_all(listing)  # the old plan's worker: refuses before reading a member
+    assert [r.uri.rsplit("#", 1)[1] for r in _stream_all(relisted)] == ["b.jpg", "a.jpg"]
+    (tmp_path / "a.tar").unlink()
+    with pytest.raises(InputChangedError, match="was deleted since the plan"):
+        _stream_all(relisted)
 
 
-def test_not_a_tar_and_missing_brace_names_are_input_errors(tmp_path: Path) -> None:
+def test_not_a_tar_is_one_error_row_and_missing_brace_names_are_input_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.tar").write_bytes(b"this is no tar archive" * 40)
-    with pytest.raises(InputError, match="cannot read the tar .*bad.tar"):
-        list_source(str(tmp_path / "bad.tar"), EXTS)
+    (row,) = _stream_all(list_source(str(tmp_path / "bad.tar"), EXTS))
+    assert row.uri == str(tmp_path / "bad.tar") and row.image_id == 0 and row.data is None
+    assert "not a tar archive" in (row.error or "")
     _write_tar(tmp_path / "s-1.tar", [("a.jpg", _jpeg(1))])
     with pytest.raises(InputError, match=r"2 of the 3 files .* do not exist, e.g. .*s-0.tar"):
         list_source(str(tmp_path / "s-{0..2}.tar"), EXTS)
-
-
-def test_runs_are_cut_by_count_and_never_overlap(tmp_path: Path) -> None:
-    _write_tar(tmp_path / "a.tar", [(f"{i:02d}.jpg", _jpeg(i)) for i in range(7)])
-    listing = list_source(str(tmp_path / "a.tar"), EXTS)
-    uris = listing.uris.to_pylist()
-    groups = read_groups(KIND_TAR, list(range(7)), uris, _spans(listing), max_run=3)
-    assert [len(g.uris) for g in groups] == [3, 3, 1]
-    ranges = [(g.spans[0][0], g.spans[-1][1]) for g in groups]
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))  # one pass over the tar
 
 
 def _parquet(path: Path, struct: bool, row_group_size: int = 3) -> list[bytes]:
@@ -170,7 +221,7 @@ def test_parquet_rows_with_ids_read_group_by_group(tmp_path: Path, struct: bool)
     got = _read_all(listing, image_column="image", id_column="id")
     assert [r.data for r in got] == images
     uris = listing.uris.to_pylist()
-    groups = read_groups(KIND_PARQUET, list(range(8)), uris, _spans(listing), max_run=4)
+    groups = read_groups(KIND_PARQUET, list(range(8)), uris, _spans(listing))
     assert [len(g.uris) for g in groups] == [3, 3, 2]  # one read per row group of 3 rows
     assert [r.key for r in got] == [f"id-{i}" for i in range(8)]
     # A subset spanning row groups: only those rows come back, in row order.

@@ -7,10 +7,13 @@ import math
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bmp_core.config import config_from_dict
 from bmp_core.io.sources import list_source
+from bmp_core.io.tars import TAR_ID_STRIDE
 from bmp_core.output.plan import Plan
 from jobs.pricing import (
     SampleTiming,
@@ -20,6 +23,7 @@ from jobs.pricing import (
     project,
     sample_ids,
     sample_inputs,
+    sample_tars,
 )
 
 
@@ -71,18 +75,55 @@ def test_format_duration() -> None:
     assert format_duration(3600 + 5 * 60 + 59) == "1 h 05 min"
 
 
-def test_sample_worker_times_scattered_tar_members(testdata: Path, tmp_path: Path) -> None:
-    """The sample's ids are scattered over the listing: members of a tar read out of their runs."""
+def test_sample_worker_times_scattered_parquet_rows(testdata: Path, tmp_path: Path) -> None:
+    """The sample's ids are scattered over the listing: rows of different row groups."""
     photos = sorted(testdata.rglob("*.jpg"))
-    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
-        for i, data in enumerate([p.read_bytes() for p in photos] + [b"corrupt: not a jpeg"]):
-            info = tarfile.TarInfo(f"{i:04d}.jpg")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    listing = list_source(str(tmp_path / "shard-0.tar"), (".jpg",))
-    ids = [0, 3, len(photos) - 1, len(photos)]  # the last member is the corrupt one
+    images = [p.read_bytes() for p in photos] + [b"corrupt: not a jpeg"]
+    pq.write_table(pa.table({"image": images}), tmp_path / "t.parquet", row_group_size=2)
+    listing = list_source(str(tmp_path / "t.parquet"), (".jpg",), "image")
+    ids = [0, 3, len(photos) - 1, len(photos)]  # the last row is the corrupt one
     uris, spans = sample_inputs(listing, ids)
     assert uris == [listing.uris[i].as_py() for i in ids] and len(spans) == len(ids)
-    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=2"])
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                           ["job.batch_size=2", "job.image_column=image"])
     n, seconds, errors, warmup_s = SampleWorker(cfg).time_sample(ids, uris, listing.kind, spans, 2)
     assert (n, errors) == (4, 1) and seconds > 0 and warmup_s > 0
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_tar_sample_streams_seeded_tars_and_counts_the_bytes_it_spans(testdata: Path, tmp_path: Path) -> None:
+    photos = sorted(testdata.rglob("*.jpg"))[:4]
+    for t in range(3):
+        _write_tar(tmp_path / f"s-{t}.tar", [(f"{t}{i}.jpg", p.read_bytes()) for i, p in enumerate(photos)] +
+                   [(f"{t}9.jpg", b"corrupt: not a jpeg")])
+    listing = list_source(str(tmp_path / "s-{0..2}.tar"), (".jpg",))
+    order = sample_tars(listing, seed=3)
+    assert order == sample_tars(listing, seed=3) and sorted(t.uri for t, _ in order) == listing.uris.to_pylist()
+    assert all(first == listing.uris.to_pylist().index(t.uri) * TAR_ID_STRIDE for t, first in order)
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.batch_size=2"])
+    n, seconds, errors, warmup_s, bytes_read = SampleWorker(cfg).time_tar_sample(order, 7, 2)
+    # 7 images: the first tar's 5 (its corrupt member included), then 2 of the second tar's.
+    assert (n, errors) == (7, 1) and seconds > 0 and warmup_s > 0
+    with tarfile.open(order[0][0].uri) as tar:
+        last = tar.getmembers()[-1]
+        first_whole = last.offset_data + last.size
+    with tarfile.open(order[1][0].uri) as tar:
+        second = tar.getmembers()[1]
+        second_part = second.offset_data + second.size
+    assert bytes_read == first_whole + second_part
+
+
+def test_a_tar_projection_estimates_each_tar_from_its_size() -> None:
+    timing = SampleTiming(num_images=50, num_errors=0, labeling_s=25.0, num_warmup=8, warmup_s=5.0,
+                          worker_start_s=30.0, worker="h:1", device="1 GPU", bytes_read=50 * 100_000)
+    plan = Plan(None, 256, "l", "c", num_tars=3)
+    p = project(timing, plan, 2, None, tar_bytes=[100_000_000, 100_000_000, 50_000_000])
+    assert p.estimated and p.num_images == 2500 and p.num_shards == 3  # 1000 + 1000 + 500
+    assert p.labeling_s == pytest.approx(makespan_s([1000, 1000, 500], 2, 2.0)) == pytest.approx(750.0)

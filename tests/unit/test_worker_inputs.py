@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bmp_core.config import config_from_dict
+from bmp_core.io import tars
 from bmp_core.io.sources import list_source
 from bmp_core.output.reader import read_committed_table
 from bmp_core.output.store import OutputStore
@@ -48,27 +49,29 @@ def test_tar_shards_label_like_the_loose_files(testdata: Path, tmp_path: Path) -
             _add(tar, f"{i:04d}.jpg", path.read_bytes())
             _add(tar, f"{i:04d}.json", b'{"caption": "a sidecar, not an image"}')
         _add(tar, "9999.jpg", b"corrupt: not a jpeg")
+    with tarfile.open(tmp_path / "shard-1.tar", "w") as tar:
+        _add(tar, "a.jpg", photos[0].read_bytes())
     cfg = _cfg()
-    listing = list_source(str(tmp_path / "shard-{0..0}.tar"), EXTS)
-    assert len(listing.uris) == len(photos) + 1  # images only, the corrupt one included
+    listing = list_source(str(tmp_path / "shard-{0..1}.tar"), EXTS)
     plan = make_plan(cfg, listing)
+    assert plan.num_shards == 2 and plan.num_images is None  # one shard per tar, members not counted yet
     worker = BmpWorker(cfg)
     out = str(tmp_path / "out")
     for shard in range(plan.num_shards):
-        uris, spans = shard_inputs(listing, plan, shard)
-        worker.process_shard(ShardTask(out, plan.plan_id, shard, plan.shard_range(shard)[0], uris, 1,
-                                       listing.kind, spans))
+        inputs = shard_inputs(listing, plan, shard)
+        worker.process_shard(ShardTask(out, plan.plan_id, shard, plan.first_image_id(shard), inputs.uris, 1,
+                                       listing.kind, inputs.spans, inputs.tar))
     images = read_committed_table(OutputStore(out), plan.plan_id, "images").sort_by("image_id")
-    assert images.column("image_id").to_pylist() == list(range(len(photos) + 1))
-    assert images.column("key").to_pylist() == [f"{i:04d}" for i in range(len(photos))] + ["9999"]
-    assert set(images.column("container_uri").to_pylist()) == {str(tmp_path / "shard-0.tar")}
+    stride = tars.TAR_ID_STRIDE
+    assert images.column("image_id").to_pylist() == list(range(len(photos) + 1)) + [stride]
+    assert images.column("key").to_pylist() == [f"{i:04d}" for i in range(len(photos))] + ["9999", "a"]
+    assert set(images.column("container_uri").to_pylist()) == {str(tmp_path / f"shard-{t}.tar") for t in (0, 1)}
     status = dict(zip(images.column("key").to_pylist(), images.column("error").to_pylist(), strict=True))
     assert "not an image" in (status.pop("9999") or "") and set(status.values()) == {None}
 
     # The same photos as loose files through the same worker: identical people.
-    all_spans = list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
-    member_rows, member_instances = worker.label(range(len(listing.uris)), listing.uris.to_pylist(),
-                                                 kind=listing.kind, spans=all_spans)
+    member_rows, member_instances = worker.label([], [], kind=listing.kind, tars=[(listing.tars[0], 0)])
+    assert len(member_rows) == len(photos) + 1
     file_rows, file_instances = worker.label(range(len(photos)), [str(p) for p in photos])
     by_member = _keypoints_by_uri(member_rows, member_instances)
     by_file = _keypoints_by_uri(file_rows, file_instances)
@@ -87,8 +90,9 @@ def test_parquet_rows_keep_their_ids(testdata: Path, tmp_path: Path) -> None:
                            ["job.image_column=image", "job.id_column=photo_id", "job.batch_size=2"])
     listing = list_source(str(tmp_path / "t.parquet"), EXTS, "image", "photo_id")
     plan = make_plan(cfg, listing)
-    uris, spans = shard_inputs(listing, plan, 0)
-    rows, instances = BmpWorker(cfg).label(range(len(uris)), uris, kind=listing.kind, spans=spans)
+    inputs = shard_inputs(listing, plan, 0)
+    uris = inputs.uris
+    rows, instances = BmpWorker(cfg).label(range(len(uris)), uris, kind=listing.kind, spans=inputs.spans)
     assert [r.key for r in rows] == [str(1000 + i) for i in range(len(photos))] + ["2000"]
     assert rows[-1].error is not None and "elsewhere.jpg" in rows[-1].error
     file_rows, file_instances = BmpWorker(cfg).label(range(len(photos)), [str(p) for p in photos])
@@ -98,36 +102,35 @@ def test_parquet_rows_keep_their_ids(testdata: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(by_row[uris[i]], by_file[str(path)])
 
 
-def test_a_resume_reuses_the_frozen_tar_listing_unless_a_tar_or_the_config_changed(
+def test_a_resume_reuses_the_frozen_parquet_listing_unless_a_file_or_the_config_changed(
         testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bmp_core.io import tars
+    from bmp_core.io import parquet_images
     from bmp_core.output.plan import freeze_plan
     from jobs.planner import list_job_input, listing_table
 
-    with tarfile.open(tmp_path / "a.tar", "w") as tar:
-        for i, path in enumerate(sorted((testdata / "coco").glob("*.jpg"))):
-            _add(tar, f"{i}.jpg", path.read_bytes())
-        _add(tar, "x.png", b"a png by name")
-    cfg = _cfg()
+    photos = sorted((testdata / "coco").glob("*.jpg"))
+    pq.write_table(pa.table({"image": [p.read_bytes() for p in photos]}), tmp_path / "t.parquet")
+    cfg = config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.image_column=image"])
     store = OutputStore(str(tmp_path / "out"))
-    first = list_job_input(cfg, str(tmp_path / "a.tar"), store)
+    first = list_job_input(cfg, str(tmp_path / "t.parquet"), store)
     freeze_plan(store, make_plan(cfg, first), listing_table(first), cfg)
 
-    walks: list[str] = []
-    real_walk = tars.list_tar_members
-    monkeypatch.setattr(tars, "list_tar_members", lambda uri, exts: walks.append(uri) or real_walk(uri, exts))
-    again = list_job_input(cfg, str(tmp_path / "a.tar"), store)
-    assert walks == [] and again.uris.equals(first.uris) and again.spans_start.equals(first.spans_start)
+    reads: list[str] = []
+    real_read = parquet_images.read_footer
+    monkeypatch.setattr(parquet_images, "read_footer",
+                        lambda uri, *a: reads.append(uri) or real_read(uri, *a))  # type: ignore[func-returns-value]
+    again = list_job_input(cfg, str(tmp_path / "t.parquet"), store)
+    assert reads == [] and again.uris.equals(first.uris) and again.spans_start.equals(first.spans_start)
     assert make_plan(cfg, again) == make_plan(cfg, first)  # the resume sees the same plan
 
-    jpg_only = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
-                                ["job.shard_size=5", "job.image_extensions=[.jpg]"])
-    assert len(list_job_input(jpg_only, str(tmp_path / "a.tar"), store).uris) == len(first.uris) - 1
-    assert walks == [str(tmp_path / "a.tar")]  # another config: walked again, not the frozen listing
-    stat = (tmp_path / "a.tar").stat()
-    os.utime(tmp_path / "a.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    list_job_input(cfg, str(tmp_path / "a.tar"), store)
-    assert len(walks) == 2  # a touched tar: walked again
+    other = config_from_dict({"models": {"kind": "fake", "device": "cpu"}},
+                             ["job.image_column=image", "job.shard_size=5"])
+    assert len(list_job_input(other, str(tmp_path / "t.parquet"), store).uris) == len(first.uris)
+    assert reads == [str(tmp_path / "t.parquet")]  # another config: read again, not the frozen listing
+    stat = (tmp_path / "t.parquet").stat()
+    os.utime(tmp_path / "t.parquet", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    list_job_input(cfg, str(tmp_path / "t.parquet"), store)
+    assert len(reads) == 2  # a touched file: read again
 
 
 def test_parts_written_before_the_container_columns_read_with_nulls(tmp_path: Path) -> None:
