@@ -41,13 +41,13 @@ from bmp_core.io import parquet_images, tars
 from bmp_core.io.uris import (
     LIST_FILE_SUFFIXES,
     InputError,
-    _read_list_file,
-    _to_uri,
     describe_storage,
     filesystem,
     list_input,
     protocol_of,
+    read_list_file,
     sort_unique,
+    to_uri,
 )
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _version(info: dict) -> str:
 
 
 def _container(fs: object, path: str, info: dict) -> Container:
-    return Container(_to_uri(fs, path), int(info.get("size") or 0), _version(info))  # type: ignore[arg-type]
+    return Container(to_uri(fs, path), int(info.get("size") or 0), _version(info))  # type: ignore[arg-type]
 
 
 def list_containers(uri: str, suffix: str) -> list[Container]:
@@ -195,7 +195,7 @@ def list_containers(uri: str, suffix: str) -> list[Container]:
             found = [_container(fs, p, i) for p, i in fs.find(path, detail=True).items()
                      if p.lower().endswith(suffix)]
         elif fs.isfile(path) and path.lower().endswith(LIST_FILE_SUFFIXES):
-            listed = _read_list_file(fs.cat_file(path), _to_uri(fs, posixpath.dirname(path))).to_pylist()
+            listed = read_list_file(fs.cat_file(path), to_uri(fs, posixpath.dirname(path))).to_pylist()
             bad = [u for u in listed if not u.lower().endswith(suffix)]
             if bad:
                 raise InputError(f"list file {uri} mixes {suffix} files with others (e.g. {bad[0]}); list only "
@@ -238,7 +238,7 @@ def _stat_all(fs: object, paths: list[str], uri: str) -> list[Container]:
                 missing.append(p)
     if missing:
         raise InputError(f"{len(missing)} of the {len(paths)} files {uri} names do not exist, e.g. "
-                         f"{', '.join(_to_uri(fs, p) for p in missing[:3])}")  # type: ignore[arg-type]
+                         f"{', '.join(to_uri(fs, p) for p in missing[:3])}")  # type: ignore[arg-type]
     return found
 
 

@@ -83,7 +83,8 @@ def join_uri(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
 
 
-def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URI of a path as ``fs`` names it (``s3://bucket/key`` for S3, the path itself locally)."""
     return path if protocol_of_fs(fs) == "file" else f"s3://{path}"
 
 
@@ -141,13 +142,13 @@ def list_input(uri: str, extensions: Sequence[str]) -> pa.StringArray:
     try:
         if any(ch in path for ch in "*?["):
             found = _filter_ext(fs.glob(path), extensions)
-            uris = pa.array([_to_uri(fs, p) for p in found], pa.string())
+            uris = pa.array([to_uri(fs, p) for p in found], pa.string())
         elif fs.isdir(path):
             uris = _list_folder(fs, path, extensions)
         elif fs.isfile(path) and path.lower().endswith(LIST_FILE_SUFFIXES):
-            uris = _read_list_file(fs.cat_file(path), _to_uri(fs, posixpath.dirname(path)))
+            uris = read_list_file(fs.cat_file(path), to_uri(fs, posixpath.dirname(path)))
         elif fs.isfile(path):
-            uris = pa.array([_to_uri(fs, path)], pa.string())
+            uris = pa.array([to_uri(fs, path)], pa.string())
         else:
             raise InputError(f"input not found: {uri} (expected a folder, a glob, a .txt list file or an image)")
     except InputError:
@@ -177,7 +178,7 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: Sequence[
     chunks: list[pa.Array] = []
     pending: list[str] = []
     for names in _iter_folder(fs, path):
-        pending.extend(_to_uri(fs, p) for p in names if p.lower().endswith(exts))
+        pending.extend(to_uri(fs, p) for p in names if p.lower().endswith(exts))
         if len(pending) >= LIST_CHUNK:
             chunks.append(pa.array(pending, pa.string()))
             pending = []
@@ -224,8 +225,9 @@ def sort_unique(uris: pa.StringArray) -> pa.StringArray:
     return pc.filter(uris, keep)
 
 
-def _read_list_file(data: bytes, base_uri: str) -> pa.StringArray:
-    """One URI per line -> StringArray, built from the buffer (no per-line Python objects)."""
+def read_list_file(data: bytes, base_uri: str) -> pa.StringArray:
+    """One URI per line -> StringArray, built from the buffer (no per-line Python objects); relative
+    lines are resolved against ``base_uri`` (the list file's folder)."""
     if not data.endswith(b"\n"):
         data += b"\n"
     buf = np.frombuffer(data, np.uint8)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from bmp_core.config import BmpConfig, config_from_dict
-from bmp_core.io.uris import _read_list_file, sort_unique
+from bmp_core.io.uris import read_list_file, sort_unique
 from bmp_core.output.plan import Plan, config_changes
 from jobs.planner import (
     config_digest,
@@ -58,7 +58,7 @@ def test_large_list_file_matches_python(tmp_path: object) -> None:
     names = [f"s3://bucket/{rng.integers(0, 10**9):09d}/img_{i}.jpg" for i in range(50_000)]
     names += names[:100]  # duplicates
     data = ("\n".join(names) + "\n").encode()
-    uris = sort_unique(_read_list_file(data, "/base"))
+    uris = sort_unique(read_list_file(data, "/base"))
     expected = sorted(set(names))
     assert uris.to_pylist() == expected
     plan = make_plan(BmpConfig(), uris)
