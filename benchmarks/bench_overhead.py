@@ -107,11 +107,13 @@ def measure_image(case: CaseResult, image: np.ndarray, models: BmpModels, cfg: L
     recording = ModelRecording(models)
     recorded = run_bmp(image, recording.models, cfg)
     stages = {k: float("inf") for k in LOOP_STAGES}
-    results = []
+    timings = []
 
     def replayed() -> object:
+        # Only the timings are kept: a worker drops a result once its table is written, and so the
+        # loop may reuse that result's mask memory for a later image (bmp_core/loop.py _StorePool).
         result = run_bmp(image, recording.replay(), cfg)
-        results.append(result)
+        timings.append(result.timings_s)
         return result
 
     # The loop times its stages with time.perf_counter; here they are read from this thread's CPU clock
@@ -122,9 +124,9 @@ def measure_image(case: CaseResult, image: np.ndarray, models: BmpModels, cfg: L
         loop_s, result = _min_time(replayed, repeat)
     finally:
         bmp_loop.time = clock
-    for r in results:
+    for t in timings:
         for k in LOOP_STAGES:
-            stages[k] = min(stages[k], r.timings_s.get(k, 0.0))
+            stages[k] = min(stages[k], t.get(k, 0.0))
     _check_same(recorded, result)
     rle_s, _ = _min_time(lambda: encode_rle(result.instances.masks), repeat)
     table_s, _ = _min_time(lambda: instances_table([0], [result]), repeat)

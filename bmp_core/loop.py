@@ -20,6 +20,8 @@ whole-image version it must equal bit for bit (tests/unit/test_equivalence.py).
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,7 +80,12 @@ class _MaskStore:
     what was written are never touched: a fresh ``np.zeros`` stack costs only the pages a window writes
     (a person, not the image), where concatenating stacks each pass copied every image-sized row again.
     Rows below ``used`` change only when pose-NMS removes an instance (``_drop_old`` compacts them);
-    the ``Instances`` the loop returns are never changed afterwards.
+    the ``Instances`` the loop returns are never changed afterwards (their views are read-only).
+
+    When a run ends, every True pixel of the store lies in rows ``[0, used)`` inside their windows
+    (every other row the run wrote was cleared window by window), which is what lets ``_StorePool``
+    hand the store to a later image once the result that showed it is gone: clearing those windows
+    makes it all-False again, without the fresh pages' first-touch cost.
     """
 
     def __init__(self, image_hw: tuple[int, int], capacity: int) -> None:
@@ -86,6 +93,26 @@ class _MaskStore:
         self.det_masks = np.zeros((capacity, *image_hw), bool)
         self.mask_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``masks``
         self.det_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``det_masks``
+        self.used = 0
+        self.rows_written = 0  # rows [0, rows_written) were ever written: the pages they hold
+
+    def resident_bytes(self) -> int:
+        """What the written rows of both stacks hold in memory (at most)."""
+        return 2 * self.rows_written * self.masks.shape[1] * self.masks.shape[2]
+
+    def in_use(self) -> bool:
+        """Whether anything but this store still refers to its stacks (an ``Instances`` view of them)."""
+        # getrefcount counts its own argument and this store's attribute; every numpy view of a stack
+        # (and a view of a view) holds a reference to the stack itself as its ``base``.
+        return sys.getrefcount(self.masks) > 2 or sys.getrefcount(self.det_masks) > 2
+
+    def clear(self) -> None:
+        """All-False again: clear the windows of rows ``[0, used)`` (module invariant above)."""
+        for i in range(self.used):
+            _clear_window(self.masks[i], self.mask_windows[i])
+            _clear_window(self.det_masks[i], self.det_windows[i])
+        self.mask_windows = np.zeros((0, 4), np.int64)
+        self.det_windows = np.zeros((0, 4), np.int64)
         self.used = 0
 
     @staticmethod
@@ -105,7 +132,50 @@ class _MaskStore:
             _copy_window(self.masks[i], bigger.masks[i], self.mask_windows[i])
             _copy_window(self.det_masks[i], bigger.det_masks[i], self.det_windows[i])
         bigger.mask_windows, bigger.det_windows, bigger.used = self.mask_windows, self.det_windows, self.used
+        bigger.rows_written = self.used
         self.__dict__.update(bigger.__dict__)
+
+
+_POOL_BYTES = 512 * 2**20
+
+
+class _StorePool:
+    """Mask stores of finished images, lent again to later images of the same size (private).
+
+    A fresh store's pages are zero-filled by the kernel on first touch, a few MB per mask window at
+    1080p; that cost the loop more than all its mask arithmetic. ``give`` keeps a finished image's
+    store (its result may still be alive); ``take`` lends one whose result is gone (``in_use``),
+    cleared. What the pool keeps is bounded by ``_POOL_BYTES`` of written rows (oldest dropped
+    first); a store still in use when dropped is simply forgotten. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._stores: list[_MaskStore] = []
+        self._lock = threading.Lock()
+
+    def take(self, image_hw: tuple[int, int], rows: int) -> _MaskStore:
+        with self._lock:
+            for k, store in enumerate(self._stores):
+                if store.masks.shape[1:] == image_hw and len(store.masks) >= rows and not store.in_use():
+                    del self._stores[k]
+                    break
+            else:
+                store = None
+        if store is None:
+            return _MaskStore.for_rows(image_hw, rows)
+        store.clear()
+        return store
+
+    def give(self, store: _MaskStore) -> None:
+        with self._lock:
+            self._stores.append(store)
+            total = sum(s.resident_bytes() for s in self._stores)
+            while self._stores and total > self.max_bytes:
+                total -= self._stores.pop(0).resident_bytes()
+
+
+_STORE_POOL = _StorePool(_POOL_BYTES)
 
 
 def _copy_window(src: np.ndarray, dst: np.ndarray, window: np.ndarray) -> None:
@@ -193,7 +263,11 @@ def run_bmp_batch(
     results = []
     for s in states:
         s.timings_s["total"] = total
+        for name in ("masks", "det_masks"):  # views of the store, which a later image may reuse
+            getattr(s.instances, name).flags.writeable = False
         results.append(BmpResult(s.instances, s.image_bgr.shape[:2], dict(s.timings_s), tuple(s.traces)))
+        if s.store is not None:
+            _STORE_POOL.give(s.store)
     return results
 
 
@@ -262,18 +336,22 @@ def _filter_people(s: _ImageState, dets: Detections, cfg: LoopConfig) -> tuple[D
     keep = np.flatnonzero((dets.labels == c.person_label) & (dets.scores > c.score_thr))
     order = keep[box_nms(dets.boxes_xyxy[keep], dets.scores[keep], c.nms_iou_thr, c.nms_pixel_offset)]
     picked = None if dets.masks is None else [dets.masks[i] for i in order]  # views of the detector's rows
-    return _into_store(s, dets.boxes_xyxy[order], dets.scores[order], dets.labels[order], picked)
+    enclosing = None if dets.mask_windows_xyxy is None else dets.mask_windows_xyxy[order]
+    return _into_store(s, dets.boxes_xyxy[order], dets.scores[order], dets.labels[order], picked, enclosing)
 
 
 def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                masks: list[np.ndarray] | None) -> tuple[Detections, np.ndarray]:
-    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``)."""
+                masks: list[np.ndarray] | None, enclosing_xyxy: np.ndarray | None = None
+                ) -> tuple[Detections, np.ndarray]:
+    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``);
+    ``enclosing_xyxy``: the windows the detector gave with its masks (records.py), if any."""
     n = len(boxes_xyxy)
     if s.store is None:
-        s.store = _MaskStore.for_rows(s.image_bgr.shape[:2], n)
+        s.store = _STORE_POOL.take(s.image_bgr.shape[:2], n)
     s.store.grow(n)
+    s.store.rows_written = max(s.store.rows_written, s.store.used + n)
     rows = s.store.det_masks[s.store.used: s.store.used + n]
-    windows = np.zeros((n, 4), np.int64) if masks is None else mask_windows(masks)
+    windows = np.zeros((n, 4), np.int64) if masks is None else mask_windows(masks, enclosing_xyxy)
     for j in range(n if masks is not None else 0):
         _copy_window(masks[j], rows[j], windows[j])  # casts to bool as astype(bool) would
     dets = Detections(np.asarray(boxes_xyxy, np.float32), np.asarray(scores, np.float32), labels, rows)
@@ -485,7 +563,7 @@ def _refine_with_sam(
         elsewhere += _add_time(s, "segment", t0)
         t0 = time.perf_counter()
         sam_masks = np.asarray(out.masks, bool)
-        sam_windows = mask_windows(sam_masks)
+        sam_windows = mask_windows(sam_masks, out.mask_windows_xyxy)
         sam_scores[idx] = out.scores
         targets = [masks[i] for i in idx]
         if cfg.masks.exclusive:
