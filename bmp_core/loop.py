@@ -34,10 +34,10 @@ from bmp_core.errors import ImageInputError
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import (
     exclusive_masks,
-    mask_boxes_xyxy,
     mask_iou,
     mask_out,
     mask_windows,
+    window_boxes_xyxy,
 )
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import has_prompt, select_prompt_keypoints
@@ -351,7 +351,10 @@ def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labe
     s.store.grow(n)
     s.store.rows_written = max(s.store.rows_written, s.store.used + n)
     rows = s.store.det_masks[s.store.used: s.store.used + n]
-    windows = np.zeros((n, 4), np.int64) if masks is None else mask_windows(masks, enclosing_xyxy)
+    if masks is None:
+        windows = np.zeros((n, 4), np.int64)
+    else:  # the detector's windows as they are (tight or not, ops.masks reads inside them), or found
+        windows = mask_windows(masks) if enclosing_xyxy is None else enclosing_xyxy
     for j in range(n if masks is not None else 0):
         _copy_window(masks[j], rows[j], windows[j])  # casts to bool as astype(bool) would
     dets = Detections(np.asarray(boxes_xyxy, np.float32), np.asarray(scores, np.float32), labels, rows)
@@ -563,7 +566,7 @@ def _refine_with_sam(
         elsewhere += _add_time(s, "segment", t0)
         t0 = time.perf_counter()
         sam_masks = np.asarray(out.masks, bool)
-        sam_windows = mask_windows(sam_masks, out.mask_windows_xyxy)
+        sam_windows = mask_windows(sam_masks) if out.mask_windows_xyxy is None else out.mask_windows_xyxy
         sam_scores[idx] = out.scores
         targets = [masks[i] for i in idx]
         if cfg.masks.exclusive:
@@ -590,7 +593,7 @@ def _refine_with_sam(
         det_masks=dets.masks,
         det_mask_iou=mask_iou(dets.masks, masks, det_windows, windows),
         iteration=np.full(n, iteration, np.int32),
-        mask_boxes_xyxy=mask_boxes_xyxy(masks, windows),
+        mask_boxes_xyxy=window_boxes_xyxy(windows),
         prompts=prompts,
         prompted=prompted,
     )

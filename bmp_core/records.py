@@ -32,6 +32,9 @@ def _check_windows(windows: np.ndarray | None, masks: np.ndarray | None, n: int)
         raise ValueError("mask_windows_xyxy given without masks")
     if windows.shape != (n, 4) or windows.dtype != np.int64:
         raise ValueError(f"mask_windows_xyxy must be (N, 4) int64, got {windows.shape} {windows.dtype}")
+    h, w = masks.shape[1:]
+    if n and ((windows < 0).any() or (windows[:, [0, 2]] > w).any() or (windows[:, [1, 3]] > h).any()):
+        raise ValueError(f"mask_windows_xyxy must lie inside the ({h}, {w}) masks")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ pixels x people (at 1080p with 20 people, ~40 MB per stack and a float64 score s
 exclusivity). The results are bit-identical to the whole-image definitions, which
 ``bmp_core.testing.dense_ops`` keeps as plain references (tests/unit/test_ops_masks.py compares them).
 Windows are ``(x0, y0, x1, y1)`` int64 pixel edges, end exclusive (``mask[y0:y1, x0:x1]``); an empty
-mask has an empty window. Callers that know a window enclosing each mask (every True pixel inside it)
-may pass it to skip the search; a smaller one gives wrong results.
+mask has an empty window. Callers that know a window enclosing each mask (every True pixel inside it,
+the window inside the image) may pass it to skip the search: the operations then read only inside
+the windows given, tight or not (a larger window costs time only, a smaller one gives wrong results).
+Only ``mask_windows`` and ``mask_boxes_xyxy`` make windows tight.
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ def mask_windows(masks: np.ndarray | list[np.ndarray], enclosing_xyxy: np.ndarra
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         cols = np.flatnonzero(mask[r0:r1].any(axis=0))
         out[i] = (x0 + cols[0], y0 + r0, x0 + cols[-1] + 1, y0 + r1)
+    return out
+
+
+def _given_or_found(masks: np.ndarray | list[np.ndarray], windows_xyxy: np.ndarray | None) -> np.ndarray:
+    """The enclosing windows the caller gave, else the tight ones (one read of each mask)."""
+    if windows_xyxy is None:
+        return mask_windows(masks)
+    return np.asarray(windows_xyxy, np.int64).reshape(len(masks), 4)
+
+
+def window_boxes_xyxy(windows_xyxy: np.ndarray) -> np.ndarray:
+    """TIGHT windows (``mask_windows``) -> ``mask_boxes_xyxy``'s (N, 4) float32 boxes, NaN rows for empty."""
+    windows = np.asarray(windows_xyxy, np.int64).reshape(-1, 4)
+    out = windows.astype(np.float32)
+    out[windows[:, 2] <= windows[:, 0]] = np.nan
     return out
 
 
@@ -74,7 +91,7 @@ def exclusive_masks(
         (N, H, W) bool new masks with the pixels they lost removed; ``out`` itself when given.
     """
     n = len(masks)
-    windows = mask_windows(masks, windows_xyxy)
+    windows = _given_or_found(masks, windows_xyxy)
     if out is None:
         stack = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
         exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy,
@@ -90,7 +107,7 @@ def exclusive_masks(
         for i in range(n):
             _write_window(dense[i], out[i], windows[i])
         return out
-    context_windows = mask_windows(context_masks, context_windows_xyxy)
+    context_windows = _given_or_found(context_masks, context_windows_xyxy)
     # A pixel of new mask i is lost iff a mask that covers it comes first in (score desc, index asc):
     # exactly argmax's "highest score, first index on ties". Walking that order with a canvas of the
     # pixels claimed so far touches each mask's window twice, whatever the overlaps.
@@ -157,7 +174,7 @@ def mask_out(
     out = image_bgr.copy()
     if len(masks) == 0:
         return out
-    windows = mask_windows(masks, windows_xyxy)
+    windows = _given_or_found(masks, windows_xyxy)
     filled = windows[windows[:, 2] > windows[:, 0]]
     if len(filled) == 0:
         return out
@@ -189,7 +206,7 @@ def mask_iou(
 
     Pixel counts come from each mask's window, the intersection from the two windows' overlap.
     """
-    wa, wb = mask_windows(a, windows_a_xyxy), mask_windows(b, windows_b_xyxy)
+    wa, wb = _given_or_found(a, windows_a_xyxy), _given_or_found(b, windows_b_xyxy)
     inter = np.zeros(len(a), np.int64)
     union = np.zeros(len(a), np.int64)
     for i in range(len(a)):
@@ -212,8 +229,5 @@ def mask_boxes_xyxy(masks: np.ndarray, windows_xyxy: np.ndarray | None = None) -
     Args:
         windows_xyxy: optional enclosing windows of ``masks`` (see module).
     """
-    windows = mask_windows(masks, windows_xyxy)
-    out = windows.astype(np.float32)
-    out[windows[:, 2] <= windows[:, 0]] = np.nan
-    return out
+    return window_boxes_xyxy(mask_windows(masks, windows_xyxy))
 
