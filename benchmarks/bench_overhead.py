@@ -45,6 +45,7 @@ import bmp_core.loop as bmp_loop
 from benchmarks.bench_scale import CpuSampler
 from bmp_core.config import LoopConfig
 from bmp_core.loop import run_bmp
+from bmp_core.ops.masks import windows_from_boxes
 from bmp_core.ops.rle import encode_rle
 from bmp_core.output.tables import instances_table
 from bmp_core.ports import BmpModels
@@ -128,7 +129,9 @@ def measure_image(case: CaseResult, image: np.ndarray, models: BmpModels, cfg: L
         for k in LOOP_STAGES:
             stages[k] = min(stages[k], t.get(k, 0.0))
     _check_same(recorded, result)
-    rle_s, _ = _min_time(lambda: encode_rle(result.instances.masks), repeat)
+    # As the worker's table does (bmp_core/output/tables.py): inside the masks' tight boxes only.
+    windows = windows_from_boxes(result.instances.mask_boxes_xyxy)
+    rle_s, _ = _min_time(lambda: encode_rle(result.instances.masks, windows), repeat)
     table_s, _ = _min_time(lambda: instances_table([0], [result]), repeat)
     for k in LOOP_STAGES:
         case.ms[k].append(1000 * stages[k])
