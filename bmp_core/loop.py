@@ -574,15 +574,19 @@ def _refine_with_sam(
             context = [*old.masks, *(dets.masks[i] for i in unprompted)]  # views, no whole-image copies
             context_windows = np.concatenate([store.mask_windows, det_windows[unprompted]])
             context_scores = np.concatenate([np.nan_to_num(old.sam_scores), np.zeros(len(unprompted))])
+            tight = np.zeros((len(idx), 4), np.int64)
             exclusive_masks(sam_masks, sam_scores[idx], context, context_scores, sam_windows, context_windows,
-                            out=targets)
+                            out=targets, out_windows=tight)
+            windows[idx] = tight
         else:
             for j, target in enumerate(targets):
                 _copy_window(sam_masks[j], target, sam_windows[j])
-        windows[idx] = sam_windows  # they enclose the exclusive masks too (those only lose pixels)
+            windows[idx] = mask_windows(targets, sam_windows)
         elsewhere += _add_time(s, "exclusive", t0)
 
-    windows = mask_windows(masks, windows)  # tight now
+    # Tight now (the prompted ones' were found as they were written): the mask boxes, and every later
+    # window op on these rows, use them.
+    windows[unprompted] = mask_windows([masks[i] for i in unprompted], det_windows[unprompted])
     new = Instances(
         boxes_xyxy=dets.boxes_xyxy.astype(np.float32),
         det_scores=dets.scores.astype(np.float32),

@@ -36,13 +36,18 @@ def mask_windows(masks: np.ndarray | list[np.ndarray], enclosing_xyxy: np.ndarra
         if enclosing_xyxy is not None:
             x0, y0, x1, y1 = (int(v) for v in enclosing_xyxy[i])
             mask = mask[y0:y1, x0:x1]
-        rows = np.flatnonzero(mask.any(axis=1))
-        if len(rows) == 0:
-            continue
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        cols = np.flatnonzero(mask[r0:r1].any(axis=0))
-        out[i] = (x0 + cols[0], y0 + r0, x0 + cols[-1] + 1, y0 + r1)
+        _tight_window(mask, x0, y0, out[i])
     return out
+
+
+def _tight_window(crop: np.ndarray, x0: int, y0: int, out: np.ndarray) -> None:
+    """Write the tight window of the (h, w) bool ``crop`` at ``(x0, y0)`` into ``out``; untouched if empty."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if len(rows) == 0:
+        return
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(crop[r0:r1].any(axis=0))
+    out[:] = (x0 + cols[0], y0 + r0, x0 + cols[-1] + 1, y0 + r1)
 
 
 def _given_or_found(masks: np.ndarray | list[np.ndarray], windows_xyxy: np.ndarray | None) -> np.ndarray:
@@ -74,6 +79,7 @@ def exclusive_masks(
     windows_xyxy: np.ndarray | None = None,
     context_windows_xyxy: np.ndarray | None = None,
     out: list[np.ndarray] | None = None,
+    out_windows: np.ndarray | None = None,
 ) -> np.ndarray | list[np.ndarray]:
     """Give every contested pixel to the highest-scoring mask that covers it (bmp-method §2.5).
 
@@ -86,6 +92,8 @@ def exclusive_masks(
         windows_xyxy, context_windows_xyxy: optional enclosing windows of the two stacks (see module).
         out: optional N all-False (H, W) bool arrays (e.g. rows of a bigger stack) to write the result
             into; only the masks' windows are written.
+        out_windows: optional (N, 4) int64 array that receives the results' tight windows (as
+            ``mask_windows`` of the result would give), found while each result is written.
 
     Returns:
         (N, H, W) bool new masks with the pixels they lost removed; ``out`` itself when given.
@@ -95,7 +103,7 @@ def exclusive_masks(
     if out is None:
         stack = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
         exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy,
-                        list(stack))
+                        list(stack), out_windows)
         return stack
     if n == 0:
         return out
@@ -106,7 +114,11 @@ def exclusive_masks(
         dense = masks if n + len(context_masks) < 2 else _exclusive_dense(masks, context_masks, all_scores)
         for i in range(n):
             _write_window(dense[i], out[i], windows[i])
+        if out_windows is not None:
+            out_windows[:] = mask_windows(out, windows)
         return out
+    if out_windows is not None:
+        out_windows[:] = 0  # an empty result keeps its empty window
     context_windows = _given_or_found(context_masks, context_windows_xyxy)
     # A pixel of new mask i is lost iff a mask that covers it comes first in (score desc, index asc):
     # exactly argmax's "highest score, first index on ties". Walking that order with a canvas of the
@@ -122,7 +134,10 @@ def exclusive_masks(
         window = src[y0:y1, x0:x1]
         taken = claimed[y0:y1, x0:x1]
         if k < n:
-            out[k][y0:y1, x0:x1] = window & ~taken
+            result = out[k][y0:y1, x0:x1]
+            np.greater(window, taken, out=result)  # window & ~taken, written in place
+            if out_windows is not None:
+                _tight_window(result, int(x0), int(y0), out_windows[k])
         taken |= window
     return out
 
@@ -188,14 +203,20 @@ def mask_out(
         if x1 > x0:
             covered[y0 - uy0: y1 - uy0, x0 - ux0: x1 - ux0] |= mask[y0:y1, x0:x1]
     keep = (~dilate(covered, dilate_px)).view(np.uint8)
-    # One contiguous multiply by a (rows, cols, channels) 0/1 stack runs faster than a strided multiply
+    # A contiguous multiply by a (rows, cols, channels) 0/1 stack runs faster than a strided multiply
     # per channel (or boolean-index assignment, or one broadcast multiply whose inner loop is only 3
-    # long) over a window that can be most of the image; filling the stack costs less than the strides.
-    keep_stack = np.empty((*keep.shape, image_bgr.shape[2]), np.uint8)
-    for channel in range(image_bgr.shape[2]):
-        keep_stack[:, :, channel] = keep
-    region = out[uy0:uy1, ux0:ux1]
-    np.multiply(region, keep_stack, out=region)
+    # long) over a window that can be most of the image. The stack is filled a band of rows at a time
+    # (~256 kB, so it stays in cache between its filling and the multiply, and is allocated once).
+    channels = image_bgr.shape[2]
+    band = max(1, 2**18 // max(1, keep.shape[1] * channels))
+    stack = np.empty((min(band, len(keep)), keep.shape[1], channels), np.uint8)
+    for r0 in range(0, len(keep), band):
+        rows = keep[r0: r0 + band]
+        part = stack[: len(rows)]
+        for channel in range(channels):
+            part[:, :, channel] = rows
+        region = out[uy0 + r0: uy0 + r0 + len(rows), ux0:ux1]
+        np.multiply(region, part, out=region)
     return out
 
 
