@@ -186,13 +186,12 @@ def mask_out(
     Returns:
         (H, W, 3) uint8 copy.
     """
-    out = image_bgr.copy()
     if len(masks) == 0:
-        return out
+        return image_bgr.copy()
     windows = _given_or_found(masks, windows_xyxy)
     filled = windows[windows[:, 2] > windows[:, 0]]
     if len(filled) == 0:
-        return out
+        return image_bgr.copy()
     h, w = masks.shape[1:]
     # The union window grown by the dilation holds every pixel the whole-image version would zero.
     ux0, uy0 = (max(int(v) - dilate_px, 0) for v in filled[:, :2].min(axis=0))
@@ -207,6 +206,10 @@ def mask_out(
     # per channel (or boolean-index assignment, or one broadcast multiply whose inner loop is only 3
     # long) over a window that can be most of the image. The stack is filled a band of rows at a time
     # (~256 kB, so it stays in cache between its filling and the multiply, and is allocated once).
+    # The product is written straight into the copy; only what lies outside the union is copied.
+    out = np.empty_like(image_bgr)
+    out[:uy0], out[uy1:] = image_bgr[:uy0], image_bgr[uy1:]
+    out[uy0:uy1, :ux0], out[uy0:uy1, ux1:] = image_bgr[uy0:uy1, :ux0], image_bgr[uy0:uy1, ux1:]
     channels = image_bgr.shape[2]
     band = max(1, 2**18 // max(1, keep.shape[1] * channels))
     stack = np.empty((min(band, len(keep)), keep.shape[1], channels), np.uint8)
@@ -215,8 +218,8 @@ def mask_out(
         part = stack[: len(rows)]
         for channel in range(channels):
             part[:, :, channel] = rows
-        region = out[uy0 + r0: uy0 + r0 + len(rows), ux0:ux1]
-        np.multiply(region, part, out=region)
+        r, r1 = uy0 + r0, uy0 + r0 + len(rows)
+        np.multiply(image_bgr[r:r1, ux0:ux1], part, out=out[r:r1, ux0:ux1])
     return out
 
 
