@@ -82,32 +82,47 @@ class _MaskStore:
     Rows below ``used`` change only when pose-NMS removes an instance (``_drop_old`` compacts them);
     the ``Instances`` the loop returns are never changed afterwards (their views are read-only).
 
-    When a run ends, every True pixel of the store lies in rows ``[0, used)`` inside their windows
-    (every other row the run wrote was cleared window by window), which is what lets ``_StorePool``
-    hand the store to a later image once the result that showed it is gone: clearing those windows
-    makes it all-False again, without the fresh pages' first-touch cost.
+    The two stacks are views of two flat buffers the store owns. When a run ends, every True pixel of
+    the store lies in rows ``[0, used)`` inside their windows (every other row the run wrote was
+    cleared window by window), which is what lets ``_StorePool`` lend the buffers to a later image
+    once the result that showed them is gone: clearing those windows makes them all-False again,
+    without the fresh pages' first-touch cost, and the buffers may then be viewed as stacks of another
+    image size (``reshaped``).
     """
 
-    def __init__(self, image_hw: tuple[int, int], capacity: int) -> None:
-        self.masks = np.zeros((capacity, *image_hw), bool)
-        self.det_masks = np.zeros((capacity, *image_hw), bool)
+    def __init__(self, image_hw: tuple[int, int], capacity: int,
+                 buffers: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        size = capacity * image_hw[0] * image_hw[1]
+        if buffers is None:
+            buffers = (np.zeros(size, bool), np.zeros(size, bool))
+        self._buffers = buffers  # the flat owners of ``masks`` and ``det_masks``
+        self.masks = buffers[0][:size].reshape(capacity, *image_hw)
+        self.det_masks = buffers[1][:size].reshape(capacity, *image_hw)
         self.mask_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``masks``
         self.det_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``det_masks``
         self.used = 0
-        self.rows_written = 0  # rows [0, rows_written) were ever written: the pages they hold
+        self.touched_bytes = 0  # bytes [0, touched_bytes) of each buffer were ever written: its pages
+
+    def note_written(self, rows: int) -> None:
+        """Rows ``[0, rows)`` of the stacks may have been written."""
+        self.touched_bytes = max(self.touched_bytes, rows * self.masks.shape[1] * self.masks.shape[2])
 
     def resident_bytes(self) -> int:
-        """What the written rows of both stacks hold in memory (at most)."""
-        return 2 * self.rows_written * self.masks.shape[1] * self.masks.shape[2]
+        """What the written parts of both buffers hold in memory (at most)."""
+        return 2 * self.touched_bytes
+
+    def buffer_bytes(self) -> int:
+        return len(self._buffers[0])
 
     def in_use(self) -> bool:
-        """Whether anything but this store still refers to its stacks (an ``Instances`` view of them)."""
-        # getrefcount counts its own argument and this store's attribute; every numpy view of a stack
-        # (and a view of a view) holds a reference to the stack itself as its ``base``.
-        return sys.getrefcount(self.masks) > 2 or sys.getrefcount(self.det_masks) > 2
+        """Whether anything but this store still refers to its buffers (an ``Instances`` view of them)."""
+        # Every numpy view of a buffer (and a view of a view) holds a reference to the buffer itself as its
+        # ``base``; this store holds two per buffer (its tuple, its stack's base), getrefcount's argument
+        # one more (tests/unit/test_equivalence.py checks the count).
+        return sys.getrefcount(self._buffers[0]) > 3 or sys.getrefcount(self._buffers[1]) > 3
 
     def clear(self) -> None:
-        """All-False again: clear the windows of rows ``[0, used)`` (module invariant above)."""
+        """All-False again: clear the windows of rows ``[0, used)`` (class invariant above)."""
         for i in range(self.used):
             _clear_window(self.masks[i], self.mask_windows[i])
             _clear_window(self.det_masks[i], self.det_windows[i])
@@ -115,13 +130,18 @@ class _MaskStore:
         self.det_windows = np.zeros((0, 4), np.int64)
         self.used = 0
 
+    def reshaped(self, image_hw: tuple[int, int]) -> _MaskStore:
+        """This cleared, unused store's buffers as stacks of ``image_hw`` rows (as many as they hold)."""
+        other = _MaskStore(image_hw, self.buffer_bytes() // max(1, image_hw[0] * image_hw[1]), self._buffers)
+        other.touched_bytes = self.touched_bytes
+        return other
+
     @staticmethod
     def for_rows(image_hw: tuple[int, int], rows: int) -> _MaskStore:
         # Room for later passes' detections (RTMDet keeps at most 40 per image) costs address space
         # only, but capped at ~512 MB of it per stack so that huge images do not ask for gigabytes a
         # strict overcommit policy would refuse; more rows than that move into a bigger store (``grow``).
-        row_bytes = max(1, image_hw[0] * image_hw[1])
-        return _MaskStore(image_hw, rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes)))
+        return _MaskStore(image_hw, _capacity(image_hw, rows))
 
     def grow(self, extra_rows: int) -> None:
         """Make room for ``extra_rows`` rows past ``used`` (copies the used rows window by window)."""
@@ -132,42 +152,65 @@ class _MaskStore:
             _copy_window(self.masks[i], bigger.masks[i], self.mask_windows[i])
             _copy_window(self.det_masks[i], bigger.det_masks[i], self.det_windows[i])
         bigger.mask_windows, bigger.det_windows, bigger.used = self.mask_windows, self.det_windows, self.used
-        bigger.rows_written = self.used
+        bigger.note_written(self.used)
         self.__dict__.update(bigger.__dict__)
 
 
-_POOL_BYTES = 512 * 2**20
+def _capacity(image_hw: tuple[int, int], rows: int) -> int:
+    row_bytes = max(1, image_hw[0] * image_hw[1])
+    return rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes))
+
+
+def _refcounts_track_views() -> bool:
+    """Whether ``sys.getrefcount`` sees numpy views of a buffer (CPython's refcounting does); the pool
+    relies on it to know a result is gone, and lends nothing where it does not hold."""
+    owner = np.zeros(8, bool)
+    before = sys.getrefcount(owner)
+    view = owner[:4].reshape(2, 2)[1]
+    seen = sys.getrefcount(owner) == before + 1
+    del view
+    return seen and sys.getrefcount(owner) == before
+
+
+_POOL_BYTES = 1024 * 2**20
 
 
 class _StorePool:
-    """Mask stores of finished images, lent again to later images of the same size (private).
+    """Mask buffers of finished images, lent again to later images (private to this module).
 
     A fresh store's pages are zero-filled by the kernel on first touch, a few MB per mask window at
     1080p; that cost the loop more than all its mask arithmetic. ``give`` keeps a finished image's
     store (its result may still be alive); ``take`` lends one whose result is gone (``in_use``),
-    cleared. What the pool keeps is bounded by ``_POOL_BYTES`` of written rows (oldest dropped
-    first); a store still in use when dropped is simply forgotten. Thread-safe.
+    cleared: one of the same image size if there is one, else the smallest whose buffers hold the
+    rows asked for, viewed as stacks of the new size. What the pool keeps is bounded by
+    ``_POOL_BYTES`` of written memory (oldest dropped first; a store still in use when dropped is
+    simply forgotten, its memory goes with its result): a worker's two batches of results in flight
+    fit at 1080p. Thread-safe.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, enabled: bool = True) -> None:
         self.max_bytes = max_bytes
+        self.enabled = enabled
         self._stores: list[_MaskStore] = []
         self._lock = threading.Lock()
 
     def take(self, image_hw: tuple[int, int], rows: int) -> _MaskStore:
+        need = _capacity(image_hw, rows) * image_hw[0] * image_hw[1]
         with self._lock:
-            for k, store in enumerate(self._stores):
-                if store.masks.shape[1:] == image_hw and len(store.masks) >= rows and not store.in_use():
-                    del self._stores[k]
-                    break
-            else:
-                store = None
+            free = [s for s in self._stores if not s.in_use()]
+            same = [s for s in free if s.masks.shape[1:] == image_hw and len(s.masks) >= rows]
+            fits = sorted((s for s in free if s.buffer_bytes() >= need), key=_MaskStore.buffer_bytes)
+            store = (same or fits or [None])[0]
+            if store is not None:
+                self._stores.remove(store)
         if store is None:
             return _MaskStore.for_rows(image_hw, rows)
         store.clear()
-        return store
+        return store if store.masks.shape[1:] == image_hw else store.reshaped(image_hw)
 
     def give(self, store: _MaskStore) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self._stores.append(store)
             total = sum(s.resident_bytes() for s in self._stores)
@@ -175,7 +218,7 @@ class _StorePool:
                 total -= self._stores.pop(0).resident_bytes()
 
 
-_STORE_POOL = _StorePool(_POOL_BYTES)
+_STORE_POOL = _StorePool(_POOL_BYTES, enabled=_refcounts_track_views())
 
 
 def _copy_window(src: np.ndarray, dst: np.ndarray, window: np.ndarray) -> None:
@@ -263,7 +306,7 @@ def run_bmp_batch(
     results = []
     for s in states:
         s.timings_s["total"] = total
-        for name in ("masks", "det_masks"):  # views of the store, which a later image may reuse
+        for name in ("masks", "det_masks"):  # views of the store, whose buffers a later image may reuse
             getattr(s.instances, name).flags.writeable = False
         results.append(BmpResult(s.instances, s.image_bgr.shape[:2], dict(s.timings_s), tuple(s.traces)))
         if s.store is not None:
@@ -349,7 +392,7 @@ def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labe
     if s.store is None:
         s.store = _STORE_POOL.take(s.image_bgr.shape[:2], n)
     s.store.grow(n)
-    s.store.rows_written = max(s.store.rows_written, s.store.used + n)
+    s.store.note_written(s.store.used + n)
     rows = s.store.det_masks[s.store.used: s.store.used + n]
     if masks is None:
         windows = np.zeros((n, 4), np.int64)
