@@ -10,9 +10,12 @@ the fake models while their outputs are recorded (``ModelRecording``), then the 
 recording replayed: the same calls get the same outputs back at no cost, so what is left is the loop's
 own work (the detector's person/score/NMS filter, pose-NMS, prompt selection, exclusivity, the new
 rows' masks, IoU and boxes, the next pass's masked-out image) plus what the worker does with a result
-(COCO RLE of the masks, the Parquet ``instances`` table). Cases: the test images with the default fake
-detector (8 candidate people, COCO-size images) and synthetic 1920x1080 images with a crowd of 5, 10
-and 20 people (``CrowdDetector``: all survive box NMS).
+(COCO RLE of the masks inside their boxes, the Parquet ``instances`` table). Only the replays' timings
+are kept, as a worker drops a result once written, so the loop lends that result's mask memory to a
+later replay (``bmp_core.loop._StorePool``); the recorded run pays the fresh pages once, untimed.
+Cases: the test images with the default fake detector (8 candidate people, COCO-size images) and
+synthetic 1920x1080 images with a crowd of 5, 10 and 20 people (``CrowdDetector``: all survive box
+NMS).
 
 Per case, ms per image by stage (the loop's own stage timings, read from the thread's CPU clock; min
 over ``--repeat`` runs of each image), the loop's CPU time (``time.thread_time``: what other processes

@@ -14,7 +14,10 @@ its batch (tests/unit/test_loop.py checks it against ``run_bmp`` one image at a 
 
 The loop's own mask work stays where the pixels are: each mask's pixel window (``ops.masks``), and one
 mask store per image whose rows are written once (``_MaskStore``); the returned ``Instances.masks`` /
-``det_masks`` are views of its first rows. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
+``det_masks`` are read-only views of its first rows, and once nothing refers to them any more the
+store's memory is lent to a later image (``_StorePool``), cleared window by window. The models' mask
+windows (``Detections.mask_windows_xyxy``, ``SegmentOutput.mask_windows_xyxy``) are used as given, so
+no image-sized mask is read whole. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
 whole-image version it must equal bit for bit (tests/unit/test_equivalence.py).
 """
 

@@ -115,6 +115,8 @@ class SegmentOutput:
 class Instances:
     """The people found in one image by the BMP loop, in merge order (older iterations first).
 
+    The loop's results hold read-only views of its mask store in ``masks`` and ``det_masks``.
+
     Attributes:
         boxes_xyxy: (N, 4) float32 detector boxes (or the user-given boxes), pixels.
         det_scores: (N,) float32 detector scores (1.0 for user-given boxes).
