@@ -14,12 +14,17 @@ its batch (tests/unit/test_loop.py checks it against ``run_bmp`` one image at a 
 
 The loop's own mask work stays where the pixels are: each mask's pixel window (``ops.masks``), and one
 mask store per image whose rows are written once (``_MaskStore``); the returned ``Instances.masks`` /
-``det_masks`` are views of its first rows. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
+``det_masks`` are read-only views of its first rows, and once nothing refers to them any more the
+store's memory is lent to a later image (``_StorePool``), cleared window by window. The models' mask
+windows (``Detections.mask_windows_xyxy``, ``SegmentOutput.mask_windows_xyxy``) are used as given, so
+no image-sized mask is read whole. ``bmp_core.testing.dense_ops.run_bmp_dense`` is the plain
 whole-image version it must equal bit for bit (tests/unit/test_equivalence.py).
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,10 +37,10 @@ from bmp_core.errors import ImageInputError
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import (
     exclusive_masks,
-    mask_boxes_xyxy,
     mask_iou,
     mask_out,
     mask_windows,
+    window_boxes_xyxy,
 )
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import has_prompt, select_prompt_keypoints
@@ -78,23 +83,68 @@ class _MaskStore:
     what was written are never touched: a fresh ``np.zeros`` stack costs only the pages a window writes
     (a person, not the image), where concatenating stacks each pass copied every image-sized row again.
     Rows below ``used`` change only when pose-NMS removes an instance (``_drop_old`` compacts them);
-    the ``Instances`` the loop returns are never changed afterwards.
+    the ``Instances`` the loop returns are never changed afterwards (their views are read-only).
+
+    The two stacks are views of two flat buffers the store owns. When a run ends, every True pixel of
+    the store lies in rows ``[0, used)`` inside their windows (every other row the run wrote was
+    cleared window by window), which is what lets ``_StorePool`` lend the buffers to a later image
+    once the result that showed them is gone: clearing those windows makes them all-False again,
+    without the fresh pages' first-touch cost, and the buffers may then be viewed as stacks of another
+    image size (``reshaped``).
     """
 
-    def __init__(self, image_hw: tuple[int, int], capacity: int) -> None:
-        self.masks = np.zeros((capacity, *image_hw), bool)
-        self.det_masks = np.zeros((capacity, *image_hw), bool)
+    def __init__(self, image_hw: tuple[int, int], capacity: int,
+                 buffers: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        size = capacity * image_hw[0] * image_hw[1]
+        if buffers is None:
+            buffers = (np.zeros(size, bool), np.zeros(size, bool))
+        self._buffers = buffers  # the flat owners of ``masks`` and ``det_masks``
+        self.masks = buffers[0][:size].reshape(capacity, *image_hw)
+        self.det_masks = buffers[1][:size].reshape(capacity, *image_hw)
         self.mask_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``masks``
         self.det_windows = np.zeros((0, 4), np.int64)  # of rows [0, used) of ``det_masks``
         self.used = 0
+        self.touched_bytes = 0  # bytes [0, touched_bytes) of each buffer were ever written: its pages
+
+    def note_written(self, rows: int) -> None:
+        """Rows ``[0, rows)`` of the stacks may have been written."""
+        self.touched_bytes = max(self.touched_bytes, rows * self.masks.shape[1] * self.masks.shape[2])
+
+    def resident_bytes(self) -> int:
+        """What the written parts of both buffers hold in memory (at most)."""
+        return 2 * self.touched_bytes
+
+    def buffer_bytes(self) -> int:
+        return len(self._buffers[0])
+
+    def in_use(self) -> bool:
+        """Whether anything but this store still refers to its buffers (an ``Instances`` view of them)."""
+        # Every numpy view of a buffer (and a view of a view) holds a reference to the buffer itself as its
+        # ``base``; this store holds two per buffer (its tuple, its stack's base), getrefcount's argument
+        # one more (tests/unit/test_equivalence.py checks the count).
+        return sys.getrefcount(self._buffers[0]) > 3 or sys.getrefcount(self._buffers[1]) > 3
+
+    def clear(self) -> None:
+        """All-False again: clear the windows of rows ``[0, used)`` (class invariant above)."""
+        for i in range(self.used):
+            _clear_window(self.masks[i], self.mask_windows[i])
+            _clear_window(self.det_masks[i], self.det_windows[i])
+        self.mask_windows = np.zeros((0, 4), np.int64)
+        self.det_windows = np.zeros((0, 4), np.int64)
+        self.used = 0
+
+    def reshaped(self, image_hw: tuple[int, int]) -> _MaskStore:
+        """This cleared, unused store's buffers as stacks of ``image_hw`` rows (as many as they hold)."""
+        other = _MaskStore(image_hw, self.buffer_bytes() // max(1, image_hw[0] * image_hw[1]), self._buffers)
+        other.touched_bytes = self.touched_bytes
+        return other
 
     @staticmethod
     def for_rows(image_hw: tuple[int, int], rows: int) -> _MaskStore:
         # Room for later passes' detections (RTMDet keeps at most 40 per image) costs address space
         # only, but capped at ~512 MB of it per stack so that huge images do not ask for gigabytes a
         # strict overcommit policy would refuse; more rows than that move into a bigger store (``grow``).
-        row_bytes = max(1, image_hw[0] * image_hw[1])
-        return _MaskStore(image_hw, rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes)))
+        return _MaskStore(image_hw, _capacity(image_hw, rows))
 
     def grow(self, extra_rows: int) -> None:
         """Make room for ``extra_rows`` rows past ``used`` (copies the used rows window by window)."""
@@ -105,7 +155,73 @@ class _MaskStore:
             _copy_window(self.masks[i], bigger.masks[i], self.mask_windows[i])
             _copy_window(self.det_masks[i], bigger.det_masks[i], self.det_windows[i])
         bigger.mask_windows, bigger.det_windows, bigger.used = self.mask_windows, self.det_windows, self.used
+        bigger.note_written(self.used)
         self.__dict__.update(bigger.__dict__)
+
+
+def _capacity(image_hw: tuple[int, int], rows: int) -> int:
+    row_bytes = max(1, image_hw[0] * image_hw[1])
+    return rows + min(rows + 40, max(4, _SPARE_BYTES // row_bytes))
+
+
+def _refcounts_track_views() -> bool:
+    """Whether ``sys.getrefcount`` sees numpy views of a buffer (CPython's refcounting does); the pool
+    relies on it to know a result is gone, and lends nothing where it does not hold."""
+    owner = np.zeros(8, bool)
+    before = sys.getrefcount(owner)
+    view = owner[:4].reshape(2, 2)[1]
+    seen = sys.getrefcount(owner) == before + 1
+    del view
+    return seen and sys.getrefcount(owner) == before
+
+
+_POOL_BYTES = 1024 * 2**20
+
+
+class _StorePool:
+    """Mask buffers of finished images, lent again to later images (private to this module).
+
+    A fresh store's pages are zero-filled by the kernel on first touch, a few MB per mask window at
+    1080p; that cost the loop more than all its mask arithmetic. ``give`` keeps a finished image's
+    store (its result may still be alive); ``take`` lends one whose result is gone (``in_use``),
+    cleared: one of the same image size if there is one, else the smallest whose buffers hold the
+    rows asked for, viewed as stacks of the new size. What the pool keeps is bounded by
+    ``_POOL_BYTES`` of written memory (oldest dropped first; a store still in use when dropped is
+    simply forgotten, its memory goes with its result): a worker's two batches of results in flight
+    fit at 1080p. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int, enabled: bool = True) -> None:
+        self.max_bytes = max_bytes
+        self.enabled = enabled
+        self._stores: list[_MaskStore] = []
+        self._lock = threading.Lock()
+
+    def take(self, image_hw: tuple[int, int], rows: int) -> _MaskStore:
+        need = _capacity(image_hw, rows) * image_hw[0] * image_hw[1]
+        with self._lock:
+            free = [s for s in self._stores if not s.in_use()]
+            same = [s for s in free if s.masks.shape[1:] == image_hw and len(s.masks) >= rows]
+            fits = sorted((s for s in free if s.buffer_bytes() >= need), key=_MaskStore.buffer_bytes)
+            store = (same or fits or [None])[0]
+            if store is not None:
+                self._stores.remove(store)
+        if store is None:
+            return _MaskStore.for_rows(image_hw, rows)
+        store.clear()
+        return store if store.masks.shape[1:] == image_hw else store.reshaped(image_hw)
+
+    def give(self, store: _MaskStore) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._stores.append(store)
+            total = sum(s.resident_bytes() for s in self._stores)
+            while self._stores and total > self.max_bytes:
+                total -= self._stores.pop(0).resident_bytes()
+
+
+_STORE_POOL = _StorePool(_POOL_BYTES, enabled=_refcounts_track_views())
 
 
 def _copy_window(src: np.ndarray, dst: np.ndarray, window: np.ndarray) -> None:
@@ -193,7 +309,11 @@ def run_bmp_batch(
     results = []
     for s in states:
         s.timings_s["total"] = total
+        for name in ("masks", "det_masks"):  # views of the store, whose buffers a later image may reuse
+            getattr(s.instances, name).flags.writeable = False
         results.append(BmpResult(s.instances, s.image_bgr.shape[:2], dict(s.timings_s), tuple(s.traces)))
+        if s.store is not None:
+            _STORE_POOL.give(s.store)
     return results
 
 
@@ -262,18 +382,25 @@ def _filter_people(s: _ImageState, dets: Detections, cfg: LoopConfig) -> tuple[D
     keep = np.flatnonzero((dets.labels == c.person_label) & (dets.scores > c.score_thr))
     order = keep[box_nms(dets.boxes_xyxy[keep], dets.scores[keep], c.nms_iou_thr, c.nms_pixel_offset)]
     picked = None if dets.masks is None else [dets.masks[i] for i in order]  # views of the detector's rows
-    return _into_store(s, dets.boxes_xyxy[order], dets.scores[order], dets.labels[order], picked)
+    enclosing = None if dets.mask_windows_xyxy is None else dets.mask_windows_xyxy[order]
+    return _into_store(s, dets.boxes_xyxy[order], dets.scores[order], dets.labels[order], picked, enclosing)
 
 
 def _into_store(s: _ImageState, boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                masks: list[np.ndarray] | None) -> tuple[Detections, np.ndarray]:
-    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``)."""
+                masks: list[np.ndarray] | None, enclosing_xyxy: np.ndarray | None = None
+                ) -> tuple[Detections, np.ndarray]:
+    """Detections whose masks are the store's rows after the instances' (all-False for ``masks=None``);
+    ``enclosing_xyxy``: the windows the detector gave with its masks (records.py), if any."""
     n = len(boxes_xyxy)
     if s.store is None:
-        s.store = _MaskStore.for_rows(s.image_bgr.shape[:2], n)
+        s.store = _STORE_POOL.take(s.image_bgr.shape[:2], n)
     s.store.grow(n)
+    s.store.note_written(s.store.used + n)
     rows = s.store.det_masks[s.store.used: s.store.used + n]
-    windows = np.zeros((n, 4), np.int64) if masks is None else mask_windows(masks)
+    if masks is None:
+        windows = np.zeros((n, 4), np.int64)
+    else:  # the detector's windows as they are (tight or not, ops.masks reads inside them), or found
+        windows = mask_windows(masks) if enclosing_xyxy is None else enclosing_xyxy
     for j in range(n if masks is not None else 0):
         _copy_window(masks[j], rows[j], windows[j])  # casts to bool as astype(bool) would
     dets = Detections(np.asarray(boxes_xyxy, np.float32), np.asarray(scores, np.float32), labels, rows)
@@ -485,7 +612,7 @@ def _refine_with_sam(
         elsewhere += _add_time(s, "segment", t0)
         t0 = time.perf_counter()
         sam_masks = np.asarray(out.masks, bool)
-        sam_windows = mask_windows(sam_masks)
+        sam_windows = mask_windows(sam_masks) if out.mask_windows_xyxy is None else out.mask_windows_xyxy
         sam_scores[idx] = out.scores
         targets = [masks[i] for i in idx]
         if cfg.masks.exclusive:
@@ -493,15 +620,19 @@ def _refine_with_sam(
             context = [*old.masks, *(dets.masks[i] for i in unprompted)]  # views, no whole-image copies
             context_windows = np.concatenate([store.mask_windows, det_windows[unprompted]])
             context_scores = np.concatenate([np.nan_to_num(old.sam_scores), np.zeros(len(unprompted))])
+            tight = np.zeros((len(idx), 4), np.int64)
             exclusive_masks(sam_masks, sam_scores[idx], context, context_scores, sam_windows, context_windows,
-                            out=targets)
+                            out=targets, out_windows=tight)
+            windows[idx] = tight
         else:
             for j, target in enumerate(targets):
                 _copy_window(sam_masks[j], target, sam_windows[j])
-        windows[idx] = sam_windows  # they enclose the exclusive masks too (those only lose pixels)
+            windows[idx] = mask_windows(targets, sam_windows)
         elsewhere += _add_time(s, "exclusive", t0)
 
-    windows = mask_windows(masks, windows)  # tight now
+    # Tight now (the prompted ones' were found as they were written): the mask boxes, and every later
+    # window op on these rows, use them.
+    windows[unprompted] = mask_windows([masks[i] for i in unprompted], det_windows[unprompted])
     new = Instances(
         boxes_xyxy=dets.boxes_xyxy.astype(np.float32),
         det_scores=dets.scores.astype(np.float32),
@@ -512,7 +643,7 @@ def _refine_with_sam(
         det_masks=dets.masks,
         det_mask_iou=mask_iou(dets.masks, masks, det_windows, windows),
         iteration=np.full(n, iteration, np.int32),
-        mask_boxes_xyxy=mask_boxes_xyxy(masks, windows),
+        mask_boxes_xyxy=window_boxes_xyxy(windows),
         prompts=prompts,
         prompted=prompted,
     )

@@ -27,7 +27,10 @@ class Detector(Protocol):
             images_bgr: B images, each (H_i, W_i, 3) uint8 BGR.
 
         Returns:
-            B ``Detections`` (all classes; the loop keeps the person label), masks at full resolution.
+            B ``Detections`` (all classes; the loop keeps the person label), masks at full resolution,
+            with the windows that enclose them (``mask_windows_xyxy``) where the model can find them
+            without reading the masks on the host (the real adapters: on the device; the fakes: where
+            they drew); the loop then reads each mask only inside its window.
         """
         ...
 
@@ -79,7 +82,8 @@ class Segmenter(Protocol):
             points_xy: N arrays (K_i, 2) float32 pixel coordinates, K_i >= 1.
 
         Returns:
-            ``SegmentOutput`` with (N, H, W) bool masks and (N,) scores.
+            ``SegmentOutput`` with (N, H, W) bool masks, (N,) scores and, where the model knows them, the
+            masks' enclosing windows (as for ``Detector.detect``).
         """
         ...
 

@@ -3,6 +3,10 @@
 Every record is a frozen dataclass of numpy arrays. Shapes and units are in the field names and
 docstrings: ``boxes_xyxy`` are absolute pixel corners ``(x1, y1, x2, y2)``, keypoints are
 ``(x, y, score)`` in pixels of the original image, masks are ``bool`` arrays of the image's size.
+A mask window is ``(x0, y0, x1, y1)`` int64 pixel edges, end exclusive (``mask[y0:y1, x0:x1]``),
+that encloses every True pixel of its mask (``bmp_core.ops.masks``); an empty window (x1 <= x0)
+says the mask is empty. A model that knows its masks' windows hands them over with the masks, so the
+loop never reads a whole image-sized mask to find where its pixels are.
 ``__post_init__`` checks that all per-instance fields agree on ``N`` (detectron2 ``Instances`` idea).
 """
 
@@ -21,6 +25,18 @@ def _check_len(name: str, arr: np.ndarray | None, n: int) -> None:
         raise ValueError(f"{name} has {len(arr)} rows, expected {n}")
 
 
+def _check_windows(windows: np.ndarray | None, masks: np.ndarray | None, n: int) -> None:
+    if windows is None:
+        return
+    if masks is None:
+        raise ValueError("mask_windows_xyxy given without masks")
+    if windows.shape != (n, 4) or windows.dtype != np.int64:
+        raise ValueError(f"mask_windows_xyxy must be (N, 4) int64, got {windows.shape} {windows.dtype}")
+    h, w = masks.shape[1:]
+    if n and ((windows < 0).any() or (windows[:, [0, 2]] > w).any() or (windows[:, [1, 3]] > h).any()):
+        raise ValueError(f"mask_windows_xyxy must lie inside the ({h}, {w}) masks")
+
+
 @dataclass(frozen=True)
 class Detections:
     """Detector output for one image.
@@ -31,12 +47,16 @@ class Detections:
         labels: (N,) int64 class ids (COCO: person = 0).
         masks: (N, H, W) bool instance masks at full image resolution, or None when the source has no
             masks (user-given boxes).
+        mask_windows_xyxy: (N, 4) int64 windows enclosing each mask's True pixels (module docstring),
+            or None when unknown (the loop then reads each mask once to find them). A window that
+            misses a True pixel gives wrong results downstream.
     """
 
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None = None
+    mask_windows_xyxy: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes_xyxy)
@@ -45,6 +65,7 @@ class Detections:
         _check_len("scores", self.scores, n)
         _check_len("labels", self.labels, n)
         _check_len("masks", self.masks, n)
+        _check_windows(self.mask_windows_xyxy, self.masks, n)
 
     def __len__(self) -> int:
         return len(self.boxes_xyxy)
@@ -56,6 +77,7 @@ class Detections:
             scores=np.zeros((0,), np.float32),
             labels=np.zeros((0,), np.int64),
             masks=np.zeros((0, height, width), bool),
+            mask_windows_xyxy=np.zeros((0, 4), np.int64),
         )
 
     def take(self, index: np.ndarray) -> Detections:
@@ -65,6 +87,7 @@ class Detections:
             scores=self.scores[index],
             labels=self.labels[index],
             masks=None if self.masks is None else self.masks[index],
+            mask_windows_xyxy=None if self.mask_windows_xyxy is None else self.mask_windows_xyxy[index],
         )
 
 
@@ -75,18 +98,24 @@ class SegmentOutput:
     Attributes:
         masks: (N, H, W) bool, original image resolution.
         scores: (N,) float32 predicted mask IoU (SAM's ``iou_predictions``).
+        mask_windows_xyxy: (N, 4) int64 windows enclosing each mask's True pixels (module docstring),
+            or None when unknown.
     """
 
     masks: np.ndarray
     scores: np.ndarray
+    mask_windows_xyxy: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _check_len("scores", self.scores, len(self.masks))
+        _check_windows(self.mask_windows_xyxy, self.masks, len(self.masks))
 
 
 @dataclass(frozen=True)
 class Instances:
     """The people found in one image by the BMP loop, in merge order (older iterations first).
+
+    The loop's results hold read-only views of its mask store in ``masks`` and ``det_masks``.
 
     Attributes:
         boxes_xyxy: (N, 4) float32 detector boxes (or the user-given boxes), pixels.

@@ -27,6 +27,7 @@ import numpy as np
 from bmp_core.config import DetectorModelConfig
 from bmp_core.models import _compat
 from bmp_core.models.device import autocast
+from bmp_core.models.windows import tight_windows
 from bmp_core.records import Detections
 
 
@@ -168,6 +169,7 @@ def _to_detections(pred: Any, image_hw: tuple[int, int]) -> Detections:
         scores=pred.scores.detach().float().cpu().numpy().astype(np.float32),
         labels=pred.labels.detach().cpu().numpy().astype(np.int64),
         masks=masks,
+        mask_windows_xyxy=tight_windows(pred.masks.detach()),  # found on the device
     )
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from bmp_core.config import SegmenterModelConfig
 from bmp_core.models.device import autocast
+from bmp_core.models.windows import tight_windows
 from bmp_core.records import SegmentOutput
 
 # SAM2Transforms' ImageNet statistics (RGB, on [0, 1] pixels).
@@ -230,6 +231,7 @@ class Sam2Segmenter:
         """
         h, w = prepared.image_hw
         masks = np.zeros((len(points_xy), h, w), bool)
+        windows = np.zeros((len(points_xy), 4), np.int64)
         scores = np.zeros((len(points_xy),), np.float32)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, points in enumerate(points_xy):
@@ -241,9 +243,10 @@ class Sam2Segmenter:
             coords = np.stack(
                 [np.asarray(points_xy[i], np.float32).reshape(k, 2) for i in indices]
             )  # (B, K, 2)
-            group_masks, group_scores = self._predict(prepared, coords)
+            group_masks, group_scores, group_windows = self._predict(prepared, coords)
             masks[indices] = group_masks
             scores[indices] = group_scores
+            windows[indices] = group_windows
         if not np.isfinite(scores).all():
             bad = np.flatnonzero(~np.isfinite(scores)).tolist()
             raise NonFiniteScoreError(
@@ -251,14 +254,16 @@ class Sam2Segmenter:
                 f"image (encoder precision {self.precision}); a NaN score would win every contested pixel, "
                 "so nothing is labelled with it: check the segmenter checkpoint, or use models.precision=fp32"
             )
-        return SegmentOutput(masks=masks, scores=scores)
+        return SegmentOutput(masks=masks, scores=scores, mask_windows_xyxy=windows)
 
-    def _predict(self, prepared: SamPrepared, coords_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H, W) bool masks and (B,) scores for B prompts of K positive points each (one decoder call).
+    def _predict(self, prepared: SamPrepared, coords_xy: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, H, W) bool masks, (B,) scores and (B, 4) mask windows for B prompts of K positive points
+        each (one decoder call).
 
         sam2's ``predict(point_coords, point_labels, multimask_output=False)`` with its coordinate
         transform, prompt encoder, mask decoder and upsampling, in fp32, thresholded on the device so that
-        only bool masks are copied to the host.
+        only bool masks are copied to the host; their windows are found there too (``models.windows``).
         """
         import torch
         import torch.nn.functional as F
@@ -287,7 +292,8 @@ class Sam2Segmenter:
             )
             logits = F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)
             masks = logits > self.mask_threshold
-            return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy().astype(np.float32)
+            return (masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy().astype(np.float32),
+                    tight_windows(masks[:, 0]))
 
 
 def build_sam2_segmenter(

@@ -8,8 +8,10 @@ pixels x people (at 1080p with 20 people, ~40 MB per stack and a float64 score s
 exclusivity). The results are bit-identical to the whole-image definitions, which
 ``bmp_core.testing.dense_ops`` keeps as plain references (tests/unit/test_ops_masks.py compares them).
 Windows are ``(x0, y0, x1, y1)`` int64 pixel edges, end exclusive (``mask[y0:y1, x0:x1]``); an empty
-mask has an empty window. Callers that know a window enclosing each mask (every True pixel inside it)
-may pass it to skip the search; a smaller one gives wrong results.
+mask has an empty window. Callers that know a window enclosing each mask (every True pixel inside it,
+the window inside the image) may pass it to skip the search: the operations then read only inside
+the windows given, tight or not (a larger window costs time only, a smaller one gives wrong results).
+Only ``mask_windows`` and ``mask_boxes_xyxy`` make windows tight.
 """
 
 from __future__ import annotations
@@ -34,12 +36,32 @@ def mask_windows(masks: np.ndarray | list[np.ndarray], enclosing_xyxy: np.ndarra
         if enclosing_xyxy is not None:
             x0, y0, x1, y1 = (int(v) for v in enclosing_xyxy[i])
             mask = mask[y0:y1, x0:x1]
-        rows = np.flatnonzero(mask.any(axis=1))
-        if len(rows) == 0:
-            continue
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        cols = np.flatnonzero(mask[r0:r1].any(axis=0))
-        out[i] = (x0 + cols[0], y0 + r0, x0 + cols[-1] + 1, y0 + r1)
+        _tight_window(mask, x0, y0, out[i])
+    return out
+
+
+def _tight_window(crop: np.ndarray, x0: int, y0: int, out: np.ndarray) -> None:
+    """Write the tight window of the (h, w) bool ``crop`` at ``(x0, y0)`` into ``out``; untouched if empty."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if len(rows) == 0:
+        return
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(crop[r0:r1].any(axis=0))
+    out[:] = (x0 + cols[0], y0 + r0, x0 + cols[-1] + 1, y0 + r1)
+
+
+def _given_or_found(masks: np.ndarray | list[np.ndarray], windows_xyxy: np.ndarray | None) -> np.ndarray:
+    """The enclosing windows the caller gave, else the tight ones (one read of each mask)."""
+    if windows_xyxy is None:
+        return mask_windows(masks)
+    return np.asarray(windows_xyxy, np.int64).reshape(len(masks), 4)
+
+
+def window_boxes_xyxy(windows_xyxy: np.ndarray) -> np.ndarray:
+    """TIGHT windows (``mask_windows``) -> ``mask_boxes_xyxy``'s (N, 4) float32 boxes, NaN rows for empty."""
+    windows = np.asarray(windows_xyxy, np.int64).reshape(-1, 4)
+    out = windows.astype(np.float32)
+    out[windows[:, 2] <= windows[:, 0]] = np.nan
     return out
 
 
@@ -57,6 +79,7 @@ def exclusive_masks(
     windows_xyxy: np.ndarray | None = None,
     context_windows_xyxy: np.ndarray | None = None,
     out: list[np.ndarray] | None = None,
+    out_windows: np.ndarray | None = None,
 ) -> np.ndarray | list[np.ndarray]:
     """Give every contested pixel to the highest-scoring mask that covers it (bmp-method §2.5).
 
@@ -69,16 +92,18 @@ def exclusive_masks(
         windows_xyxy, context_windows_xyxy: optional enclosing windows of the two stacks (see module).
         out: optional N all-False (H, W) bool arrays (e.g. rows of a bigger stack) to write the result
             into; only the masks' windows are written.
+        out_windows: optional (N, 4) int64 array that receives the results' tight windows (as
+            ``mask_windows`` of the result would give), found while each result is written.
 
     Returns:
         (N, H, W) bool new masks with the pixels they lost removed; ``out`` itself when given.
     """
     n = len(masks)
-    windows = mask_windows(masks, windows_xyxy)
+    windows = _given_or_found(masks, windows_xyxy)
     if out is None:
         stack = np.zeros_like(masks, dtype=bool)  # zero pages: only the windows written below are touched
         exclusive_masks(masks, scores, context_masks, context_scores, windows, context_windows_xyxy,
-                        list(stack))
+                        list(stack), out_windows)
         return stack
     if n == 0:
         return out
@@ -89,8 +114,12 @@ def exclusive_masks(
         dense = masks if n + len(context_masks) < 2 else _exclusive_dense(masks, context_masks, all_scores)
         for i in range(n):
             _write_window(dense[i], out[i], windows[i])
+        if out_windows is not None:
+            out_windows[:] = mask_windows(out, windows)
         return out
-    context_windows = mask_windows(context_masks, context_windows_xyxy)
+    if out_windows is not None:
+        out_windows[:] = 0  # an empty result keeps its empty window
+    context_windows = _given_or_found(context_masks, context_windows_xyxy)
     # A pixel of new mask i is lost iff a mask that covers it comes first in (score desc, index asc):
     # exactly argmax's "highest score, first index on ties". Walking that order with a canvas of the
     # pixels claimed so far touches each mask's window twice, whatever the overlaps.
@@ -105,7 +134,10 @@ def exclusive_masks(
         window = src[y0:y1, x0:x1]
         taken = claimed[y0:y1, x0:x1]
         if k < n:
-            out[k][y0:y1, x0:x1] = window & ~taken
+            result = out[k][y0:y1, x0:x1]
+            np.greater(window, taken, out=result)  # window & ~taken, written in place
+            if out_windows is not None:
+                _tight_window(result, int(x0), int(y0), out_windows[k])
         taken |= window
     return out
 
@@ -154,13 +186,12 @@ def mask_out(
     Returns:
         (H, W, 3) uint8 copy.
     """
-    out = image_bgr.copy()
     if len(masks) == 0:
-        return out
-    windows = mask_windows(masks, windows_xyxy)
+        return image_bgr.copy()
+    windows = _given_or_found(masks, windows_xyxy)
     filled = windows[windows[:, 2] > windows[:, 0]]
     if len(filled) == 0:
-        return out
+        return image_bgr.copy()
     h, w = masks.shape[1:]
     # The union window grown by the dilation holds every pixel the whole-image version would zero.
     ux0, uy0 = (max(int(v) - dilate_px, 0) for v in filled[:, :2].min(axis=0))
@@ -170,12 +201,25 @@ def mask_out(
     for mask, (x0, y0, x1, y1) in zip(masks, windows, strict=True):
         if x1 > x0:
             covered[y0 - uy0: y1 - uy0, x0 - ux0: x1 - ux0] |= mask[y0:y1, x0:x1]
-    keep = ~dilate(covered, dilate_px)
-    region = out[uy0:uy1, ux0:ux1]
-    for channel in range(region.shape[2]):
-        # A multiply per channel runs ~4x faster than boolean-index assignment (or one broadcast
-        # multiply, whose inner loop is only 3 long) over a window that can be most of the image.
-        region[:, :, channel] *= keep
+    keep = (~dilate(covered, dilate_px)).view(np.uint8)
+    # A contiguous multiply by a (rows, cols, channels) 0/1 stack runs faster than a strided multiply
+    # per channel (or boolean-index assignment, or one broadcast multiply whose inner loop is only 3
+    # long) over a window that can be most of the image. The stack is filled a band of rows at a time
+    # (~256 kB, so it stays in cache between its filling and the multiply, and is allocated once).
+    # The product is written straight into the copy; only what lies outside the union is copied.
+    out = np.empty_like(image_bgr)
+    out[:uy0], out[uy1:] = image_bgr[:uy0], image_bgr[uy1:]
+    out[uy0:uy1, :ux0], out[uy0:uy1, ux1:] = image_bgr[uy0:uy1, :ux0], image_bgr[uy0:uy1, ux1:]
+    channels = image_bgr.shape[2]
+    band = max(1, 2**18 // max(1, keep.shape[1] * channels))
+    stack = np.empty((min(band, len(keep)), keep.shape[1], channels), np.uint8)
+    for r0 in range(0, len(keep), band):
+        rows = keep[r0: r0 + band]
+        part = stack[: len(rows)]
+        for channel in range(channels):
+            part[:, :, channel] = rows
+        r, r1 = uy0 + r0, uy0 + r0 + len(rows)
+        np.multiply(image_bgr[r:r1, ux0:ux1], part, out=out[r:r1, ux0:ux1])
     return out
 
 
@@ -189,7 +233,7 @@ def mask_iou(
 
     Pixel counts come from each mask's window, the intersection from the two windows' overlap.
     """
-    wa, wb = mask_windows(a, windows_a_xyxy), mask_windows(b, windows_b_xyxy)
+    wa, wb = _given_or_found(a, windows_a_xyxy), _given_or_found(b, windows_b_xyxy)
     inter = np.zeros(len(a), np.int64)
     union = np.zeros(len(a), np.int64)
     for i in range(len(a)):
@@ -212,8 +256,5 @@ def mask_boxes_xyxy(masks: np.ndarray, windows_xyxy: np.ndarray | None = None) -
     Args:
         windows_xyxy: optional enclosing windows of ``masks`` (see module).
     """
-    windows = mask_windows(masks, windows_xyxy)
-    out = windows.astype(np.float32)
-    out[windows[:, 2] <= windows[:, 0]] = np.nan
-    return out
+    return window_boxes_xyxy(mask_windows(masks, windows_xyxy))
 

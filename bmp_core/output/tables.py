@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from bmp_core.ops.masks import windows_from_boxes
 from bmp_core.ops.rle import encode_rle, rle_area
 from bmp_core.records import NUM_KEYPOINTS, BmpResult
 
@@ -122,7 +123,7 @@ def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
         n = len(inst)
         if n == 0:
             continue
-        rles = encode_rle(inst.masks)
+        rles = encode_rle(inst.masks, windows_from_boxes(inst.mask_boxes_xyxy))  # read inside the boxes only
         counts.extend(r["counts"] for r in rles)
         sizes.append(np.array([r["size"] for r in rles], np.int32))
         cols["image_id"].append(np.full(n, image_id, np.int64))

@@ -62,6 +62,11 @@ def _ellipse_in_box(h: int, w: int, box_xyxy: np.ndarray) -> tuple[slice, slice,
     return slice(r0, r1), slice(c0, c1), crop
 
 
+def _slices_window(ys: slice, xs: slice) -> tuple[int, int, int, int]:
+    """The ``(x0, y0, x1, y1)`` mask window (records.py) of ``_ellipse_in_box``'s rows and cols."""
+    return xs.start, ys.start, xs.stop, ys.stop
+
+
 def _window(lo: float, hi: float, size: int) -> tuple[int, int]:
     """Integer range [a, b) covering [lo, hi] plus one pixel each side, clipped to [0, size)."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -119,13 +124,15 @@ class FakeDetector:
             lit = image.any(axis=2)
             scores = np.empty(len(boxes), np.float32)
             masks = np.zeros((len(boxes), h, w), bool)
+            windows = np.zeros((len(boxes), 4), np.int64)
             for i, (x1, y1, x2, y2) in enumerate(boxes):
                 crop = lit[int(y1): int(np.ceil(y2)), int(x1): int(np.ceil(x2))]
                 scores[i] = base[i] * (crop.mean() if crop.size else 0.0)
                 ys, xs, ellipse = _ellipse_in_box(h, w, boxes[i])
                 masks[i, ys, xs] = ellipse & lit[ys, xs]
+                windows[i] = _slices_window(ys, xs)
             keep = scores > 0.05  # RTMDet's own score_thr
-            out.append(Detections(boxes[keep], scores[keep], labels[keep], masks[keep]))
+            out.append(Detections(boxes[keep], scores[keep], labels[keep], masks[keep], windows[keep]))
             if self.latency_ms:  # a fixed cost per image, like an accelerator's: own compute included
                 time.sleep(max(0.0, self.latency_ms / 1000.0 - (time.perf_counter() - t0)))
         return out
@@ -251,6 +258,7 @@ class FakeSegmenter:
         self.segment_calls += 1
         h, w = prepared.height, prepared.width
         masks = np.zeros((len(points_xy), h, w), bool)
+        windows = np.zeros((len(points_xy), 4), np.int64)
         scores = np.zeros(len(points_xy), np.float32)
         for i, pts in enumerate(points_xy):
             self.prompts_seen += 1
@@ -259,8 +267,9 @@ class FakeSegmenter:
             centre, half = (lo + hi) / 2, (hi - lo) / 2 * 1.3 + 6.0
             ys, xs, ellipse = _ellipse_in_box(h, w, np.concatenate([centre - half, centre + half]))
             masks[i, ys, xs] = ellipse & prepared.lit[ys, xs]
+            windows[i] = _slices_window(ys, xs)
             scores[i] = 0.55 + 0.4 * (1 - np.exp(-len(pts) / 3)) + 0.04 * ((centre[0] / 97.0) % 1.0)
-        return SegmentOutput(masks, scores)
+        return SegmentOutput(masks, scores, windows)
 
 
 def build_fake_models(cfg: FakeModelsConfig | None = None) -> BmpModels:

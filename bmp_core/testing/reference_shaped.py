@@ -55,7 +55,9 @@ class ReEncodingSegmenter:
     def segment(self, prepared: Any, points_xy: Sequence[np.ndarray]) -> SegmentOutput:
         embedded = self.inner.prepare(prepared.image_bgr)
         outs = [self.inner.segment(embedded, [pts]) for pts in points_xy]
-        return SegmentOutput(np.concatenate([o.masks for o in outs]), np.concatenate([o.scores for o in outs]))
+        windows = [o.mask_windows_xyxy for o in outs]
+        return SegmentOutput(np.concatenate([o.masks for o in outs]), np.concatenate([o.scores for o in outs]),
+                             None if any(w is None for w in windows) else np.concatenate(windows))
 
 
 def reference_shaped(models: BmpModels) -> BmpModels:

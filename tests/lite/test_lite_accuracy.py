@@ -18,6 +18,7 @@ pytest.importorskip("mediapipe")
 from bmp_core.config import LoopConfig, ModelsConfig, load_config  # noqa: E402
 from bmp_core.io.given_boxes import load_given_boxes  # noqa: E402
 from bmp_core.models import build_models  # noqa: E402
+from bmp_core.ops.masks import mask_windows  # noqa: E402
 from bmp_core.ports import BmpModels  # noqa: E402
 from tests.conftest import read_bgr  # noqa: E402
 
@@ -78,6 +79,10 @@ def test_segmenter_returns_the_prompted_persons_mask(coco_dir: Path, lite_models
     assert len(people) >= 2
     out = lite_models.segmenter.segment(prepared, [confident[i][:4] for i in people])
     assert out.masks.shape == (len(people), *image.shape[:2]) and out.masks.dtype == bool
+    tight = mask_windows(out.masks)  # the windows given enclose every mask pixel
+    given = out.mask_windows_xyxy
+    assert (given[:, :2] <= tight[:, :2]).all() and (given[:, 2:] >= tight[:, 2:]).all()
+    np.testing.assert_array_equal(mask_windows(out.masks, given), tight)
     for row, i in enumerate(people):
         x1, y1, x2, y2 = boxes[i]
         ys, xs = np.nonzero(out.masks[row])

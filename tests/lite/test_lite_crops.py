@@ -13,6 +13,7 @@ from bmp_core.models.lite.crops import (
     landmarks_to_coco17,
     padded_crop_box,
     paste_crop_mask,
+    pasted_window,
 )
 
 pytestmark = pytest.mark.lite
@@ -96,3 +97,7 @@ def test_crop_with_border_and_paste_round_trip() -> None:
     expected[2:4, 0:3] = True
     np.testing.assert_array_equal(pasted, expected)
     assert not paste_crop_mask(mask_crop, np.array([10, 10, 14, 14]), (4, 5)).any()  # fully outside
+    # the window handed over with the pasted mask is the crop cut to the image, here exactly the mask's
+    np.testing.assert_array_equal(pasted_window(crop_xyxy, (4, 5)), [0, 2, 3, 4])
+    np.testing.assert_array_equal(pasted_window(np.array([10, 10, 14, 14]), (4, 5)), [0, 0, 0, 0])
+    np.testing.assert_array_equal(pasted_window(np.array([-3, 1, 0, 3]), (4, 5)), [0, 0, 0, 0])

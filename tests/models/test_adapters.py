@@ -17,6 +17,7 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmpose")
 pytest.importorskip("sam2")
 
+from bmp_core.ops.masks import mask_windows
 from bmp_core.ports import Detector, PoseEstimator, Segmenter
 from bmp_core.records import Detections, SegmentOutput
 
@@ -58,6 +59,9 @@ def test_detector_output_contract(
         assert (dets.scores >= tiny_cfg.models.detector.score_thr).all() and (dets.scores <= 1).all()
         assert (np.diff(dets.scores) <= 1e-6).all()  # mmdet returns them sorted by score
         assert set(dets.labels.tolist()) <= {0}  # tiny_random's person-only head
+        # the masks' windows, found on the device, are the tight ones the host would find
+        assert dets.mask_windows_xyxy.dtype == np.int64
+        np.testing.assert_array_equal(dets.mask_windows_xyxy, mask_windows(dets.masks))
 
 
 def test_detector_bgr_input_convention(tiny_models: Any) -> None:
@@ -203,8 +207,10 @@ def test_segmenter_output_contract(
     assert isinstance(out, SegmentOutput)
     assert out.masks.shape == (4, h, w) and out.masks.dtype == np.bool_
     assert out.scores.shape == (4,) and out.scores.dtype == np.float32
+    np.testing.assert_array_equal(out.mask_windows_xyxy, mask_windows(out.masks))  # found on the device
     empty = tiny_models.segmenter.segment(sam_prepared_004806, [])
     assert empty.masks.shape == (0, h, w) and empty.scores.shape == (0,)
+    assert empty.mask_windows_xyxy.shape == (0, 4)
 
 
 def test_segmenter_batched_prompts_equal_one_call_each(tiny_models: Any, sam_prepared_004806: Any) -> None:
@@ -221,3 +227,23 @@ def test_segmenter_uses_dynamic_multimask_via_stability(tiny_models: Any) -> Non
     assert decoder.dynamic_multimask_via_stability is True
     assert decoder.dynamic_multimask_stability_thresh == pytest.approx(0.98)
     assert tiny_models.segmenter.predictor.model.image_size == 1024
+
+
+def test_device_windows_equal_the_host_search_on_random_masks() -> None:
+    """``models.windows.tight_windows`` against ``ops.masks.mask_windows`` (and a hand-made case)."""
+    from bmp_core.models.windows import tight_windows
+
+    rng = np.random.default_rng(3)
+    masks = np.zeros((40, 23, 31), bool)
+    for i in range(1, 40):  # mask 0 stays empty
+        y0, x0 = rng.integers(0, 23), rng.integers(0, 31)
+        block = masks[i, y0: y0 + rng.integers(1, 23), x0: x0 + rng.integers(1, 31)]
+        block[...] = rng.uniform(size=block.shape) > rng.uniform(0.0, 0.9)
+    masks[5] = True  # the whole image
+    masks[6] = False
+    masks[6, 22, 30] = True  # the last pixel only
+    got = tight_windows(torch.as_tensor(masks))
+    np.testing.assert_array_equal(got, mask_windows(masks))
+    np.testing.assert_array_equal(got[[0, 5, 6]], [[0, 0, 0, 0], [0, 0, 31, 23], [30, 22, 31, 23]])
+    np.testing.assert_array_equal(tight_windows(torch.as_tensor(masks.astype(np.uint8))), got)
+    assert tight_windows(torch.zeros((0, 4, 5), dtype=torch.bool)).shape == (0, 4)

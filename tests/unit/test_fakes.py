@@ -63,3 +63,24 @@ def test_crowd_detector_people_all_survive_box_nms() -> None:
     fakes = build_fake_models()
     models = BmpModels(CrowdDetector(20, 0), fakes.pose, fakes.segmenter)
     assert len(run_bmp(image, models, LoopConfig(iterations=1)).instances) == 20
+
+
+def test_fakes_hand_over_windows_that_enclose_their_masks() -> None:
+    """Every True pixel of a fake's mask lies in the window it gives (the loop reads nothing outside)."""
+    from bmp_core.ops.masks import mask_windows
+
+    image = np.random.default_rng(1).integers(1, 256, (120, 200, 3), dtype=np.uint8)
+    image[30:90, 40:120] = 0  # blacked out: masks lose pixels there, their windows need not shrink
+    for detector in (build_fake_models().detector, CrowdDetector(12, 3)):
+        (dets,) = detector.detect([image])
+        outputs = [(dets.masks, dets.mask_windows_xyxy)]
+        segmenter = build_fake_models().segmenter
+        points = [np.array([[x1 + 5, y1 + 5], [x2 - 5, y2 - 5]], np.float32) for x1, y1, x2, y2 in dets.boxes_xyxy]
+        out = segmenter.segment(segmenter.prepare(image), points)
+        outputs.append((out.masks, out.mask_windows_xyxy))
+        for masks, given in outputs:
+            tight = mask_windows(masks)
+            filled = tight[:, 2] > tight[:, 0]
+            assert filled.any()
+            assert (given[filled, :2] <= tight[filled, :2]).all() and (given[filled, 2:] >= tight[filled, 2:]).all()
+            np.testing.assert_array_equal(mask_windows(masks, given), tight)

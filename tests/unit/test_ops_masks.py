@@ -79,7 +79,7 @@ def test_mask_iou_and_boxes_match_pycocotools() -> None:
 
 # --- the windowed operations against the plain whole-image definitions (bmp_core.testing.dense_ops) ---
 
-from bmp_core.ops.masks import mask_windows, windows_from_boxes
+from bmp_core.ops.masks import mask_windows, window_boxes_xyxy, windows_from_boxes
 from bmp_core.testing.dense_ops import (
     exclusive_masks_dense,
     mask_boxes_xyxy_dense,
@@ -168,3 +168,63 @@ def test_rle_with_windows_equals_pycocotools() -> None:
     for windows in (None, mask_windows(masks), np.tile([0, 0, 17, 31], (12, 1))):
         ours = encode_rle(masks, windows)
         assert [r["counts"] for r in ours] == [r["counts"].decode() for r in theirs]
+
+
+def _loose(windows: np.ndarray, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Windows grown by a random margin (clipped to the image); empty ones stay empty or become whole."""
+    grown = windows + rng.integers(0, 4, windows.shape) * np.array([-1, -1, 1, 1])
+    grown = np.clip(grown, 0, [w, h, w, h])
+    empty = windows[:, 2] <= windows[:, 0]
+    grown[empty] = np.where(rng.random((int(empty.sum()), 1)) < 0.5, 0, [0, 0, w, h])
+    return grown.astype(np.int64)
+
+
+def test_ops_read_only_inside_given_loose_windows_and_equal_the_definitions() -> None:
+    """Windows that enclose but are not tight (as models give them) are used as they are, same results."""
+    rng = np.random.default_rng(11)
+    for _ in range(80):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 50))
+        n, m = int(rng.integers(0, 6)), int(rng.integers(0, 6))
+        new, context = _random_masks(rng, n, h, w), _random_masks(rng, m, h, w)
+        scores = rng.choice([0.0, 0.5, 0.5, 0.9], n)
+        context_scores = rng.choice([0.0, 0.5, 0.9], m)
+        windows, context_windows = _loose(mask_windows(new), rng, h, w), _loose(mask_windows(context), rng, h, w)
+        want = exclusive_masks_dense(new, scores, context, context_scores)
+        rows, tight = list(np.zeros((n, h, w), bool)), np.full((n, 4), -1, np.int64)
+        exclusive_masks(new, scores, list(context), context_scores, windows, context_windows, out=rows,
+                        out_windows=tight)
+        _assert_bytes_equal(np.asarray(rows, bool).reshape(n, h, w), want)
+        np.testing.assert_array_equal(tight, mask_windows(want))  # the results' own tight windows
+        other = _random_masks(rng, n, h, w)
+        _assert_bytes_equal(mask_iou(new, other, windows, _loose(mask_windows(other), rng, h, w)),
+                            mask_iou_dense(new, other))
+        np.testing.assert_array_equal(window_boxes_xyxy(mask_windows(new)), mask_boxes_xyxy_dense(new))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for r in (0, 2):
+            _assert_bytes_equal(mask_out(image, new, r, windows), mask_out_dense(image, new, r))
+
+
+def test_exclusive_out_windows_on_the_argmax_path_and_into_a_new_stack() -> None:
+    rng = np.random.default_rng(12)
+    for special in (np.nan, np.inf, 0.3):
+        new, context = _random_masks(rng, 5, 14, 16), _random_masks(rng, 2, 14, 16)
+        scores, tight = np.array([0.2, special, 0.7, 0.7, 0.1]), np.full((5, 4), -1, np.int64)
+        got = exclusive_masks(new, scores, context, np.array([0.7, special]), out_windows=tight)
+        _assert_bytes_equal(got, exclusive_masks_dense(new, scores, context, np.array([0.7, special])))
+        np.testing.assert_array_equal(tight, mask_windows(got))
+
+
+def test_mask_out_in_bands_with_the_union_inside_the_image() -> None:
+    """An image of several ~256 kB bands, the masks' union away from every border, with dilation."""
+    rng = np.random.default_rng(13)
+    h, w = 300, 1000  # 87 rows a band
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    masks = np.zeros((3, h, w), bool)
+    masks[0, 20:200, 100:300] = rng.random((180, 200)) < 0.7
+    masks[1, 150:280, 600:950] = True
+    masks[2, 90, 500] = True
+    for r in (0, 1, 5):
+        _assert_bytes_equal(mask_out(image, masks, r, _loose(mask_windows(masks), rng, h, w)),
+                            mask_out_dense(image, masks, r))
+    image_f = np.asfortranarray(image)  # any memory layout of the image
+    _assert_bytes_equal(mask_out(image_f, masks, 1), mask_out_dense(image, masks, 1))

@@ -81,3 +81,30 @@ def test_encode_equals_pycocotools_encode_byte_for_byte() -> None:
         (mine,) = encode_rle(m[None])
         assert mine["counts"] == expected["counts"].decode("ascii"), m.astype(int)
         assert mine["size"] == [int(v) for v in expected["size"]]
+
+
+def test_encode_inside_given_windows_equals_pycocotools() -> None:
+    """Run lengths built from each window (tight, loose, the whole image) are pycocotools' own, on masks
+    whose runs wrap from one column into the next, touch every border, fill the image or are empty."""
+    from pycocotools import mask as mask_utils
+
+    from bmp_core.ops.masks import mask_windows
+
+    rng = np.random.default_rng(21)
+    cases = _mask_cases()
+    h, w = 120, 90
+    full, band, blob = np.ones((h, w), bool), np.zeros((h, w), bool), np.zeros((h, w), bool)
+    band[:, 10:30] = True  # full-height columns: one run through ten columns
+    band[:5, 30] = True
+    blob[40:100, 20:70] = rng.random((60, 50)) < 0.8
+    cases += [full, band, blob, np.zeros((h, w), bool)]
+    for m in cases:
+        hh, ww = m.shape
+        expected = mask_utils.encode(np.asfortranarray(m[:, :, None].astype(np.uint8)))[0]["counts"].decode()
+        tight = mask_windows(m[None])
+        grown = np.clip(tight + rng.integers(0, 3, (1, 4)) * [-1, -1, 1, 1], 0, [ww, hh, ww, hh])
+        if tight[0, 2] <= tight[0, 0]:
+            grown = np.array([[0, 0, ww, hh]])
+        for windows in (tight, grown, np.array([[0, 0, ww, hh]])):
+            (mine,) = encode_rle(m[None], windows)
+            assert mine["counts"] == expected, (m.astype(int), windows)

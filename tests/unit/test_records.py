@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmp_core.records import Detections, Instances
+from bmp_core.records import Detections, Instances, SegmentOutput
 
 
 def test_detections_reject_mismatched_lengths() -> None:
@@ -38,3 +38,22 @@ def test_instances_take_and_concat_keep_rows_aligned() -> None:
     with pytest.raises(ValueError, match="keypoints"):
         Instances(**{**{k: getattr(rows, k) for k in rows.__dataclass_fields__},
                      "keypoints": np.zeros((2, 21, 3), np.float32)})
+
+
+def test_mask_windows_are_checked_and_taken_with_their_rows() -> None:
+    boxes, scores, labels = np.zeros((2, 4), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64)
+    masks = np.zeros((2, 4, 5), bool)
+    windows = np.array([[0, 0, 5, 4], [1, 2, 3, 3]], np.int64)
+    dets = Detections(boxes, scores, labels, masks, windows)
+    np.testing.assert_array_equal(dets.take(np.array([1])).mask_windows_xyxy, windows[1:])
+    assert Detections.empty(4, 5).mask_windows_xyxy.shape == (0, 4)
+    for bad, match in [(windows[:1], "int64"), (windows.astype(np.int32), "int64"),
+                       (windows + [0, 0, 1, 0], "inside"), (windows - [1, 0, 0, 0], "inside"),
+                       (windows + [0, 0, 0, 1], "inside")]:
+        with pytest.raises(ValueError, match=match):
+            Detections(boxes, scores, labels, masks, bad)
+    with pytest.raises(ValueError, match="without masks"):
+        Detections(boxes, scores, labels, None, windows)
+    with pytest.raises(ValueError, match="inside"):
+        SegmentOutput(masks, np.zeros(2, np.float32), windows + [0, 0, 0, 1])
+    assert SegmentOutput(masks, np.zeros(2, np.float32), windows).mask_windows_xyxy is windows

@@ -37,6 +37,7 @@ from bmp_core.models.lite.crops import (
     landmarks_to_coco17,
     padded_crop_box,
     paste_crop_mask,
+    pasted_window,
 )
 from bmp_core.ports import BmpModels
 from bmp_core.records import NUM_KEYPOINTS, SegmentOutput
@@ -217,6 +218,7 @@ class BlazePoseSegmenter:
         """
         h, w = prepared.image_bgr.shape[:2]
         masks = np.zeros((len(points_xy), h, w), bool)
+        windows = np.zeros((len(points_xy), 4), np.int64)
         scores = np.zeros(len(points_xy), np.float32)
         for i, points in enumerate(points_xy):
             points = np.asarray(points, np.float32).reshape(-1, 2)
@@ -228,8 +230,9 @@ class BlazePoseSegmenter:
                 person = self.estimator.pose_box(prepared.image_bgr, box_xyxy, None)
             if person.mask_crop is not None:
                 masks[i] = paste_crop_mask(person.mask_crop, person.crop_xyxy, (h, w))
+                windows[i] = pasted_window(person.crop_xyxy, (h, w))
                 scores[i] = person.mask_score
-        return SegmentOutput(masks=masks, scores=scores)
+        return SegmentOutput(masks=masks, scores=scores, mask_windows_xyxy=windows)
 
 
 def _points_box(points_xy: np.ndarray, padding: float) -> np.ndarray:

@@ -118,6 +118,15 @@ def landmarks_to_coco17(landmarks_norm: np.ndarray, crop_xyxy: np.ndarray) -> np
     return out
 
 
+def pasted_window(crop_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(4,) int64 mask window (``bmp_core.records``) enclosing what ``paste_crop_mask`` pastes: the crop
+    window cut to the image; all zeros when nothing of it is inside."""
+    h, w = image_hw
+    x1, y1, x2, y2 = (int(v) for v in crop_xyxy)
+    window = np.array([max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)], np.int64)
+    return window if window[2] > window[0] and window[3] > window[1] else np.zeros(4, np.int64)
+
+
 def paste_crop_mask(mask_crop: np.ndarray, crop_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """Paste a crop-sized mask into an all-False image-sized one (the part outside the image is cut).
 
