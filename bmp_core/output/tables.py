@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from bmp_core.ops.masks import windows_from_boxes
+from bmp_core.ops.masks import mask_windows, windows_from_boxes
 from bmp_core.ops.rle import encode_rle, rle_area
 from bmp_core.records import NUM_KEYPOINTS, BmpResult
 
@@ -108,6 +108,17 @@ def _fixed(values: np.ndarray, width: int, valid: np.ndarray | None = None) -> p
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=mask)
 
 
+def _rle_windows(masks: np.ndarray, mask_boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Windows to encode inside: the masks' tight boxes (the loop's contract), so only the people's
+    pixels are read; a NaN box (an empty mask, by that contract) is searched whole rather than trusted,
+    so Instances made elsewhere with unknown boxes cannot lose their pixels."""
+    windows = windows_from_boxes(mask_boxes_xyxy)
+    unknown = np.isnan(np.asarray(mask_boxes_xyxy, np.float64).reshape(-1, 4)).any(axis=1)
+    if unknown.any():
+        windows[unknown] = mask_windows(masks[unknown])
+    return windows
+
+
 def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
     """``instances`` rows of several images; masks are RLE-encoded here, never stored dense.
 
@@ -123,7 +134,7 @@ def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
         n = len(inst)
         if n == 0:
             continue
-        rles = encode_rle(inst.masks, windows_from_boxes(inst.mask_boxes_xyxy))  # read inside the boxes only
+        rles = encode_rle(inst.masks, _rle_windows(inst.masks, inst.mask_boxes_xyxy))
         counts.extend(r["counts"] for r in rles)
         sizes.append(np.array([r["size"] for r in rles], np.int32))
         cols["image_id"].append(np.full(n, image_id, np.int64))

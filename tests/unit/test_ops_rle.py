@@ -108,3 +108,21 @@ def test_encode_inside_given_windows_equals_pycocotools() -> None:
         for windows in (tight, grown, np.array([[0, 0, ww, hh]])):
             (mine,) = encode_rle(m[None], windows)
             assert mine["counts"] == expected, (m.astype(int), windows)
+
+
+def test_the_instances_table_searches_masks_whose_box_is_unknown() -> None:
+    """The table trusts a mask's tight box and reads only inside it; a NaN box (empty by the records'
+    contract, or unknown in Instances made elsewhere) is searched whole, never taken as empty."""
+    from pycocotools import mask as mask_utils
+
+    from bmp_core.output.tables import _rle_windows
+
+    masks = np.zeros((2, 30, 40), bool)
+    masks[0, 5:9, 6:20] = True
+    masks[1, 20:25, 30:38] = True
+    boxes = np.array([[6, 5, 20, 9], [np.nan] * 4], np.float32)
+    windows = _rle_windows(masks, boxes)
+    assert windows.tolist() == [[6, 5, 20, 9], [30, 20, 38, 25]]
+    got = encode_rle(masks, windows)
+    want = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert [g["counts"] for g in got] == [w["counts"].decode() for w in want]
