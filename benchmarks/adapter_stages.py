@@ -24,7 +24,7 @@ only the parts each stage needs:
     backbone runs once, untimed). The random head is set up like ``detector_3`` of
     tests/models/test_sam_detector_speed_paths.py (3 classes, partial masks), with class logits spread
     and lowered so that a few thousand anchors pass score_thr (not all 8400: NMS would dominate) and
-    most of the 40 are people; ``thr`` keeps the case's number of people;
+    most of the 40 are people (37 and 28 of the cases' 40); ``thr`` keeps the case's number of people;
 (e) ``SAM preprocess``: the uint8 upload + ``sam_input`` (resize to 1024 + normalise on the device) vs
     sam2's ``SAM2Transforms`` on the CPU + float32 upload; and ``SAM embeddings``: ``prepare_batch`` of two
     COCO-size images (one encoder call) vs ``SAM2ImagePredictor.set_image`` of each (SAM 2.1 hiera-t,
@@ -510,6 +510,26 @@ def adapter_stage_rows(repeat: int = 5, small_only: bool = False) -> list[Adapte
     return rows
 
 
+def _proc_stat() -> tuple[int, int] | None:
+    """The machine's (busy, total) CPU jiffies from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_busy_share(start: tuple[int, int] | None, end: tuple[int, int] | None, own_cpu_s: float) -> float | None:
+    """Share of all cores that OTHER processes kept busy between two ``_proc_stat`` readings, given this
+    process's CPU seconds in between (the machine's busy time less ours)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((end[0] - start[0]) / hz - own_cpu_s) / ((end[1] - start[1]) / hz))
+
+
 def format_table(rows: list[AdapterStageRow]) -> str:
     lines = [f"{'stage':47s} {'case':28s} {'ours ms':>9s} {'before ms':>10s} {'x':>6s} {'identical':>9s}"
              "  before = "]
@@ -530,15 +550,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    load_before = os.getloadavg()
+    load_before, stat_before, cpu_before = os.getloadavg(), _proc_stat(), time.process_time()
     t0 = time.perf_counter()
     rows = adapter_stage_rows(args.repeat, small_only=args.small_only)
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
+    others = others_busy_share(stat_before, _proc_stat(), time.process_time() - cpu_before)
     print(f"adapter_stages: CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, min of {args.repeat} runs (SAM encoder: "
           f"{min(args.repeat, ENCODER_REPEAT)}), wall ms | load average before "
           f"{' '.join(f'{v:.2f}' for v in load_before)}, after {' '.join(f'{v:.2f}' for v in load_after)}; "
+          f"other processes kept {'n/a' if others is None else f'{100 * others:.0f}%'} of the cores busy; "
           f"{wall:.0f} s in all")
     print(format_table(rows))
     print("(x = before / ours; identical = outputs compared exactly, np.array_equal / torch.equal)")
