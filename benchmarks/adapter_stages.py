@@ -1,0 +1,576 @@
+"""The real-model adapters' CPU-side stages (issue 18) against the ways they replaced, on CPU.
+
+Usage:
+    python benchmarks/adapter_stages.py               # COCO-size photo with 8 people + 1920x1080 with 20
+    python benchmarks/adapter_stages.py --small-only  # the COCO-size case only
+    python benchmarks/adapter_stages.py --repeat 3
+
+One row per stage and case: ms of ours and of the old way (min over ``--repeat`` runs, wall clock, the
+two interleaved run by run) and whether their outputs are identical (compared exactly: ``np.array_equal``
+/ ``torch.equal``). The stages are the adapters' own code (``bmp_core/models``), with random weights and
+only the parts each stage needs:
+
+(a) ``pose crops``: ``MaskPoseEstimator.prepare_crops`` (each mask traced and blended only inside its
+    box and its crop's source window) vs, per person, the outer polygons of the whole-image mask,
+    ``cv2.addWeighted`` on the whole image, then the crop (the reference; ``_reference_crop`` in
+    tests/models/test_maskpose_parity.py);
+(b) ``pose normalise``: ``normalize_on_device`` of the uint8 crops vs ``crops_to_tensor`` (numpy float32
+    on the CPU) + upload. On CPU the upload costs nothing: the 4x fewer bytes it saves show on a GPU only;
+(c) ``pose decode``: ``MaskPoseEstimator.decode`` (all instances in one pass) vs mmpose's UDP codec one
+    instance at a time, on synthetic heatmaps (17 Gaussian peaks + noise per person);
+(d) ``detector post-process``: RTMDet-Ins tiny's ``predict_by_feat`` with the adapter's keep filter
+    (person, score > thr, before the masks are upsampled) + copy to host vs mmdet's own (every one of the
+    top-40's masks upsampled and copied) + the loop's numpy filter. Same head outputs for both (the
+    backbone runs once, untimed). The random head is set up like ``detector_3`` of
+    tests/models/test_sam_detector_speed_paths.py (3 classes, partial masks), with class logits spread
+    and lowered so that a few thousand anchors pass score_thr (not all 8400: NMS would dominate) and
+    most of the 40 are people (37 and 28 of the cases' 40); ``thr`` keeps the case's number of people;
+(e) ``SAM preprocess``: the uint8 upload + ``sam_input`` (resize to 1024 + normalise on the device) vs
+    sam2's ``SAM2Transforms`` on the CPU + float32 upload; and ``SAM embeddings``: ``prepare_batch`` of two
+    COCO-size images (one encoder call) vs ``SAM2ImagePredictor.set_image`` of each (SAM 2.1 hiera-t,
+    1024). The encoder's input is always 1024x1024, so that row is measured once (small case), with at
+    most ``ENCODER_REPEAT`` runs (some 1.6 s per image on 2 cores).
+
+Cases: ``examples/images/000000000785.jpg`` (640x425) with 8 synthetic people, and a synthetic 1920x1080
+image with 20 (boxes and masks drawn: an ellipse body with a hole, head, arm; some cross the border).
+Last line: ``adapter_stages: R rows, all identical`` (exit 0) or the rows that are not (exit 1). Without
+the model stack (torch, mmdet, mmpose, sam2, cv2) it prints one line and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+STACK = ("torch", "cv2", "mmdet", "mmpose", "sam2")
+COCO_IMAGE = REPO / "examples" / "images" / "000000000785.jpg"
+SECOND_COCO_IMAGE = REPO / "examples" / "images" / "000000196141.jpg"  # 640x429: the batch's other size
+SMALL_CASE = "COCO-size, 8 people"
+LARGE_CASE = "1920x1080, 20 people"
+ENCODER_CASE = "batch of 2 COCO-size images"
+ENCODER_REPEAT = 2  # SAM's encoder runs at most this many times per path (it dominates the run time)
+STAGES = (
+    "(a) pose crops: blend+polygons in crop window",
+    "(b) pose normalise on device (uint8 upload)",
+    "(c) pose decode: all instances at once",
+    "(d) detector: keep filter before mask upsample",
+    "(e) SAM preprocess on device (uint8 upload)",
+    "(e) SAM embeddings: one encoder call per batch",
+)
+BEFORE = {
+    STAGES[0]: "whole image blended per person, then crop",
+    STAGES[1]: "numpy float32 on CPU, then upload",
+    STAGES[2]: "mmpose codec, one instance at a time",
+    STAGES[3]: "all top-40 masks upsampled + copied, then filtered",
+    STAGES[4]: "SAM2Transforms on CPU, float32 upload",
+    STAGES[5]: "set_image per image",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterStageRow:
+    """One stage on one case: ms of ours and of the old way (min over runs), outputs equal or not."""
+
+    stage: str
+    case: str
+    ours_ms: float
+    before_ms: float
+    identical: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.before_ms / self.ours_ms if self.ours_ms > 0 else float("inf")
+
+
+def missing_stack() -> str | None:
+    """None when the model stack imports, else why not (one line)."""
+    for name in STACK:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a broken install (version assert, missing .so) counts as absent too
+            return f"{name}: {type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    boxes: np.ndarray  # (N, 4) float32 xyxy
+    masks: np.ndarray  # (N, H, W) bool
+
+
+def read_bgr(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(path)
+    return image
+
+
+def synthetic_people(
+    image_hw: tuple[int, int], n: int, seed: int, height_frac: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` person-like masks (ellipse body with a hole, head, one arm) and their tight xyxy boxes; some
+    reach over the image border (cut there)."""
+    import cv2
+
+    h, w = image_hw
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), bool)
+    boxes = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        ph = rng.uniform(*height_frac) * h
+        pw = ph * rng.uniform(0.3, 0.5)
+        x0 = rng.uniform(-0.15 * pw, w - 0.85 * pw)
+        y0 = rng.uniform(-0.1 * ph, h - 0.9 * ph)
+        cx = x0 + pw / 2
+        canvas = np.zeros((h, w), np.uint8)
+        body = (round(cx), round(y0 + 0.6 * ph))
+        cv2.ellipse(canvas, body, (round(pw / 2), round(0.38 * ph)), 0, 0, 360, 1, -1)
+        cv2.circle(canvas, (round(cx), round(y0 + 0.12 * ph)), max(2, round(0.1 * ph)), 1, -1)
+        arm_end = (round(x0 + pw * rng.uniform(-0.3, 1.3)), round(y0 + ph * rng.uniform(0.2, 0.5)))
+        cv2.line(canvas, (round(cx), round(y0 + 0.3 * ph)), arm_end, 1, max(2, round(0.05 * ph)))
+        hole = (round(cx + 0.1 * pw), round(y0 + 0.6 * ph))
+        cv2.ellipse(canvas, hole, (max(2, round(0.08 * pw)), max(2, round(0.06 * ph))), 0, 0, 360, 0, -1)
+        masks[i] = canvas.astype(bool)
+        bx, by, bw, bh = cv2.boundingRect(canvas)
+        boxes[i] = (bx, by, bx + bw, by + bh)
+    return boxes, masks
+
+
+def small_case() -> Case:
+    image = read_bgr(COCO_IMAGE)
+    boxes, masks = synthetic_people(image.shape[:2], 8, seed=1, height_frac=(0.3, 0.8))
+    return Case(SMALL_CASE, image, boxes, masks)
+
+
+def large_case() -> Case:
+    rng = np.random.default_rng(2)
+    image = rng.integers(1, 256, (1080, 1920, 3), dtype=np.uint8)
+    boxes, masks = synthetic_people((1080, 1920), 20, seed=3, height_frac=(0.2, 0.6))
+    colours = rng.integers(0, 256, (len(masks), 3), dtype=np.uint8)
+    for mask, colour in zip(masks, colours, strict=True):
+        image[mask] = colour // 2 + image[mask] // 2  # the people are visible in the picture
+    return Case(LARGE_CASE, image, boxes, masks)
+
+
+def synthetic_heatmaps(n: int, seed: int, hm_wh: tuple[int, int] = (48, 64), k: int = 17) -> np.ndarray:
+    """(n, k, H, W) float32: one Gaussian peak (sigma 2, amplitude 0.3-0.9) per channel, plus noise."""
+    rng = np.random.default_rng(seed)
+    w, h = hm_wh
+    ys, xs = np.mgrid[:h, :w].astype(np.float32)
+    u = rng.uniform(3, w - 3, (n, k, 1, 1)).astype(np.float32)
+    v = rng.uniform(3, h - 3, (n, k, 1, 1)).astype(np.float32)
+    amp = rng.uniform(0.3, 0.9, (n, k, 1, 1)).astype(np.float32)
+    peaks = amp * np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / np.float32(8.0))
+    return (peaks + rng.normal(0, 0.01, peaks.shape)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def timed_pair(
+    ours: Callable[[], Any], before: Callable[[], Any], repeat: int, warmup: bool = True
+) -> tuple[float, float, Any, Any]:
+    """Min wall ms of ``ours`` and ``before`` over ``repeat`` interleaved runs, and their last outputs.
+
+    With ``warmup`` each runs once untimed first (lazy imports, caches, allocator)."""
+    if warmup:
+        ours(), before()
+    best_o = best_b = float("inf")
+    out_o = out_b = None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out_o = ours()
+        t1 = time.perf_counter()
+        out_b = before()
+        t2 = time.perf_counter()
+        best_o, best_b = min(best_o, t1 - t0), min(best_b, t2 - t1)
+    return 1000 * best_o, 1000 * best_b, out_o, out_b
+
+
+def _arrays_equal(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
+# --------------------------------------------------------------------------------------------
+# (a)-(c) MaskPose
+
+
+class _PoseHead:
+    """What ``MaskPoseEstimator`` reads of the network for preprocessing and decoding: the channel count
+    and the UDP codec, built from the adapter's own mmpose config."""
+
+    def __init__(self, cfg: Any) -> None:
+        from mmpose.registry import KEYPOINT_CODECS
+
+        from bmp_core.models import pose_maskpose as pm
+
+        wh = (int(cfg.input_size_wh[0]), int(cfg.input_size_wh[1]))
+        head = pm.vitpose_model_config(cfg.config, cfg.num_keypoints, wh)["head"]
+        self.out_channels = head["out_channels"]
+        self.decoder = KEYPOINT_CODECS.build(head["decoder"])
+
+
+def pose_estimator() -> Any:
+    """The MaskPose adapter with the default (published) pose settings and no network (not needed here)."""
+    import torch
+
+    from bmp_core.config import PoseModelConfig
+    from bmp_core.models import _compat
+
+    _compat.apply()
+    from mmengine.registry import init_default_scope
+
+    from bmp_core.models import pose_maskpose as pm
+
+    init_default_scope("mmpose")
+    cfg = PoseModelConfig()
+    model = type("NoNetwork", (), {"head": _PoseHead(cfg)})()
+    return pm.MaskPoseEstimator(model, torch.device("cpu"), cfg)
+
+
+def whole_image_crops(estimator: Any, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The old way: per person, the whole-image mask's outer polygons (> 3 points) rasterised with
+    pycocotools, ``cv2.addWeighted`` on the whole image, then the UDP crop."""
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    from bmp_core.models import pose_maskpose as pm
+
+    cfg = estimator.cfg
+    w, h = estimator.input_size_wh
+    ih, iw = image.shape[:2]
+    alpha = float(cfg.mask_alpha)
+    crops = np.zeros((len(boxes), h, w, 3), np.uint8)
+    for i, (box, mask) in enumerate(zip(boxes, masks, strict=True)):
+        source = image
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polygons = [c.reshape(-1).astype(np.float64).tolist() for c in contours if len(c) > 3]
+        if polygons:
+            cond = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, ih, iw))) > 0
+            if cond.any():
+                source = cv2.addWeighted(image, 1 - alpha, image * cond[..., None].astype(np.uint8), alpha, 0)
+        center, scale = pm.box_center_scale(box, cfg.bbox_padding, w / h)
+        warp = pm.udp_warp_matrix(center, scale, (w, h))
+        crops[i] = cv2.warpAffine(source, warp, (w, h), flags=cv2.INTER_LINEAR)
+    return crops
+
+
+def per_instance_decode(estimator: Any, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The old way: mmpose's UDP codec on each instance, then crop -> image pixels."""
+    out = np.zeros((len(heatmaps), heatmaps.shape[1], 3), np.float32)
+    input_wh = np.array(estimator.input_size_wh, np.float32)
+    for i, hm in enumerate(heatmaps):
+        xy, scores = estimator.codec.decode(hm)
+        out[i, :, :2] = xy[0] / input_wh * scales[i] + centers[i] - 0.5 * scales[i]
+        out[i, :, 2] = scores[0]
+    return out
+
+
+def pose_rows(estimator: Any, case: Case, repeat: int) -> list[AdapterStageRow]:
+    import torch
+
+    from bmp_core.models import pose_maskpose as pm
+
+    cpu = torch.device("cpu")
+    ours_ms, before_ms, ours, before = timed_pair(
+        lambda: estimator.prepare_crops(case.image, case.boxes, case.masks),
+        lambda: whole_image_crops(estimator, case.image, case.boxes, case.masks),
+        repeat,
+    )
+    crops, centers, scales = ours
+    rows = [AdapterStageRow(STAGES[0], case.name, ours_ms, before_ms, _arrays_equal(crops, before))]
+
+    ours_ms, before_ms, x, y = timed_pair(
+        lambda: pm.normalize_on_device(crops, cpu),
+        lambda: torch.from_numpy(pm.crops_to_tensor(list(crops))).to(cpu),
+        repeat,
+    )
+    same = x.dtype == y.dtype and x.shape == y.shape and bool(torch.equal(x, y))
+    rows.append(AdapterStageRow(STAGES[1], case.name, ours_ms, before_ms, same))
+
+    heatmaps = synthetic_heatmaps(len(crops), seed=len(crops))
+    ours_ms, before_ms, kp, kp_before = timed_pair(
+        lambda: estimator.decode(heatmaps, centers, scales),
+        lambda: per_instance_decode(estimator, heatmaps, centers, scales),
+        repeat,
+    )
+    rows.append(AdapterStageRow(STAGES[2], case.name, ours_ms, before_ms, _arrays_equal(kp, kp_before)))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# (d) RTMDet-Ins
+
+
+def detector() -> tuple[Any, Any]:
+    """RTMDet-Ins tiny, random weights, 3 classes, the published top-40; the head made to look like a
+    detector's (partial masks, most of the 40 people, spread scores, a few thousand anchors over
+    score_thr). Returns (adapter, mmengine config)."""
+    import torch
+
+    from bmp_core.config import DetectorModelConfig
+    from bmp_core.models import detector_rtmdet as dr
+
+    cfg = DetectorModelConfig(
+        config="rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py", checkpoint=None, num_classes=3, max_per_img=40
+    )
+    torch.manual_seed(0)
+    det = dr.build_rtmdet(cfg, torch.device("cpu"), None, "fp32")
+    with torch.no_grad():
+        for conv in det.model.bbox_head.rtm_cls:
+            # Random class logits all sit at ~0 (scores ~0.5, so every anchor passes score_thr 0.05 and NMS
+            # costs seconds): spread them and move them down, so that a few thousand anchors pass, as
+            # with a trained detector, and raise "person" a little, so that most of the 40 are people.
+            conv.weight.mul_(3000.0)
+            conv.bias.fill_(-3.8)
+            conv.bias[0] = -3.25
+        for conv in det.model.bbox_head.rtm_kernel:
+            conv.weight.mul_(10.0)  # partial masks (random ones are all-on or all-off)
+            conv.bias.mul_(10.0)
+    return det, dr.build_rtmdet_config(cfg)
+
+
+def _head_outputs(det: Any, image: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
+    """The detector head's raw outputs and image metas for one image (what ``_detect_batch`` computes
+    before the post-processing)."""
+    import torch
+
+    packed = det.pipeline(dict(img=np.ascontiguousarray(image), img_id=0))
+    model = det.model
+    with torch.inference_mode():
+        data = model.data_preprocessor({"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}, False)
+        feats = model.extract_feat(data["inputs"])
+        outs = model.bbox_head(tuple(f.float() for f in feats))
+    return outs, [s.metainfo for s in data["data_samples"]]
+
+
+def _keep_threshold(scores: np.ndarray, labels: np.ndarray, people: int) -> float:
+    """A score threshold that keeps the ``people`` best-scoring people (more on ties, all if fewer)."""
+    person = np.unique(scores[labels == 0])[::-1]  # distinct, descending
+    if len(person) == 0:
+        return 0.5
+    if len(person) <= people:
+        return float(np.nextafter(person[-1], np.float32(0)))
+    return float((np.float64(person[people - 1]) + np.float64(person[people])) / 2)
+
+
+def detector_row(det: Any, mm_cfg: Any, case: Case, repeat: int) -> AdapterStageRow:
+    import torch
+
+    from bmp_core.models import detector_rtmdet as dr
+
+    head = det.model.bbox_head
+    outs, metas = _head_outputs(det, case.image)
+    hw = case.image.shape[:2]
+
+    def mmdets_own() -> Any:
+        with torch.inference_mode():
+            (pred,) = head.predict_by_feat(*outs, batch_img_metas=metas, cfg=head.test_cfg, rescale=True)
+        return pred
+
+    first = mmdets_own()
+    thr = _keep_threshold(first.scores.numpy(), first.labels.numpy(), len(case.boxes))
+    kept = dr.RtmdetDetector(det.model, mm_cfg, "cpu", 4, "fp32", keep_label=0, keep_score_thr=thr)
+
+    def ours() -> Any:  # RtmdetDetector._detect_batch after the head: its filter in the post-processing
+        with torch.inference_mode():
+            (pred,) = head.predict_by_feat(*outs, batch_img_metas=metas, cfg=kept._test_cfg, rescale=True)
+        return dr._to_detections(pred, hw)
+
+    def before() -> tuple[np.ndarray, ...]:  # the old adapter: everything to the host; the loop's filter
+        pred = mmdets_own()
+        boxes = pred.bboxes.detach().float().cpu().numpy().astype(np.float32)
+        scores = pred.scores.detach().float().cpu().numpy().astype(np.float32)
+        labels = pred.labels.detach().cpu().numpy().astype(np.int64)
+        masks = pred.masks.detach().cpu().numpy().astype(bool)
+        keep = np.flatnonzero((labels == 0) & (scores > thr))
+        return boxes[keep], scores[keep], labels[keep], masks[keep]
+
+    ours_ms, before_ms, got, want = timed_pair(ours, before, repeat)
+    mine = (got.boxes_xyxy, got.scores, got.labels, got.masks)
+    same = len(got.scores) > 0 and all(_arrays_equal(a, b) for a, b in zip(mine, want, strict=True))
+    return AdapterStageRow(STAGES[3], case.name, ours_ms, before_ms, same)
+
+
+# --------------------------------------------------------------------------------------------
+# (e) SAM 2.1
+
+
+def segmenter() -> Any:
+    import torch
+
+    from bmp_core.config import SegmenterModelConfig
+    from bmp_core.models.segmenter_sam2 import build_sam2_segmenter
+
+    torch.manual_seed(0)
+    cfg = SegmenterModelConfig(config="configs/sam2.1/sam2.1_hiera_t.yaml", checkpoint=None, image_size=1024)
+    return build_sam2_segmenter(cfg, torch.device("cpu"), None, "fp32")
+
+
+def sam_preprocess_row(seg: Any, case: Case, repeat: int) -> AdapterStageRow:
+    import torch
+
+    from bmp_core.models.segmenter_sam2 import sam_input
+
+    def ours() -> Any:  # what prepare_batch does per image
+        with torch.inference_mode():
+            return sam_input(torch.from_numpy(np.ascontiguousarray(case.image)).to(seg.device), seg.image_size)
+
+    def before() -> Any:  # what SAM2ImagePredictor.set_image does with the RGB image
+        with torch.inference_mode():
+            rgb = np.ascontiguousarray(case.image[..., ::-1])
+            return seg.predictor._transforms(rgb)[None].to(seg.device)
+
+    ours_ms, before_ms, x, y = timed_pair(ours, before, repeat)
+    same = x.dtype == y.dtype and x.shape == y.shape and bool(torch.equal(x, y))
+    return AdapterStageRow(STAGES[4], case.name, ours_ms, before_ms, same)
+
+
+def sam_embeddings_row(seg: Any, images: list[np.ndarray], repeat: int) -> AdapterStageRow:
+    import torch
+
+    predictor = seg.predictor  # its state is not used by the adapter
+
+    def before() -> list[dict[str, Any]]:
+        out = []
+        for image in images:
+            with torch.inference_mode():
+                predictor.set_image(np.ascontiguousarray(image[..., ::-1]))
+            out.append(predictor._features)
+            predictor.reset_predictor()
+        return out
+
+    ours_ms, before_ms, got, want = timed_pair(
+        lambda: seg.prepare_batch(images), before, min(repeat, ENCODER_REPEAT), warmup=False
+    )
+    same = len(got) == len(want) == len(images)
+    for prepared, expected in zip(got, want, strict=True):
+        pairs = [(prepared.features["image_embed"], expected["image_embed"])]
+        pairs += list(zip(prepared.features["high_res_feats"], expected["high_res_feats"], strict=True))
+        same = same and all(a.shape == b.shape and bool(torch.equal(a, b)) for a, b in pairs)
+    return AdapterStageRow(STAGES[5], ENCODER_CASE, ours_ms, before_ms, same)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def adapter_stage_rows(repeat: int = 5, small_only: bool = False) -> list[AdapterStageRow]:
+    """Time stages (a)-(e) of the real adapters against the old ways, on CPU (see the module docstring).
+
+    Args:
+        repeat: timed runs per stage and path (the minimum counts; SAM's encoder at most ``ENCODER_REPEAT``).
+        small_only: only the COCO-size case (and the encoder row); otherwise also 1920x1080 with 20 people.
+
+    Returns:
+        Rows in stage order per case: small case (a)-(e) and the encoder row, then the large case (a)-(e).
+
+    Raises:
+        ImportError: the model stack is missing (``missing_stack`` says which part).
+    """
+    import torch
+
+    from bmp_core.models import _compat
+
+    _compat.apply()
+    with torch.random.fork_rng():
+        estimator = pose_estimator()
+        det, mm_cfg = detector()
+        seg = segmenter()
+        cases = [small_case()] if small_only else [small_case(), large_case()]
+        rows: list[AdapterStageRow] = []
+        for case in cases:
+            rows += pose_rows(estimator, case, repeat)
+            rows.append(detector_row(det, mm_cfg, case, repeat))
+            rows.append(sam_preprocess_row(seg, case, repeat))
+            if case.name == SMALL_CASE:
+                rows.append(sam_embeddings_row(seg, [case.image, read_bgr(SECOND_COCO_IMAGE)], repeat))
+    return rows
+
+
+def _proc_stat() -> tuple[int, int] | None:
+    """The machine's (busy, total) CPU jiffies from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_busy_share(start: tuple[int, int] | None, end: tuple[int, int] | None, own_cpu_s: float) -> float | None:
+    """Share of all cores that OTHER processes kept busy between two ``_proc_stat`` readings, given this
+    process's CPU seconds in between (the machine's busy time less ours)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((end[0] - start[0]) / hz - own_cpu_s) / ((end[1] - start[1]) / hz))
+
+
+def format_table(rows: list[AdapterStageRow]) -> str:
+    lines = [f"{'stage':47s} {'case':28s} {'ours ms':>9s} {'before ms':>10s} {'x':>6s} {'identical':>9s}"
+             "  before = "]
+    for r in rows:
+        lines.append(f"{r.stage:47s} {r.case:28s} {r.ours_ms:9.2f} {r.before_ms:10.2f} {r.speedup:6.2f} "
+                     f"{'yes' if r.identical else 'NO':>9s}  {BEFORE[r.stage]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per stage and path (min counts)")
+    parser.add_argument("--small-only", action="store_true", help="only the COCO-size case")
+    args = parser.parse_args(argv)
+    why = missing_stack()
+    if why is not None:
+        print(f"adapter_stages: skipped, no model stack ({why})")
+        return 0
+    import torch
+
+    load_before, stat_before, cpu_before = os.getloadavg(), _proc_stat(), time.process_time()
+    t0 = time.perf_counter()
+    rows = adapter_stage_rows(args.repeat, small_only=args.small_only)
+    wall = time.perf_counter() - t0
+    load_after = os.getloadavg()
+    others = others_busy_share(stat_before, _proc_stat(), time.process_time() - cpu_before)
+    print(f"adapter_stages: CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, min of {args.repeat} runs (SAM encoder: "
+          f"{min(args.repeat, ENCODER_REPEAT)}), wall ms | load average before "
+          f"{' '.join(f'{v:.2f}' for v in load_before)}, after {' '.join(f'{v:.2f}' for v in load_after)}; "
+          f"other processes kept {'n/a' if others is None else f'{100 * others:.0f}%'} of the cores busy; "
+          f"{wall:.0f} s in all")
+    print(format_table(rows))
+    print("(x = before / ours; identical = outputs compared exactly, np.array_equal / torch.equal)")
+    bad = [r for r in rows if not r.identical]
+    if bad:
+        print("adapter_stages: NOT identical: " + "; ".join(f"{r.stage} [{r.case}]" for r in bad))
+        return 1
+    print(f"adapter_stages: {len(rows)} rows, all identical")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
