@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
     parser.add_argument("--synthetic-images", type=int, default=3, help="1080p images per crowd size")
     parser.add_argument("--quick", action="store_true",
                         help="2 test images, one 1080p image of 20 people, 1 run each")
+    parser.add_argument("--no-adapters", action="store_true",
+                        help="skip the real adapters' CPU stages (benchmarks/adapter_stages.py, ~30 s, needs the "
+                             "model stack)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.crowds, args.synthetic_images = 1, [20], 1
@@ -202,6 +205,8 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
               f"{worker_ms:7.2f} {1000 / worker_ms:10.0f}")
     print("(stages: the loop's own, CPU ms; loop: all its CPU time, stages and bookkeeping; table: the "
           "Parquet instances table, its RLE included; worker = loop + table; img/s/core = 1000 / worker)")
+    if not args.no_adapters:
+        _print_adapter_stages(args.quick)
     by_name = {c.name: c for c in cases}
     coco_ms = by_name["COCO-size, 8 people"]
     crowd = by_name.get("1080p, 20 people")
@@ -209,6 +214,20 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
     print(f"overhead: {coco_ms.mean('loop') + coco_ms.mean('rle'):.1f} ms/image (COCO-size, 8 people), "
           f"{crowd_text} ms/image (1080p, 20 people)")
     return cases
+
+
+def _print_adapter_stages(quick: bool) -> None:
+    """The worker's CPU stages inside the real adapters (issue 18's items), ours vs the old way, with
+    random weights on CPU; a line saying why when the model stack is not installed."""
+    from benchmarks import adapter_stages
+
+    missing = adapter_stages.missing_stack()
+    if missing is not None:
+        print(f"adapter stages: skipped ({missing})")
+        return
+    rows = adapter_stages.adapter_stage_rows(repeat=1 if quick else 5, small_only=quick)
+    print("adapter stages (the real adapters' CPU work per image, random weights, wall ms, min of runs):")
+    print(adapter_stages.format_table(rows))
 
 
 if __name__ == "__main__":

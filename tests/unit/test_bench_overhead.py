@@ -16,7 +16,7 @@ def test_bench_overhead_quick_prints_its_table_and_last_line(testdata: Path,
     sys.path.insert(0, str(REPO))
     from benchmarks import bench_overhead
 
-    cases = bench_overhead.main(["--quick", "--testdata", str(testdata)])
+    cases = bench_overhead.main(["--quick", "--no-adapters", "--testdata", str(testdata)])  # adapters: tests/models
     out = capsys.readouterr().out.strip().splitlines()
     last = r"overhead: \d+\.\d ms/image \(COCO-size, 8 people\), \d+\.\d ms/image \(1080p, 20 people\)"
     assert re.fullmatch(last, out[-1])
