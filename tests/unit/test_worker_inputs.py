@@ -156,3 +156,30 @@ def test_an_id_column_without_an_image_column_is_a_config_error() -> None:
         config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.id_column=id"])
     with pytest.raises(ConfigError, match="job.image_column: an empty column name"):
         config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.image_column=' '"])
+
+
+def test_a_tar_without_images_commits_an_empty_shard_and_finalizes(testdata: Path, tmp_path: Path) -> None:
+    from bmp_core.output.plan import freeze_plan
+    from jobs.finalize import finalize_output
+    from jobs.planner import listing_table
+
+    photos = sorted((testdata / "coco").glob("*.jpg"))[:2]
+    with tarfile.open(tmp_path / "s-0.tar", "w") as tar:
+        for i, path in enumerate(photos):
+            _add(tar, f"{i}.jpg", path.read_bytes())
+    with tarfile.open(tmp_path / "s-1.tar", "w") as tar:
+        _add(tar, "0.json", b"{}")  # sidecars only: no image member
+    cfg = _cfg()
+    listing = list_source(str(tmp_path / "s-{0..1}.tar"), EXTS)
+    plan = make_plan(cfg, listing)
+    store = OutputStore(str(tmp_path / "out"))
+    freeze_plan(store, plan, listing_table(listing), cfg)
+    worker = BmpWorker(cfg)
+    reports = []
+    for shard in range(plan.num_shards):
+        inputs = shard_inputs(listing, plan, shard)
+        reports.append(worker.process_shard(ShardTask(store.uri, plan.plan_id, shard, plan.first_image_id(shard),
+                                                      inputs.uris, 1, listing.kind, inputs.spans, inputs.tar)))
+    assert [r.num_images for r in reports] == [2, 0]
+    counts = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
+    assert counts.images == 2 and counts.images_error == 0 and counts.coco_images == 2
