@@ -158,12 +158,14 @@ def test_an_id_column_without_an_image_column_is_a_config_error() -> None:
         config_from_dict({"models": {"kind": "fake", "device": "cpu"}}, ["job.image_column=' '"])
 
 
-def test_a_tar_without_images_commits_an_empty_shard_and_finalizes(testdata: Path, tmp_path: Path) -> None:
+def test_a_tar_without_images_commits_an_empty_shard_and_finalizes(tmp_path: Path) -> None:
     from bmp_core.output.plan import freeze_plan
+    from bmp_core.testing.images import SyntheticImage, write_synthetic_images
     from jobs.finalize import finalize_output
     from jobs.planner import listing_table
 
-    photos = sorted((testdata / "coco").glob("*.jpg"))[:2]
+    photos = write_synthetic_images(tmp_path / "photos", (SyntheticImage("a.jpg", 160, 120, 1, 0),
+                                                          SyntheticImage("b.jpg", 200, 150, 2, 1)))
     with tarfile.open(tmp_path / "s-0.tar", "w") as tar:
         for i, path in enumerate(photos):
             _add(tar, f"{i}.jpg", path.read_bytes())
