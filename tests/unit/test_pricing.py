@@ -98,8 +98,11 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_a_tar_sample_streams_seeded_tars_and_counts_the_bytes_it_spans(testdata: Path, tmp_path: Path) -> None:
-    photos = sorted(testdata.rglob("*.jpg"))[:4]
+def test_a_tar_sample_streams_seeded_tars_and_counts_the_bytes_it_spans(tmp_path: Path) -> None:
+    from bmp_core.testing.images import SyntheticImage, write_synthetic_images
+
+    photos = write_synthetic_images(tmp_path / "photos", tuple(SyntheticImage(f"p{i}.jpg", 160 + 8 * i, 120, 1, i)
+                                                                for i in range(4)))
     for t in range(3):
         _write_tar(tmp_path / f"s-{t}.tar", [(f"{t}{i}.jpg", p.read_bytes()) for i, p in enumerate(photos)] +
                    [(f"{t}9.jpg", b"corrupt: not a jpeg")])
