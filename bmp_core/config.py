@@ -249,7 +249,7 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    shard_size: int = 256  # images per shard (the unit of work and of commit)
+    shard_size: int = 256  # images per shard (the unit of work and of commit); a tar input: one shard per tar
     max_attempts: int = 3  # tries per shard before the job fails
     max_image_pixels: int = 100_000_000  # refuse larger images (decompression bombs)
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # listed in folders

@@ -13,9 +13,9 @@ Usage:
 --input is a local folder (searched recursively for job.image_extensions), a glob ("imgs/*.jpg"),
 a text file with one URI or path per line (.txt/.lst/.list), or an s3:// prefix; or WebDataset .tar
 shards (a .tar, a glob "shards/*.tar", a brace pattern "shard-{000000..000999}.tar", a list file of
-.tar files); or Parquet image tables (a .parquet file, a folder or prefix of them) with
---image-column COL [--id-column ID]. --output is a local folder or an s3:// prefix. Trailing
-key.path=value arguments override the config (values are YAML).
+.tar files: each tar is one shard, streamed by its worker); or Parquet image tables (a .parquet
+file, a folder or prefix of them) with --image-column COL [--id-column ID]. --output is a local
+folder or an s3:// prefix. Trailing key.path=value arguments override the config (values are YAML).
 
 Local mode (default: no --address, no RAY_ADDRESS) starts Ray on this machine, one worker per GPU,
 or one CPU worker (more with --num-workers):
@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     with_io(run)
     run.add_argument("--num-workers", type=int, default=None,
                      help="workers (default: one per GPU in the cluster, or 1 without GPUs)")
-    run.add_argument("--shard-size", type=int, default=None, help="images per shard (= job.shard_size, default 256)")
+    run.add_argument("--shard-size", type=int, default=None,
+                     help="images per shard (= job.shard_size, default 256; a tar input: one shard per tar)")
     run.add_argument("--force", action="store_true",
                      help="start over when the output was made with another config or input (discards it)")
     run.add_argument("--break-lock", action="store_true",
