@@ -48,10 +48,12 @@ def test_plan_sample_prices_the_listing(ray_cluster: object, testdata: Path, tmp
     num_shards = math.ceil(num_images / 3)
     last = num_images - 3 * (num_shards - 1)
     expect = max(math.ceil((num_shards - 1) / 2) * 3, (num_shards - 1) // 2 * 3 + last) / rate
-    assert labeling == pytest.approx(expect, rel=0.01)
+    # Printed with 2 decimals: on a plain clone's 4 demo images the labeling is ~0.3 s, so the rounding
+    # (up to 0.005 s) is more than 1 % of it.
+    assert labeling == pytest.approx(expect, rel=0.01, abs=0.006)
     assert f"{num_images} images in {num_shards} shard(s) on 2 worker(s)" in text
     hours = _num(r"worker-hours: ([\d.e+-]+) \(2 x wall\)", text)
-    assert hours == pytest.approx(2 * wall / 3600, rel=0.01)
+    assert hours == pytest.approx(2 * wall / 3600, rel=0.01, abs=2 * 0.005 / 3600)  # wall: 2 decimals
     assert _num(r"cost ([\d.e+-]+) at 2.5 per worker-hour", text) == pytest.approx(2.5 * hours, rel=0.01)
 
 
