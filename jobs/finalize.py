@@ -19,7 +19,7 @@ from bmp_core.output import layout
 from bmp_core.output.coco import CocoCounts, write_coco_json
 from bmp_core.output.commits import ShardCommit, committed_markers, garbage_collect
 from bmp_core.output.plan import Plan, load_plan
-from bmp_core.output.reader import iter_shards, read_committed_table
+from bmp_core.output.reader import iter_shards, read_table
 from bmp_core.output.store import OutputStateError, OutputStore
 from bmp_core.output.tables import STATUS_ERROR
 
@@ -89,8 +89,9 @@ def finalize_output(store: OutputStore, plan: Plan, keypoint_thr: float) -> Fina
     removed = garbage_collect(store, plan.plan_id)
     if removed:
         logger.info("removed %d part(s) of failed or duplicate attempts", removed)
-    images = read_committed_table(store, plan.plan_id, layout.IMAGES_DIR)
-    check_complete(plan, images, committed_markers(store, plan.plan_id) if plan.is_tar else None)
+    markers = committed_markers(store, plan.plan_id)  # read once: the table's parts and a tar's counts
+    images = read_table(store, [markers[s].part(layout.IMAGES_DIR) for s in markers], layout.IMAGES_DIR)
+    check_complete(plan, images, markers)
     store.write_bytes(layout.ERRORS_CSV, errors_csv(images))
     coco = export_coco(store, keypoint_thr)
     num_errors = int(pc.sum(pc.equal(images.column("status"), STATUS_ERROR)).as_py() or 0)
