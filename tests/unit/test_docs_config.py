@@ -11,7 +11,8 @@ from bmp_core.config_docs import BEGIN, END, PAGE, config_reference_markdown, up
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PAGE = ROOT / PAGE
 # The README and every page of the docs site (docs/hooks.py and the API page hold no commands).
-DOCS = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+DOCS = {p.relative_to(ROOT).as_posix(): p.read_text()
+        for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 
 
 def test_config_reference_matches_the_code() -> None:

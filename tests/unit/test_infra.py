@@ -111,7 +111,7 @@ def test_cluster_nodes_reach_s3_through_an_instance_profile_not_keys() -> None:
 
 
 def test_cluster_nodes_install_with_setup_sh_and_start_that_venvs_ray() -> None:
-    """The nodes use the documented install (scripts/setup.sh); the ray that starts is the one setup.sh put in the venv."""
+    """The nodes use the documented install (scripts/setup.sh); the ray that starts is the one it put in the venv."""
     cfg = yaml.safe_load((INFRA / "ray-cluster.yaml").read_text())
     mount = next(remote for remote, local in cfg["file_mounts"].items() if local == ".")
     (setup,) = [c for c in cfg["setup_commands"] if "scripts/setup.sh" in c]

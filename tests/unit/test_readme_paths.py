@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 # The README and every page of the docs site, by their path in the repository.
-PAGES = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text()
+         for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 # The documented stand-ins for the user's own storage: `/data/photos`, `/data/labels`, ...
 ALLOWED_ABSOLUTE = ("/data/",)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
