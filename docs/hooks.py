@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = {"changelog.md": "CHANGELOG.md", "benchmark-results.md": "benchmarks/RESULTS.md"}
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ANN001 (mkdocs objects)
+def on_page_markdown(markdown: str, page, config, files) -> str:
     """Links of a root file to ``docs/<page>`` point at the page itself once the file is a page of the site."""
     if page.file.src_uri in OUTSIDE and OUTSIDE[page.file.src_uri].count("/") == 0:
         markdown = markdown.replace("](docs/", "](")
     return markdown
 
 
-def on_files(files: Files, config) -> Files:  # noqa: ANN001 (mkdocs' config object)
+def on_files(files: Files, config) -> Files:
     for src_uri, repo_path in OUTSIDE.items():
         files.append(File.generated(config, src_uri, abs_src_path=str(ROOT / repo_path)))
     return files
