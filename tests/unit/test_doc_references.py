@@ -148,3 +148,18 @@ def test_no_file_cites_a_document_outside_the_repository() -> None:
                 bad.append(f"{rel} line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}")
     assert not bad, "files cite what is outside the repository (cite docs/<page>.md, use examples/):\n" + \
         "\n".join(bad)
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_anchors_are_the_ones_mkdocs_makes(page: Path) -> None:
+    """The checker's anchors of a page are the ids Python-Markdown's toc extension (what MkDocs runs) gives
+    its headings (needs the docs extra: `pip install -e '.[docs]'`)."""
+    markdown = pytest.importorskip("markdown", reason="Python-Markdown comes with the docs extra")
+    md = markdown.Markdown(extensions=["toc", "fenced_code", "tables", "attr_list"])
+    md.convert(page.read_text())
+
+    def ids(tokens: list[dict]) -> set[str]:
+        return {t["id"] for t in tokens} | {i for t in tokens for i in ids(t["children"])}
+
+    made = {re.sub(r"_\d+$", "", i) for i in ids(md.toc_tokens)}  # a repeated heading gets _1, _2, ...
+    assert anchors(page) == made
