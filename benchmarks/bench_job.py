@@ -7,7 +7,7 @@ Usage:
 
 Input: ``--images`` symlinks (unique names) cycling over the OCHuman + COCO test images in a temp folder.
 
-- job: ``run_job`` into a temp output, local mode (an embedded Ray, one worker as the README documents
+- job: ``run_job`` into a temp output, local mode (an embedded Ray, one worker as docs/running-jobs.md documents
   for a machine without a GPU; ``--num-workers`` for more), the config's ``job`` settings except
   ``job.shard_size`` (``--shard-size``: the test configs use 2, which no real run would). Throughput
   over the dispatch phase (run.json ``throughput_images_per_s``: workers ready -> last shard committed:

@@ -1,7 +1,7 @@
 """Configuration: YAML files parsed into frozen dataclasses, with ``key.path=value`` overrides.
 
 Every threshold of the loop is a field here, with the reference default and where it comes from
-(bmp-method.md / decisions.md). Unknown keys are errors that name the full dotted key, values are
+(docs/method.md, docs/decisions.md). Unknown keys are errors that name the full dotted key, values are
 type-checked, and ``dump_config`` writes the resolved config back as YAML (stored in every output).
 
 Example:
@@ -29,13 +29,13 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# The loop (decisions.md "The loop")
+# The loop (docs/method.md#the-loop, docs/decisions.md#the-loop)
 
 
 @dataclass(frozen=True)
 class DetectFilterConfig:
     person_label: int = 0  # COCO class id of `person` in the detector's label space
-    score_thr: float = 0.3  # keep detections with score > this (strict), bmp-method §1 DEFAULT_BBOX_THR
+    score_thr: float = 0.3  # keep detections with score > this (strict), docs/method.md#detect
     nms_iou_thr: float = 0.3  # greedy box NMS: suppress when IoU > this, DEFAULT_NMS_THR
     nms_pixel_offset: float = 1.0  # box areas as (x2-x1+offset)*(y2-y1+offset); mmpose nms uses +1
 
@@ -67,7 +67,7 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    exclusive: bool = True  # each contested pixel goes to the highest SAM score (bmp-method §2.5)
+    exclusive: bool = True  # each contested pixel goes to the highest SAM score (docs/method.md#exclusive-masks)
     mask_out_dilate_px: int = 0  # grow the masked-out region by this many pixels (0 = reference)
 
     def __post_init__(self) -> None:
@@ -99,14 +99,14 @@ class LoopConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# The models (bmp-method.md §3-§5, §10)
+# The models (docs/method.md#the-models, docs/real-models.md)
 
 
 @dataclass(frozen=True)
 class DetectorModelConfig:
     config: str = "rtmdet/rtmdet-ins_l_8xb32-300e_coco.py"  # mmdet config, relative to mmdet's shipped configs
     checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
-    score_thr: float = 0.05  # RTMDet test_cfg (bmp-method §4)
+    score_thr: float = 0.05  # RTMDet test_cfg (docs/method.md#detect)
     nms_iou_thr: float = 0.6  # RTMDet's own NMS IoU
     max_per_img: int = 40  # detections kept per image (BMP: 40; upstream mmdet: 100)
     mask_thr_binary: float = 0.5  # mask logit-probability threshold of RTMDet-Ins
@@ -153,7 +153,7 @@ class SegmenterModelConfig:
     checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
     sha256: str | None = None  # expected hex digest of the checkpoint file
     image_size: int = 1024  # SAM input side (SAMURAI b+ config; the repo's sam2.1 copy says 512)
-    dynamic_multimask_via_stability: bool = True  # HEAD applies it (decisions.md)
+    dynamic_multimask_via_stability: bool = True  # docs/decisions.md#dynamic-multimask-via-stability-on
     stability_delta: float = 0.05  # logit offset of the stability score
     stability_thresh: float = 0.98  # below it, the best of SAM's 3 multimask outputs is used
     # The reference asks for 10 / 50 but its install lacks sam2._C, so sam2 skips both: 0 is what it runs.

@@ -1,7 +1,8 @@
 """The configuration reference, generated from the config dataclasses and their field comments.
 
-README.md embeds ``config_reference_markdown()`` between markers, and a unit test keeps the two
-equal, so the documented keys, defaults and meanings are always the code's.
+docs/configuration.md embeds ``config_reference_markdown()`` between markers, and a unit test
+(tests/unit/test_docs_config.py) keeps the two equal, so the documented keys, defaults and meanings are always
+the code's. ``python -m bmp_core.config_docs --write`` regenerates the page in place.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import sys
 import tokenize
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 
 from bmp_core.config import BmpConfig
 
@@ -66,5 +69,22 @@ def config_reference_markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m bmp_core.config_docs > table.md
-    print(config_reference_markdown())
+PAGE = "docs/configuration.md"  # the page that embeds the table, relative to the repository root
+
+
+def update_page(page: Path) -> bool:
+    """Rewrite the generated table of ``page`` in place; True when it changed."""
+    text = page.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    new = text[:start] + "\n" + config_reference_markdown() + "\n" + text[end:]
+    if new != text:
+        page.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m bmp_core.config_docs [--write]: print the table, or regenerate the page
+    if sys.argv[1:] == ["--write"]:
+        page = Path(__file__).resolve().parents[1] / PAGE
+        print(f"{PAGE}: {'regenerated' if update_page(page) else 'already up to date'}")
+    else:
+        print(config_reference_markdown())

@@ -1,4 +1,4 @@
-"""The BBox-Mask-Pose loop (decisions.md "The loop"; bmp-method.md §1).
+"""The BBox-Mask-Pose loop (docs/method.md#the-loop; docs/decisions.md#the-loop).
 
 Per image, for ``cfg.iterations`` passes:
   1. detect people on the masked-out image (pass 0: the original, or the user's boxes),

@@ -20,7 +20,7 @@ folder or an s3:// prefix. Trailing key.path=value arguments override the config
 Local mode (default: no --address, no RAY_ADDRESS) starts Ray on this machine, one worker per GPU,
 or one CPU worker (more with --num-workers):
 
-    bmp-label run --config configs/fake.yaml --input ../shared/testdata --output out/demo
+    bmp-label run --config configs/fake.yaml --input examples/images --output out/demo
     bmp-label run --config configs/bmp_d3.yaml --input s3://bucket/photos/ --output s3://bucket/labels/ \\
         job.shard_size=512 loop.iterations=3
 

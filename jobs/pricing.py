@@ -1,7 +1,8 @@
 """Price a job before running it: label a seeded random sample on one worker, project the whole listing.
 
 ``bmp-label plan ... --sample N`` (``jobs/cli.py``) runs it; Ray is ``jobs/ray_runner.py``'s
-(``measure_sample``). The projection, stated in ``bmp-label plan --help`` and the README:
+(``measure_sample``). The projection, stated in ``bmp-label plan --help`` and
+docs/running-jobs.md#price-a-job-first-plan-sample:
 
 - the sample: N images drawn at random with ``--seed`` from the listing; for a tar input (read front
   to back, members unknown before) the first N image members met in tars taken in a seeded random

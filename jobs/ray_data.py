@@ -11,8 +11,7 @@
 A plain callable class: Ray Data makes a pool of actors of it (the models are built once per actor,
 in ``__init__``), and this module never imports Ray, so nothing here depends on which compute
 arguments the installed Ray takes; they changed between releases (Ray 2.51+:
-``compute=ActorPoolStrategy(size=N)``; before: ``concurrency=N``) and are the caller's (README,
-"Ray Data").
+``compute=ActorPoolStrategy(size=N)``; before: ``concurrency=N``) and are the caller's (docs/ray-data.md).
 
 One output row per input row, in order: every input column except the image column passes through,
 then the image's ``status`` / ``error`` / ``width`` / ``height`` / ``num_instances`` (as in the

@@ -8,7 +8,7 @@
 #               CUDA 12 minor-version compatibility; >= 570 for full 12.8 features and Blackwell GPUs)
 #   Both builds run on CPU too.
 #
-# Runs the ordered pip steps of ../shared/docs/install.md (variant A). Idempotent: pip skips what is
+# Runs the ordered pip steps of the tested install (docs/real-models.md#install). Idempotent: pip skips what is
 # already installed at the pinned version, and the source builds (xtcocotools, sam2) are skipped when
 # the right version already imports. Every step that deviates from a plain `pip install` says why.
 # Every package installed outside the resolver (--no-deps or from source) is pinned to one exact file by
@@ -77,7 +77,7 @@ fi
 # 5. sam2 from its sdist without the CUDA extension (only used for optional mask post-processing) and
 #    without build isolation: an isolated build would download a second multi-GB torch.
 #    The file: sam2-1.1.0.tar.gz on PyPI. It is NOT Meta's release: a third party's packaging (its metadata
-#    names github.com/JinsuaFeito-dev/segment-anything-2) of Meta's SAM 2.1 code (README "Real models").
+#    names github.com/JinsuaFeito-dev/segment-anything-2) of Meta's SAM 2.1 code (docs/real-models.md#install).
 if ! "$PY" -c 'import importlib.metadata as m; assert m.version("sam2") == "1.1.0"' 2>/dev/null; then
     SAM2_BUILD_CUDA=0 pinned "sam2==1.1.0" 7e0ea252d43c10d853e3acfce0b5770ac683c30481bd6de311300e9d44f45b74 \
         -- --no-build-isolation

@@ -5,10 +5,9 @@ job.given_boxes=...``); this is the no-Ray version: it runs ``run_bmp`` per imag
 ``configs/lite_cpu.yaml`` (the boxes' scores as detector scores), draws the people
 (``bmp_core.analysis.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
 
-    python scripts/lite_demo.py --images ../shared/testdata/coco \\
-        --boxes ../shared/testdata/coco/test_coco_det_AP_H_56.json \\
-        --images-json ../shared/testdata/coco/test_coco.json \\
-        --gt ../shared/testdata/coco/test_coco.json --out out/lite_demo
+    python scripts/lite_demo.py --images examples/images \\
+        --boxes examples/detections.json --images-json examples/ground_truth.json \\
+        --gt examples/ground_truth.json --out out/lite_demo
 
 Writes ``OUT/<name>.png`` per image and ``OUT/keypoints_results.json`` / ``OUT/segm_results.json``
 (COCO results lists; image ids from ``--images-json`` / ``--gt``, else 1..N in file order).

@@ -11,8 +11,8 @@
 #
 # Installs the pinned model stack and MediaPipe through scripts/install_models.sh (which holds every install
 # workaround, among them why MediaPipe goes in --no-deps), then the project in editable mode with the s3,
-# ray and dev extras. With --no-models, MediaPipe comes from the project's `lite` extra instead (nothing
-# there clashes with it: no opencv-python).
+# ray, dev and docs extras (docs: mkdocs, to build the site as CI does). With --no-models, MediaPipe comes
+# from the project's `lite` extra instead (nothing there clashes with it: no opencv-python).
 set -euo pipefail
 
 VENV=.venv
@@ -40,9 +40,9 @@ PY="$VENV/bin/python"
 if [[ "$WITH_MODELS" == 1 ]]; then
     # The model stack first, so that its exact pins (torch, numpy) are what the project then sees.
     bash "$HERE/scripts/install_models.sh" "$PY" --cuda "$CUDA"
-    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev]"
+    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev,docs]"
 else
     # One resolve, so that ray settles on mediapipe's protobuf < 5 (on its own ray would take protobuf 7).
-    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev,lite]"
+    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[s3,ray,dev,docs,lite]"
 fi
 echo "setup.sh: ready. Activate with: source $VENV/bin/activate"

@@ -242,7 +242,7 @@ def _coco_api(backend: str) -> tuple[Any, Any]:
     except ImportError as err:
         raise EvaluationError(
             "this ground truth needs xtcocotools: pip install Cython && pip install --no-build-isolation "
-            "--no-binary xtcocotools xtcocotools (docs/install.md item 5)"
+            "--no-binary xtcocotools xtcocotools (docs/analysis.md#numbers-bmp-label-eval)"
         ) from err
     return COCO, COCOeval
 

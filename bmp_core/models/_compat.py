@@ -1,4 +1,4 @@
-"""Every workaround the model stack needs, in one place, each with the reason (install.md "Errors met").
+"""Every workaround the model stack needs, in one place, each with the reason (docs/real-models.md#install).
 
 Call ``apply()`` before importing mmdet / mmpose / mmpretrain models (the adapters do). It is idempotent.
 
@@ -74,7 +74,8 @@ def _missing(name: str) -> Any:
     def raise_missing(*args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
             f"mmcv._ext.{name} is not available: mmcv-lite has no compiled ops and the bmp-label shim "
-            "implements only nms/roi_align_forward. Install a full mmcv build (install.md) for this op."
+            "implements only nms/roi_align_forward. Install a full mmcv build for this op "
+            "(docs/real-models.md#install)."
         )
 
     return raise_missing

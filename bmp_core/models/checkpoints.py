@@ -13,7 +13,7 @@ of exactly what mmengine's metadata holds: numpy arrays, dtypes and scalars, and
 ``HistoryBuffer`` (besides the tensors and plain containers torch always accepts). Nothing on that list
 runs code of the file's choosing. Anything else is refused, naming what the file asks for; a full
 unpickle, which can execute code from the file, happens only when the user opts in
-(``models.allow_pickle_checkpoints``), with a warning naming the file (README "Trusting a checkpoint").
+(``models.allow_pickle_checkpoints``), with a warning naming the file (docs/real-models.md#checkpoints).
 
 ``load_strict`` loads a state dict into a model and fails, naming the keys, on any missing, unexpected
 or mis-shaped parameter: never a silently random layer.

@@ -1,4 +1,4 @@
-"""RTMDet-Ins (mmdet 3.3) behind the ``Detector`` port (bmp-method.md §4).
+"""RTMDet-Ins (mmdet 3.3) behind the ``Detector`` port (docs/method.md#rtmdet-ins-ignoring-holes).
 
 The model is built from the config mmdet ships (``mmdet/.mim/configs/<config>``), with BMP's test
 settings (score_thr 0.05, NMS IoU 0.6, max 40 per image, mask threshold 0.5) and the config's own test

@@ -59,7 +59,8 @@ def resolve_device(device: str, gpu_assigned: bool = False) -> Any:
         if gpu_assigned:
             raise DeviceError(
                 f"models.device='auto' and this worker was given a GPU, but torch cannot use CUDA: {reason}. "
-                "Install the torch build that matches this node's NVIDIA driver (README, \"Real models\"), "
+                "Install the torch build that matches this node's NVIDIA driver "
+                "(docs/real-models.md#device-and-precision), "
                 "or set models.device: cpu to label on CPUs on purpose"
             )
         return torch.device("cpu")

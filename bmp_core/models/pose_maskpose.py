@@ -1,4 +1,4 @@
-"""MaskPose / ViTPose (mmpose 1.3.2 + mmpretrain ViT) behind the ``PoseEstimator`` port (bmp-method.md §3).
+"""MaskPose / ViTPose (mmpose 1.3.2 + mmpretrain ViT) behind the ``PoseEstimator`` port (docs/method.md#maskpose).
 
 MaskPose is a plain top-down ViTPose whose input image is conditioned on the instance mask: the
 background is blended toward black, ``out = (1 - alpha) * img + alpha * img * mask`` with alpha 0.2,

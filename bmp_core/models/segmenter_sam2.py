@@ -1,11 +1,12 @@
-"""SAM 2.1 image predictor (sam2 1.1.0) behind the ``Segmenter`` port (bmp-method.md §2.4, §5).
+"""SAM 2.1 image predictor (sam2 1.1.0) behind the ``Segmenter`` port (docs/method.md#sam-21).
 
 - ``build_sam2`` from the sam2 package's own yaml (``configs/sam2.1/sam2.1_hiera_b+.yaml``), image size
-  1024, with the decoder's dynamic-multimask-via-stability switched on explicitly (decisions.md: HEAD
-  applies it; v1.1 silently did not): with ``multimask_output=False`` a single-token mask whose stability
-  score is < 0.98 is replaced by the best of the 3 multimask outputs.
-- ``prepare_batch`` converts BGR -> RGB (the reference fed BGR; decisions.md FIX) and computes the image
-  embeddings of several images in ONE encoder call; each returned handle holds its image's embedding, so
+  1024, with the decoder's dynamic-multimask-via-stability switched on explicitly (the newer reference
+  applies it; v1.1 silently did not: docs/decisions.md#dynamic-multimask-via-stability-on): with
+  ``multimask_output=False`` a single-token mask whose stability score is < 0.98 is replaced by the best of
+  the 3 multimask outputs.
+- ``prepare_batch`` converts BGR -> RGB (the reference fed BGR; docs/decisions.md#sam-gets-rgb) and computes
+  the image embeddings of several images in ONE encoder call; each returned handle holds its image's embedding, so
   the loop reuses it across iterations. The images travel to the device as uint8 and are resized to
   1024x1024 and normalised there (what ``SAM2Transforms`` does on the CPU, op for op).
 - ``segment`` groups prompts by point count and runs each group as ONE batched decoder call (all
@@ -16,9 +17,10 @@
   who owns a contested pixel. A non-finite score raises ``NonFiniteScoreError``.
 - Low-res hole/sprinkle post-processing: sam2 runs it only when its CUDA extension ``sam2._C`` is
   compiled, which neither this install nor the reference's builds, so the reference's effective setting
-  is "off" (decisions.md). We never let sam2 run it: ``max_hole_area`` / ``max_sprinkle_area`` default to
-  0, and non-zero values run ``fill_holes_and_sprinkles`` below (cv2 connected components, 8-connected
-  like sam2's kernel), which gives the same masks with or without ``sam2._C``.
+  is "off" (docs/decisions.md#sam-post-processing-off-the-same-everywhere). We never let sam2 run it:
+  ``max_hole_area`` / ``max_sprinkle_area`` default to 0, and non-zero values run ``fill_holes_and_sprinkles``
+  below (cv2 connected components, 8-connected like sam2's kernel), which gives the same masks with or
+  without ``sam2._C``.
 
 What runs between the encoder and the upsampled masks is sam2's ``SAM2ImagePredictor.set_image`` /
 ``_predict`` (Apache-2.0), called piece by piece so that it can be batched and kept on the device; with

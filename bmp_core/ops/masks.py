@@ -81,7 +81,7 @@ def exclusive_masks(
     out: list[np.ndarray] | None = None,
     out_windows: np.ndarray | None = None,
 ) -> np.ndarray | list[np.ndarray]:
-    """Give every contested pixel to the highest-scoring mask that covers it (bmp-method §2.5).
+    """Give every contested pixel to the highest-scoring mask that covers it (docs/method.md#exclusive-masks).
 
     Only ``masks`` (the new instances) change; ``context_masks`` (older instances) compete but keep
     their pixels, as in the reference. Ties go to the earlier mask, new masks before context ones.

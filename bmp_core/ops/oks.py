@@ -17,8 +17,9 @@ def oks_matrix(
     """Pairwise OKS; entry ``[i, j]`` treats instance i as the ground truth and j as the detection.
 
     The ground truth's visible keypoints are those with score > ``visibility_thr``; its area is its
-    xyxy box area ``(x2-x1)*(y2-y1)`` (decisions.md fixes the reference's xywh misreading). A ground
-    truth with no visible keypoint uses COCO's fallback: distance to its box grown by 1x per side.
+    xyxy box area ``(x2-x1)*(y2-y1)`` (docs/decisions.md#pose-nms-xyxy-box-area fixes the reference's xywh
+    misreading). A ground truth with no visible keypoint uses COCO's fallback: distance to its box grown by 1x
+    per side.
 
     Args:
         keypoints: (N, K, 3) float ``(x, y, score)`` pixels.

@@ -15,7 +15,8 @@ def pose_nms(
     keypoint_thr: float,
     sigmas: np.ndarray = SIGMAS,
 ) -> np.ndarray:
-    """Greedy OKS-NMS over old + new instances (bmp-method §1 step 3, with decisions.md fixes).
+    """Greedy OKS-NMS over old + new instances (docs/method.md#pose-nms, with the fixes of
+docs/decisions.md#pose-nms-xyxy-box-area and #a-removed-person-no-longer-suppresses-others).
 
     Repeatedly take the pair (i, j) with the largest OKS[i, j] > ``oks_thr``; of the two, the one with
     fewer valid keypoints (score > ``keypoint_thr``) is removed; on a tie ``i`` (the one treated as

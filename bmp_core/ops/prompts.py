@@ -1,4 +1,5 @@
-"""Choosing the keypoints that prompt SAM for one person (bmp-method §2.1-2.2, HEAD semantics)."""
+"""Choosing the keypoints that prompt SAM for one person (docs/method.md#sam-prompts;
+the newer reference's semantics: docs/decisions.md#keypoint-selection)."""
 
 from __future__ import annotations
 

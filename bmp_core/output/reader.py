@@ -213,7 +213,8 @@ def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
 
     Args:
         instances: the rows of a single image.
-        height, width: the image size (for an image with no people).
+        height: the image height in pixels (sizes the masks of an image with no people too).
+        width: the image width in pixels.
     """
     return ImageLabels(
         boxes_xyxy=boxes_array(instances, "bbox_xyxy"),

@@ -1,7 +1,7 @@
 """Small synthetic test images with people-like figures, generated in code (no files, no downloads).
 
 For tests that need *an image* (decoding, the worker's read path, the loop with fake models) but not
-a *real photo*: they run where ``../shared/testdata`` is absent. What the fake models find in them
+a *real photo*: they run where the larger shared test set is absent (a plain clone). What the fake models find in them
 is decided by the image's size and its non-black pixels (``bmp_core/testing/fakes.py``), so any
 lit image works; the figures make them look like what they stand for when a test writes one out.
 Tests of real-model accuracy still need the shared photos.

@@ -1,4 +1,5 @@
-"""Port wrappers that run the models the way the published reference does (bmp-method.md §2.1, §7).
+"""Port wrappers that run the models the way the published reference does (docs/method.md#sam-prompts;
+docs/decisions.md#speed-without-changing-results).
 
 Wrapping our own adapters keeps the comparison honest: both paths use the same weights and the
 same pre/post-processing; only the call pattern differs:

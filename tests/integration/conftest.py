@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-# Read by Ray at import time: keep every listener and address on 127.0.0.1 (shared/docs/install.md
-# item 10), and never report usage. Set before anything in this process imports ray.
+# Read by Ray at import time: keep every listener and address on 127.0.0.1 (a multi-node setting would bind
+# the machine's routable address), and never report usage. Set before anything in this process imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray 2.60 enables token auth by itself once ~/.ray/auth_token exists, and a driver whose mode

@@ -49,9 +49,9 @@ def node_with_other_disk(ray_cluster: Cluster, tmp_path: Path) -> Iterator[tuple
     hidden.mkdir()
     before = {n["NodeID"] for n in _alive_nodes()}
     # Ray replaces a loopback address by the machine's routable one once multi-node is allowed
-    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which `ray start` of a second node needs; install.md
-    # item 10): so the head is named by a host name that the namespace's own /etc/hosts maps to
-    # 127.0.0.1, and the node takes 127.0.0.2 (loopback too, and not rewritten).
+    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which `ray start` of a second node needs): so the head is
+    # named by a host name that the namespace's own /etc/hosts maps to 127.0.0.1, and the node takes
+    # 127.0.0.2 (loopback too, and not rewritten).
     hosts = tmp_path / "hosts"
     hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 bmp-probe-head\n")
     port = ray_cluster.gcs_address.rsplit(":", 1)[1]

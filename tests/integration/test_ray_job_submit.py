@@ -1,6 +1,6 @@
 """`ray job submit` of `bmp-label run` to a real `ray start --head` cluster on 127.0.0.1.
 
-This is the path a cluster user takes (README "Running on a cluster"): infra/submit.sh runs
+This is the path a cluster user takes (docs/clusters.md): infra/submit.sh runs
 `ray job submit --runtime-env infra/runtime_env.yaml`, so the code travels as that runtime env's
 working_dir and the driver runs under Ray's job supervisor on the head. The outputs are read back
 with plain pyarrow / pycocotools, as a user would, not with the job's own reader.
@@ -47,8 +47,8 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every listener on 127.0.0.1 (shared/docs/install.md,
-    # item 10); the job's entrypoint finds bmp-label on the PATH the cluster was started with.
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every listener on 127.0.0.1 (tests/integration/conftest.py);
+    # the job's entrypoint finds bmp-label on the PATH the cluster was started with.
     env = dict(
         os.environ,
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",

@@ -1,7 +1,7 @@
 """The lite job end to end: ``bmp-label run --config configs/lite_cpu.yaml`` with given boxes, on real
 images with real weights (BlazePose in the mediapipe wheel), scored by pycocotools run right here.
 
-Each run is the README's command in a subprocess (an embedded Ray, one CPU worker). Its ``coco.json``
+Each run is the documented command (docs/lite.md) in a subprocess (an embedded Ray, one CPU worker). Its ``coco.json``
 is scored against ``test_coco.json`` (images matched by file name); then ``bmp-label eval`` of the
 same output must give what pycocotools gives on the output's own predictions, built here by hand
 from the Parquet tables (keypoints ranked by pose score, masks by the detector score: the boxes'

@@ -135,7 +135,7 @@ def test_one_rtmdet_ins_tiny_training_step(exported: tuple[Path, dict], segmenta
     mm_cfg = build_rtmdet_config(DetectorModelConfig(config="rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py",
                                                      num_classes=1))
     # RTMDet-Ins's own stage-2 train pipeline, at 320 px for CPU speed. RLE masks need poly2mask=True:
-    # the shipped poly2mask=False turns every RLE mask into an ignored instance (README: Training on
+    # the shipped poly2mask=False turns every RLE mask into an ignored instance (docs/exports.md: Training on
     # the labels); the polygon export trains with the shipped setting unchanged.
     pipeline = [dict(step) for step in mm_cfg.train_pipeline_stage2]
     ann_file = exported[0] if segmentation == "rle" else exported[0].parent.parent / "coco_polygons" / "train.json"
@@ -163,7 +163,7 @@ def test_one_rtmdet_ins_tiny_training_step(exported: tuple[Path, dict], segmenta
 
 
 def test_rle_masks_are_ignored_by_mmdet_with_poly2mask_false(exported: tuple[Path, dict]) -> None:
-    """Why the README says poly2mask=True: with the shipped setting no exported person is a target."""
+    """Why docs/exports.md says poly2mask=True: with the shipped setting no exported person is a target."""
     _compat.apply()
     from mmdet.datasets import CocoDataset
     from mmdet.datasets.transforms import LoadAnnotations

@@ -10,7 +10,8 @@ from bmp_core.ops.oks import oks_matrix
 from bmp_core.ops.pose_nms import pose_nms
 
 # ---------------------------------------------------------------------------------------------
-# pose-NMS: "of a matching pair the one with fewer keypoints ABOVE keypoint_thr goes" (decisions.md)
+# pose-NMS: "of a matching pair the one with fewer keypoints ABOVE keypoint_thr goes"
+# (docs/decisions.md#a-removed-person-no-longer-suppresses-others)
 
 
 def _pose(offset_x: float, scores: list[float]) -> np.ndarray:

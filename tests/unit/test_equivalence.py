@@ -1,4 +1,5 @@
-"""Each speed-up gives the same result as the plain reference-shaped path (decisions.md "Speed")."""
+"""Each speed-up gives the same result as the plain reference-shaped path
+(docs/decisions.md#speed-without-changing-results)."""
 
 from __future__ import annotations
 

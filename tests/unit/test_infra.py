@@ -111,7 +111,7 @@ def test_cluster_nodes_reach_s3_through_an_instance_profile_not_keys() -> None:
 
 
 def test_cluster_nodes_install_with_setup_sh_and_start_that_venvs_ray() -> None:
-    """The nodes use the README's install; the ray that starts is the one setup.sh put in the venv."""
+    """The nodes use the documented install (scripts/setup.sh); the ray that starts is the one it put in the venv."""
     cfg = yaml.safe_load((INFRA / "ray-cluster.yaml").read_text())
     mount = next(remote for remote, local in cfg["file_mounts"].items() if local == ".")
     (setup,) = [c for c in cfg["setup_commands"] if "scripts/setup.sh" in c]
@@ -150,7 +150,7 @@ def test_one_image_everywhere_tagged_with_the_project_version() -> None:
     assert image.rsplit(":", 1)[1] == version
     name_and_tag = image.rsplit("/", 1)[-1]  # what `docker build -t` names it before the push
     assert name_and_tag in (INFRA / "Dockerfile").read_text()
-    assert name_and_tag in (REPO / "README.md").read_text()
+    assert name_and_tag in (REPO / "docs" / "clusters.md").read_text()  # the documented docker build
 
 
 def test_rayjob_ray_version_is_the_pinned_one() -> None:

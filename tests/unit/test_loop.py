@@ -107,7 +107,7 @@ def test_loop_structure_on_real_image(image_004806: np.ndarray) -> None:
     assert inst.masks.shape == (len(inst), h, w) and inst.keypoints.shape == (len(inst), 17, 3)
     # merge order: older iterations first
     assert np.all(np.diff(inst.iteration) >= 0)
-    # exclusivity (bmp-method §2.5): masks of one pass never overlap; a newer mask keeps a pixel that an
+    # exclusivity (docs/method.md#exclusive-masks): masks of one pass never overlap; a newer mask keeps a pixel that an
     # older one also has only when its SAM score is higher (older masks are not modified)
     for it in np.unique(inst.iteration):
         assert not np.any(inst.masks[(inst.iteration == it) & inst.prompted].sum(0) > 1)

@@ -44,7 +44,8 @@ def test_tie_removes_the_ground_truth_side_of_the_best_pair() -> None:
 
 def test_removed_instance_no_longer_suppresses() -> None:
     # A ~ B and B ~ C, but A !~ C; valid keypoints A 17 > B 14 > C 12. A removes B first (the best
-    # pair). The reference keeps B's row, so B would then remove C; decisions.md: C must survive.
+    # pair). The reference keeps B's row, so B would then remove C; C must survive
+    # (docs/decisions.md#a-removed-person-no-longer-suppresses-others).
     kpts = np.stack([_pose(0, 17), _pose(3, 14), _pose(6.5, 12)])
     boxes = np.stack([_box(0), _box(3), _box(6.5)])
     oks = oks_matrix(kpts, boxes, 0.3)

@@ -1,5 +1,5 @@
-"""README.md's shell commands work from a plain clone: no path leaves the repository, and the quick start
-is what CI runs (.ci/run)."""
+"""The shell commands of README.md and of the docs pages work from a plain clone: no path leaves the repository,
+and the README's quick start is what CI runs (.ci/run)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+# The README and every page of the docs site, by their path in the repository.
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text()
+         for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 # The documented stand-ins for the user's own storage: `/data/photos`, `/data/labels`, ...
 ALLOWED_ABSOLUTE = ("/data/",)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -72,20 +75,22 @@ def test_the_checker_flags_what_leaves_the_repository() -> None:
         "../shared/testdata", "/tmp/x", "../d.json", "~/b", "examples/../..", "file:///etc/passwd"]
 
 
-@pytest.mark.parametrize("start,block", [pytest.param(*b, id=f"line{b[0]}") for b in shell_blocks(README)])
-def test_readme_shell_blocks_stay_inside_the_repository(start: int, block: str) -> None:
+@pytest.mark.parametrize("page,start,block", [
+    pytest.param(page, *b, id=f"{page}:{b[0]}") for page, text in PAGES.items() for b in shell_blocks(text)])
+def test_shell_blocks_stay_inside_the_repository(page: str, start: int, block: str) -> None:
     bad = paths_leaving_the_repository(block)
     assert not bad, (
-        f"README.md line {start}: {bad} leave the repository, so the command fails in a plain clone "
+        f"{page} line {start}: {bad} leave the repository, so the command fails in a plain clone "
         "(use examples/ or a /data/... stand-in)")
 
 
 def test_repository_paths_in_shell_blocks_exist() -> None:
-    named = {word.rstrip("/") for _, block in shell_blocks(README) for line in block.splitlines()
+    named = {word.rstrip("/") for text in PAGES.values() for _, block in shell_blocks(text)
+             for line in block.splitlines()
              for word in words(line) if word.startswith(("examples/", "configs/", "scripts/", "infra/"))}
-    assert named, "expected the README's commands to name files of the repository"
+    assert named, "expected the documented commands to name files of the repository"
     missing = sorted(p for p in named if not any(ROOT.glob(p)))
-    assert not missing, f"README's commands name files that are not in the repository: {missing}"
+    assert not missing, f"the documented commands name files that are not in the repository: {missing}"
 
 
 def test_quick_start_is_what_ci_runs() -> None:

@@ -59,7 +59,7 @@ def _require_shipped_model(model_complexity: int) -> None:
         import mediapipe
     except ImportError as err:
         raise ImportError(
-            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (README.md, section Lite)"
+            "models.kind=lite needs MediaPipe: pip install 'bmp-label[lite]' (docs/lite.md#install)"
         ) from err
     root = Path(mediapipe.__file__).parent / "modules"
     needed = [

@@ -67,7 +67,7 @@ def crop_with_border(image: np.ndarray, crop_xyxy: np.ndarray) -> np.ndarray:
 
 
 def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
-    """MaskPose's mask conditioning: ``(1 - alpha) * img + alpha * img * mask`` (bmp-method §3).
+    """MaskPose's mask conditioning: ``(1 - alpha) * img + alpha * img * mask`` (docs/method.md#pose).
 
     Background pixels keep ``1 - alpha`` of their intensity (80% at alpha 0.2), the person is
     unchanged. Rounded to nearest as ``cv2.addWeighted`` rounds, like the MaskPose adapter
