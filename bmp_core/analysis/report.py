@@ -136,7 +136,7 @@ def failures_section(output: JobOutput) -> str:
 
 
 def histograms_png(output: JobOutput, policy: Any = None) -> bytes:
-    """PNG of four histograms: people per image, detector, pose and SAM scores.
+    """PNG of five histograms: people per image, detector, pose and SAM scores, mask areas.
 
     With an export ``policy`` (``bmp_core.output.export.policy.ExportPolicy``), each score's minimum
     is drawn as a dashed line and the title says how many people fall below it.
@@ -158,12 +158,18 @@ def histograms_png(output: JobOutput, policy: Any = None) -> bytes:
         ("SAM score (predicted IoU)", inst.column("sam_score").drop_null().to_numpy(), np.linspace(0, 1, 21),
          policy.min_sam_score if policy else None),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), dpi=90)
+    # Mask areas span orders of magnitude: drawn as log10(1 + pixels), the threshold likewise.
+    log_area = np.log10(1.0 + inst.column("mask_area").to_numpy().astype(np.float64))
+    top = max(float(log_area.max(initial=0)), 1.0)
+    panels.append(("mask area, log10(1 + pixels)", log_area, np.linspace(0, top, 21),
+                   np.log10(1.0 + policy.min_mask_area_px) if policy else None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 3.2), dpi=90)
     for ax, (title, values, bins, thr) in zip(axes, panels, strict=True):
         ax.hist(values, bins=bins, color="#3b6fd8", edgecolor="white")
         if thr:
             ax.axvline(thr, color="#d62728", linestyle="--", linewidth=1.5)
-            title = f"{title}\nmin {thr:g}: {int((values < thr).sum())} below"
+            shown = f"{policy.min_mask_area_px} px" if title.startswith("mask area") else f"{thr:g}"
+            title = f"{title}\nmin {shown}: {int((values < thr).sum())} below"
         ax.set_title(f"{title} (n={len(values)})", fontsize=10)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
