@@ -54,6 +54,9 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     viz.add_argument("--all", action="store_true",
                      help="draw every person of the output as it is (no policy; keypoints under --keypoint-thr "
                      "hidden)")
+    viz.add_argument("--sheet", default=None, metavar="FILE.jpg",
+                     help="also tile the drawn pictures into one (2 per row, --sheet-width pixels wide)")
+    viz.add_argument("--sheet-width", type=int, default=1000, help="width of the --sheet picture (default 1000)")
     viz.add_argument("--no-masks", action="store_true", help="do not draw masks")
     viz.add_argument("--no-pose", action="store_true", help="do not draw skeletons")
     viz.add_argument("--no-boxes", action="store_true", help="do not draw boxes and scores")
@@ -154,7 +157,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no labeled image matches {args.images}", file=sys.stderr)
         return 1
-    written, no_trace = 0, []
+    written, no_trace, sheet = 0, [], []
     for image_id, uri, width, height in tqdm(rows, desc="viz", unit="img"):
         image_rgb = read_image_rgb(uri)
         table = output.instances_of(image_id)
@@ -169,6 +172,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
             overlay = viz.draw_decided(image_rgb, labels, keep, ignore, style, title=decided_title(decision))
         out_store.write_bytes(f"{stem}.jpg", viz.encode_image(overlay))
         written += 1
+        if args.sheet:
+            sheet.append(overlay)
         if args.gif:
             traces = load_traces(store, image_id, np.ascontiguousarray(image_rgb[:, :, ::-1]))
             if traces is None:
@@ -179,6 +184,9 @@ def cmd_viz(args: argparse.Namespace) -> int:
             out_store.write_bytes(f"{stem}.gif", viz.encode_gif(frames))
     drawn = "every person (--all)" if args.all else f"policy {resolved.source}"
     print(f"wrote {written} overlay(s) to {out_dir} ({drawn})")
+    if args.sheet:
+        data = viz.encode_image(viz.contact_sheet(sheet, width=args.sheet_width), quality=75)  # a README-sized file
+        print(f"wrote {_write_file(args.sheet, args.output, args.sheet, data)} ({len(data) // 1024} KiB)")
     if no_trace:
         print(f"no GIF for {len(no_trace)} image(s) without traces (run with trace: true): {no_trace[:10]}",
               file=sys.stderr)

@@ -181,13 +181,17 @@ def draw_overlay(
         font = _font(int(18 * scale))
         stroke = max(1, int(scale))
         origin = (6 * scale, 4 * scale)
-        taken.append(draw.textbbox(origin, title, font=font, stroke_width=stroke))
+        x0, y0, x1, y1 = draw.textbbox(origin, title, font=font, stroke_width=stroke)
+        taken.append((x0 - 3 * scale, y0 - 2 * scale, x1 + 3 * scale, y1 + 2 * scale))  # with its dark tab
     if style.draw_boxes and boxes_xyxy is not None:
-        _draw_boxes(draw, boxes_xyxy, colors, det_scores, pose_scores, style, scale, taken, canvas.size)
+        _draw_outlines(draw, boxes_xyxy, colors, style, scale)
     if style.draw_pose and keypoints is not None:
         for person, color in zip(keypoints, colors, strict=True):
             _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
-    if title:  # last: on top of everything
+    if style.draw_boxes and boxes_xyxy is not None:  # tags over every line, so none is crossed out
+        _draw_tags(draw, boxes_xyxy, colors, det_scores, pose_scores, scale, taken, canvas.size)
+    if title:  # last, on a dark tab: readable on snow as on shadow
+        draw.rectangle(taken[0], fill=(0, 0, 0))
         draw.text(origin, title, fill=(255, 255, 0), font=font, stroke_width=stroke, stroke_fill=(0, 0, 0))
     return np.asarray(canvas)
 
@@ -196,47 +200,53 @@ def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _draw_boxes(
+def _draw_outlines(
+    draw: ImageDraw.ImageDraw, boxes_xyxy: np.ndarray, colors: np.ndarray, style: DrawStyle, scale: float
+) -> None:
+    for box, color in zip(boxes_xyxy, colors, strict=True):
+        if np.all(np.isfinite(box)):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=tuple(int(c) for c in color),
+                           width=int(style.box_width * scale))
+
+
+def _draw_tags(
     draw: ImageDraw.ImageDraw,
     boxes_xyxy: np.ndarray,
     colors: np.ndarray,
     det_scores: np.ndarray | None,
     pose_scores: np.ndarray | None,
-    style: DrawStyle,
     scale: float,
     taken: list[tuple[float, float, float, float]],
     image_wh: tuple[int, int],
 ) -> None:
-    """Outlines and tags; each tag at its first free place (``taken``: rectangles in use, appended to)."""
+    """Score tags, each at its first free place (``taken``: rectangles in use, appended to)."""
     font = _font(int(12 * scale))
     width, height = image_wh
     for i, (box, color) in enumerate(zip(boxes_xyxy, colors, strict=True)):
-        if not np.all(np.isfinite(box)):
-            continue
-        rgb = tuple(int(c) for c in color)
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=rgb, width=int(style.box_width * scale))
         parts = []
         if det_scores is not None:
             parts.append(f"d{float(det_scores[i]):.2f}")
         if pose_scores is not None:
             parts.append(f"p{float(pose_scores[i]):.2f}")
-        if parts:
-            # A filled tab: above the box, else inside its top, below it, inside its bottom; the
-            # first place that overlaps no earlier tag (nor the title) and lies in the image.
-            text = " ".join(parts)
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            tw, th = right - left + 4 * scale, bottom - top + 2 * scale
-            tx = min(max(x1, 0.0), max(width - tw, 0.0))
-            for ty in (y1 - th, y1, y2, y2 - th):
-                tab = (tx, ty, tx + tw, ty + th)
-                if ty >= 0 and ty + th <= height and not any(_overlaps(tab, t) for t in taken):
-                    break
-            else:
-                continue  # no free place: no tag rather than an unreadable pile
-            taken.append(tab)
-            draw.rectangle(tab, fill=rgb)
-            draw.text((tx + 2 * scale, ty + scale - top), text, fill=(0, 0, 0), font=font)
+        if not parts or not np.all(np.isfinite(box)):
+            continue
+        # A filled tab: above the box, else inside its top, below it, inside its bottom; the first
+        # place that overlaps no earlier tag (nor the title) and lies in the image.
+        x1, y1, _, y2 = (float(v) for v in box)
+        text = " ".join(parts)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4 * scale, bottom - top + 2 * scale
+        tx = min(max(x1, 0.0), max(width - tw, 0.0))
+        for ty in (y1 - th, y1, y2, y2 - th):
+            tab = (tx, ty, tx + tw, ty + th)
+            if ty >= 0 and ty + th <= height and not any(_overlaps(tab, t) for t in taken):
+                break
+        else:
+            continue  # no free place: no tag rather than an unreadable pile
+        taken.append(tab)
+        draw.rectangle(tab, fill=tuple(int(c) for c in color))
+        draw.text((tx + 2 * scale, ty + scale - top), text, fill=(0, 0, 0), font=font)
 
 
 def _draw_skeleton(
@@ -407,6 +417,42 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
 def save_image(image_rgb: np.ndarray, path: str | Path, quality: int = 90) -> None:
     """Write (H, W, 3) uint8 RGB as JPEG or PNG (by the suffix)."""
     Image.fromarray(image_rgb).save(path, quality=quality)
+
+
+def contact_sheet(images_rgb: Sequence[np.ndarray], columns: int = 2, width: int = 1200,
+                  gap: int = 4) -> np.ndarray:
+    """Tile pictures into one (``bmp-label viz --sheet``): ``columns`` per row, each scaled to the
+    column width, rows as tall as their tallest picture, white gaps.
+
+    Args:
+        images_rgb: (H_i, W_i, 3) uint8 pictures, in reading order.
+        columns: pictures per row.
+        width: the sheet's width in pixels.
+        gap: white pixels between pictures.
+
+    Returns:
+        (H, width, 3) uint8 RGB.
+    """
+    if not images_rgb:
+        raise ValueError("a contact sheet needs at least one picture")
+    columns = max(1, min(columns, len(images_rgb)))
+    cell = (width - gap * (columns - 1)) // columns
+    tiles = []
+    for image in images_rgb:
+        h, w = image.shape[:2]
+        size = (cell, max(1, round(h * cell / w)))
+        tiles.append(np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)))
+    rows = []
+    for r in range(0, len(tiles), columns):
+        row_tiles = tiles[r:r + columns]
+        height = max(t.shape[0] for t in row_tiles)
+        row = np.full((height, width, 3), 255, np.uint8)
+        for c, tile in enumerate(row_tiles):
+            x = c * (cell + gap)
+            row[: tile.shape[0], x:x + cell] = tile
+        rows.append(row)
+    spacer = np.full((gap, width, 3), 255, np.uint8)
+    return np.concatenate([part for row in rows for part in (row, spacer)][:-1], axis=0)
 
 
 def thumbnail(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
