@@ -166,7 +166,7 @@ def test_gif_right_panel_follows_the_policy(traced: BmpResult, image_004806: np.
     frames = viz.iteration_frames(rgb, traced.traces, inst, style, max_width=10**6, keep=keep, ignore=ignore)
     right = frames[-1][:, rgb.shape[1]:]
     expected = viz.blend_masks(viz.hatch_masks(rgb, inst.masks[1:2]), inst.masks[:1], viz.person_colors_rgb(1), 0.6)
-    band = slice(40, None)  # below the title
+    band = slice(70, None)  # below the title
     assert np.array_equal(right[band], expected[band])
     everyone = viz.iteration_frames(rgb, traced.traces, inst, style, max_width=10**6)[-1][:, rgb.shape[1]:]
     assert not np.array_equal(everyone[band], expected[band])  # without a policy, the others are drawn
