@@ -75,9 +75,9 @@ def _cli(*argv: str) -> str:
 
 
 def _region(box: tuple[int, int, int, int], pad: int = 3) -> tuple[slice, slice]:
-    """Inside the box, below the title (rows < 30) and off its edges."""
+    """Inside the box, below the title and its tab (rows < 36) and off its edges."""
     x0, y0, x1, y1 = box
-    return slice(max(y0 + pad, 30), y1 - pad), slice(x0 + pad, x1 - pad)
+    return slice(max(y0 + pad, 36), y1 - pad), slice(x0 + pad, x1 - pad)
 
 
 def _changed(picture: np.ndarray, box: tuple[int, int, int, int]) -> float:
