@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bmp_core.output import layout
-from bmp_core.output.export.policy import ResolvedPolicy
+from bmp_core.output.export.policy import ExportPolicy, ResolvedPolicy
 from bmp_core.output.reader import JobOutput, image_labels, load_output, read_image_rgb
 from bmp_core.output.store import OutputStore
 from bmp_core.records import Instances
@@ -128,8 +128,12 @@ def _policy(args: argparse.Namespace) -> ResolvedPolicy | None:
 
     try:
         return policy_from_args(args, args.output)
-    except (PolicyError, OutputStateError) as err:
+    except PolicyError as err:
         print(f"bmp-label {args.command}: {err}", file=sys.stderr)
+        return None
+    except OutputStateError as err:  # no config.yaml: the backend, so its default policy, is unknown
+        hint = " or --all" if args.command == "viz" else ""
+        print(f"bmp-label {args.command}: {err}; give the policy with --policy EXPORT_JSON{hint}", file=sys.stderr)
         return None
 
 
@@ -144,7 +148,11 @@ def cmd_viz(args: argparse.Namespace) -> int:
     output = _load(args.output, full_instances=False)  # masks are read per drawn image
     if output is None:
         return 2
-    resolved = _policy(args)
+    if args.all and not OutputStore(args.output).exists(layout.CONFIG_YAML):
+        # --all needs no policy, only a keypoint threshold: an output without config.yaml is drawn too.
+        resolved = ResolvedPolicy(ExportPolicy(keypoint_thr=args.keypoint_thr or 0.3), "options")
+    else:
+        resolved = _policy(args)
     if resolved is None:
         return 2
     policy = resolved.policy
