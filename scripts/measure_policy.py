@@ -42,14 +42,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bmp_core.coco_meta import SIGMAS  # noqa: E402
-from bmp_core.io.image_matching import match_images  # noqa: E402
-from bmp_core.ops.rle import decode_rle  # noqa: E402
-from bmp_core.output.export.policy import Decision, ExportPolicy, decide  # noqa: E402
-from bmp_core.output.reader import load_output  # noqa: E402
-from bmp_core.output.tables import keypoints_array, rles_of  # noqa: E402
+from bmp_core.coco_meta import SIGMAS
+from bmp_core.io.image_matching import match_images
+from bmp_core.ops.rle import decode_rle
+from bmp_core.output.export.policy import Decision, ExportPolicy, decide
+from bmp_core.output.reader import load_output
+from bmp_core.output.tables import keypoints_array, rles_of
 
 # One threshold at a time, the others at their keep-everything value.
 SWEEPS: dict[str, tuple[float, ...]] = {
