@@ -253,7 +253,7 @@ def policy_section(output: JobOutput, policy: Any, policy_source: str | None = N
     note = (f"<p class='note'>Policy{source}: {_esc(values)}. A person passing every threshold is kept (a training "
             "target, coloured in the samples); one failing a threshold becomes an ignore region (grey hatching), "
             "or is dropped when its mask is empty. Counted as <code>bmp-label export</code> with the same options "
-            "counts in export.json (the first threshold a person fails is its reason); the Counts section above "
+            "counts them in export.json (the first threshold a person fails is its reason); the Counts section above "
             "is the raw output.</p>")
     if counts is None:
         return _section("policy", "Export policy", note + "<p class='err'>No plan: cannot apply the policy.</p>")
