@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
 EXPORT_EPILOG = """\
 Policy: a person passing every --min-* threshold is a training target; one failing any becomes an
 ignore region (COCO iscrowd=1 with its mask, no keypoints), or is dropped when its mask is empty.
+Thresholds not given come from the default policy of the output's backend (docs/exports.md), or
+from --policy EXPORT_JSON; `bmp-label viz` and `report` draw and count by the same policy.
 Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Failed images are never exported.
 YOLO has no ignore regions: images whose ignore area exceeds --max-ignore-fraction are left out,
 below it the ignored people are left out of the labels. The split is a stable hash of each URI.
@@ -164,20 +166,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, metavar="FORMAT",
                    help="coco | yolo-pose | yolo-seg | label-studio")
     p.add_argument("--to", required=True, metavar="DEST", help="new folder or s3:// prefix for the export")
-    pol = p.add_argument_group("policy (recorded in DEST/export.json)")
-    pol.add_argument("--min-det-score", type=float, default=0.0, help="detector score (default 0)")
-    pol.add_argument("--min-pose-score", type=float, default=0.0, help="pose score, mean of 17 keypoints (default 0)")
-    pol.add_argument("--min-sam-score", type=float, default=0.0,
-                     help="SAM score (default 0); > 0 also fails people SAM never prompted")
-    pol.add_argument("--keypoint-thr", type=float, default=None,
-                     help="keypoints at or above are labeled v=2 (default: the job's job.coco_keypoint_thr)")
-    pol.add_argument("--min-visible-keypoints", type=int, default=0,
-                     help="keypoints at or above --keypoint-thr (default 0)")
-    pol.add_argument("--min-mask-area", type=int, default=0, help="refined-mask pixels (default 0)")
-    pol.add_argument("--val-fraction", type=float, default=0.0,
-                     help="share of images in val, by a stable hash of the URI (default 0)")
-    pol.add_argument("--max-ignore-fraction", type=float, default=0.05,
-                     help="YOLO: leave out images whose ignore regions cover more of the image (default 0.05)")
+    from jobs.cli_policy import add_policy_options
+
+    add_policy_options(p, "policy (recorded in DEST/export.json)")
     fmt = p.add_argument_group("format options")
     fmt.add_argument("--images-per-file", type=int, default=50_000, help="COCO: images per file (default 50000)")
     fmt.add_argument("--coco-segmentation", default="rle",
@@ -195,30 +186,25 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_training(args: argparse.Namespace) -> int:
-    from bmp_core.output.export.policy import ExportPolicy, PolicyError
+    from bmp_core.output.export.policy import PolicyError
     from bmp_core.output.export.run import ExportOptions, ExportUsageError, export_output
-    from bmp_core.output.plan import load_plan, load_stored_config
+    from bmp_core.output.plan import load_plan
     from bmp_core.output.store import OutputStore
+    from jobs.cli_policy import policy_from_args
 
     try:
-        thr = args.keypoint_thr
-        if thr is None:
-            store = OutputStore(args.output)
-            load_plan(store)  # not an output: say so before anything else
-            thr = load_stored_config(store).job.coco_keypoint_thr
-        policy = ExportPolicy(min_det_score=args.min_det_score, min_pose_score=args.min_pose_score,
-                              min_sam_score=args.min_sam_score, keypoint_thr=float(thr),
-                              min_visible_keypoints=args.min_visible_keypoints, min_mask_area_px=args.min_mask_area,
-                              val_fraction=args.val_fraction, max_ignore_fraction=args.max_ignore_fraction)
+        load_plan(OutputStore(args.output))  # not an output: say so before anything else
+        resolved = policy_from_args(args, args.output)
         options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
                                 link=args.link, polygon_tolerance_px=args.polygon_tolerance,
                                 image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
                                 progress=not args.no_progress)
-        manifest = export_output(args.output, args.to, args.format, policy, options)
+        manifest = export_output(args.output, args.to, args.format, resolved.policy, options, resolved.source)
     except (PolicyError, ExportUsageError) as err:
         raise ConfigError(str(err)) from None
     c = manifest.counts
-    print(json.dumps({"export": manifest.format, "to": args.to, "images": c["images"], "people": c["people"],
+    print(json.dumps({"export": manifest.format, "to": args.to, "policy": manifest.policy_source,
+                      "images": c["images"], "people": c["people"],
                       "ignored_by_reason": {k: v for k, v in c["ignored_by_reason"].items() if v},
                       "format_dropped": c["format_dropped"]}))
     return EXIT_OK

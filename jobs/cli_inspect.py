@@ -2,9 +2,13 @@
 
 Usage::
 
-    bmp-label viz OUT [--images ID|GLOB ...] [--out DIR] [--gif] [--limit N] [--keypoint-thr 0.3]
+    bmp-label viz OUT [--images ID|GLOB ...] [--out DIR] [--gif] [--limit N] [--all] [policy options]
     bmp-label eval OUT --gt GT.json [--iou-types keypoints segm bbox] [--backend auto] [--out OUT/eval.json]
-    bmp-label report OUT [--out OUT/report.html] [--samples 12] [--policy DEST/export.json]
+    bmp-label report OUT [--out OUT/report.html] [--samples 12] [policy options]
+
+``viz`` and ``report`` show the output as an export would take it: by the export policy that
+``bmp-label export`` applies with the same options (the output backend's default policy, or
+``--policy DEST/export.json``, with any threshold changed by its option; jobs/cli_policy.py).
 
 ``jobs/cli.py`` registers these with ``add_subparsers(subparsers)``; each sub-parser sets
 ``func`` to its ``cmd_*`` function, which returns the process exit code. ``python -m jobs.cli_inspect``
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bmp_core.output import layout
+from bmp_core.output.export.policy import ExportPolicy, ResolvedPolicy
 from bmp_core.output.reader import JobOutput, image_labels, load_output, read_image_rgb
 from bmp_core.output.store import OutputStore
 from bmp_core.records import Instances
@@ -34,17 +39,28 @@ DEFAULT_VIZ_LIMIT = 100  # images drawn when none are named: an output may hold 
 
 def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``viz``, ``eval`` and ``report`` to a parser's sub-commands."""
-    viz = subparsers.add_parser("viz", help="draw masks, skeletons and boxes on the images (and GIFs)")
+    from jobs.cli_policy import add_policy_options
+
+    viz = subparsers.add_parser(
+        "viz", help="draw the labels a trainer gets (kept people, grey ignore regions) on the images (and GIFs)",
+        description="Draw each image's labels by the export policy: kept people in colour with their skeletons, "
+        "ignore regions as grey hatching, dropped people not drawn (--all: every person of the output).")
     viz.add_argument("output", help="a bmp-label output folder or s3:// prefix")
     viz.add_argument("--images", nargs="+", default=None, metavar="ID|GLOB",
                      help="image ids, or globs on the image uri or file name ('000123.jpg', 's3://b/crowd/*')")
     viz.add_argument("--out", default=None, help="where to write the pictures (default OUTPUT/viz)")
     viz.add_argument("--gif", action="store_true", help="also animate the BMP passes (needs a run with trace on)")
     viz.add_argument("--limit", type=int, default=DEFAULT_VIZ_LIMIT, help="at most this many images (0: all)")
-    viz.add_argument("--keypoint-thr", type=float, default=0.3, help="hide keypoints scoring below this")
+    viz.add_argument("--all", action="store_true",
+                     help="draw every person of the output as it is (no policy; keypoints under --keypoint-thr "
+                     "hidden)")
+    viz.add_argument("--sheet", default=None, metavar="FILE.jpg",
+                     help="also tile the drawn pictures into one (2 per row, --sheet-width pixels wide)")
+    viz.add_argument("--sheet-width", type=int, default=1000, help="width of the --sheet picture (default 1000)")
     viz.add_argument("--no-masks", action="store_true", help="do not draw masks")
     viz.add_argument("--no-pose", action="store_true", help="do not draw skeletons")
     viz.add_argument("--no-boxes", action="store_true", help="do not draw boxes and scores")
+    add_policy_options(viz, "policy (what is kept, ignored, dropped)", splits=False)
     viz.set_defaults(func=cmd_viz)
 
     ev = subparsers.add_parser("eval", help="COCO AP/AR of the labels against ground truth")
@@ -65,8 +81,7 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("output", help="a bmp-label output folder or s3:// prefix")
     rep.add_argument("--out", default=None, help="the HTML file (default OUTPUT/report.html)")
     rep.add_argument("--samples", type=int, default=12, help="sample overlays in the grid")
-    rep.add_argument("--policy", default=None, metavar="EXPORT_JSON",
-                     help="an export's export.json: draw its thresholds on the histograms, count who falls below")
+    add_policy_options(rep, "policy (counted, drawn on the histograms and the samples)", splits=False)
     rep.set_defaults(func=cmd_report)
 
 
@@ -105,46 +120,93 @@ def _file_name(uri: str) -> str:
     return uri.replace("\\", "/").rsplit("/", 1)[-1]
 
 
+def _policy(args: argparse.Namespace) -> ResolvedPolicy | None:
+    """The policy of the options, or None after printing why not (exit status 2)."""
+    from bmp_core.output.export.policy import PolicyError
+    from bmp_core.output.store import OutputStateError
+    from jobs.cli_policy import policy_from_args
+
+    try:
+        return policy_from_args(args, args.output)
+    except PolicyError as err:
+        print(f"bmp-label {args.command}: {err}", file=sys.stderr)
+        return None
+    except OutputStateError as err:  # no config.yaml: the backend, so its default policy, is unknown
+        hint = " or --all" if args.command == "viz" else ""
+        print(f"bmp-label {args.command}: {err}; give the policy with --policy EXPORT_JSON{hint}", file=sys.stderr)
+        return None
+
+
 def cmd_viz(args: argparse.Namespace) -> int:
     """Draw the labels of the chosen images, as JPEGs (and GIFs of the passes with ``--gif``)."""
     from tqdm import tqdm
 
     from bmp_core.analysis import viz
+    from bmp_core.output.export.policy import Decision, decide
     from bmp_core.output.traces import load_traces
 
     output = _load(args.output, full_instances=False)  # masks are read per drawn image
     if output is None:
         return 2
+    if args.all and not OutputStore(args.output).exists(layout.CONFIG_YAML):
+        # --all needs no policy, only a keypoint threshold: an output without config.yaml is drawn too.
+        resolved = ResolvedPolicy(ExportPolicy(keypoint_thr=args.keypoint_thr or 0.3), "options")
+    else:
+        resolved = _policy(args)
+    if resolved is None:
+        return 2
+    policy = resolved.policy
     store = OutputStore(args.output)
     out_store = OutputStore(args.out) if args.out else OutputStore(store.uri_of(layout.VIZ_DIR))
     out_dir = out_store.uri
-    style = viz.DrawStyle(keypoint_thr=args.keypoint_thr, draw_masks=not args.no_masks,
+    style = viz.DrawStyle(keypoint_thr=policy.keypoint_thr, draw_masks=not args.no_masks,
                           draw_pose=not args.no_pose, draw_boxes=not args.no_boxes)
     rows = select_images(output, args.images, args.limit)
     if not rows:
         print(f"no labeled image matches {args.images}", file=sys.stderr)
         return 1
-    written, no_trace = 0, []
+    written, no_trace, sheet = 0, [], []
     for image_id, uri, width, height in tqdm(rows, desc="viz", unit="img"):
         image_rgb = read_image_rgb(uri)
-        labels = image_labels(output.instances_of(image_id), height, width)
+        table = output.instances_of(image_id)
+        labels = image_labels(table, height, width)
         stem = f"{image_id:08d}_{_file_name(uri).rsplit('.', 1)[0]}"
-        overlay = viz.draw_labels(image_rgb, labels, style, title=f"BMP: {len(labels.masks)} people")
+        keep = ignore = None
+        if args.all:
+            overlay = viz.draw_labels(image_rgb, labels, style, title=f"all {len(labels.masks)} people (no policy)")
+        else:
+            decision = decide(table, policy).decision
+            keep, ignore = decision == Decision.KEEP, decision == Decision.IGNORE
+            overlay = viz.draw_decided(image_rgb, labels, keep, ignore, style, title=decided_title(decision))
         out_store.write_bytes(f"{stem}.jpg", viz.encode_image(overlay))
         written += 1
+        if args.sheet:
+            sheet.append(overlay)
         if args.gif:
             traces = load_traces(store, image_id, np.ascontiguousarray(image_rgb[:, :, ::-1]))
             if traces is None:
                 no_trace.append(image_id)
                 continue
             instances = _instances_for_gif(output, image_id, height, width)
-            frames = viz.iteration_frames(image_rgb, traces, instances, style)
+            frames = viz.iteration_frames(image_rgb, traces, instances, style, keep=keep, ignore=ignore)
             out_store.write_bytes(f"{stem}.gif", viz.encode_gif(frames))
-    print(f"wrote {written} overlay(s) to {out_dir}")
+    drawn = "every person (--all)" if args.all else f"policy {resolved.source}"
+    print(f"wrote {written} overlay(s) to {out_dir} ({drawn})")
+    if args.sheet:
+        data = viz.encode_image(viz.contact_sheet(sheet, width=args.sheet_width), quality=75)  # a README-sized file
+        print(f"wrote {_write_file(args.sheet, args.output, args.sheet, data)} ({len(data) // 1024} KiB)")
     if no_trace:
         print(f"no GIF for {len(no_trace)} image(s) without traces (run with trace: true): {no_trace[:10]}",
               file=sys.stderr)
     return 0
+
+
+def decided_title(decision: np.ndarray) -> str:
+    """``"3 kept, 5 ignored, 23 dropped"`` of one image's ``Decision`` values."""
+    from bmp_core.output.export.policy import Decision
+
+    counts = [int((decision == d).sum()) for d in (Decision.KEEP, Decision.IGNORE, Decision.DROP)]
+    return "{} kept, {} ignored, {} dropped".format(*counts)
 
 
 def _instances_for_gif(output: JobOutput, image_id: int, height: int, width: int) -> Instances:
@@ -188,17 +250,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = _load(args.output, full_instances=False)
     if output is None:
         return 2
-    policy = None
-    if args.policy is not None:
-        from bmp_core.io.uris import read_bytes
-        from bmp_core.output.export.manifest import ExportManifest
-
-        try:
-            policy = ExportManifest.from_dict(json.loads(read_bytes(args.policy))).policy
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            print(f"bmp-label report: --policy {args.policy} is not an export.json: {err}", file=sys.stderr)
-            return 2
-    html = build_report(output, num_samples=args.samples, policy=policy)
+    resolved = _policy(args)
+    if resolved is None:
+        return 2
+    html = build_report(output, num_samples=args.samples, policy=resolved.policy, policy_source=resolved.source)
     out = _write_file(args.out, args.output, layout.REPORT_HTML, html.encode())
     print(f"wrote {out} ({len(html) / 1e6:.1f} MB)")
     return 0

@@ -1,4 +1,10 @@
-"""One self-contained ``report.html`` for an output: summary, counts, failures, histograms, samples, eval.
+"""One self-contained ``report.html`` for an output: summary, counts, failures, histograms, policy, samples, eval.
+
+With an export policy (``bmp-label report`` always passes one: the backend's default or the given
+one, as ``bmp-label export`` would apply it), the ``policy`` section counts the people kept / ignored /
+dropped per reason and per image exactly as ``export.json`` does (the same ``iter_export_shards`` and
+``ExportTally``), the histograms draw its thresholds, and the samples are drawn as a trainer gets them
+(``viz.draw_decided``). The ``counts`` section stays the raw output's.
 
 Everything is inline (CSS, PNG/JPEG as base64 ``data:`` URIs, no script or font from the network),
 so the file can be mailed or opened from S3 offline. Sections carry stable ids (``summary``,
@@ -15,6 +21,7 @@ import html
 import io
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +31,8 @@ from bmp_core.output.reader import JobOutput, image_labels, read_image_rgb
 
 logger = logging.getLogger(__name__)
 
-SECTION_IDS = ("summary", "counts", "failures", "histograms", "samples", "evaluation")
+SECTION_IDS = ("summary", "counts", "failures", "histograms", "policy", "samples", "evaluation")
+MAX_POLICY_IMAGE_ROWS = 200  # images listed in the per-image policy table; the totals are always complete
 MAX_FAILED_ROWS = 200  # failed images listed in the table; the count is always complete
 HEADER_RGB = (31, 42, 68)  # the page's header bar colour (the Chromium test looks for it)
 
@@ -128,7 +136,7 @@ def failures_section(output: JobOutput) -> str:
 
 
 def histograms_png(output: JobOutput, policy: Any = None) -> bytes:
-    """PNG of four histograms: people per image, detector, pose and SAM scores.
+    """PNG of five histograms: people per image, detector, pose and SAM scores, mask areas.
 
     With an export ``policy`` (``bmp_core.output.export.policy.ExportPolicy``), each score's minimum
     is drawn as a dashed line and the title says how many people fall below it.
@@ -150,12 +158,18 @@ def histograms_png(output: JobOutput, policy: Any = None) -> bytes:
         ("SAM score (predicted IoU)", inst.column("sam_score").drop_null().to_numpy(), np.linspace(0, 1, 21),
          policy.min_sam_score if policy else None),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), dpi=90)
+    # Mask areas span orders of magnitude: drawn as log10(1 + pixels), the threshold likewise.
+    log_area = np.log10(1.0 + inst.column("mask_area").to_numpy().astype(np.float64))
+    top = max(float(log_area.max(initial=0)), 1.0)
+    panels.append(("mask area, log10(1 + pixels)", log_area, np.linspace(0, top, 21),
+                   np.log10(1.0 + policy.min_mask_area_px) if policy else None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 3.2), dpi=90)
     for ax, (title, values, bins, thr) in zip(axes, panels, strict=True):
         ax.hist(values, bins=bins, color="#3b6fd8", edgecolor="white")
         if thr:
             ax.axvline(thr, color="#d62728", linestyle="--", linewidth=1.5)
-            title = f"{title}\nmin {thr:g}: {int((values < thr).sum())} below"
+            shown = f"{policy.min_mask_area_px} px" if title.startswith("mask area") else f"{thr:g}"
+            title = f"{title}\nmin {shown}: {int((values < thr).sum())} below"
         ax.set_title(f"{title} (n={len(values)})", fontsize=10)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
@@ -192,12 +206,73 @@ def policy_rows(output: JobOutput, policy: Any) -> list[list[Any]]:
     return rows
 
 
-def policy_section(output: JobOutput, policy: Any) -> str:
-    note = ("<p class='note'>The export policy's thresholds (dashed in the histograms) and how many people "
-            "fall below each; people below any become ignore regions in a COCO export. Visible-keypoint "
-            "counts are in the export's export.json.</p>")
-    return _section("policy", "Export policy", note + _table(["threshold", "value", "people below"],
-                                                             policy_rows(output, policy), numeric_from=1))
+@dataclass(frozen=True)
+class PolicyCounts:
+    """What an export with the policy would do, counted as ``export.json`` counts it.
+
+    Attributes:
+        tally: the export's ``ExportTally`` (kept / ignored / dropped, per reason, per split).
+        per_image: ``(image_id, uri, kept, ignored, dropped)`` of every exported (``ok``) image.
+    """
+
+    tally: Any
+    per_image: list[tuple[int, str, int, int, int]]
+
+
+def policy_counts(output: JobOutput, policy: Any) -> PolicyCounts:
+    """Apply ``policy`` to every committed shard, as an export does (one shard in memory at a time).
+
+    Raises:
+        OutputStateError: the output has no plan (a hand-made output): nothing an export could read.
+    """
+    from bmp_core.output.export.manifest import ExportTally
+    from bmp_core.output.export.policy import Decision
+    from bmp_core.output.export.source import iter_export_shards
+    from bmp_core.output.store import OutputStore
+
+    tally, per_image = ExportTally(), []
+    for shard in iter_export_shards(OutputStore(output.uri), policy):
+        tally.add_shard(shard)
+        for i, (image_id, uri) in enumerate(zip(shard.image_ids, shard.uris, strict=True)):
+            d = shard.decisions.decision[int(shard.starts[i]):int(shard.starts[i + 1])]
+            per_image.append((image_id, uri, *(int((d == k).sum()) for k in
+                                               (Decision.KEEP, Decision.IGNORE, Decision.DROP))))
+    return PolicyCounts(tally, sorted(per_image))
+
+
+def policy_section(output: JobOutput, policy: Any, policy_source: str | None = None,
+                   counts: PolicyCounts | None = None) -> str:
+    """The policy's values, the people kept / ignored / dropped per reason and per image."""
+    from bmp_core.output.export.policy import REASONS
+
+    if policy is None:
+        return _section("policy", "Export policy", "<p class='note'>No policy given: the report shows the raw "
+                        "output (every person).</p>")
+    source = f" ({_esc(policy_source)})" if policy_source else ""
+    values = ", ".join(f"{k} {v:g}" for k, v in policy.to_dict().items() if isinstance(v, (int, float)))
+    note = (f"<p class='note'>Policy{source}: {_esc(values)}. A person passing every threshold is kept (a training "
+            "target, coloured in the samples); one failing a threshold becomes an ignore region (grey hatching), "
+            "or is dropped when its mask is empty. Counted as <code>bmp-label export</code> with the same options "
+            "counts them in export.json (the first threshold a person fails is its reason); the Counts section above "
+            "is the raw output.</p>")
+    if counts is None:
+        return _section("policy", "Export policy", note + "<p class='err'>No plan: cannot apply the policy.</p>")
+    people = counts.tally.people
+    totals = _table(["people", "count"], [[k, people[k]] for k in ("kept", "ignored", "dropped")]
+                    + [["total", sum(people.values())]], numeric_from=1)
+    reasons = _table(["first failed threshold", "ignored", "dropped"],
+                     [[r, counts.tally.ignored_by_reason[r], counts.tally.dropped_by_reason[r]] for r in REASONS],
+                     numeric_from=1)
+    rows = [[i, uri.replace("\\", "/").rsplit("/", 1)[-1], k, ig, d]
+            for i, uri, k, ig, d in counts.per_image[:MAX_POLICY_IMAGE_ROWS]]
+    more = len(counts.per_image) - MAX_POLICY_IMAGE_ROWS
+    tail = f"<p class='note'>... and {more} more images.</p>" if more > 0 else ""
+    below = _table(["threshold", "value", "people below"], policy_rows(output, policy), numeric_from=1)
+    content = (note + "<div class='grid'>" + f"<div>{totals}</div><div>{reasons}</div></div>"
+               + "<h3>Per image</h3>" + _table(["image_id", "file", "kept", "ignored", "dropped"], rows, numeric_from=2)
+               + tail + "<details><summary>people below each threshold (every one it fails)</summary>"
+               + below + "</details>")
+    return _section("policy", "Export policy: kept / ignored / dropped", content)
 
 
 def pick_samples(output: JobOutput, num_samples: int) -> list[int]:
@@ -217,11 +292,13 @@ def pick_samples(output: JobOutput, num_samples: int) -> list[int]:
     return chosen[:num_samples]
 
 
-def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480) -> str:
-    """A grid of overlays (masks, skeletons, boxes) of sample images, as inline JPEGs."""
+def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480, policy: Any = None) -> str:
+    """A grid of overlays of sample images, as inline JPEGs: drawn by ``policy`` (``viz.draw_decided``),
+    or every person without one."""
     from tqdm import tqdm
 
     from bmp_core.analysis import viz
+    from bmp_core.output.export.policy import Decision, decide
 
     figures = []
     for image_id in tqdm(pick_samples(output, num_samples), desc="report samples", unit="img", leave=False):
@@ -231,12 +308,21 @@ def samples_section(output: JobOutput, num_samples: int, thumb_side: int = 480) 
         except (OSError, ValueError) as err:  # the input may have moved since the run
             figures.append(f"<figure><figcaption class='err'>{_esc(row['uri'])}: {_esc(err)}</figcaption></figure>")
             continue
-        labels = image_labels(output.instances_of(image_id), row["height"], row["width"])
-        overlay = viz.thumbnail(viz.draw_labels(image_rgb, labels), thumb_side)
+        table = output.instances_of(image_id)
+        labels = image_labels(table, row["height"], row["width"])
+        if policy is None:
+            overlay, what = viz.draw_labels(image_rgb, labels), f"{len(labels.masks)} people"
+        else:
+            d = decide(table, policy).decision
+            keep, ignore = d == Decision.KEEP, d == Decision.IGNORE
+            style = viz.DrawStyle(keypoint_thr=policy.keypoint_thr)
+            overlay = viz.draw_decided(image_rgb, labels, keep, ignore, style)
+            what = f"{int(keep.sum())} kept, {int(ignore.sum())} ignored, {int((d == Decision.DROP).sum())} dropped"
+        overlay = viz.thumbnail(overlay, thumb_side)
         src = _data_uri(viz.encode_image(overlay, "JPEG", 85), "image/jpeg")
         name = row["uri"].replace("\\", "/").rsplit("/", 1)[-1]
         figures.append(f"<figure><img alt='{_esc(name)}' src='{src}'>"
-                       f"<figcaption>#{image_id} {_esc(name)}: {len(labels.masks)} people</figcaption></figure>")
+                       f"<figcaption>#{image_id} {_esc(name)}: {what}</figcaption></figure>")
     if not figures:
         return _section("samples", "Sample overlays", "<p class='note'>No labeled image.</p>")
     return _section("samples", "Sample overlays", f"<div class='grid'>{''.join(figures)}</div>")
@@ -257,26 +343,36 @@ def evaluation_section(eval_info: dict[str, Any] | None) -> str:
     return _section("evaluation", "Evaluation (COCO AP/AR)", note + _table(header, rows, numeric_from=2))
 
 
-def build_report(output: JobOutput, num_samples: int = 12, policy: Any = None) -> str:
+def build_report(output: JobOutput, num_samples: int = 12, policy: Any = None,
+                 policy_source: str | None = None) -> str:
     """The whole HTML page.
 
     Args:
         output: the loaded output (``bmp_core.output.reader.load_output``).
         num_samples: overlays in the sample grid.
-        policy: an export's ``ExportPolicy``: its thresholds drawn on the histograms, and a ``policy``
-            section with the people below each.
+        policy: an ``ExportPolicy``: the ``policy`` section counts by it (as export.json would), its
+            thresholds are drawn on the histograms and the samples drawn by it. None: raw output only.
+        policy_source: where the policy came from (``ResolvedPolicy.source``), shown with it.
 
     Returns:
         HTML text, self-contained.
     """
+    from bmp_core.output.store import OutputStateError
+
+    counts = None
+    if policy is not None:
+        try:
+            counts = policy_counts(output, policy)
+        except OutputStateError as err:
+            logger.warning("report: the policy is not applied: %s", err)
     hist = _data_uri(histograms_png(output, policy), "image/png")
     parts = [
         summary_section(output.run_info),
-        _section("counts", "Counts", _table(["", ""], count_rows(output), numeric_from=1)),
+        _section("counts", "Counts (raw output)", _table(["", ""], count_rows(output), numeric_from=1)),
         failures_section(output),
         _section("histograms", "Histograms", f"<img style='max-width:100%' alt='histograms' src='{hist}'>"),
-        policy_section(output, policy) if policy is not None else "",
-        samples_section(output, num_samples),
+        policy_section(output, policy, policy_source, counts),
+        samples_section(output, num_samples, policy=policy),
         evaluation_section(output.eval_info),
     ]
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

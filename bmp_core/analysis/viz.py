@@ -6,6 +6,13 @@ score threshold) and its box with scores. ``iteration_frames`` turns the loop's 
 into one frame per pass: the detector's (masked-out) input with what the pass found, beside the
 refined masks and poses of everyone found so far, the reference's ``--create-gif`` idea.
 
+Drawn by an export policy (``draw_decided``; what ``bmp-label viz`` and the report show), the kept
+people (the training targets) get colours and skeletons, the ignore regions a grey hatched mask and
+nothing else, and dropped people are not drawn: the picture is what a trainer gets.
+
+Score tags are placed where they overlap neither another tag nor the title (above the box, inside
+its top, below it, inside its bottom), and left out where no place is free.
+
 Pixels outside every mask, box outline, label, limb and keypoint are left untouched, so an overlay
 can be compared with the original image (tests/unit/test_viz.py relies on it).
 """
@@ -61,6 +68,10 @@ class DrawStyle:
     draw_boxes: bool = True
 
 
+IGNORE_RGB = (128, 128, 128)  # ignore regions: grey, with darker diagonal stripes
+IGNORE_STRIPE_RGB = (40, 40, 40)
+
+
 def person_colors_rgb(n: int) -> np.ndarray:
     """(n, 3) uint8 RGB, one per person, cycling ``PALETTE_RGB``."""
     return PALETTE_RGB[np.arange(n) % len(PALETTE_RGB)]
@@ -96,6 +107,32 @@ def blend_masks(image_rgb: np.ndarray, masks: np.ndarray, colors_rgb: np.ndarray
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def hatch_masks(image_rgb: np.ndarray, masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Grey hatching over the union of ``masks`` (ignore regions): a grey blend with dark stripes.
+
+    Args:
+        image_rgb: (H, W, 3) uint8.
+        masks: (N, H, W) bool.
+        alpha: grey weight inside the union.
+
+    Returns:
+        (H, W, 3) uint8 copy; pixels outside every mask are unchanged.
+    """
+    if masks is None or len(masks) == 0:
+        return image_rgb
+    union = np.any(masks, axis=0)
+    if not union.any():
+        return image_rgb
+    h, w = union.shape
+    period = max(6, round(10 * _scale((h, w))))
+    ys, xs = np.ogrid[:h, :w]
+    stripes = ((xs + ys) % period) < max(2, period // 3)
+    out = image_rgb.astype(np.float32)
+    grey = np.where(stripes[..., None], np.array(IGNORE_STRIPE_RGB, np.float32), np.array(IGNORE_RGB, np.float32))
+    out[union] = (1.0 - alpha) * out[union] + alpha * grey[union]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def draw_overlay(
     image_rgb: np.ndarray,
     boxes_xyxy: np.ndarray | None = None,
@@ -106,10 +143,13 @@ def draw_overlay(
     style: DrawStyle | None = None,
     title: str | None = None,
     colors_rgb: np.ndarray | None = None,
+    ignore_masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw N people on an image: masks, skeletons, boxes with scores, and an optional title.
 
     Every per-person array is optional (None: that layer is skipped) but those given share N.
+    ``ignore_masks`` (M, H, W) bool are drawn first, as grey hatching (``hatch_masks``), under the
+    people.
 
     Args:
         image_rgb: (H, W, 3) uint8 RGB.
@@ -129,51 +169,84 @@ def draw_overlay(
     n = next((len(a) for a in (boxes_xyxy, keypoints, masks) if a is not None), 0)
     colors = person_colors_rgb(n) if colors_rgb is None else np.asarray(colors_rgb, np.uint8)
     out = image_rgb
+    if ignore_masks is not None and len(ignore_masks):
+        out = hatch_masks(out, ignore_masks)
     if style.draw_masks and masks is not None and len(masks):
         out = blend_masks(out, masks, colors, style.mask_alpha)
     canvas = Image.fromarray(np.ascontiguousarray(out))
     draw = ImageDraw.Draw(canvas)
     scale = _scale(image_rgb.shape[:2])
+    taken: list[tuple[float, float, float, float]] = []  # tag and title rectangles, never overlapped
+    if title:
+        font = _font(int(18 * scale))
+        stroke = max(1, int(scale))
+        origin = (6 * scale, 4 * scale)
+        x0, y0, x1, y1 = draw.textbbox(origin, title, font=font, stroke_width=stroke)
+        taken.append((x0 - 3 * scale, y0 - 2 * scale, x1 + 3 * scale, y1 + 2 * scale))  # with its dark tab
     if style.draw_boxes and boxes_xyxy is not None:
-        _draw_boxes(draw, boxes_xyxy, colors, det_scores, pose_scores, style, scale)
+        _draw_outlines(draw, boxes_xyxy, colors, style, scale)
     if style.draw_pose and keypoints is not None:
         for person, color in zip(keypoints, colors, strict=True):
             _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
-    if title:
-        draw.text((6 * scale, 4 * scale), title, fill=(255, 255, 0), font=_font(int(18 * scale)),
-                  stroke_width=max(1, int(scale)), stroke_fill=(0, 0, 0))
+    if style.draw_boxes and boxes_xyxy is not None:  # tags over every line, so none is crossed out
+        _draw_tags(draw, boxes_xyxy, colors, det_scores, pose_scores, scale, taken, canvas.size)
+    if title:  # last, on a dark tab: readable on snow as on shadow
+        draw.rectangle(taken[0], fill=(0, 0, 0))
+        draw.text(origin, title, fill=(255, 255, 0), font=font, stroke_width=stroke, stroke_fill=(0, 0, 0))
     return np.asarray(canvas)
 
 
-def _draw_boxes(
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _draw_outlines(
+    draw: ImageDraw.ImageDraw, boxes_xyxy: np.ndarray, colors: np.ndarray, style: DrawStyle, scale: float
+) -> None:
+    for box, color in zip(boxes_xyxy, colors, strict=True):
+        if np.all(np.isfinite(box)):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=tuple(int(c) for c in color),
+                           width=int(style.box_width * scale))
+
+
+def _draw_tags(
     draw: ImageDraw.ImageDraw,
     boxes_xyxy: np.ndarray,
     colors: np.ndarray,
     det_scores: np.ndarray | None,
     pose_scores: np.ndarray | None,
-    style: DrawStyle,
     scale: float,
+    taken: list[tuple[float, float, float, float]],
+    image_wh: tuple[int, int],
 ) -> None:
+    """Score tags, each at its first free place (``taken``: rectangles in use, appended to)."""
     font = _font(int(12 * scale))
+    width, height = image_wh
     for i, (box, color) in enumerate(zip(boxes_xyxy, colors, strict=True)):
-        if not np.all(np.isfinite(box)):
-            continue
-        rgb = tuple(int(c) for c in color)
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=rgb, width=int(style.box_width * scale))
         parts = []
         if det_scores is not None:
             parts.append(f"d{float(det_scores[i]):.2f}")
         if pose_scores is not None:
             parts.append(f"p{float(pose_scores[i]):.2f}")
-        if parts:
-            # Label on a filled tab above the box (inside it when the box touches the top edge).
-            text = " ".join(parts)
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            th = bottom - top + 2 * scale
-            ty = y1 - th if y1 - th >= 0 else y1
-            draw.rectangle((x1, ty, x1 + right - left + 4 * scale, ty + th), fill=rgb)
-            draw.text((x1 + 2 * scale, ty + scale - top), text, fill=(0, 0, 0), font=font)
+        if not parts or not np.all(np.isfinite(box)):
+            continue
+        # A filled tab: above the box, else inside its top, below it, inside its bottom; the first
+        # place that overlaps no earlier tag (nor the title) and lies in the image.
+        x1, y1, _, y2 = (float(v) for v in box)
+        text = " ".join(parts)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4 * scale, bottom - top + 2 * scale
+        tx = min(max(x1, 0.0), max(width - tw, 0.0))
+        for ty in (y1 - th, y1, y2, y2 - th):
+            tab = (tx, ty, tx + tw, ty + th)
+            if ty >= 0 and ty + th <= height and not any(_overlaps(tab, t) for t in taken):
+                break
+        else:
+            continue  # no free place: no tag rather than an unreadable pile
+        taken.append(tab)
+        draw.rectangle(tab, fill=tuple(int(c) for c in color))
+        draw.text((tx + 2 * scale, ty + scale - top), text, fill=(0, 0, 0), font=font)
 
 
 def _draw_skeleton(
@@ -220,12 +293,40 @@ def draw_labels(
     )
 
 
+def draw_decided(
+    image_rgb: np.ndarray,
+    labels: ImageLabels,
+    keep: np.ndarray,
+    ignore: np.ndarray,
+    style: DrawStyle | None = None,
+    title: str | None = None,
+) -> np.ndarray:
+    """The labels a trainer gets: kept people in colour (mask, skeleton, box, tag), ignore regions as
+    grey hatching (no skeleton, box or tag), the rest not drawn.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB.
+        labels: one image's labels (all its people).
+        keep, ignore: (N,) bool, from the export policy's decisions (``Decision.KEEP`` / ``IGNORE``).
+        style: drawing options; its ``keypoint_thr`` should be the policy's (keypoints below it are
+            unlabeled in the export, so not drawn).
+        title: drawn at the top-left.
+    """
+    keep, ignore = np.asarray(keep, bool), np.asarray(ignore, bool)
+    return draw_overlay(
+        image_rgb, labels.boxes_xyxy[keep], labels.keypoints[keep], labels.masks[keep], labels.det_scores[keep],
+        labels.pose_scores[keep], style, title, ignore_masks=labels.masks[ignore],
+    )
+
+
 def iteration_frames(
     image_rgb: np.ndarray,
     traces: Sequence[IterationTrace],
     instances: Instances,
     style: DrawStyle | None = None,
     max_width: int = 1280,
+    keep: np.ndarray | None = None,
+    ignore: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """One frame per BMP pass, for a GIF: what the detector saw and found | everyone found so far.
 
@@ -240,16 +341,25 @@ def iteration_frames(
         instances: the final instances of the image (their ``iteration`` field picks the panel).
         style: drawing options.
         max_width: frames wider than this are downscaled (GIFs of two full-size photos are huge).
+        keep, ignore: (N,) bool over ``instances``, an export policy's decisions: the right panel
+            then draws as ``draw_decided`` (kept in colour, ignore regions hatched, the rest not
+            drawn). None: everyone in colour.
 
     Returns:
         len(traces) frames, (H', W', 3) uint8 RGB, all the same size.
     """
     style = style or DrawStyle()
-    colors = person_colors_rgb(len(instances))
+    n = len(instances)
+    keep = np.ones(n, bool) if keep is None else np.asarray(keep, bool)
+    ignore = np.zeros(n, bool) if ignore is None else np.asarray(ignore, bool)
+    colors = np.zeros((n, 3), np.uint8)
+    colors[keep] = person_colors_rgb(int(keep.sum()))  # a kept person keeps its colour in every frame
     frames = []
     for trace in traces:
         dets = trace.detections
-        found = instances.take(np.flatnonzero(instances.iteration <= trace.iteration))
+        so_far = instances.iteration <= trace.iteration
+        found = instances.take(np.flatnonzero(so_far & keep))
+        ignored_masks = instances.masks[so_far & ignore]
         left = draw_overlay(
             np.ascontiguousarray(trace.detector_input_bgr[:, :, ::-1]), dets.boxes_xyxy, None, dets.masks,
             dets.scores, None, style, title=f"pass {trace.iteration + 1}: detector input, {len(dets)} found",
@@ -257,7 +367,7 @@ def iteration_frames(
         )
         right = draw_overlay(
             image_rgb, found.boxes_xyxy, found.keypoints, found.masks, found.det_scores, found.pose_scores,
-            style, colors_rgb=colors[instances.iteration <= trace.iteration],
+            style, colors_rgb=colors[so_far & keep], ignore_masks=ignored_masks,
             title=f"after pass {trace.iteration + 1}: +{trace.num_new} new, -{trace.num_removed_old} old",
         )
         frames.append(_fit_width(np.concatenate([left, right], axis=1), max_width))
@@ -307,6 +417,42 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
 def save_image(image_rgb: np.ndarray, path: str | Path, quality: int = 90) -> None:
     """Write (H, W, 3) uint8 RGB as JPEG or PNG (by the suffix)."""
     Image.fromarray(image_rgb).save(path, quality=quality)
+
+
+def contact_sheet(images_rgb: Sequence[np.ndarray], columns: int = 2, width: int = 1200,
+                  gap: int = 4) -> np.ndarray:
+    """Tile pictures into one (``bmp-label viz --sheet``): ``columns`` per row, each scaled to the
+    column width, rows as tall as their tallest picture, white gaps.
+
+    Args:
+        images_rgb: (H_i, W_i, 3) uint8 pictures, in reading order.
+        columns: pictures per row.
+        width: the sheet's width in pixels.
+        gap: white pixels between pictures.
+
+    Returns:
+        (H, width, 3) uint8 RGB.
+    """
+    if not images_rgb:
+        raise ValueError("a contact sheet needs at least one picture")
+    columns = max(1, min(columns, len(images_rgb)))
+    cell = (width - gap * (columns - 1)) // columns
+    tiles = []
+    for image in images_rgb:
+        h, w = image.shape[:2]
+        size = (cell, max(1, round(h * cell / w)))
+        tiles.append(np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)))
+    rows = []
+    for r in range(0, len(tiles), columns):
+        row_tiles = tiles[r:r + columns]
+        height = max(t.shape[0] for t in row_tiles)
+        row = np.full((height, width, 3), 255, np.uint8)
+        for c, tile in enumerate(row_tiles):
+            x = c * (cell + gap)
+            row[: tile.shape[0], x:x + cell] = tile
+        rows.append(row)
+    spacer = np.full((gap, width, 3), 255, np.uint8)
+    return np.concatenate([part for row in rows for part in (row, spacer)][:-1], axis=0)
 
 
 def thumbnail(image_rgb: np.ndarray, max_side: int) -> np.ndarray:

@@ -152,3 +152,21 @@ def test_trace_pass_that_cannot_be_rebuilt_is_stored_as_png(traced: BmpResult, i
     write_traces(store, 3, traces, image_004806)
     back = load_traces(store, 3, image_004806)
     assert back is not None and np.array_equal(back[1].detector_input_bgr, greyed)
+
+
+def test_gif_right_panel_follows_the_policy(traced: BmpResult, image_004806: np.ndarray) -> None:
+    """Kept people in colour, ignore regions hatched grey, the rest not drawn, in every pass's frame."""
+    rgb = np.ascontiguousarray(image_004806[:, :, ::-1])
+    inst = traced.instances
+    n = len(inst)
+    assert n >= 3
+    keep, ignore = np.zeros(n, bool), np.zeros(n, bool)
+    keep[0], ignore[1] = True, True  # person 2.. dropped
+    style = viz.DrawStyle(draw_boxes=False, draw_pose=False)
+    frames = viz.iteration_frames(rgb, traced.traces, inst, style, max_width=10**6, keep=keep, ignore=ignore)
+    right = frames[-1][:, rgb.shape[1]:]
+    expected = viz.blend_masks(viz.hatch_masks(rgb, inst.masks[1:2]), inst.masks[:1], viz.person_colors_rgb(1), 0.6)
+    band = slice(70, None)  # below the title
+    assert np.array_equal(right[band], expected[band])
+    everyone = viz.iteration_frames(rgb, traced.traces, inst, style, max_width=10**6)[-1][:, rgb.shape[1]:]
+    assert not np.array_equal(everyone[band], expected[band])  # without a policy, the others are drawn

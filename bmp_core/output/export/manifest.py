@@ -68,6 +68,8 @@ class ExportManifest:
         format: ``coco`` | ``yolo-pose`` | ``yolo-seg`` | ``label-studio``.
         source: the output the labels come from; plan_id: its plan.
         policy: the ``ExportPolicy`` applied.
+        policy_source: where it came from: ``default:<backend>`` (the backend's default policy,
+            docs/exports.md), ``export.json:<uri>``, ``options``; ``+options`` when options changed some.
         counts: the ``ExportTally`` as a dict.
         files: the export's files (paths inside DEST) with their own counts.
         options: format options (images per file, review selection, link mode).
@@ -83,6 +85,7 @@ class ExportManifest:
     options: dict[str, Any]
     bmp_label_version: str
     format_version: int = EXPORT_FORMAT_VERSION
+    policy_source: str = "options"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -99,6 +102,7 @@ class ExportManifest:
             policy=ExportPolicy(**data["policy"]), counts=data["counts"], files=data["files"],
             options=data["options"], bmp_label_version=data["bmp_label_version"],
             format_version=int(data.get("format_version", EXPORT_FORMAT_VERSION)),
+            policy_source=data.get("policy_source", "options"),  # older exports: what the options gave
         )
 
 

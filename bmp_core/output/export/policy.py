@@ -10,6 +10,11 @@ the fixed order of ``REASONS`` (so the per-reason counts of ``export.json`` add 
   neither taught as a person nor as background.
 - **drop**: fails one and has an empty mask: nothing to mark as ignored (counted, ``empty_mask``).
 
+What an export applies when no threshold is given is ``default_policy(backend)``: thresholds chosen
+per backend, because the scores mean different things (BlazePose's landmark scores, MaskPose's
+heatmap maxima, PMPose's predicted OKS); docs/exports.md ("The default policy") has the measurement
+and the reasoning behind each number. ``ExportPolicy()`` itself keeps everybody (all minimums 0).
+
 The train/val split is ``split_of(uri)``: a stable hash of the image URI, so the same image lands in
 the same split in every format, on every rerun, whatever the output's sharding.
 """
@@ -87,6 +92,75 @@ class ExportPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Backends whose scores mean different things, each with its own default policy (``default_policy``).
+BACKEND_LITE = "lite"  # MediaPipe BlazePose on given boxes
+BACKEND_BMP = "bmp"  # BMP v1.1: RTMDet-Ins + MaskPose (keypoint score = heatmap maximum) + SAM 2.1
+BACKEND_BMP_V2 = "bmp-v2"  # BMP v2: PMPose (keypoint score = predicted per-keypoint OKS)
+BACKEND_FAKE = "fake"  # bmp_core.testing fakes: they stand in for bmp, so they get its policy
+
+# Measured on the lite backend's labels of the demo images (scripts/measure_policy.py, table in
+# docs/exports.md): people under 500 mask pixels are ~15 x 35 px, too small for COCO to label their
+# keypoints; the lite backend's were all false positives there, so they become ignore regions.
+_MIN_MASK_AREA_PX = 500
+DEFAULT_POLICIES: dict[str, ExportPolicy] = {
+    # Measured (docs/exports.md): pose >= 0.7 and SAM (BlazePose mask) >= 0.9 raised the kept people's
+    # precision at OKS 0.5 from 0.35 to 0.92 on the demo images without losing a matched person;
+    # the given boxes' detector scores did not separate good people from bad (0.01 lost two).
+    BACKEND_LITE: ExportPolicy(min_pose_score=0.7, min_sam_score=0.9, keypoint_thr=0.3,
+                               min_mask_area_px=_MIN_MASK_AREA_PX),
+    # Reasoned from the method, not measured (no weights here): the method's own detector bar (score
+    # > 0.3, given boxes included) and keypoint validity threshold (0.3, heatmap maximum); a person
+    # whose mean keypoint is not valid by that threshold is unsure.
+    BACKEND_BMP: ExportPolicy(min_det_score=0.3, min_pose_score=0.3, keypoint_thr=0.3,
+                              min_mask_area_px=_MIN_MASK_AREA_PX),
+    # Reasoned, not measured: PMPose's keypoint score is a predicted OKS, and the v2 method's keypoint
+    # threshold is 0.5 everywhere; a mean predicted OKS under 0.5 says the pose is expected not to
+    # match its person even at COCO's loosest OKS (AP50).
+    BACKEND_BMP_V2: ExportPolicy(min_det_score=0.3, min_pose_score=0.5, keypoint_thr=0.5,
+                                 min_mask_area_px=_MIN_MASK_AREA_PX),
+}
+DEFAULT_POLICIES[BACKEND_FAKE] = DEFAULT_POLICIES[BACKEND_BMP]
+
+
+def policy_backend(models: Any) -> str:
+    """The ``DEFAULT_POLICIES`` key of a ``ModelsConfig`` (the output's stored ``models`` section)."""
+    if models.kind in (BACKEND_LITE, BACKEND_FAKE):
+        return models.kind
+    return BACKEND_BMP_V2 if str(models.pose.config).lower().startswith("pmpose") else BACKEND_BMP
+
+
+def default_policy(backend: str) -> ExportPolicy:
+    """The default policy of a backend (``policy_backend``); ``PolicyError`` for an unknown one."""
+    if backend not in DEFAULT_POLICIES:
+        raise PolicyError(f"no default policy for backend {backend!r}: one of {', '.join(DEFAULT_POLICIES)}")
+    return DEFAULT_POLICIES[backend]
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """A policy and where its values came from (recorded in ``export.json`` as ``policy_source``).
+
+    Attributes:
+        policy: the thresholds.
+        source: ``default:<backend>`` (``default_policy``), ``export.json:<uri>`` (read from an
+            export), ``options`` (all given); ``+options`` is appended when some values were given
+            on top of a default or an export.json.
+    """
+
+    policy: ExportPolicy
+    source: str
+
+
+def resolve_policy(base: ExportPolicy, base_source: str, **given: Any) -> ResolvedPolicy:
+    """``base`` with the ``given`` fields that are not None replaced (``+options`` in the source)."""
+    from dataclasses import replace
+
+    changed = {k: v for k, v in given.items() if v is not None}
+    if not changed:
+        return ResolvedPolicy(base, base_source)
+    return ResolvedPolicy(replace(base, **changed), f"{base_source}+options")
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,11 @@ def _prepare_dest(dest) -> None:
 
 
 def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy,
-                  options: ExportOptions = ExportOptions()) -> ExportManifest:
+                  options: ExportOptions = ExportOptions(), policy_source: str = "options") -> ExportManifest:
     """Export the output at ``source_uri`` to ``dest_uri`` in ``fmt``; returns the written manifest.
+
+    ``policy_source`` says where ``policy`` came from (``policy.ResolvedPolicy.source``, e.g.
+    ``default:lite``); ``export.json`` records it beside the policy.
 
     Raises:
         ExportUsageError: unknown format, bad option, DEST the source output itself or a folder
@@ -116,6 +119,7 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
         recorded = {"review": options.review, "review_by": options.review_by,
                     "image_url_prefix": options.image_url_prefix}
     manifest = ExportManifest(format=fmt, source=src.uri, plan_id=plan.plan_id, policy=policy,
+                              policy_source=policy_source,
                               counts=tally.__dict__, files=files, options=recorded,
                               bmp_label_version=package_version())
     dest.write_bytes(EXPORT_JSON, manifest.to_json())
