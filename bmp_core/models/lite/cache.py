@@ -43,6 +43,8 @@ class CachedPerson:
             None when BlazePose found nobody in the crop. Bool, not the float probabilities: a
             cache of 16 images x 40 people must stay small.
         mask_score: mean BlazePose probability inside ``mask_crop`` (0 when it is empty or None).
+        presence: (17,) float32 BlazePose's per-landmark presence mapped to COCO-17 (0 when nobody was found).
+        visibility: (17,) float32 BlazePose's per-landmark visibility mapped to COCO-17 (= the scores).
     """
 
     keypoints: np.ndarray
@@ -50,6 +52,13 @@ class CachedPerson:
     crop_xyxy: np.ndarray
     mask_crop: np.ndarray | None
     mask_score: float = 0.0
+    presence: np.ndarray | None = None
+    visibility: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("presence", "visibility"):  # a person cached without them (tests): unknown = 0
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.keypoints), np.float32))
 
 
 class PersonCache:
