@@ -144,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
 EXPORT_EPILOG = """\
 Policy: a person passing every --min-* threshold is a training target; one failing any becomes an
 ignore region (COCO iscrowd=1 with its mask, no keypoints), or is dropped when its mask is empty.
-Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Failed images are never exported.
+Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Where the pose model predicts
+visibility and presence (PMPose, lite), a labeled keypoint is v=2 (visible) or v=1 (occluded, visibility
+below --keypoint-visibility-thr), and v=0 when its presence is below --keypoint-presence-thr.
+Failed images are never exported.
 YOLO has no ignore regions: images whose ignore area exceeds --max-ignore-fraction are left out,
 below it the ignored people are left out of the labels. The split is a stable hash of each URI.
 DEST/export.json records the policy and the counts kept / ignored / dropped per reason.
@@ -166,13 +169,20 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, metavar="DEST", help="new folder or s3:// prefix for the export")
     pol = p.add_argument_group("policy (recorded in DEST/export.json)")
     pol.add_argument("--min-det-score", type=float, default=0.0, help="detector score (default 0)")
-    pol.add_argument("--min-pose-score", type=float, default=0.0, help="pose score, mean of 17 keypoints (default 0)")
+    pol.add_argument("--min-pose-score", type=float, default=0.0,
+                     help="pose score, mean of 17 keypoint scores (PMPose: mean predicted OKS) (default 0)")
     pol.add_argument("--min-sam-score", type=float, default=0.0,
                      help="SAM score (default 0); > 0 also fails people SAM never prompted")
     pol.add_argument("--keypoint-thr", type=float, default=None,
-                     help="keypoints at or above are labeled v=2 (default: the job's job.coco_keypoint_thr)")
+                     help="keypoints at or above are labeled, v=2 or 1 (default: the job's job.coco_keypoint_thr)")
+    pol.add_argument("--keypoint-visibility-thr", type=float, default=0.5,
+                     help="labeled keypoints with predicted visibility at or above are v=2, below v=1 "
+                     "(occluded); runs without visibility: always v=2 (default 0.5)")
+    pol.add_argument("--keypoint-presence-thr", type=float, default=0.5,
+                     help="keypoints with predicted presence below are v=0 (absent); runs without presence: "
+                     "not applied (default 0.5)")
     pol.add_argument("--min-visible-keypoints", type=int, default=0,
-                     help="keypoints at or above --keypoint-thr (default 0)")
+                     help="labeled keypoints, v > 0 (default 0)")
     pol.add_argument("--min-mask-area", type=int, default=0, help="refined-mask pixels (default 0)")
     pol.add_argument("--val-fraction", type=float, default=0.0,
                      help="share of images in val, by a stable hash of the URI (default 0)")
@@ -209,7 +219,9 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
         policy = ExportPolicy(min_det_score=args.min_det_score, min_pose_score=args.min_pose_score,
                               min_sam_score=args.min_sam_score, keypoint_thr=float(thr),
                               min_visible_keypoints=args.min_visible_keypoints, min_mask_area_px=args.min_mask_area,
-                              val_fraction=args.val_fraction, max_ignore_fraction=args.max_ignore_fraction)
+                              val_fraction=args.val_fraction, max_ignore_fraction=args.max_ignore_fraction,
+                              keypoint_visibility_thr=args.keypoint_visibility_thr,
+                              keypoint_presence_thr=args.keypoint_presence_thr)
         options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
                                 link=args.link, polygon_tolerance_px=args.polygon_tolerance,
                                 image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
