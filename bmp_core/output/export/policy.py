@@ -165,8 +165,10 @@ def keypoint_flags(keypoints: np.ndarray, visibility: np.ndarray, presence: np.n
         keypoints: (N, 17, 3) ``(x, y, score)``.
         visibility, presence: (N, 17) float, NaN where not predicted.
     """
-    score = np.asarray(keypoints, np.float64).reshape(len(keypoints), -1, 3)[:, :, 2]
-    vis, pres = np.asarray(visibility, np.float64), np.asarray(presence, np.float64)
+    # float32 against a Python float compares in float32 (NEP 50): a stored score equal to the float32
+    # nearest the threshold passes, as the exports always did.
+    score = np.asarray(keypoints, np.float32).reshape(-1, 17, 3)[:, :, 2]
+    vis, pres = np.asarray(visibility, np.float32), np.asarray(presence, np.float32)
     labeled = (score >= policy.keypoint_thr) & ~(pres < policy.keypoint_presence_thr)  # NaN < t is False
     occluded = vis < policy.keypoint_visibility_thr
     return np.where(labeled, np.where(occluded, 1, 2), 0).astype(np.int8)
