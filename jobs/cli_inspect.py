@@ -156,7 +156,8 @@ def _instances_for_gif(output: JobOutput, image_id: int, height: int, width: int
         pose_scores=labels.pose_scores, sam_scores=np.full(n, np.nan, np.float32), masks=labels.masks,
         det_masks=np.zeros_like(labels.masks), det_mask_iou=np.zeros(n, np.float32), iteration=labels.iteration,
         mask_boxes_xyxy=np.full((n, 4), np.nan, np.float32), prompts=np.zeros((n, 0, 3), np.float32),
-        prompted=np.ones(n, bool),
+        prompted=np.ones(n, bool), keypoint_presence=labels.keypoint_presence,
+        keypoint_visibility=labels.keypoint_visibility,
     )
 
 

@@ -49,6 +49,8 @@ class DrawStyle:
         keypoint_radius: keypoint dot radius.
         box_width: box outline width.
         draw_masks / draw_pose / draw_boxes: which layers to draw.
+        visibility_thr: a drawn keypoint whose predicted visibility is below this (occluded, where the
+            model predicts visibility: PMPose, lite) is a hollow ring instead of a dot.
     """
 
     keypoint_thr: float = 0.3
@@ -59,6 +61,7 @@ class DrawStyle:
     draw_masks: bool = True
     draw_pose: bool = True
     draw_boxes: bool = True
+    visibility_thr: float = 0.5
 
 
 def person_colors_rgb(n: int) -> np.ndarray:
@@ -106,6 +109,7 @@ def draw_overlay(
     style: DrawStyle | None = None,
     title: str | None = None,
     colors_rgb: np.ndarray | None = None,
+    keypoint_visibility: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw N people on an image: masks, skeletons, boxes with scores, and an optional title.
 
@@ -121,6 +125,7 @@ def draw_overlay(
         style: drawing options (``DrawStyle()`` when None).
         title: text drawn at the top-left, as the reference demo does.
         colors_rgb: (N, 3) uint8 person colours; ``person_colors_rgb(N)`` when None.
+        keypoint_visibility: (N, 17) predicted visibility (NaN or None: not predicted, all drawn solid).
 
     Returns:
         (H, W, 3) uint8 RGB copy.
@@ -137,8 +142,11 @@ def draw_overlay(
     if style.draw_boxes and boxes_xyxy is not None:
         _draw_boxes(draw, boxes_xyxy, colors, det_scores, pose_scores, style, scale)
     if style.draw_pose and keypoints is not None:
-        for person, color in zip(keypoints, colors, strict=True):
-            _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
+        occluded = np.zeros(np.shape(keypoints)[:2], bool)
+        if keypoint_visibility is not None:
+            occluded = np.asarray(keypoint_visibility, np.float32) < style.visibility_thr  # NaN: False
+        for person, color, hollow in zip(keypoints, colors, occluded, strict=True):
+            _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale, hollow)
     if title:
         draw.text((6 * scale, 4 * scale), title, fill=(255, 255, 0), font=_font(int(18 * scale)),
                   stroke_width=max(1, int(scale)), stroke_fill=(0, 0, 0))
@@ -177,9 +185,11 @@ def _draw_boxes(
 
 
 def _draw_skeleton(
-    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, ...], style: DrawStyle, scale: float
+    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, ...], style: DrawStyle, scale: float,
+    hollow: np.ndarray | None = None,
 ) -> None:
-    """Limbs whose both ends score >= the threshold, then the visible keypoints as dots."""
+    """Limbs whose both ends score >= the threshold, then those keypoints as dots (``hollow``: (17,) bool,
+    rings for the occluded ones)."""
     visible = (keypoints[:, 2] >= style.keypoint_thr) & np.all(np.isfinite(keypoints[:, :2]), axis=1)
     width = max(1, round(style.line_width * scale))
     for a, b in SKELETON:
@@ -187,7 +197,11 @@ def _draw_skeleton(
             (xa, ya), (xb, yb) = keypoints[a - 1, :2], keypoints[b - 1, :2]
             draw.line((float(xa), float(ya), float(xb), float(yb)), fill=color, width=width)
     r = style.keypoint_radius * scale
-    for x, y in keypoints[visible, :2]:
+    rings = np.zeros(len(keypoints), bool) if hollow is None else np.asarray(hollow, bool)
+    for (x, y), ring in zip(keypoints[visible, :2], rings[visible], strict=True):
+        if ring:  # occluded: a ring in the person's colour, its rim dark like a dot's
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=None, outline=color, width=max(1, round(scale)))
+            continue
         # A dark rim keeps a dot visible on a mask of its own colour.
         draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(0, 0, 0))
 
@@ -206,7 +220,7 @@ def draw_instances(
     """
     return draw_overlay(
         image_rgb, instances.boxes_xyxy, instances.keypoints, instances.masks,
-        instances.det_scores, instances.pose_scores, style, title,
+        instances.det_scores, instances.pose_scores, style, title, keypoint_visibility=instances.keypoint_visibility,
     )
 
 
@@ -216,7 +230,7 @@ def draw_labels(
     """``draw_overlay`` for one image's labels read back from an output (``bmp_core.output.reader.image_labels``)."""
     return draw_overlay(
         image_rgb, labels.boxes_xyxy, labels.keypoints, labels.masks, labels.det_scores, labels.pose_scores,
-        style, title,
+        style, title, keypoint_visibility=labels.keypoint_visibility,
     )
 
 
@@ -258,6 +272,7 @@ def iteration_frames(
         right = draw_overlay(
             image_rgb, found.boxes_xyxy, found.keypoints, found.masks, found.det_scores, found.pose_scores,
             style, colors_rgb=colors[instances.iteration <= trace.iteration],
+            keypoint_visibility=found.keypoint_visibility,
             title=f"after pass {trace.iteration + 1}: +{trace.num_new} new, -{trace.num_removed_old} old",
         )
         frames.append(_fit_width(np.concatenate([left, right], axis=1), max_width))
