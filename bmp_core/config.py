@@ -44,8 +44,9 @@ class DetectFilterConfig:
 class PoseNmsConfig:
     oks_thr: float = 0.8  # remove one of a pair when OKS > this (oks_nms_thr)
     keypoint_thr: float = 0.3  # a keypoint is "valid"/visible for OKS when score > this (confidence_thr)
-    # true (BMP v2): losing old instances are removed only in a pass where a new one survives; false: in every pass
-    remove_losing_old: bool = False  # (D3 as decided, docs/decisions.md); true is v2's rule (docs/method.md)
+    # Old instances that lose pose-NMS are removed: false (D3 as decided) in every pass; true (BMP v2) only in a
+    # pass where at least one new instance survives it (docs/method.md).
+    remove_losing_old: bool = False  # true (v2): losing old instances go only when a new one survives; false: always
 
 
 @dataclass(frozen=True)

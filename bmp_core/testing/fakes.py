@@ -188,9 +188,9 @@ class FakePoseEstimator:
     non-empty conditioning mask (the fake's stand-in for MaskPose's background dimming).
 
     With ``visibility`` (PMPose's extra outputs, ``models.fake.visibility``) it also predicts, per keypoint,
-    presence = 0.97 inside the image and 0.05 on its border (a template point cut to the image), and
-    visibility = 0.2 for a keypoint under another person's conditioning mask (occluded by them) and not
-    its own, else 0.55 + 0.4 x local brightness. Without it both are None, and the keypoints are exactly
+    presence = 0.97 inside the image and 0.05 outside it, and visibility = 0.2 for a keypoint under the
+    conditioning mask of a person earlier in the list (the loop's are by descending detector score: taken
+    as standing in front), else 0.55 + 0.4 x local brightness. Without it both are None, and the keypoints are exactly
     what they always were (the golden tests).
     """
 
@@ -235,11 +235,10 @@ class FakePoseEstimator:
 
 
 def _under_others(masks: np.ndarray | None, i: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(K,) bool: the pixels (rows, cols) lie under another person's mask and not under person i's own."""
-    if masks is None or len(masks) < 2:
+    """(K,) bool: the pixels (rows, cols) lie under the mask of a person before person i (in front of it)."""
+    if masks is None or i == 0:
         return np.zeros(len(rows), bool)
-    at = np.asarray(masks)[:, rows, cols]  # (N, K)
-    return np.delete(at, i, axis=0).any(axis=0) & ~at[i]
+    return np.asarray(masks[:i])[:, rows, cols].any(axis=0)
 
 
 def _window_gray_mean(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> float:
