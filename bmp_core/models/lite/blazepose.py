@@ -99,13 +99,14 @@ class BlazePoseRunner:
 
         Returns:
             ((33, 4) float32 ``(x_norm, y_norm, visibility, presence)``, (h, w) float32 person probability),
-            or (None, None) when BlazePose's detector finds nobody in the crop.
+            or (None, None) when BlazePose's detector finds nobody in the crop. Presence is NaN where the
+            graph does not set it (mediapipe 0.10.21's ``solutions.pose`` sets visibility only).
         """
         result = self._pose.process(np.ascontiguousarray(crop_bgr[:, :, ::-1]))  # MediaPipe takes RGB
         if result.pose_landmarks is None:
             return None, None
-        landmarks = np.array([(p.x, p.y, p.visibility, p.presence) for p in result.pose_landmarks.landmark],
-                             np.float32)
+        landmarks = np.array([(p.x, p.y, p.visibility, p.presence if p.HasField("presence") else np.nan)
+                              for p in result.pose_landmarks.landmark], np.float32)
         if landmarks.shape != (NUM_BLAZEPOSE_LANDMARKS, 4):  # pragma: no cover - a different mediapipe graph
             raise RuntimeError(f"BlazePose returned {landmarks.shape[0]} landmarks, expected 33")
         seg = result.segmentation_mask
@@ -139,8 +140,9 @@ class BlazePoseEstimator:
 
         Returns:
             B ``PoseOutput``: (N_i, 17, 3) float32 ``(x, y, score)`` in image pixels, score = BlazePose
-            visibility, and (N_i, 17) BlazePose visibility and presence. A crop where BlazePose finds
-            nobody gives its box centre with score, visibility and presence 0 for all 17 keypoints.
+            visibility, and (N_i, 17) BlazePose visibility and presence (None when the graph gives no
+            presence, as mediapipe 0.10.21's does not). A crop where BlazePose finds nobody gives its
+            box centre with score, visibility and presence 0 for all 17 keypoints.
         """
         if not len(images_bgr) == len(boxes_xyxy) == len(masks):
             raise ValueError(
@@ -158,8 +160,11 @@ class BlazePoseEstimator:
                 empty = np.zeros((0, NUM_KEYPOINTS), np.float32)
                 out.append(PoseOutput(np.zeros((0, NUM_KEYPOINTS, 3), np.float32), empty, empty))
                 continue
-            out.append(PoseOutput(np.stack([p.keypoints for p in people]),
-                                  np.stack([p.presence for p in people]), np.stack([p.visibility for p in people])))
+            presence = np.stack([p.presence for p in people])
+            # NaN: not given by the graph; 0 where nobody was found (a crop without a person).
+            presence = None if np.isnan(presence).all() else np.nan_to_num(presence, nan=0.0)
+            out.append(PoseOutput(np.stack([p.keypoints for p in people]), presence,
+                                  np.stack([p.visibility for p in people])))
         return out
 
     def pose_box(self, image_bgr: np.ndarray, box_xyxy: np.ndarray, mask: np.ndarray | None) -> CachedPerson:
@@ -182,7 +187,7 @@ class BlazePoseEstimator:
         if prob_crop is not None:
             mask_crop = prob_crop >= self.cfg.mask_thr
             mask_score = float(prob_crop[mask_crop].mean()) if mask_crop.any() else 0.0
-        presence = np.zeros(NUM_KEYPOINTS, np.float32)
+        presence = np.full(NUM_KEYPOINTS, np.nan, np.float32)  # unknown unless the landmarks carry it
         if landmarks is None:
             keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
             keypoints[:, 0] = (box_xyxy[0] + box_xyxy[2]) / 2.0

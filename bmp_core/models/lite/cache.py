@@ -43,7 +43,7 @@ class CachedPerson:
             None when BlazePose found nobody in the crop. Bool, not the float probabilities: a
             cache of 16 images x 40 people must stay small.
         mask_score: mean BlazePose probability inside ``mask_crop`` (0 when it is empty or None).
-        presence: (17,) float32 BlazePose's per-landmark presence mapped to COCO-17 (0 when nobody was found).
+        presence: (17,) float32 BlazePose's per-landmark presence mapped to COCO-17 (NaN: not given).
         visibility: (17,) float32 BlazePose's per-landmark visibility mapped to COCO-17 (= the scores).
     """
 
@@ -56,9 +56,10 @@ class CachedPerson:
     visibility: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for name in ("presence", "visibility"):  # a person cached without them (tests): unknown = 0
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, np.zeros(len(self.keypoints), np.float32))
+        if self.presence is None:  # a person cached without them (tests): presence unknown, visibility = score
+            object.__setattr__(self, "presence", np.full(len(self.keypoints), np.nan, np.float32))
+        if self.visibility is None:
+            object.__setattr__(self, "visibility", np.asarray(self.keypoints, np.float32)[:, 2].copy())
 
 
 class PersonCache:

@@ -102,7 +102,7 @@ def coco17_of(per_landmark: np.ndarray) -> np.ndarray:
     values = np.asarray(per_landmark, np.float32).reshape(-1)
     if values.shape != (NUM_BLAZEPOSE_LANDMARKS,):
         raise ValueError(f"expected 33 per-landmark values, got {values.shape}")
-    return np.clip(values[list(BLAZEPOSE_TO_COCO17)], 0.0, 1.0)
+    return np.clip(values[list(BLAZEPOSE_TO_COCO17)], 0.0, 1.0)  # NaN (not given) stays NaN
 
 
 def landmarks_to_coco17(landmarks_norm: np.ndarray, crop_xyxy: np.ndarray) -> np.ndarray:
