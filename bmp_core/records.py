@@ -154,7 +154,8 @@ class Instances:
         det_mask_iou: (N,) float32 IoU between ``det_masks`` and ``masks``.
         iteration: (N,) int32 0-based BMP iteration that found the instance.
         mask_boxes_xyxy: (N, 4) float32 tight box of ``masks`` (NaN for an empty mask).
-        prompts: (N, K, 3) float32 SAM prompt points ``(x, y, score)``, zero-padded to K.
+        prompts: (N, K, 3) float32 SAM prompt points ``(x, y, score)``, zero-padded to K; with
+            ``k_most_visible`` prompts ``(x, y, visibility)``, as the reference's ``sam_kpts``.
         prompted: (N,) bool False when no keypoint was confident enough to prompt SAM; such an
             instance keeps its detector mask.
         keypoint_presence: (N, 17) float32 the pose model's P(keypoint inside the crop); NaN where the
