@@ -100,6 +100,9 @@ def test_visibility_ap_on_oks_matched_people_equals_brute_force() -> None:
     assert got["num_people"] == 3 and got["num_keypoints"] == int(labeled.sum())
     assert got["num_occluded"] == int((v_gt == 1).sum())
     assert "keypoint visibility: AP" in format_table(result)
+    from bmp_core.analysis.report import evaluation_section
+
+    assert f"keypoint visibility: AP {want:.3f}" in evaluation_section(result)  # the report shows it too
 
     # a person predicted far from everyone is matched to nobody: its visibility does not count
     moved = copy.deepcopy(gt)
