@@ -44,22 +44,25 @@ class DetectFilterConfig:
 class PoseNmsConfig:
     oks_thr: float = 0.8  # remove one of a pair when OKS > this (oks_nms_thr)
     keypoint_thr: float = 0.3  # a keypoint is "valid"/visible for OKS when score > this (confidence_thr)
+    # Old instances that lose pose-NMS are removed: false (D3 as decided) in every pass; true (BMP v2) only in a
+    # pass where at least one new instance survives it (docs/method.md).
+    remove_losing_old: bool = False  # true (v2): losing old instances go only when a new one survives; false: always
 
 
 @dataclass(frozen=True)
 class PromptConfig:
     num_pos_keypoints: int = 6  # positive SAM points per instance (D3: 6, J1: 4)
-    confidence_thr: float = 0.3  # keypoints with score < this are zeroed before selection
-    visibility_thr: float = 0.3  # keypoints with score >= this may become prompts
-    selection_method: str = "distance+confidence"  # or "confidence" (most confident first)
+    confidence_thr: float = 0.3  # score < this zeroed before selection (k_most_visible: gate on score > this)
+    visibility_thr: float = 0.3  # keypoints with score >= this may become prompts (k_most_visible: visibility >=)
+    selection_method: str = "distance+confidence"  # or "confidence" (by score), "k_most_visible" (v2: by visibility)
     collapse_face: bool = True  # nose + eyes become their single most confident point
     confidence_percentile: float = 80.0  # distance+confidence draws from the top (100-p)% band
 
     def __post_init__(self) -> None:
-        if self.selection_method not in ("distance+confidence", "confidence"):
+        if self.selection_method not in ("distance+confidence", "confidence", "k_most_visible"):
             raise ConfigError(
                 f"loop.prompt.selection_method: {self.selection_method!r} is not one of "
-                "'distance+confidence', 'confidence'"
+                "'distance+confidence', 'confidence', 'k_most_visible'"
             )
         if self.num_pos_keypoints < 1:
             raise ConfigError("loop.prompt.num_pos_keypoints must be >= 1")
@@ -179,6 +182,7 @@ class FakeModelsConfig:
     latency_ms: float = 0.0  # simulated time per image of each detector pass, its own compute included (benchmarks)
     fail_width: int = 0  # fault tests: the fake detector fails on batches with an image this wide (0: never)
     fail_with: str = "bug"  # "bug": ValueError (a model bug, fails the shard); "oom": CUDA out of memory
+    visibility: bool = False  # the fake pose also predicts per-keypoint presence + visibility (as PMPose does)
 
     def __post_init__(self) -> None:
         if self.fail_with not in ("bug", "oom"):
@@ -315,6 +319,12 @@ class BmpConfig:
                 f"models.kind: {self.models.kind} needs loop.iterations: 1 (got {self.loop.iterations}): "
                 "it has no person detector for a second pass"
             )
+        if self.loop.prompt.selection_method == "k_most_visible" and not _pose_predicts_visibility(self.models):
+            raise ConfigError(
+                "loop.prompt.selection_method: k_most_visible ranks keypoints by the pose model's visibility, "
+                f"which {_pose_name(self.models)} does not predict; use a PMPose pose model (models.pose.config: "
+                "pmpose-b), models.fake.visibility: true for the fakes, or selection_method: distance+confidence"
+            )
         det, people = self.models.detector, self.loop.detect
         bmp = self.models.kind == "bmp"
         if bmp and det.keep_label is not None and det.keep_label != people.person_label:
@@ -329,6 +339,20 @@ class BmpConfig:
                 f"{people.score_thr}: the detector would drop people the loop keeps; set "
                 f"models.detector.keep_score_thr={people.score_thr} (or null)"
             )
+
+
+def _pose_predicts_visibility(models: ModelsConfig) -> bool:
+    """Whether the pose model these settings build returns per-keypoint visibility (``PoseOutput``)."""
+    if models.kind == "fake":
+        return models.fake.visibility
+    if models.kind == "lite":
+        return True  # BlazePose landmarks carry visibility and presence
+    return models.pose.config.startswith("pmpose")
+
+
+def _pose_name(models: ModelsConfig) -> str:
+    return "the fake pose model (models.fake.visibility: false)" if models.kind == "fake" else (
+        f"models.pose.config {models.pose.config!r}")
 
 
 def check_job_config(cfg: BmpConfig) -> None:

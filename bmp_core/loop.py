@@ -3,7 +3,7 @@
 Per image, for ``cfg.iterations`` passes:
   1. detect people on the masked-out image (pass 0: the original, or the user's boxes),
   2. pose them on the ORIGINAL image, conditioned on the detector masks,
-  3. pose-NMS old + new instances (OKS), which may also remove old ones,
+  3. pose-NMS old + new instances (OKS), which may also remove old ones (v2: only when a new one survives),
   4. refine the new instances' masks with SAM, prompted by their confident keypoints,
   5. make the new masks exclusive, merge (old first), and black out every mask for the next pass.
 
@@ -42,10 +42,10 @@ from bmp_core.ops.masks import (
     mask_windows,
     window_boxes_xyxy,
 )
-from bmp_core.ops.pose_nms import pose_nms
-from bmp_core.ops.prompts import has_prompt, select_prompt_keypoints
+from bmp_core.ops.pose_nms import keep_old_unless_new_survives, pose_nms
+from bmp_core.ops.prompts import K_MOST_VISIBLE, has_prompt, select_most_visible, select_prompt_keypoints
 from bmp_core.ports import BmpModels
-from bmp_core.records import NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
+from bmp_core.records import BmpResult, Detections, Instances, IterationTrace, PoseOutput
 
 # Model calls (detect, pose, segment_prepare, segment) and the loop's own work between them (filter: the
 # detector's person/score/NMS filter; pose_nms; prompts; exclusive; masks: the new rows' masks, IoU and
@@ -411,7 +411,7 @@ def _pose_and_refine_step(
     states: list[_ImageState], models: BmpModels, cfg: LoopConfig, iteration: int, trace: bool
 ) -> None:
     with_people = [s for s in states if len(s.new)]
-    keypoints_per_image: list[np.ndarray] = []
+    keypoints_per_image: list[PoseOutput] = []
     if with_people:
         t0 = time.perf_counter()
         keypoints_per_image = models.pose.estimate(
@@ -432,8 +432,8 @@ def _pose_and_refine_step(
                                     detections.masks.copy())
         num_new = num_removed = 0
         if len(detections):
-            kpts_new = np.asarray(poses[id(s)], np.float32).reshape(len(detections), -1, 3)[:, :NUM_KEYPOINTS]
-            num_new, num_removed = _merge_new(s, models, cfg, iteration, s.new, kpts_new)
+            num_new, num_removed = _merge_new(s, models, cfg, iteration, s.new, _checked_pose(poses[id(s)],
+                                                                                                len(detections)))
         if trace:
             s.traces.append(IterationTrace(iteration, s.detector_input_bgr, detections, num_new, num_removed))
         if iteration + 1 < cfg.iterations:  # after the last pass nobody reads the next detector input
@@ -445,7 +445,16 @@ def _pose_and_refine_step(
         s.new = None
 
 
-def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], models: BmpModels,
+def _checked_pose(pose: PoseOutput, n: int) -> PoseOutput:
+    """The pose model's output for ``n`` people as float32 arrays (what the loop's records hold)."""
+    if not isinstance(pose, PoseOutput) or len(pose.keypoints_xys) != n:
+        raise RuntimeError(f"pose estimator returned {type(pose).__name__} for {n} people, expected a PoseOutput "
+                           "(bmp_core.ports.PoseEstimator)")
+    return PoseOutput(*(None if a is None else np.asarray(a, np.float32)
+                        for a in (pose.keypoints_xys, pose.presence, pose.visibility)))
+
+
+def _prepare_segmenter(states: list[_ImageState], poses: dict[int, PoseOutput], models: BmpModels,
                        cfg: LoopConfig) -> None:
     """SAM image embeddings of this pass's images that will prompt SAM, in one segmenter call when it
     has ``prepare_batch`` (one encoder forward on the device for the whole batch).
@@ -462,8 +471,9 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], 
     for s in states:
         if s.prepared is not None:
             continue
-        scores = np.asarray(poses[id(s)], np.float32).reshape(len(s.new), -1, 3)[:, :NUM_KEYPOINTS, 2]
-        if has_prompt(scores, p.confidence_thr, p.visibility_thr).any():
+        pose = _checked_pose(poses[id(s)], len(s.new))
+        if has_prompt(pose.keypoints_xys[:, :, 2], p.confidence_thr, p.visibility_thr, pose.visibility,
+                      p.selection_method).any():
             todo.append(s)
     if not todo:
         return
@@ -485,17 +495,20 @@ def _merge_new(
     cfg: LoopConfig,
     iteration: int,
     dets: Detections,
-    kpts_new: np.ndarray,
+    pose_new: PoseOutput,
 ) -> tuple[int, int]:
     """Pose-NMS, SAM refinement and merge of one image's new detections. Returns (added, removed_old)."""
     t0 = time.perf_counter()
     old = s.instances
+    kpts_new = pose_new.keypoints_xys
     keep = pose_nms(
         np.concatenate([old.keypoints, kpts_new]),
         np.concatenate([old.boxes_xyxy, dets.boxes_xyxy]),
         cfg.pose_nms.oks_thr,
         cfg.pose_nms.keypoint_thr,
     )
+    if cfg.pose_nms.remove_losing_old:
+        keep = keep_old_unless_new_survives(keep, len(old))
     keep_old, keep_new = keep[: len(old)], keep[len(old):]
     if not keep_old.all():
         old = _drop_old(s, np.flatnonzero(keep_old), len(dets))
@@ -511,13 +524,14 @@ def _merge_new(
             _clear_window(rows[j], s.new_windows[j])
     det_windows = s.new_windows[kept]
     dets = Detections(dets.boxes_xyxy[kept], dets.scores[kept], dets.labels[kept], rows[: len(kept)])
-    kpts_new = kpts_new[kept]
+    pose_new = PoseOutput(*(None if a is None else a[kept]
+                            for a in (kpts_new, pose_new.presence, pose_new.visibility)))
     s.timings_s["pose_nms"] += time.perf_counter() - t0
     s.instances = old
     if len(dets) == 0:
         return 0, int((~keep_old).sum())
 
-    new, windows = _refine_with_sam(s, models, cfg, iteration, dets, det_windows, kpts_new, old)
+    new, windows = _refine_with_sam(s, models, cfg, iteration, dets, det_windows, pose_new, old)
     store.used += len(new)
     store.mask_windows = np.concatenate([store.mask_windows, windows])
     store.det_windows = np.concatenate([store.det_windows, det_windows])
@@ -567,7 +581,7 @@ def _refine_with_sam(
     iteration: int,
     dets: Detections,
     det_windows: np.ndarray,
-    kpts: np.ndarray,
+    pose: PoseOutput,
     old: Instances,
 ) -> tuple[Instances, np.ndarray]:
     """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows and (N, 4)
@@ -580,15 +594,21 @@ def _refine_with_sam(
     t0 = time.perf_counter()
     p = cfg.prompt
     n = len(dets)
+    kpts = pose.keypoints_xys
     prompts = np.zeros((n, p.num_pos_keypoints, 3), np.float32)
-    prompted = np.zeros(n, bool)
+    num_points = np.zeros(n, np.int64)
     for i in range(n):
-        chosen = select_prompt_keypoints(
-            kpts[i], p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
-            p.selection_method, p.collapse_face, p.confidence_percentile,
-        )
+        if p.selection_method == K_MOST_VISIBLE:
+            chosen = select_most_visible(kpts[i], None if pose.visibility is None else pose.visibility[i],
+                                         p.num_pos_keypoints, p.confidence_thr, p.visibility_thr)
+        else:
+            chosen = select_prompt_keypoints(
+                kpts[i], p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
+                p.selection_method, p.collapse_face, p.confidence_percentile,
+            )
         prompts[i, : len(chosen)] = chosen
-        prompted[i] = len(chosen) > 0
+        num_points[i] = len(chosen)
+    prompted = num_points > 0
     s.timings_s["prompts"] += time.perf_counter() - t0
 
     t_masks, elsewhere = time.perf_counter(), 0.0  # "masks": this function's mask work besides the stages
@@ -607,7 +627,7 @@ def _refine_with_sam(
             s.prepared = models.segmenter.prepare(s.image_bgr)  # once per image, reused every pass
             elsewhere += _add_time(s, "segment_prepare", t0)
         t0 = time.perf_counter()
-        points = [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx]
+        points = [prompts[i, : num_points[i], :2] for i in idx]
         out = models.segmenter.segment(s.prepared, points)
         elsewhere += _add_time(s, "segment", t0)
         t0 = time.perf_counter()
@@ -646,6 +666,8 @@ def _refine_with_sam(
         mask_boxes_xyxy=window_boxes_xyxy(windows),
         prompts=prompts,
         prompted=prompted,
+        keypoint_presence=pose.presence,
+        keypoint_visibility=pose.visibility,
     )
     s.timings_s["masks"] += time.perf_counter() - t_masks - elsewhere
     return new, windows

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bmp_core.records import Detections, SegmentOutput
+from bmp_core.records import Detections, PoseOutput, SegmentOutput
 
 
 @runtime_checkable
@@ -37,14 +37,14 @@ class Detector(Protocol):
 
 @runtime_checkable
 class PoseEstimator(Protocol):
-    """Top-down pose estimator (MaskPose in the real setup)."""
+    """Top-down pose estimator (MaskPose / PMPose in the real setup)."""
 
     def estimate(
         self,
         images_bgr: Sequence[np.ndarray],
         boxes_xyxy: Sequence[np.ndarray],
         masks: Sequence[np.ndarray | None],
-    ) -> list[np.ndarray]:
+    ) -> list[PoseOutput]:
         """Estimate 17 COCO keypoints for every box of every image.
 
         Args:
@@ -54,7 +54,8 @@ class PoseEstimator(Protocol):
                 all-False mask means "no mask for this instance": it is posed from its box alone.
 
         Returns:
-            B arrays (N_i, 17, 3) float32 ``(x, y, score)`` in pixels of the original image.
+            B ``PoseOutput``: (N_i, 17, 3) float32 ``(x, y, score)`` in pixels of the original image, and
+            (N_i, 17) per-keypoint presence and visibility where the model predicts them (else None).
         """
         ...
 

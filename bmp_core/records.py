@@ -112,6 +112,32 @@ class SegmentOutput:
 
 
 @dataclass(frozen=True)
+class PoseOutput:
+    """One image's poses from a ``PoseEstimator``: N people, the 17 COCO keypoints each.
+
+    Attributes:
+        keypoints_xys: (N, 17, 3) float32 ``(x, y, score)`` in pixels of the original image. The score is the
+            heatmap maximum for MaskPose/ViTPose, the predicted per-keypoint OKS for PMPose.
+        presence: (N, 17) float32 in [0, 1], P(the keypoint lies inside the crop), or None when the model
+            does not predict it (MaskPose).
+        visibility: (N, 17) float32 in [0, 1], P(the keypoint is visible), or None when not predicted.
+    """
+
+    keypoints_xys: np.ndarray
+    presence: np.ndarray | None = None
+    visibility: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.keypoints_xys.shape[0]
+        if self.keypoints_xys.shape != (n, 17, 3):
+            raise ValueError(f"PoseOutput.keypoints_xys must be (N, 17, 3), got {self.keypoints_xys.shape}")
+        for name in ("presence", "visibility"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n, 17):
+                raise ValueError(f"PoseOutput.{name} must be ({n}, 17), got {value.shape}")
+
+
+@dataclass(frozen=True)
 class Instances:
     """The people found in one image by the BMP loop, in merge order (older iterations first).
 
@@ -128,9 +154,13 @@ class Instances:
         det_mask_iou: (N,) float32 IoU between ``det_masks`` and ``masks``.
         iteration: (N,) int32 0-based BMP iteration that found the instance.
         mask_boxes_xyxy: (N, 4) float32 tight box of ``masks`` (NaN for an empty mask).
-        prompts: (N, K, 3) float32 SAM prompt points ``(x, y, score)``, zero-padded to K.
+        prompts: (N, K, 3) float32 SAM prompt points ``(x, y, score)``, zero-padded to K; with
+            ``k_most_visible`` prompts ``(x, y, visibility)``, as the reference's ``sam_kpts``.
         prompted: (N,) bool False when no keypoint was confident enough to prompt SAM; such an
             instance keeps its detector mask.
+        keypoint_presence: (N, 17) float32 the pose model's P(keypoint inside the crop); NaN where the
+            model does not predict it (MaskPose, v1 runs). docs/output.md.
+        keypoint_visibility: (N, 17) float32 the pose model's P(keypoint visible); NaN where not predicted.
     """
 
     boxes_xyxy: np.ndarray
@@ -145,9 +175,17 @@ class Instances:
     mask_boxes_xyxy: np.ndarray
     prompts: np.ndarray
     prompted: np.ndarray
+    # Last, with defaults: Instances built without them (a model without these outputs) hold NaN.
+    keypoint_presence: np.ndarray | None = None
+    keypoint_visibility: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes_xyxy)
+        for name in ("keypoint_presence", "keypoint_visibility"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full((n, NUM_KEYPOINTS), np.nan, np.float32))
+            elif getattr(self, name).shape != (n, NUM_KEYPOINTS):
+                raise ValueError(f"{name} must be ({n}, 17), got {getattr(self, name).shape}")
         for name in (
             "det_scores", "keypoints", "pose_scores", "sam_scores", "masks", "det_masks",
             "det_mask_iou", "iteration", "mask_boxes_xyxy", "prompts", "prompted",
@@ -174,6 +212,8 @@ class Instances:
             mask_boxes_xyxy=np.zeros((0, 4), np.float32),
             prompts=np.zeros((0, num_prompts, 3), np.float32),
             prompted=np.zeros((0,), bool),
+            keypoint_presence=np.zeros((0, NUM_KEYPOINTS), np.float32),
+            keypoint_visibility=np.zeros((0, NUM_KEYPOINTS), np.float32),
         )
 
     def take(self, index: np.ndarray) -> Instances:

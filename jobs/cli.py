@@ -146,7 +146,10 @@ Policy: a person passing every --min-* threshold is a training target; one faili
 ignore region (COCO iscrowd=1 with its mask, no keypoints), or is dropped when its mask is empty.
 Thresholds not given come from the default policy of the output's backend (docs/exports.md), or
 from --policy EXPORT_JSON; `bmp-label viz` and `report` draw and count by the same policy.
-Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Failed images are never exported.
+Keypoints scoring below --keypoint-thr are unlabeled (v=0, x=y=0). Where the pose model predicts
+visibility and presence (PMPose, lite), a labeled keypoint is v=2 (visible) or v=1 (occluded, visibility
+below --keypoint-visibility-thr), and v=0 when its presence is below --keypoint-presence-thr.
+Failed images are never exported.
 YOLO has no ignore regions: images whose ignore area exceeds --max-ignore-fraction are left out,
 below it the ignored people are left out of the labels. The split is a stable hash of each URI.
 DEST/export.json records the policy and the counts kept / ignored / dropped per reason.

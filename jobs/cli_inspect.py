@@ -72,6 +72,9 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
                     help="auto: xtcocotools only for ground truth pycocotools cannot score (OCHuman style)")
     ev.add_argument("--box-source", default="detector", choices=["detector", "mask"],
                     help="bbox AP of the detector boxes or of the refined masks' tight boxes")
+    ev.add_argument("--oks-scale", default="auto", choices=["auto", "area", "box"],
+                    help="keypoint OKS scale: the GT's area, or 0.53 x box area (OCHuman's convention); auto: box "
+                    "for GT without area (OCHuman) and for OCHuman-Pose (by name), else area")
     ev.add_argument("--overall-only", action="store_true",
                     help="skip the per-pass scores (each pass costs one more COCOeval run per type)")
     ev.add_argument("--out", default=None, help="where to write the result (default OUTPUT/eval.json)")
@@ -218,7 +221,8 @@ def _instances_for_gif(output: JobOutput, image_id: int, height: int, width: int
         pose_scores=labels.pose_scores, sam_scores=np.full(n, np.nan, np.float32), masks=labels.masks,
         det_masks=np.zeros_like(labels.masks), det_mask_iou=np.zeros(n, np.float32), iteration=labels.iteration,
         mask_boxes_xyxy=np.full((n, 4), np.nan, np.float32), prompts=np.zeros((n, 0, 3), np.float32),
-        prompted=np.ones(n, bool),
+        prompted=np.ones(n, bool), keypoint_presence=labels.keypoint_presence,
+        keypoint_visibility=labels.keypoint_visibility,
     )
 
 
@@ -232,7 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         gt = load_gt(args.gt)
         result = evaluate_output(output, gt, args.iou_types, args.backend, args.box_source,
-                                 per_iteration=not args.overall_only, progress=True)
+                                 per_iteration=not args.overall_only, progress=True, oks_scale=args.oks_scale,
+                                 gt_path=args.gt)
     except (EvaluationError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

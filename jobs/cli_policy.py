@@ -24,6 +24,7 @@ POLICY_FIELDS = {
     "keypoint_thr": "keypoint_thr", "min_visible_keypoints": "min_visible_keypoints",
     "min_mask_area": "min_mask_area_px", "val_fraction": "val_fraction",
     "max_ignore_fraction": "max_ignore_fraction",
+    "keypoint_visibility_thr": "keypoint_visibility_thr", "keypoint_presence_thr": "keypoint_presence_thr",
 }
 
 
@@ -35,12 +36,19 @@ def add_policy_options(parser: argparse.ArgumentParser, title: str, splits: bool
     pol.add_argument("--policy", default=None, metavar="EXPORT_JSON", dest="policy_json",
                      help="start from the policy an export applied (its export.json)")
     pol.add_argument("--min-det-score", type=float, default=None, help="detector score")
-    pol.add_argument("--min-pose-score", type=float, default=None, help="pose score, mean of 17 keypoints")
+    pol.add_argument("--min-pose-score", type=float, default=None,
+                     help="pose score, mean of 17 keypoint scores (PMPose: mean predicted OKS)")
     pol.add_argument("--min-sam-score", type=float, default=None,
                      help="SAM score; > 0 also fails people SAM never prompted")
     pol.add_argument("--keypoint-thr", type=float, default=None,
                      help="keypoints at or above are labeled (v=2) and drawn")
-    pol.add_argument("--min-visible-keypoints", type=int, default=None, help="keypoints at or above --keypoint-thr")
+    pol.add_argument("--keypoint-visibility-thr", type=float, default=None,
+                     help="labeled keypoints with predicted visibility at or above are v=2, below v=1 (occluded); "
+                     "runs without visibility: always v=2 (default 0.5)")
+    pol.add_argument("--keypoint-presence-thr", type=float, default=None,
+                     help="keypoints with predicted presence below are v=0 (absent); runs without presence: "
+                     "not applied (default 0.5)")
+    pol.add_argument("--min-visible-keypoints", type=int, default=None, help="labeled keypoints, v > 0")
     pol.add_argument("--min-mask-area", type=int, default=None, help="refined-mask pixels")
     if splits:
         pol.add_argument("--val-fraction", type=float, default=None,

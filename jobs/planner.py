@@ -43,6 +43,10 @@ RESULT_JOB_KEYS = (
     "image_column", "id_column",
 )
 OPTIONAL_RESULT_JOB_KEYS = ("image_column", "id_column")
+# Config keys added after outputs were made, left out of the digest while they hold the value that
+# reproduces what those outputs did, so an output started before the upgrade still resumes (dotted key ->
+# that value). The v2 keys: the pruning rule and the fake pose's visibility (docs/output.md).
+NEUTRAL_NEW_KEYS = {"loop.pose_nms.remove_losing_old": False, "models.fake.visibility": False}
 # job.* keys naming input files whose content the output depends on.
 PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
 
@@ -52,6 +56,13 @@ def result_config(cfg: BmpConfig) -> dict[str, Any]:
     data = config_to_dict(cfg)
     job = {k: data["job"][k] for k in RESULT_JOB_KEYS
            if k not in OPTIONAL_RESULT_JOB_KEYS or data["job"][k] is not None}
+    for key, neutral in NEUTRAL_NEW_KEYS.items():
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            node = node[part]
+        if node[leaf] == neutral:
+            del node[leaf]
     return {"models": data["models"], "loop": data["loop"], "job": job}
 
 

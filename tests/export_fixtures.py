@@ -31,6 +31,8 @@ class Person:
     sam_score: float | None = 0.9
     keypoints: np.ndarray | None = None  # (17, 3) x, y, score; default: 17 points inside the mask, score 0.8
     box_xyxy: tuple[float, float, float, float] | None = None
+    visibility: np.ndarray | None = None  # (17,) the pose model's P(visible); None: a model without it (null)
+    presence: np.ndarray | None = None  # (17,) P(inside the crop); None: null
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def instances_from_people(image_ids: list[int], people: list[list[Person]]) -> p
             rows["det_mask_iou"].append(1.0)
             rows["iteration"].append(0)
             rows["prompted"].append(p.sam_score is not None)
+            for name, value in (("keypoint_visibility", p.visibility), ("keypoint_presence", p.presence)):
+                rows[name].append(None if value is None else np.asarray(value, np.float32).tolist())
     return pa.Table.from_pydict(rows, schema=INSTANCES_SCHEMA)
 
 
@@ -143,6 +147,8 @@ def synthetic_shard(shard_id: int, image_ids: np.ndarray, rles: list[dict], widt
         "det_mask_iou": pa.array(np.ones(n, np.float32)),
         "iteration": pa.array(np.zeros(n, np.int32)),
         "prompted": pa.array(np.ones(n, bool)),
+        "keypoint_presence": pa.nulls(n, INSTANCES_SCHEMA.field("keypoint_presence").type),
+        "keypoint_visibility": pa.nulls(n, INSTANCES_SCHEMA.field("keypoint_visibility").type),
     }
     instances = pa.Table.from_arrays([arrays[k] for k in INSTANCES_SCHEMA.names], schema=INSTANCES_SCHEMA)
     return images, instances

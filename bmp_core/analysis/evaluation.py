@@ -18,6 +18,16 @@ Besides the whole output, each prefix of BMP passes is scored ("after pass k": i
 
 Scores that rank predictions: the pose score for keypoints, the detector score for masks and boxes.
 
+OKS scale (``oks_scale``): ``area`` is COCO's (each ground truth's ``area``); ``box`` is 0.53 x its box
+area, xtcocotools' ``use_area=False``, the convention of mmpose's OCHuman numbers. ``auto`` takes ``box``
+for ground truth without ``area`` (OCHuman's files) and for OCHuman-Pose (BMP v2's extension of OCHuman,
+COCO format: recognised by "OCHuman-Pose" / "ochuman_pose" in its file name or its ``info``), so both
+evaluate like OCHuman; ``area`` otherwise.
+
+Where the ground truth has COCO visibility flags (v = 1 occluded and v = 2 visible among the matched
+people's keypoints) and the output has predicted visibility (PMPose, lite), ``visibility`` also reports
+how well it separates them (``bmp_core.analysis.visibility``).
+
 Keypoint layouts (``keypoint_layout``): COCO's 17, and CrowdPose's 14 (12 body joints, head top,
 neck), which the COCO-17 predictions are mapped onto: the 12 body joints are the same; the neck is
 derived (the midpoint of the predicted shoulders); the head top has no COCO counterpart and is skipped
@@ -34,6 +44,7 @@ import copy
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +53,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bmp_core.analysis import visibility as vis_eval
 from bmp_core.coco_meta import SIGMAS as COCO_SIGMAS
 from bmp_core.io.image_matching import ImageMatch, match_images
 from bmp_core.output.reader import JobOutput
-from bmp_core.output.tables import boxes_array, keypoints_array, rles_of
+from bmp_core.output.tables import boxes_array, keypoints_array, per_keypoint_array, rles_of
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +225,32 @@ def needs_xtcocotools(gt: dict[str, Any]) -> str | None:
     return None
 
 
+OKS_SCALES = ("auto", "area", "box")
+_OCHUMAN_POSE = re.compile(r"ochuman[-_ ]?pose", re.IGNORECASE)
+
+
+def is_ochuman_pose(gt: dict[str, Any], path: str | None = None) -> bool:
+    """Whether the ground truth is OCHuman-Pose (by its file name, or its ``info`` text)."""
+    info = gt.get("info") if isinstance(gt.get("info"), dict) else {}
+    texts = [path or "", *(str(v) for v in info.values())]
+    return any(_OCHUMAN_POSE.search(t) for t in texts)
+
+
+def box_oks_scale(gt: dict[str, Any], oks_scale: str = "auto", path: str | None = None) -> bool:
+    """Whether keypoint OKS uses 0.53 x box area (``box``) rather than the annotations' ``area``.
+
+    Raises:
+        EvaluationError: ``area`` asked for ground truth without it.
+    """
+    if oks_scale not in OKS_SCALES:
+        raise ValueError(f"oks_scale must be one of {OKS_SCALES}, got {oks_scale!r}")
+    if oks_scale == "area" and needs_xtcocotools(gt):
+        raise EvaluationError("--oks-scale area: this ground truth has annotations without 'area'; use box")
+    if oks_scale != "auto":
+        return oks_scale == "box"
+    return needs_xtcocotools(gt) is not None or is_ochuman_pose(gt, path)
+
+
 def _normalize_gt(gt: dict[str, Any]) -> dict[str, Any]:
     """A copy with the fields COCOeval reads filled in where a GT file leaves them out."""
     gt = copy.deepcopy(gt)
@@ -247,13 +285,14 @@ def _coco_api(backend: str) -> tuple[Any, Any]:
     return COCO, COCOeval
 
 
-def choose_backend(gt: dict[str, Any], backend: str = "auto") -> str:
-    """The keypoint backend, ``"pycocotools"`` or ``"xtcocotools"``, for ``auto|pycocotools|xtcocotools``.
+def choose_backend(gt: dict[str, Any], backend: str = "auto", box_scale: bool = False) -> str:
+    """The keypoint backend, ``"pycocotools"`` or ``"xtcocotools"``, for ``auto|pycocotools|xtcocotools``;
+    ``box_scale``: OKS on 0.53 x box area, which only xtcocotools computes.
 
     Raises:
         EvaluationError: pycocotools was asked for a ground truth it cannot score.
     """
-    reason = needs_xtcocotools(gt)
+    reason = needs_xtcocotools(gt) or ("OKS scale 0.53 x box area (OCHuman's convention)" if box_scale else None)
     if backend == "auto":
         return "xtcocotools" if reason else "pycocotools"
     if backend == "pycocotools" and reason:
@@ -280,7 +319,7 @@ class CocoScorer:
     """
 
     def __init__(self, gt: dict[str, Any], image_ids: Sequence[int], keypoint_backend: str,
-                 layout: KeypointLayout = COCO_LAYOUT) -> None:
+                 layout: KeypointLayout = COCO_LAYOUT, box_scale: bool | None = None) -> None:
         self.layout = layout
         self.image_ids = sorted(int(i) for i in image_ids)
         self.backends = {"keypoints": keypoint_backend, "segm": "pycocotools", "bbox": "pycocotools"}
@@ -293,7 +332,7 @@ class CocoScorer:
         if self.gt_without_mask:
             self._gts["segm"] = _fill_area(_load_coco("pycocotools", _unmasked_as_crowd(normalized)))
             self._gt_of["segm"] = "segm"
-        self._use_area = all("area" in a for a in gt["annotations"])
+        self._use_area = all("area" in a for a in gt["annotations"]) if box_scale is None else not box_scale
         crowd_index = {int(im["id"]): im.get("crowdIndex") for im in normalized.get("images", [])}
         # CrowdPose: the scored images of each crowd-index split (images without a crowdIndex in none).
         self.crowd_splits = {
@@ -418,6 +457,8 @@ def evaluate_output(
     box_source: str = "detector",
     per_iteration: bool = True,
     progress: bool = False,
+    oks_scale: str = "auto",
+    gt_path: str | None = None,
 ) -> dict[str, Any]:
     """Score an output against ground truth: overall and after each BMP pass.
 
@@ -429,10 +470,13 @@ def evaluate_output(
         box_source: see ``results_from_instances``.
         per_iteration: also score instances found up to each pass.
         progress: show a tqdm bar (one step per COCOeval run).
+        oks_scale: ``auto``, ``area`` or ``box`` (module docstring).
+        gt_path: the ground truth's file name, for recognising OCHuman-Pose.
 
     Returns:
         The ``eval.json`` dict: ``images`` (matching counts and lists), ``overall`` and
-        ``per_iteration`` (each ``{"num_predictions", <iou_type>: {stat: value} | None}``).
+        ``per_iteration`` (each ``{"num_predictions", <iou_type>: {stat: value} | None}``), ``oks_scale``
+        and ``visibility`` (``VisibilityScore`` as a dict, or None).
     """
     unknown = set(iou_types) - set(IOU_TYPES)
     if unknown:
@@ -440,7 +484,8 @@ def evaluate_output(
     layout = keypoint_layout(gt)
     if layout.name == "crowdpose":
         gt = _crowdpose_gt(gt)
-    backend = choose_backend(gt, backend)
+    box_scale = box_oks_scale(gt, oks_scale, gt_path)
+    backend = choose_backend(gt, backend, box_scale)
     images = output.images
     ids_uris = zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist(), strict=True)
     match = match_images(list(ids_uris),
@@ -455,7 +500,7 @@ def evaluate_output(
         pc.is_in(output.instances.column("image_id"), value_set=pa.array(list(match.output_to_gt), pa.int64()))
     )
     iterations = matched_rows.column("iteration").to_numpy()
-    scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend, layout)
+    scorer = CocoScorer(gt, list(match.output_to_gt.values()), backend, layout, box_scale)
 
     num_passes = int(iterations.max()) + 1 if per_iteration and len(iterations) else 1
     subsets = [iterations <= k for k in range(num_passes - 1)] + [np.ones(len(iterations), bool)]
@@ -485,7 +530,35 @@ def evaluate_output(
                                if scorer.crowd_splits else {})},
         "overall": overall,
         "per_iteration": passes,
+        "oks_scale": "box" if box_scale else "area",
+        "visibility": (_visibility(matched_rows, match.output_to_gt, gt, box_scale)
+                       if layout.name == "coco" and "keypoints" in iou_types else None),
     }
+
+
+def _visibility(rows: pa.Table, output_to_gt: dict[int, int], gt: dict[str, Any],
+                box_scale: bool) -> dict[str, Any] | None:
+    """``visibility.visibility_score`` of the matched images' people (None: not computable)."""
+    if rows.num_rows == 0 or "keypoint_visibility" not in rows.column_names:
+        return None
+    anns: dict[int, list[dict[str, Any]]] = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd") and a.get("keypoints") and np.any(np.asarray(a["keypoints"])[2::3] > 0):
+            anns.setdefault(int(a["image_id"]), []).append(a)
+    image_ids = np.asarray(rows.column("image_id").to_pylist())
+    kpts, vis = keypoints_array(rows), per_keypoint_array(rows, "keypoint_visibility")
+    scores = rows.column("pose_score").to_numpy(zero_copy_only=False)
+    people = []
+    for out_id, gt_id in output_to_gt.items():
+        mine, theirs = image_ids == out_id, anns.get(int(gt_id), [])
+        if not theirs or not mine.any():
+            continue
+        areas = [0.53 * a["bbox"][2] * a["bbox"][3] if box_scale else a["area"] for a in theirs]
+        people.append(vis_eval.ImagePeople(
+            np.array([a["keypoints"] for a in theirs], np.float64).reshape(-1, 17, 3), np.asarray(areas, np.float64),
+            kpts[mine], scores[mine], vis[mine]))
+    score = vis_eval.visibility_score(people)
+    return None if score is None else score.to_dict()
 
 
 def _image_summary(match: ImageMatch, num_output: int, num_gt: int, failed_ids: set[int]) -> dict[str, Any]:
@@ -557,6 +630,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT "
         f"not in the output, {im['num_ambiguous']} ambiguous; keypoints scored by {result['backend']['keypoints']}"
     )
+    visibility_line = vis_eval.describe(result.get("visibility"))
+    if visibility_line:
+        lines.append(visibility_line)
     layout = result.get("keypoint_layout", {})
     if layout.get("name") == "crowdpose":
         splits = ", ".join(f"{k} {n}" for k, n in layout.get("split_images", {}).items())

@@ -56,6 +56,8 @@ class DrawStyle:
         keypoint_radius: keypoint dot radius.
         box_width: box outline width.
         draw_masks / draw_pose / draw_boxes: which layers to draw.
+        visibility_thr: a drawn keypoint whose predicted visibility is below this (occluded, where the
+            model predicts visibility: PMPose, lite) is a hollow ring instead of a dot.
     """
 
     keypoint_thr: float = 0.3
@@ -66,6 +68,7 @@ class DrawStyle:
     draw_masks: bool = True
     draw_pose: bool = True
     draw_boxes: bool = True
+    visibility_thr: float = 0.5
 
 
 IGNORE_RGB = (128, 128, 128)  # ignore regions: grey, with darker diagonal stripes
@@ -144,6 +147,7 @@ def draw_overlay(
     title: str | None = None,
     colors_rgb: np.ndarray | None = None,
     ignore_masks: np.ndarray | None = None,
+    keypoint_visibility: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw N people on an image: masks, skeletons, boxes with scores, and an optional title.
 
@@ -161,6 +165,7 @@ def draw_overlay(
         style: drawing options (``DrawStyle()`` when None).
         title: text drawn at the top-left, as the reference demo does.
         colors_rgb: (N, 3) uint8 person colours; ``person_colors_rgb(N)`` when None.
+        keypoint_visibility: (N, 17) predicted visibility (NaN or None: not predicted, all drawn solid).
 
     Returns:
         (H, W, 3) uint8 RGB copy.
@@ -186,8 +191,11 @@ def draw_overlay(
     if style.draw_boxes and boxes_xyxy is not None:
         _draw_outlines(draw, boxes_xyxy, colors, style, scale)
     if style.draw_pose and keypoints is not None:
-        for person, color in zip(keypoints, colors, strict=True):
-            _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale)
+        occluded = np.zeros(np.shape(keypoints)[:2], bool)
+        if keypoint_visibility is not None:
+            occluded = np.asarray(keypoint_visibility, np.float32) < style.visibility_thr  # NaN: False
+        for person, color, hollow in zip(keypoints, colors, occluded, strict=True):
+            _draw_skeleton(draw, person, tuple(int(c) for c in color), style, scale, hollow)
     if style.draw_boxes and boxes_xyxy is not None:  # tags over every line, so none is crossed out
         _draw_tags(draw, boxes_xyxy, colors, det_scores, pose_scores, scale, taken, canvas.size)
     if title:  # last, on a dark tab: readable on snow as on shadow
@@ -250,9 +258,11 @@ def _draw_tags(
 
 
 def _draw_skeleton(
-    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, ...], style: DrawStyle, scale: float
+    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, ...], style: DrawStyle, scale: float,
+    hollow: np.ndarray | None = None,
 ) -> None:
-    """Limbs whose both ends score >= the threshold, then the visible keypoints as dots."""
+    """Limbs whose both ends score >= the threshold, then those keypoints as dots (``hollow``: (17,) bool,
+    rings for the occluded ones)."""
     visible = (keypoints[:, 2] >= style.keypoint_thr) & np.all(np.isfinite(keypoints[:, :2]), axis=1)
     width = max(1, round(style.line_width * scale))
     for a, b in SKELETON:
@@ -260,7 +270,11 @@ def _draw_skeleton(
             (xa, ya), (xb, yb) = keypoints[a - 1, :2], keypoints[b - 1, :2]
             draw.line((float(xa), float(ya), float(xb), float(yb)), fill=color, width=width)
     r = style.keypoint_radius * scale
-    for x, y in keypoints[visible, :2]:
+    rings = np.zeros(len(keypoints), bool) if hollow is None else np.asarray(hollow, bool)
+    for (x, y), ring in zip(keypoints[visible, :2], rings[visible], strict=True):
+        if ring:  # occluded: a ring in the person's colour, its rim dark like a dot's
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=None, outline=color, width=max(1, round(scale)))
+            continue
         # A dark rim keeps a dot visible on a mask of its own colour.
         draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(0, 0, 0))
 
@@ -279,7 +293,7 @@ def draw_instances(
     """
     return draw_overlay(
         image_rgb, instances.boxes_xyxy, instances.keypoints, instances.masks,
-        instances.det_scores, instances.pose_scores, style, title,
+        instances.det_scores, instances.pose_scores, style, title, keypoint_visibility=instances.keypoint_visibility,
     )
 
 
@@ -289,7 +303,7 @@ def draw_labels(
     """``draw_overlay`` for one image's labels read back from an output (``bmp_core.output.reader.image_labels``)."""
     return draw_overlay(
         image_rgb, labels.boxes_xyxy, labels.keypoints, labels.masks, labels.det_scores, labels.pose_scores,
-        style, title,
+        style, title, keypoint_visibility=labels.keypoint_visibility,
     )
 
 
@@ -316,6 +330,7 @@ def draw_decided(
     return draw_overlay(
         image_rgb, labels.boxes_xyxy[keep], labels.keypoints[keep], labels.masks[keep], labels.det_scores[keep],
         labels.pose_scores[keep], style, title, ignore_masks=labels.masks[ignore],
+        keypoint_visibility=None if labels.keypoint_visibility is None else labels.keypoint_visibility[keep],
     )
 
 
@@ -368,6 +383,7 @@ def iteration_frames(
         right = draw_overlay(
             image_rgb, found.boxes_xyxy, found.keypoints, found.masks, found.det_scores, found.pose_scores,
             style, colors_rgb=colors[so_far & keep], ignore_masks=ignored_masks,
+            keypoint_visibility=found.keypoint_visibility,
             title=f"after pass {trace.iteration + 1}: +{trace.num_new} new, -{trace.num_removed_old} old",
         )
         frames.append(_fit_width(np.concatenate([left, right], axis=1), max_width))

@@ -35,7 +35,7 @@ import numpy as np
 from bmp_core.config import PoseModelConfig
 from bmp_core.models import _compat
 from bmp_core.models.device import autocast
-from bmp_core.records import NUM_KEYPOINTS
+from bmp_core.records import NUM_KEYPOINTS, PoseOutput
 
 # ViT trunks of ViTPose-{s,b,l,h} (mmpretrain arch dicts) and their drop-path rates (train-time only).
 _VIT_ARCHS: dict[str, tuple[dict[str, int], float]] = {
@@ -485,11 +485,12 @@ class MaskPoseEstimator:
         images_bgr: Sequence[np.ndarray],
         boxes_xyxy: Sequence[np.ndarray],
         masks: Sequence[np.ndarray | None],
-    ) -> list[np.ndarray]:
+    ) -> list[PoseOutput]:
         """17 COCO keypoints per box (see ``bmp_core.ports.PoseEstimator``).
 
         Returns:
-            B arrays (N_i, 17, 3) float32 ``(x, y, score)`` in original-image pixels.
+            B ``PoseOutput``: (N_i, 17, 3) float32 ``(x, y, score)`` in original-image pixels; MaskPose
+            predicts no presence / visibility (None).
         """
         if not (len(images_bgr) == len(boxes_xyxy) == len(masks)):
             raise ValueError("images_bgr, boxes_xyxy and masks must have one entry per image")
@@ -507,7 +508,7 @@ class MaskPoseEstimator:
             centers = np.concatenate([c for _, c, _ in prepared])
             scales = np.concatenate([s for _, _, s in prepared])
             keypoints = self.decode(heatmaps, centers, scales)
-        return list(np.split(keypoints, np.cumsum(counts)[:-1]))
+        return [PoseOutput(k) for k in np.split(keypoints, np.cumsum(counts)[:-1])]
 
     # -- model ---------------------------------------------------------------------------------
 

@@ -47,3 +47,21 @@ docs/decisions.md#pose-nms-xyxy-box-area and #a-removed-person-no-longer-suppres
         oks[removed, :] = -1.0
         oks[:, removed] = -1.0
     return keep
+
+
+def keep_old_unless_new_survives(keep: np.ndarray, num_old: int) -> np.ndarray:
+    """BMP v2's pruning rule (``loop.pose_nms.remove_losing_old: true``, docs/method.md): old instances that
+    lost pose-NMS are removed only in a pass where at least one new instance survives it; in a pass where
+    none does, the old instances all stay (the reference returns its merged set unpruned then).
+
+    Args:
+        keep: (N,) bool ``pose_nms``'s verdict on old instances first, then new ones.
+        num_old: how many of the N are old.
+
+    Returns:
+        (N,) bool: ``keep``, with every old instance kept when no new one is.
+    """
+    keep = np.asarray(keep, bool).copy()
+    if not keep[num_old:].any():
+        keep[:num_old] = True
+    return keep

@@ -1,5 +1,6 @@
-"""Choosing the keypoints that prompt SAM for one person (docs/method.md#sam-prompts;
-the newer reference's semantics: docs/decisions.md#keypoint-selection)."""
+"""Choosing the keypoints that prompt SAM for one person (docs/method.md#sam-prompts: v1.1's
+``distance+confidence`` / ``confidence`` with the newer reference's semantics, docs/decisions.md#keypoint-selection,
+and v2's ``k_most_visible``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 import numpy as np
 
 FACE_KEYPOINTS = (0, 1, 2)  # nose, left eye, right eye (COCO-17); the ears stay separate
+K_MOST_VISIBLE = "k_most_visible"  # BMP v2: ranked by the pose model's per-keypoint visibility
+SELECTION_METHODS = ("distance+confidence", "confidence", K_MOST_VISIBLE)
 
 
 def select_prompt_keypoints(
@@ -109,9 +112,72 @@ def _percentile_linear(values_sorted: list[float], percentile: float) -> float:
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
-def has_prompt(scores: np.ndarray, confidence_thr: float, visibility_thr: float) -> np.ndarray:
-    """(N,) bool: whether ``select_prompt_keypoints`` picks any point for each of N instances, from their
-    (N, K) keypoint scores alone (it does iff a score is >= both thresholds and > 0: collapsing the face
-    keeps its most confident point, which then passes too). Vectorised, for deciding before selecting."""
+def has_prompt(scores: np.ndarray, confidence_thr: float, visibility_thr: float,
+               visibility: np.ndarray | None = None, method: str = "distance+confidence") -> np.ndarray:
+    """(N,) bool: whether the selection (``select_prompt_keypoints``, or ``select_most_visible`` for
+    ``k_most_visible`` with the (N, K) ``visibility``) picks any point for each of N instances, from their
+    (N, K) keypoint scores alone. v1.1 methods pick iff a score is >= both thresholds and > 0 (collapsing
+    the face keeps its most confident point, which then passes too); ``k_most_visible`` iff its gate
+    passes. Vectorised, for deciding before selecting."""
     s = np.asarray(scores, np.float32)
+    if method == K_MOST_VISIBLE:
+        return np.any(_visible_gate(s, _need_visibility(visibility), confidence_thr, visibility_thr), axis=-1)
     return np.any((s >= confidence_thr) & (s >= visibility_thr) & (s > 0), axis=-1)
+
+
+def select_most_visible(
+    keypoints: np.ndarray,
+    visibility: np.ndarray | None,
+    num_points: int,
+    confidence_thr: float,
+    visibility_thr: float,
+) -> np.ndarray:
+    """BMP v2's ``k_most_visible`` (docs/method.md): the ``num_points`` most visible keypoints of a person.
+
+    Gate: the person is prompted only if some keypoint has score > ``confidence_thr`` AND visibility >
+    ``visibility_thr`` (both strict). Then every keypoint with visibility >= ``visibility_thr`` is a
+    candidate (``>=`` here, ``>`` in the gate, and the score is not looked at again, as in the
+    reference), ranked by visibility descending; equal visibilities (saturated 1.0s after flip
+    averaging) go by keypoint index ascending, a fixed rule where the reference's order is numpy's
+    (docs/decisions.md). No face collapse.
+
+    Args:
+        keypoints: (17, 3) float ``(x, y, score)`` pixels.
+        visibility: (17,) float P(visible) from the pose model. None (a model without visibility) is
+            refused: there is nothing to rank by (docs/output.md).
+
+    Returns:
+        (M, 3) float32 ``(x, y, visibility)`` with 0 <= M <= num_points, most visible first. M == 0: the
+        gate failed and the caller must not prompt SAM with this person.
+    """
+    kpts = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    vis = np.asarray(_need_visibility(visibility), np.float64).reshape(-1)
+    if not _visible_gate(kpts[:, 2], vis, confidence_thr, visibility_thr).any():
+        return np.zeros((0, 3), np.float32)
+    candidates = np.flatnonzero(vis >= visibility_thr)
+    # lexsort: the last key is the primary one; the index breaks ties ascending.
+    order = candidates[np.lexsort((candidates, -vis[candidates]))][:num_points]
+    out = np.concatenate([kpts[order, :2], vis[order, None]], axis=1)
+    return out.astype(np.float32)
+
+
+def _visible_gate(scores: np.ndarray, visibility: np.ndarray, confidence_thr: float,
+                  visibility_thr: float) -> np.ndarray:
+    return (np.asarray(scores) > confidence_thr) & (np.asarray(visibility) > visibility_thr)
+
+
+def _need_visibility(visibility: np.ndarray | None) -> np.ndarray:
+    if visibility is None:
+        raise MissingVisibilityError(
+            "loop.prompt.selection_method: k_most_visible ranks keypoints by the pose model's visibility, and "
+            "this pose model predicts none; use a PMPose model (models.pose.config: pmpose-b) or "
+            "loop.prompt.selection_method: distance+confidence (docs/configuration.md)"
+        )
+    vis = np.asarray(visibility, np.float32)
+    if np.isnan(vis).any():
+        raise MissingVisibilityError("k_most_visible: the pose model's visibility is NaN for some keypoint")
+    return vis
+
+
+class MissingVisibilityError(ValueError):
+    """``k_most_visible`` was asked of keypoints without visibility (a model that does not predict it)."""

@@ -32,6 +32,7 @@ from bmp_core.output.tables import (
     TABLE_SCHEMAS,
     boxes_array,
     keypoints_array,
+    per_keypoint_array,
     rles_of,
 )
 
@@ -71,8 +72,9 @@ def _cast(table: pa.Table, kind: str, columns: Sequence[str] | None) -> pa.Table
     target = full if columns is None else pa.schema([full.field(c) for c in columns])
     for f in target:
         if f.name not in table.column_names and f.nullable:
-            # A part written before this nullable column existed (images.container_uri, key): nulls,
-            # so an output started before an upgrade still resumes and finalizes.
+            # A part written before this nullable column existed (images.container_uri, key; instances.
+            # keypoint_presence / keypoint_visibility): nulls, so an output started before an upgrade still
+            # resumes and finalizes.
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     return table.select(target.names).cast(target)
 
@@ -131,8 +133,8 @@ class JobOutput:
         shard = row.column("shard_id")[0].as_py() if row.num_rows else -1
         rels = self.instance_parts.get(shard) or [p for ps in self.instance_parts.values() for p in ps]
         store = OutputStore(self.uri)
-        tables = [store.read_parquet(rel, filters=[("image_id", "=", int(image_id))]).cast(INSTANCES_SCHEMA)
-                  for rel in rels]
+        tables = [_cast(store.read_parquet(rel, filters=[("image_id", "=", int(image_id))]), layout.INSTANCES_DIR,
+                        None) for rel in rels]
         table = pa.concat_tables(tables) if tables else INSTANCES_SCHEMA.empty_table()
         return table.sort_by("instance_id")
 
@@ -198,6 +200,8 @@ class ImageLabels:
         masks: (N, H, W) bool refined masks.
         det_scores, pose_scores: (N,) float32.
         iteration: (N,) int32 pass that found each person.
+        keypoint_visibility: (N, 17) float32 the pose model's P(visible); NaN where it predicts none.
+        keypoint_presence: (N, 17) float32 P(inside the crop); NaN where it predicts none.
     """
 
     boxes_xyxy: np.ndarray
@@ -206,6 +210,8 @@ class ImageLabels:
     det_scores: np.ndarray
     pose_scores: np.ndarray
     iteration: np.ndarray
+    keypoint_visibility: np.ndarray | None = None
+    keypoint_presence: np.ndarray | None = None
 
 
 def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
@@ -223,6 +229,8 @@ def image_labels(instances: pa.Table, height: int, width: int) -> ImageLabels:
         det_scores=instances.column("det_score").to_numpy().astype(np.float32),
         pose_scores=instances.column("pose_score").to_numpy().astype(np.float32),
         iteration=instances.column("iteration").to_numpy().astype(np.int32),
+        keypoint_visibility=per_keypoint_array(instances, "keypoint_visibility"),
+        keypoint_presence=per_keypoint_array(instances, "keypoint_presence"),
     )
 
 

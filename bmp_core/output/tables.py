@@ -55,9 +55,16 @@ INSTANCES_SCHEMA = pa.schema(
         pa.field("det_mask_iou", pa.float32(), nullable=False),
         pa.field("iteration", pa.int32(), nullable=False),  # 0-based BMP pass that found it
         pa.field("prompted", pa.bool_(), nullable=False),  # False: kept its detector mask
+        # The pose model's per-keypoint P(inside the crop) and P(visible), PMPose / lite; null when the model
+        # predicts none (MaskPose) and in outputs written before these columns existed (docs/output.md).
+        pa.field("keypoint_presence", pa.list_(pa.float32(), NUM_KEYPOINTS)),
+        pa.field("keypoint_visibility", pa.list_(pa.float32(), NUM_KEYPOINTS)),
     ]
 )
 
+
+# ``instances`` columns of per-keypoint model outputs (N, 17), nullable (docs/output.md).
+PER_KEYPOINT_COLUMNS = ("keypoint_presence", "keypoint_visibility")
 
 # A table's kind (also the folder of its parts, ``layout.TABLE_KINDS``) -> its schema.
 TABLE_SCHEMAS = {"images": IMAGES_SCHEMA, "instances": INSTANCES_SCHEMA}
@@ -149,6 +156,8 @@ def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
         cols["det_mask_iou"].append(inst.det_mask_iou)
         cols["iteration"].append(inst.iteration)
         cols["prompted"].append(inst.prompted)
+        cols["keypoint_presence"].append(inst.keypoint_presence)
+        cols["keypoint_visibility"].append(inst.keypoint_visibility)
     if not counts:
         return INSTANCES_SCHEMA.empty_table()
 
@@ -173,8 +182,28 @@ def instances_table(image_ids: list[int], results: list[BmpResult]) -> pa.Table:
         "det_mask_iou": pa.array(cat("det_mask_iou", np.float32)),
         "iteration": pa.array(cat("iteration", np.int32)),
         "prompted": pa.array(cat("prompted", bool)),
+        **{name: _per_keypoint(cat(name, np.float32)) for name in PER_KEYPOINT_COLUMNS},
     }
     return pa.Table.from_arrays([arrays[n] for n in INSTANCES_SCHEMA.names], schema=INSTANCES_SCHEMA)
+
+
+def _per_keypoint(values: np.ndarray) -> pa.Array:
+    """(N, 17) values -> a 17-list column, null for a row the model gave no values for (all NaN)."""
+    values = values.reshape(-1, NUM_KEYPOINTS)
+    return _fixed(values, NUM_KEYPOINTS, valid=~np.isnan(values).all(axis=1))
+
+
+def per_keypoint_array(table: pa.Table, column: str) -> np.ndarray:
+    """(N, 17) float32 of a per-keypoint column (``PER_KEYPOINT_COLUMNS``); NaN rows where it is null (a
+    model without it, an output from before it existed) or the table lacks the column."""
+    out = np.full((table.num_rows, NUM_KEYPOINTS), np.nan, np.float32)
+    if column not in table.column_names or not table.num_rows:
+        return out
+    col = table.column(column).combine_chunks()
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        out[valid] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, NUM_KEYPOINTS)
+    return out
 
 
 def keypoints_array(table: pa.Table) -> np.ndarray:

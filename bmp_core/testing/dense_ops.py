@@ -14,9 +14,9 @@ from bmp_core.config import LoopConfig
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import dilate
 from bmp_core.ops.pose_nms import pose_nms
-from bmp_core.ops.prompts import select_prompt_keypoints
+from bmp_core.ops.prompts import K_MOST_VISIBLE, select_most_visible, select_prompt_keypoints
 from bmp_core.ports import BmpModels
-from bmp_core.records import Detections, Instances
+from bmp_core.records import Detections, Instances, PoseOutput
 
 
 def exclusive_masks_dense(
@@ -80,16 +80,21 @@ def run_bmp_dense(
         else:
             dets = _filter_people_dense(models.detector.detect([detector_input])[0], (h, w), cfg)
         if len(dets):
-            kpts = np.asarray(models.pose.estimate([image_bgr], [dets.boxes_xyxy], [dets.masks])[0],
-                              np.float32).reshape(len(dets), -1, 3)[:, :17]
+            pose = models.pose.estimate([image_bgr], [dets.boxes_xyxy], [dets.masks])[0]
+            kpts = np.asarray(pose.keypoints_xys, np.float32)
             keep = pose_nms(np.concatenate([instances.keypoints, kpts]),
                             np.concatenate([instances.boxes_xyxy, dets.boxes_xyxy]),
                             cfg.pose_nms.oks_thr, cfg.pose_nms.keypoint_thr)
+            if cfg.pose_nms.remove_losing_old and not keep[len(instances):].any():
+                keep[: len(instances)] = True  # v2: old ones go only when a new one survives
             old = instances.take(keep[: len(instances)])
-            dets, kpts = dets.take(keep[len(instances):]), kpts[keep[len(instances):]]
+            kept = keep[len(instances):]
+            dets = dets.take(kept)
+            pose = PoseOutput(*(None if a is None else np.asarray(a, np.float32)[kept]
+                                for a in (pose.keypoints_xys, pose.presence, pose.visibility)))
             instances = old
             if len(dets):
-                new, prepared = _refine_dense(image_bgr, models, cfg, iteration, dets, kpts, old, prepared)
+                new, prepared = _refine_dense(image_bgr, models, cfg, iteration, dets, pose, old, prepared)
                 instances = Instances.concat(old, new)
         detector_input = mask_out_dense(image_bgr, instances.masks, cfg.masks.mask_out_dilate_px)
     return instances
@@ -107,23 +112,29 @@ def _filter_people_dense(dets: Detections, image_hw: tuple[int, int], cfg: LoopC
 
 
 def _refine_dense(image_bgr: np.ndarray, models: BmpModels, cfg: LoopConfig, iteration: int, dets: Detections,
-                  kpts: np.ndarray, old: Instances, prepared: object) -> tuple[Instances, object]:
+                  pose: PoseOutput, old: Instances, prepared: object) -> tuple[Instances, object]:
     p = cfg.prompt
     n = len(dets)
+    kpts = pose.keypoints_xys
     prompts = np.zeros((n, p.num_pos_keypoints, 3), np.float32)
-    prompted = np.zeros(n, bool)
+    chosen_per = []
     for i in range(n):
-        chosen = select_prompt_keypoints(kpts[i], p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
-                                         p.selection_method, p.collapse_face, p.confidence_percentile)
+        if p.selection_method == K_MOST_VISIBLE:
+            chosen = select_most_visible(kpts[i], None if pose.visibility is None else pose.visibility[i],
+                                         p.num_pos_keypoints, p.confidence_thr, p.visibility_thr)
+        else:
+            chosen = select_prompt_keypoints(kpts[i], p.num_pos_keypoints, p.confidence_thr, p.visibility_thr,
+                                             p.selection_method, p.collapse_face, p.confidence_percentile)
         prompts[i, : len(chosen)] = chosen
-        prompted[i] = len(chosen) > 0
+        chosen_per.append(chosen)
+    prompted = np.array([len(c) > 0 for c in chosen_per], bool)
     masks = dets.masks.copy()
     sam_scores = np.full(n, np.nan, np.float32)
     idx = np.flatnonzero(prompted)
     if len(idx):
         if prepared is None:
             prepared = models.segmenter.prepare(image_bgr)
-        points = [prompts[i, : int((prompts[i, :, 2] > 0).sum()), :2] for i in idx]
+        points = [chosen_per[i][:, :2] for i in idx]
         out = models.segmenter.segment(prepared, points)
         masks[idx] = out.masks
         sam_scores[idx] = out.scores
@@ -138,6 +149,6 @@ def _refine_dense(image_bgr: np.ndarray, models: BmpModels, cfg: LoopConfig, ite
         sam_scores=sam_scores, masks=masks, det_masks=dets.masks,
         det_mask_iou=mask_iou_dense(dets.masks, masks),
         iteration=np.full(n, iteration, np.int32), mask_boxes_xyxy=mask_boxes_xyxy_dense(masks),
-        prompts=prompts, prompted=prompted,
+        prompts=prompts, prompted=prompted, keypoint_presence=pose.presence, keypoint_visibility=pose.visibility,
     )
     return new, prepared

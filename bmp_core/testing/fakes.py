@@ -16,7 +16,7 @@ import numpy as np
 
 from bmp_core.config import FakeModelsConfig
 from bmp_core.ports import BmpModels
-from bmp_core.records import Detections, SegmentOutput
+from bmp_core.records import Detections, PoseOutput, SegmentOutput
 
 # A standing person in box-normalised (x, y) for COCO-17, and each keypoint's base confidence.
 _TEMPLATE_XY = np.array(
@@ -186,9 +186,16 @@ class FakePoseEstimator:
 
     Score = template score x (0.8 + 0.2 x local brightness), halved for a keypoint outside a
     non-empty conditioning mask (the fake's stand-in for MaskPose's background dimming).
+
+    With ``visibility`` (PMPose's extra outputs, ``models.fake.visibility``) it also predicts, per keypoint,
+    presence = 0.97 inside the image and 0.05 outside it, and visibility = 0.2 for a keypoint under the
+    conditioning mask of a person earlier in the list (the loop's are by descending detector score: taken
+    as standing in front), else 0.55 + 0.4 x local brightness. Without it both are None, and the keypoints are exactly
+    what they always were (the golden tests).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, visibility: bool = False) -> None:
+        self.visibility = visibility
         self.calls = 0
         self.crops = 0
 
@@ -197,12 +204,14 @@ class FakePoseEstimator:
         images_bgr: Sequence[np.ndarray],
         boxes_xyxy: Sequence[np.ndarray],
         masks: Sequence[np.ndarray | None],
-    ) -> list[np.ndarray]:
+    ) -> list[PoseOutput]:
         self.calls += 1
         out = []
         for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             h, w = image.shape[:2]
             kpts = np.zeros((len(boxes), 17, 3), np.float32)
+            presence = np.zeros((len(boxes), 17), np.float32)
+            visible = np.zeros((len(boxes), 17), np.float32)
             for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32)):
                 self.crops += 1
                 xy = np.array([x1, y1]) + _TEMPLATE_XY * np.array([x2 - x1, y2 - y1])
@@ -217,8 +226,19 @@ class FakePoseEstimator:
                     score = np.where(image_masks[i][rows, cols], score, 0.5 * score)
                 kpts[i, :, :2] = xy
                 kpts[i, :, 2] = score
-            out.append(kpts)
+                if self.visibility:
+                    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+                    presence[i] = np.where(inside, 0.97, 0.05)
+                    visible[i] = np.where(_under_others(image_masks, i, rows, cols), 0.2, 0.55 + 0.4 * bright)
+            out.append(PoseOutput(kpts, presence, visible) if self.visibility else PoseOutput(kpts))
         return out
+
+
+def _under_others(masks: np.ndarray | None, i: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(K,) bool: the pixels (rows, cols) lie under the mask of a person before person i (in front of it)."""
+    if masks is None or i == 0:
+        return np.zeros(len(rows), bool)
+    return np.asarray(masks[:i])[:, rows, cols].any(axis=0)
 
 
 def _window_gray_mean(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> float:
@@ -277,7 +297,7 @@ def build_fake_models(cfg: FakeModelsConfig | None = None) -> BmpModels:
     cfg = cfg or FakeModelsConfig()
     return BmpModels(
         detector=FakeDetector(cfg.num_people, cfg.seed, cfg.latency_ms, cfg.fail_width, cfg.fail_with),
-        pose=FakePoseEstimator(),
+        pose=FakePoseEstimator(cfg.visibility),
         segmenter=FakeSegmenter(),
     )
 
@@ -295,7 +315,7 @@ class ModelRecording:
     def __init__(self, models: BmpModels) -> None:
         self.inner = models
         self.detections: list[list[Detections]] = []
-        self.poses: list[list[np.ndarray]] = []
+        self.poses: list[list[PoseOutput]] = []
         self.segments: list[SegmentOutput] = []
         self.models = BmpModels(_RecordingDetector(self), _RecordingPose(self), _RecordingSegmenter(self))
 
@@ -319,7 +339,7 @@ class _RecordingPose:
         self.rec = rec
 
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
-                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+                 masks: Sequence[np.ndarray | None]) -> list[PoseOutput]:
         out = self.rec.inner.pose.estimate(images_bgr, boxes_xyxy, masks)
         self.rec.poses.append(list(out))
         return out
@@ -356,7 +376,7 @@ class _Replay:
         return self._next(len(images_bgr))
 
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
-                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+                 masks: Sequence[np.ndarray | None]) -> list[PoseOutput]:
         return self._next(len(images_bgr))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bmp_core.ports import BmpModels, PoseEstimator, Segmenter
-from bmp_core.records import SegmentOutput
+from bmp_core.records import PoseOutput, SegmentOutput
 
 
 class PerInstancePose:
@@ -26,7 +26,7 @@ class PerInstancePose:
         self.inner = inner
 
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
-                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+                 masks: Sequence[np.ndarray | None]) -> list[PoseOutput]:
         out = []
         for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True):
             rows = [
@@ -34,8 +34,21 @@ class PerInstancePose:
                                     [None if image_masks is None else image_masks[i: i + 1]])[0]
                 for i in range(len(boxes))
             ]
-            out.append(np.concatenate(rows) if rows else np.zeros((0, 17, 3), np.float32))
+            out.append(concat_poses(rows))
         return out
+
+
+def concat_poses(poses: Sequence[PoseOutput]) -> PoseOutput:
+    """The people of several ``PoseOutput`` of one image, in order (presence / visibility only when all
+    have them)."""
+    if not poses:
+        return PoseOutput(np.zeros((0, 17, 3), np.float32))
+
+    def cat(name: str) -> np.ndarray | None:
+        parts = [getattr(p, name) for p in poses]
+        return None if any(a is None for a in parts) else np.concatenate(parts)
+
+    return PoseOutput(np.concatenate([p.keypoints_xys for p in poses]), cat("presence"), cat("visibility"))
 
 
 @dataclass

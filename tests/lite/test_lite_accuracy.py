@@ -47,8 +47,8 @@ def _pose_and_mirrored_pose(models: BmpModels, image: np.ndarray, boxes: np.ndar
     width = image.shape[1]
     flipped_boxes = boxes.copy()
     flipped_boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
-    (kpts,) = models.pose.estimate([image], [boxes], [None])
-    (kpts_f,) = models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])
+    kpts = models.pose.estimate([image], [boxes], [None])[0].keypoints_xys
+    kpts_f = models.pose.estimate([np.ascontiguousarray(image[:, ::-1])], [flipped_boxes], [None])[0].keypoints_xys
     mirrored = kpts_f.copy()
     mirrored[..., 0] = width - kpts_f[..., 0]
     swapped = mirrored.copy()
@@ -72,7 +72,7 @@ def test_flip_swaps_left_and_right(coco_dir: Path, lite_models: BmpModels) -> No
 def test_segmenter_returns_the_prompted_persons_mask(coco_dir: Path, lite_models: BmpModels) -> None:
     image = read_bgr(coco_dir / "000000196141.jpg")
     boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000196141.jpg"].boxes_xyxy
-    (kpts,) = lite_models.pose.estimate([image], [boxes], [None])
+    kpts = lite_models.pose.estimate([image], [boxes], [None])[0].keypoints_xys
     prepared = lite_models.segmenter.prepare(image.copy())  # a copy: matched by content, not identity
     confident = [k[k[:, 2] > 0.5, :2] for k in kpts]
     people = [i for i, pts in enumerate(confident) if len(pts) >= 3]
@@ -135,7 +135,7 @@ def test_unmatched_prompt_poses_a_crop_around_its_points(coco_dir: Path, lite_mo
     image = read_bgr(coco_dir / "000000000785.jpg")
     image[0, 0] = (1, 2, 3)  # new content: nothing of this image is cached
     box = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"].boxes_xyxy[0]
-    (kpts,) = lite_models.pose.estimate([read_bgr(coco_dir / "000000000785.jpg")], [box[None]], [None])
+    kpts = lite_models.pose.estimate([read_bgr(coco_dir / "000000000785.jpg")], [box[None]], [None])[0].keypoints_xys
     torso = kpts[0, [5, 6, 11, 12], :2]  # shoulders and hips of the skier
     out = lite_models.segmenter.segment(lite_models.segmenter.prepare(image), [torso])
     ys, xs = np.nonzero(out.masks[0])
@@ -158,3 +158,18 @@ def test_flip_swaps_left_and_right_on_every_test_image(coco_dir: Path, lite_mode
     assert len(swapped_err) >= 8
     assert np.median(swapped_err) < 0.05
     assert np.median(swapped_err) < np.median(unswapped_err) / 3
+
+
+def test_pose_output_carries_blazepose_visibility(coco_dir: Path, lite_models: BmpModels) -> None:
+    """BlazePose's per-landmark visibility, mapped to COCO-17, comes with the keypoints (it is also their
+    score); its presence too where the graph sets it, which mediapipe 0.10.21's solutions.pose does not."""
+    image = read_bgr(coco_dir / "000000000785.jpg")
+    boxes = load_given_boxes(str(coco_dir / "test_coco.json"))["000000000785.jpg"].boxes_xyxy
+    (out,) = lite_models.pose.estimate([image], [boxes], [None])
+    assert out.visibility is not None and out.visibility.shape == (len(boxes), 17)
+    np.testing.assert_array_equal(out.visibility, out.keypoints_xys[:, :, 2])
+    assert np.isfinite(out.visibility).all() and (out.visibility >= 0).all() and (out.visibility <= 1).all()
+    assert np.median(out.visibility[0, 5:]) > 0.5  # a fully visible skier's body joints
+    result = lite_models.pose.runner._pose.process(np.ascontiguousarray(image[:, :, ::-1]))
+    has_presence = result.pose_landmarks.landmark[0].HasField("presence")
+    assert (out.presence is not None) == has_presence

@@ -101,3 +101,27 @@ def test_crop_with_border_and_paste_round_trip() -> None:
     np.testing.assert_array_equal(pasted_window(crop_xyxy, (4, 5)), [0, 2, 3, 4])
     np.testing.assert_array_equal(pasted_window(np.array([10, 10, 14, 14]), (4, 5)), [0, 0, 0, 0])
     np.testing.assert_array_equal(pasted_window(np.array([-3, 1, 0, 3]), (4, 5)), [0, 0, 0, 0])
+
+
+def test_estimate_returns_blazepose_presence_when_the_landmarks_carry_it() -> None:
+    from bmp_core.config import LiteModelsConfig
+    from bmp_core.models.lite.blazepose import BlazePoseEstimator
+
+    class Runner:  # a graph that sets presence = landmark index / 32 (and one that finds nobody)
+        def __init__(self, with_presence: bool) -> None:
+            self.with_presence = with_presence
+
+        def run(self, crop_bgr: np.ndarray):  # noqa: ANN202 - the runner's (landmarks, probabilities)
+            landmarks = np.zeros((33, 4), np.float32)
+            landmarks[:, :2] = 0.5
+            landmarks[:, 2] = 0.8
+            landmarks[:, 3] = np.arange(33) / 32.0 if self.with_presence else np.nan
+            return landmarks, np.ones(crop_bgr.shape[:2], np.float32)
+
+    image = np.zeros((100, 100, 3), np.uint8)
+    boxes = np.array([[10, 10, 60, 90]], np.float32)
+    (out,) = BlazePoseEstimator(LiteModelsConfig(), runner=Runner(True)).estimate([image], [boxes], [None])
+    np.testing.assert_allclose(out.presence[0], np.array(BLAZEPOSE_TO_COCO17) / 32.0, rtol=1e-6)
+    np.testing.assert_allclose(out.visibility[0], 0.8)
+    (out,) = BlazePoseEstimator(LiteModelsConfig(), runner=Runner(False)).estimate([image], [boxes], [None])
+    assert out.presence is None and out.visibility is not None

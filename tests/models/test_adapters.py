@@ -115,14 +115,16 @@ def test_pose_output_contract_and_frame(
     image = ochuman_images["004806"]
     h, w = image.shape[:2]
     boxes = _boxes(h, w)
-    (reference,) = tiny_models.pose.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
+    (out,) = tiny_models.pose.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
+    assert out.presence is None and out.visibility is None  # MaskPose predicts neither
+    reference = out.keypoints_xys
     assert reference.shape == (3, 17, 3) and reference.dtype == np.float32 and np.isfinite(reference).all()
     # Random weights give flat heatmaps on which DARK's unbounded step (the reference's) can leave the crop;
     # the frame is checked with the opt-in bound of one heatmap pixel around the argmax.
     pose = tiny_models.pose
     bounded_cfg = dataclasses.replace(pose.cfg, dark_max_offset_px=1.0)
     bounded = MaskPoseEstimator(pose.model, pose.device, bounded_cfg)
-    (kpts,) = bounded.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
+    kpts = bounded.estimate([image], [boxes], [_partial_masks(h, w, boxes)])[0].keypoints_xys
     np.testing.assert_array_equal(kpts[..., 2], reference[..., 2])  # the bound moves points, not scores
     # Each keypoint lies inside its crop: the box padded by 1.25 and grown to 3:4, in image pixels.
     pad = tiny_cfg.models.pose.bbox_padding
@@ -142,10 +144,10 @@ def test_pose_all_crops_of_all_images_in_one_batch_equals_one_by_one(
     images = [ochuman_images["004806"], ochuman_images["000817"]]
     boxes = [_boxes(*im.shape[:2]) for im in images]
     masks = [_partial_masks(*im.shape[:2], b) for im, b in zip(images, boxes, strict=True)]
-    batched = tiny_models.pose.estimate(images, boxes, masks)
+    batched = [p.keypoints_xys for p in tiny_models.pose.estimate(images, boxes, masks)]
     for i, image in enumerate(images):
         for j in range(len(boxes[i])):
-            (one,) = tiny_models.pose.estimate([image], [boxes[i][j : j + 1]], [masks[i][j : j + 1]])
+            one = tiny_models.pose.estimate([image], [boxes[i][j : j + 1]], [masks[i][j : j + 1]])[0].keypoints_xys
             np.testing.assert_allclose(one[0], batched[i][j], atol=2e-3, rtol=1e-4)
 
 
@@ -156,9 +158,9 @@ def test_pose_empty_mask_means_box_only_and_a_mask_changes_the_input(
     h, w = image.shape[:2]
     boxes = _boxes(h, w)[:2]
     empty = np.zeros((2, h, w), bool)
-    (no_mask,) = tiny_models.pose.estimate([image], [boxes], [None])
-    (empty_mask,) = tiny_models.pose.estimate([image], [boxes], [empty])
-    (with_mask,) = tiny_models.pose.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
+    no_mask = tiny_models.pose.estimate([image], [boxes], [None])[0].keypoints_xys
+    empty_mask = tiny_models.pose.estimate([image], [boxes], [empty])[0].keypoints_xys
+    with_mask = tiny_models.pose.estimate([image], [boxes], [_partial_masks(h, w, boxes)])[0].keypoints_xys
     np.testing.assert_allclose(empty_mask, no_mask, atol=1e-5)
     assert not np.allclose(with_mask, no_mask, atol=1e-5)  # the conditioning reaches the network
 
@@ -166,7 +168,7 @@ def test_pose_empty_mask_means_box_only_and_a_mask_changes_the_input(
 def test_pose_no_boxes(tiny_models: Any, ochuman_images: dict[str, np.ndarray]) -> None:
     image = ochuman_images["004806"]
     out = tiny_models.pose.estimate([image, image], [np.zeros((0, 4), np.float32)] * 2, [None, None])
-    assert [o.shape for o in out] == [(0, 17, 3), (0, 17, 3)]
+    assert [o.keypoints_xys.shape for o in out] == [(0, 17, 3), (0, 17, 3)]
 
 
 def test_plain_vitpose_ignores_masks(tiny_models: Any, ochuman_images: dict[str, np.ndarray]) -> None:
@@ -181,8 +183,8 @@ def test_plain_vitpose_ignores_masks(tiny_models: Any, ochuman_images: dict[str,
     image = ochuman_images["003896"]
     h, w = image.shape[:2]
     boxes = _boxes(h, w)[:1]
-    (with_mask,) = plain.estimate([image], [boxes], [_partial_masks(h, w, boxes)])
-    (box_only,) = maskpose.estimate([image], [boxes], [None])
+    with_mask = plain.estimate([image], [boxes], [_partial_masks(h, w, boxes)])[0].keypoints_xys
+    box_only = maskpose.estimate([image], [boxes], [None])[0].keypoints_xys
     np.testing.assert_allclose(with_mask, box_only, atol=1e-5)
 
 

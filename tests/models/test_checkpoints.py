@@ -329,8 +329,8 @@ def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
     np.testing.assert_array_equal(d1.masks, d0.masks)
     boxes = d0.boxes_xyxy[:3]
     np.testing.assert_array_equal(
-        loaded.pose.estimate([image], [boxes], [d0.masks[:3]])[0],
-        tiny_models.pose.estimate([image], [boxes], [d0.masks[:3]])[0],
+        loaded.pose.estimate([image], [boxes], [d0.masks[:3]])[0].keypoints_xys,
+        tiny_models.pose.estimate([image], [boxes], [d0.masks[:3]])[0].keypoints_xys,
     )
     small = image[::4, ::4].copy()  # SAM resizes to 1024 anyway; a small image keeps the upsampling cheap
     points = [np.array([[40, 60], [80, 120]], np.float32)]

@@ -191,3 +191,29 @@ def _anns(ann_file: Path, index: int) -> list[dict]:
     data = json.loads(ann_file.read_text())
     image_id = sorted(im["id"] for im in data["images"])[index]
     return [a for a in data["annotations"] if a["image_id"] == image_id]
+
+
+def test_mmpose_reads_occluded_keypoints_as_labeled_and_absent_ones_as_not(tmp_path: Path) -> None:
+    """v = 1 (occluded) and v = 2 (visible) are both ``keypoints_visible`` 1 for mmpose's CocoDataset (it
+    trains on both), v = 0 (absent / unconfident) is 0; the raw flags stay in ``raw_ann_info``."""
+    _compat.apply()
+    from mmpose.datasets import CocoDataset
+
+    mask = box_mask(H, W, 10, 8, 60, 88)
+    kp = default_keypoints(mask, 0.9)
+    kp[3, 2] = 0.1  # unconfident
+    vis = np.where(np.arange(17) % 2 == 0, 0.9, 0.2).astype(np.float32)  # odd keypoints occluded
+    pres = np.full(17, 0.9, np.float32)
+    pres[5] = 0.1  # absent
+    out = write_output(str(tmp_path / "out"), [Image(str(tmp_path / "a.png"), W, H,
+                                                     people=[Person(mask, keypoints=kp, visibility=vis,
+                                                                    presence=pres)])])
+    export_output(out, str(tmp_path / "coco"), "coco", ExportPolicy())
+    ds = CocoDataset(ann_file=str(tmp_path / "coco" / "train.json"), data_prefix={"img": ""}, data_mode="topdown",
+                     pipeline=[], test_mode=False)
+    (info,) = _infos(ds)
+    want_v = np.where(np.arange(17) % 2 == 0, 2, 1)
+    want_v[[3, 5]] = 0
+    np.testing.assert_array_equal(np.array(info["raw_ann_info"]["keypoints"]).reshape(17, 3)[:, 2], want_v)
+    np.testing.assert_array_equal(info["keypoints_visible"][0], np.minimum(want_v, 1))
+    assert info["num_keypoints"] == 15

@@ -121,7 +121,7 @@ def test_decode_keeps_first_17_channels_and_maps_peaks_to_image_pixels() -> None
     estimator = _estimator(_FixedHeatmapModel(heatmaps))
     image = np.zeros((600, 500, 3), np.uint8)
     box = np.array([[100, 200, 300, 400]], np.float32)
-    (keypoints,) = estimator.estimate([image], [box], [None])
+    keypoints = estimator.estimate([image], [box], [None])[0].keypoints_xys
     assert keypoints.shape == (1, 17, 3) and keypoints.dtype == np.float32
     # Hand-computed: crop centre (200, 300), size 250 x 333.3; heatmap pixel u -> x = left + u * w / 47.
     w, h = 250.0, 250.0 / 0.75
@@ -160,8 +160,8 @@ def test_flip_test_swaps_left_right_channels_back() -> None:
     image[150:170, 230:250, 2] = 255  # a red blob right of the box centre
     box = np.array([[100, 100, 300, 300]], np.float32)
     model = _MirrorSymmetricModel()
-    plain = _estimator(model, flip_test=False).estimate([image], [box], [None])[0]
-    flipped = _estimator(model, flip_test=True).estimate([image], [box], [None])[0]
+    plain = _estimator(model, flip_test=False).estimate([image], [box], [None])[0].keypoints_xys
+    flipped = _estimator(model, flip_test=True).estimate([image], [box], [None])[0].keypoints_xys
     # For an equivariant network the flip-averaged heatmaps equal the plain ones only if the mirrored
     # heatmaps' left/right channels are swapped back; without the swap the scores would average the
     # ramp with its mirror image.

@@ -113,6 +113,8 @@ def _output(uris: list[str], predictions: list[_Prediction]) -> JobOutput:
             cols["det_mask_iou"].append(1.0)
             cols["iteration"].append(0)
             cols["prompted"].append(True)
+            cols["keypoint_presence"].append(None)
+            cols["keypoint_visibility"].append(None)
     return JobOutput("/out", images, pa.Table.from_pydict(cols, schema=INSTANCES_SCHEMA), None, None)
 
 

@@ -137,7 +137,8 @@ def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> 
         def estimate(self, images_bgr, boxes_xyxy, masks):
             out = super().estimate(images_bgr, boxes_xyxy, masks)
             for k, b in zip(out, boxes_xyxy, strict=True):
-                k[:, :, 2] = np.where((b[:, :1] == 31)[:, :, None][:, :, 0], 0.99, k[:, :, 2])
+                k.keypoints_xys[:, :, 2] = np.where((b[:, :1] == 31)[:, :, None][:, :, 0], 0.99,
+                                                    k.keypoints_xys[:, :, 2])
             return out
 
     def models() -> BmpModels:

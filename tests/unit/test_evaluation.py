@@ -104,6 +104,8 @@ def gt_as_output(
         cols["det_mask_iou"].append(1.0)
         cols["iteration"].append(iteration_of(k))
         cols["prompted"].append(True)
+        cols["keypoint_presence"].append(None)
+        cols["keypoint_visibility"].append(None)
     instances = pa.Table.from_pydict(cols, schema=INSTANCES_SCHEMA)
     return JobOutput("/out", images_tbl, instances, None, None)
 

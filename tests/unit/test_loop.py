@@ -14,7 +14,7 @@ from bmp_core.config import LoopConfig, config_from_dict
 from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.ops.rle import decode_rle, encode_rle
 from bmp_core.ports import BmpModels, Detector, PoseEstimator, Segmenter
-from bmp_core.records import Detections
+from bmp_core.records import Detections, PoseOutput
 from bmp_core.testing import (
     FakeDetector,
     FakePoseEstimator,
@@ -38,7 +38,7 @@ class TemplatePose:
         self.masks: list[np.ndarray | None] = []
 
     def estimate(self, images_bgr: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray],
-                 masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+                 masks: Sequence[np.ndarray | None]) -> list[PoseOutput]:
         out = []
         for image, boxes, m in zip(images_bgr, boxes_xyxy, masks, strict=True):
             self.images.append(image.copy())
@@ -47,7 +47,7 @@ class TemplatePose:
             for i, b in enumerate(boxes):
                 k[i, :, :2] = b[:2] + _TEMPLATE_XY * (b[2:] - b[:2])
                 k[i, :, 2] = self.scores_by_box.get(tuple(int(v) for v in b), 0.9)
-            out.append(k)
+            out.append(PoseOutput(k))
         return out
 
 

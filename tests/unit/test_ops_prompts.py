@@ -109,3 +109,70 @@ def test_has_prompt_says_whether_the_selection_picks_anything() -> None:
         conf, vis = rng.choice([0.0, 0.3, 0.5]), rng.choice([0.0, 0.3, 0.5, 0.7])
         picked = select_prompt_keypoints(kpts, 6, conf, vis, "distance+confidence", bool(trial % 2), 80.0)
         assert has_prompt(kpts[None, :, 2], conf, vis)[0] == (len(picked) > 0), (trial, conf, vis)
+
+
+# --- k_most_visible (BMP v2) ---------------------------------------------------------------------------
+
+def _xy_s(score: float = 0.9) -> np.ndarray:
+    k = np.zeros((17, 3))
+    k[:, 0], k[:, 1], k[:, 2] = np.arange(17) * 10.0, np.arange(17) * 5.0 + 1, score
+    return k
+
+
+def test_k_most_visible_ties_go_by_keypoint_index() -> None:
+    from bmp_core.ops.prompts import select_most_visible
+
+    vis = np.full(17, 0.2)
+    vis[[12, 3, 9]] = 1.0  # saturated after flip averaging: a three-way tie
+    vis[0] = 0.95
+    out = select_most_visible(_xy_s(), vis, 3, 0.5, 0.5)
+    np.testing.assert_allclose(out[:, 0], [30, 90, 120])  # indices 3, 9, 12 (x = 10 * index)
+    np.testing.assert_allclose(out[:, 2], [1, 1, 1])
+    four = select_most_visible(_xy_s(), vis, 4, 0.5, 0.5)
+    np.testing.assert_allclose(four[:, 0], [30, 90, 120, 0])
+    # the same as brute force: sort by (-visibility, index), for random ties
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        v = rng.choice([0.3, 0.5, 0.6, 0.9, 1.0], 17)
+        k = _xy_s()
+        k[:, 2] = rng.choice([0.4, 0.5, 0.7], 17)
+        got = select_most_visible(k, v, 3, 0.5, 0.5)
+        gate = any(k[i, 2] > 0.5 and v[i] > 0.5 for i in range(17))
+        want = sorted((i for i in range(17) if v[i] >= 0.5), key=lambda i: (-v[i], i))[:3] if gate else []
+        np.testing.assert_allclose(got[:, 0], [10.0 * i for i in want])
+
+
+def test_k_most_visible_gate_is_strict_and_the_filter_is_not() -> None:
+    from bmp_core.ops.prompts import select_most_visible
+
+    vis = np.full(17, 0.1)
+    vis[5] = 0.5  # exactly the threshold: a candidate (>=) but never opens the gate (>)
+    assert select_most_visible(_xy_s(0.9), vis, 3, 0.5, 0.5).shape == (0, 3)
+    scores = _xy_s(0.9)
+    scores[:, 2] = 0.5  # every score = the threshold: the gate (score > 0.5) fails too
+    vis[7] = 0.8
+    assert select_most_visible(scores, vis, 3, 0.5, 0.5).shape == (0, 3)
+    scores[7, 2] = 0.51  # keypoint 7 opens the gate; 5 comes along (v >= 0.5) though its score is 0.5
+    out = select_most_visible(scores, vis, 3, 0.5, 0.5)
+    np.testing.assert_allclose(out, [[70, 36, 0.8], [50, 26, 0.5]], rtol=1e-6)
+    # a visible keypoint whose score is low is still a candidate once the gate is open (score not re-checked)
+    scores[9, 2], vis[9] = 0.01, 0.9
+    np.testing.assert_allclose(select_most_visible(scores, vis, 3, 0.5, 0.5)[:, 0], [90, 70, 50])
+
+
+def test_k_most_visible_zero_candidates_and_missing_visibility() -> None:
+    import pytest
+
+    from bmp_core.ops.prompts import MissingVisibilityError, has_prompt, select_most_visible
+
+    assert select_most_visible(_xy_s(0.9), np.zeros(17), 3, 0.5, 0.5).shape == (0, 3)
+    assert select_most_visible(_xy_s(0.1), np.ones(17), 3, 0.5, 0.5).shape == (0, 3)
+    with pytest.raises(MissingVisibilityError):
+        select_most_visible(_xy_s(), None, 3, 0.5, 0.5)
+    with pytest.raises(MissingVisibilityError):
+        has_prompt(np.ones((2, 17)), 0.5, 0.5, None, "k_most_visible")
+    # has_prompt agrees with the selection on random people
+    rng = np.random.default_rng(1)
+    s, v = rng.uniform(0, 1, (300, 17)), rng.choice([0.2, 0.5, 0.7], (300, 17))
+    picks = [len(select_most_visible(np.c_[np.zeros((17, 2)), s[i]], v[i], 3, 0.5, 0.5)) > 0 for i in range(300)]
+    assert has_prompt(s, 0.5, 0.5, v, "k_most_visible").tolist() == picks and 0 < sum(picks) < 300

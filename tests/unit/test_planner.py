@@ -66,3 +66,24 @@ def test_large_list_file_matches_python(tmp_path: object) -> None:
     assert shard_uris(uris, plan, 3) == expected[3 * 256: 4 * 256]
     table = listing_table(uris)
     assert table.column("image_id").to_pylist()[:3] == [0, 1, 2]
+
+
+def test_config_digest_of_an_output_from_before_the_v2_keys_is_unchanged() -> None:
+    # What a bmp-label without loop.pose_nms.remove_losing_old / models.fake.visibility digested: the same
+    # canonical JSON of the result-affecting sections, without those keys.
+    import json
+
+    from bmp_core.config import config_to_dict
+    from jobs.planner import OPTIONAL_RESULT_JOB_KEYS, RESULT_JOB_KEYS
+
+    for kind in ("bmp", "fake"):
+        cfg = config_from_dict({}, [f"models.kind={kind}"])
+        data = config_to_dict(cfg)
+        del data["loop"]["pose_nms"]["remove_losing_old"], data["models"]["fake"]["visibility"]
+        old = {"models": data["models"], "loop": data["loop"],
+               "job": {k: data["job"][k] for k in RESULT_JOB_KEYS
+                       if k not in OPTIONAL_RESULT_JOB_KEYS or data["job"][k] is not None}}
+        canonical = json.dumps(old, sort_keys=True, separators=(",", ":"))
+        assert config_digest(cfg) == hashlib.sha256(canonical.encode()).hexdigest()
+        for override in ("loop.pose_nms.remove_losing_old=true", "models.fake.visibility=true"):
+            assert config_digest(config_from_dict({}, [f"models.kind={kind}", override])) != config_digest(cfg)

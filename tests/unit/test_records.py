@@ -57,3 +57,28 @@ def test_mask_windows_are_checked_and_taken_with_their_rows() -> None:
     with pytest.raises(ValueError, match="inside"):
         SegmentOutput(masks, np.zeros(2, np.float32), windows + [0, 0, 0, 1])
     assert SegmentOutput(masks, np.zeros(2, np.float32), windows).mask_windows_xyxy is windows
+
+
+def test_pose_output_shapes_and_instances_per_keypoint_defaults() -> None:
+    from bmp_core.records import PoseOutput
+
+    kpts = np.zeros((2, 17, 3), np.float32)
+    assert PoseOutput(kpts).visibility is None and PoseOutput(kpts).presence is None
+    PoseOutput(kpts, np.ones((2, 17), np.float32), np.ones((2, 17), np.float32))
+    with pytest.raises(ValueError, match="keypoints_xys"):
+        PoseOutput(np.zeros((2, 21, 3), np.float32))
+    with pytest.raises(ValueError, match="visibility"):
+        PoseOutput(kpts, None, np.ones((3, 17), np.float32))
+    empty = Instances.empty(4, 5, 3)
+    assert empty.keypoint_visibility.shape == (0, 17)
+    one = Instances.concat(empty, Instances.empty(4, 5, 3))
+    assert one.keypoint_presence.shape == (0, 17)
+    # built without them (a model that predicts neither): NaN rows, and take/concat keep them
+    fields = {name: getattr(empty, name) for name in empty.__dataclass_fields__
+              if name not in ("keypoint_presence", "keypoint_visibility")}
+    fields = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), v.dtype)]) for k, v in fields.items()}
+    row = Instances(**fields)
+    assert np.isnan(row.keypoint_visibility).all() and row.keypoint_visibility.shape == (1, 17)
+    assert np.isnan(Instances.concat(row, row).take(np.array([1])).keypoint_presence).all()
+    with pytest.raises(ValueError, match="keypoint_visibility"):
+        Instances(**fields, keypoint_visibility=np.zeros((2, 17), np.float32))

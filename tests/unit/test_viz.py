@@ -170,3 +170,21 @@ def test_gif_right_panel_follows_the_policy(traced: BmpResult, image_004806: np.
     assert np.array_equal(right[band], expected[band])
     everyone = viz.iteration_frames(rgb, traced.traces, inst, style, max_width=10**6)[-1][:, rgb.shape[1]:]
     assert not np.array_equal(everyone[band], expected[band])  # without a policy, the others are drawn
+
+
+def test_occluded_keypoints_are_drawn_hollow(image_rgb: np.ndarray) -> None:
+    # One drawn keypoint (no limb: its neighbours are below threshold), visible or occluded.
+    kpts = _person_keypoints()
+    kpts[0, 1:, 2] = 0.1
+    style = viz.DrawStyle(draw_masks=False, draw_boxes=False, keypoint_radius=4)
+    x, y = kpts[0, 0, :2].astype(int)
+    color = viz.person_colors_rgb(1)[0]
+    solid = viz.draw_overlay(image_rgb, BOX, kpts, style=style, keypoint_visibility=np.full((1, 17), 0.9))
+    hollow = viz.draw_overlay(image_rgb, BOX, kpts, style=style, keypoint_visibility=np.full((1, 17), 0.2))
+    unknown = viz.draw_overlay(image_rgb, BOX, kpts, style=style, keypoint_visibility=np.full((1, 17), np.nan))
+    assert np.array_equal(solid[y, x], color) and np.array_equal(unknown, solid)
+    assert np.array_equal(hollow[y, x], image_rgb[y, x])  # the centre of a ring is left as it was
+    ring = np.any(hollow != image_rgb, axis=2)
+    ys, xs = np.nonzero(ring)
+    assert len(ys) > 8 and np.all(np.hypot(xs - x, ys - y) <= 4 * 1.5 + 1)
+    assert np.array_equal(viz.draw_overlay(image_rgb, BOX, kpts, style=style), solid)  # no visibility: solid

@@ -5,7 +5,8 @@ mask) that we run once per person crop. Behind the loop's ports:
 
 - ``BlazePoseEstimator`` (``PoseEstimator``): crop each box with padding, dim the background with
   the conditioning mask exactly like MaskPose (``crops.blend_background``), run BlazePose on the
-  crop, map its 33 landmarks to COCO-17 (score = BlazePose visibility).
+  crop, map its 33 landmarks to COCO-17 (score = BlazePose visibility; the ``PoseOutput`` also carries
+  BlazePose's per-landmark visibility and presence as the keypoints' visibility and presence).
 - ``BlazePoseSegmenter`` (``Segmenter``): returns the BlazePose person mask of the crop the prompted
   person was posed in, pasted into the full image. The estimate call leaves each person's crop mask
   in a shared ``PersonCache``; ``segment`` matches prompt points to cached keypoints
@@ -33,6 +34,7 @@ from bmp_core.models.lite.cache import CachedPerson, PersonCache, image_key
 from bmp_core.models.lite.crops import (
     NUM_BLAZEPOSE_LANDMARKS,
     blend_background,
+    coco17_of,
     crop_with_border,
     landmarks_to_coco17,
     padded_crop_box,
@@ -40,7 +42,7 @@ from bmp_core.models.lite.crops import (
     pasted_window,
 )
 from bmp_core.ports import BmpModels
-from bmp_core.records import NUM_KEYPOINTS, SegmentOutput
+from bmp_core.records import NUM_KEYPOINTS, PoseOutput, SegmentOutput
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +98,16 @@ class BlazePoseRunner:
             crop_bgr: (h, w, 3) uint8 BGR.
 
         Returns:
-            ((33, 3) float32 ``(x_norm, y_norm, visibility)``, (h, w) float32 person probability),
-            or (None, None) when BlazePose's detector finds nobody in the crop.
+            ((33, 4) float32 ``(x_norm, y_norm, visibility, presence)``, (h, w) float32 person probability),
+            or (None, None) when BlazePose's detector finds nobody in the crop. Presence is NaN where the
+            graph does not set it (mediapipe 0.10.21's ``solutions.pose`` sets visibility only).
         """
         result = self._pose.process(np.ascontiguousarray(crop_bgr[:, :, ::-1]))  # MediaPipe takes RGB
         if result.pose_landmarks is None:
             return None, None
-        landmarks = np.array([(p.x, p.y, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
-        if landmarks.shape != (NUM_BLAZEPOSE_LANDMARKS, 3):  # pragma: no cover - a different mediapipe graph
+        landmarks = np.array([(p.x, p.y, p.visibility, p.presence if p.HasField("presence") else np.nan)
+                              for p in result.pose_landmarks.landmark], np.float32)
+        if landmarks.shape != (NUM_BLAZEPOSE_LANDMARKS, 4):  # pragma: no cover - a different mediapipe graph
             raise RuntimeError(f"BlazePose returned {landmarks.shape[0]} landmarks, expected 33")
         seg = result.segmentation_mask
         return landmarks, None if seg is None else np.asarray(seg, np.float32)
@@ -131,12 +135,14 @@ class BlazePoseEstimator:
         images_bgr: Sequence[np.ndarray],
         boxes_xyxy: Sequence[np.ndarray],
         masks: Sequence[np.ndarray | None],
-    ) -> list[np.ndarray]:
+    ) -> list[PoseOutput]:
         """COCO-17 keypoints for every box; see ``bmp_core.ports.PoseEstimator.estimate``.
 
         Returns:
-            B arrays (N_i, 17, 3) float32 ``(x, y, score)`` in image pixels. A crop where BlazePose
-            finds nobody gives its box centre with score 0 for all 17 keypoints.
+            B ``PoseOutput``: (N_i, 17, 3) float32 ``(x, y, score)`` in image pixels, score = BlazePose
+            visibility, and (N_i, 17) BlazePose visibility and presence (None when the graph gives no
+            presence, as mediapipe 0.10.21's does not). A crop where BlazePose finds nobody gives its
+            box centre with score, visibility and presence 0 for all 17 keypoints.
         """
         if not len(images_bgr) == len(boxes_xyxy) == len(masks):
             raise ValueError(
@@ -150,8 +156,15 @@ class BlazePoseEstimator:
                 for i, box in enumerate(boxes)
             ]
             self.cache.add(image_key(image), people)
-            empty = np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
-            out.append(np.stack([p.keypoints for p in people]) if people else empty)
+            if not people:
+                empty = np.zeros((0, NUM_KEYPOINTS), np.float32)
+                out.append(PoseOutput(np.zeros((0, NUM_KEYPOINTS, 3), np.float32), empty, empty))
+                continue
+            presence = np.stack([p.presence for p in people])
+            # NaN: not given by the graph; 0 where nobody was found (a crop without a person).
+            presence = None if np.isnan(presence).all() else np.nan_to_num(presence, nan=0.0)
+            out.append(PoseOutput(np.stack([p.keypoints for p in people]), presence,
+                                  np.stack([p.visibility for p in people])))
         return out
 
     def pose_box(self, image_bgr: np.ndarray, box_xyxy: np.ndarray, mask: np.ndarray | None) -> CachedPerson:
@@ -174,13 +187,17 @@ class BlazePoseEstimator:
         if prob_crop is not None:
             mask_crop = prob_crop >= self.cfg.mask_thr
             mask_score = float(prob_crop[mask_crop].mean()) if mask_crop.any() else 0.0
+        presence = np.full(NUM_KEYPOINTS, np.nan, np.float32)  # unknown unless the landmarks carry it
         if landmarks is None:
             keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
             keypoints[:, 0] = (box_xyxy[0] + box_xyxy[2]) / 2.0
             keypoints[:, 1] = (box_xyxy[1] + box_xyxy[3]) / 2.0
         else:
-            keypoints = landmarks_to_coco17(landmarks, crop_xyxy)
-        return CachedPerson(keypoints, np.asarray(box_xyxy, np.float32), crop_xyxy, mask_crop, mask_score)
+            keypoints = landmarks_to_coco17(landmarks[:, :3], crop_xyxy)
+            if landmarks.shape[1] > 3:  # a runner without presence (tests' spies) gives visibility only
+                presence = coco17_of(landmarks[:, 3])
+        return CachedPerson(keypoints, np.asarray(box_xyxy, np.float32), crop_xyxy, mask_crop, mask_score,
+                            presence=presence, visibility=keypoints[:, 2].copy())
 
     def close(self) -> None:
         """Release the BlazePose graph."""

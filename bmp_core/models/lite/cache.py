@@ -43,6 +43,8 @@ class CachedPerson:
             None when BlazePose found nobody in the crop. Bool, not the float probabilities: a
             cache of 16 images x 40 people must stay small.
         mask_score: mean BlazePose probability inside ``mask_crop`` (0 when it is empty or None).
+        presence: (17,) float32 BlazePose's per-landmark presence mapped to COCO-17 (NaN: not given).
+        visibility: (17,) float32 BlazePose's per-landmark visibility mapped to COCO-17 (= the scores).
     """
 
     keypoints: np.ndarray
@@ -50,6 +52,14 @@ class CachedPerson:
     crop_xyxy: np.ndarray
     mask_crop: np.ndarray | None
     mask_score: float = 0.0
+    presence: np.ndarray | None = None
+    visibility: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.presence is None:  # a person cached without them (tests): presence unknown, visibility = score
+            object.__setattr__(self, "presence", np.full(len(self.keypoints), np.nan, np.float32))
+        if self.visibility is None:
+            object.__setattr__(self, "visibility", np.asarray(self.keypoints, np.float32)[:, 2].copy())
 
 
 class PersonCache:

@@ -96,6 +96,15 @@ def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return person, background
 
 
+def coco17_of(per_landmark: np.ndarray) -> np.ndarray:
+    """(17,) float32 in [0, 1]: a per-landmark value of BlazePose's 33 (presence, visibility) at the COCO-17
+    keypoints, the same mapping as ``landmarks_to_coco17``."""
+    values = np.asarray(per_landmark, np.float32).reshape(-1)
+    if values.shape != (NUM_BLAZEPOSE_LANDMARKS,):
+        raise ValueError(f"expected 33 per-landmark values, got {values.shape}")
+    return np.clip(values[list(BLAZEPOSE_TO_COCO17)], 0.0, 1.0)  # NaN (not given) stays NaN
+
+
 def landmarks_to_coco17(landmarks_norm: np.ndarray, crop_xyxy: np.ndarray) -> np.ndarray:
     """Map BlazePose's 33 crop-normalised landmarks to COCO-17 keypoints in image pixels.
 

@@ -3,7 +3,8 @@
 Used by the export (``--format coco``: files of at most ``images_per_file`` images per split, plus
 ``index.json``) and by the job's own ``coco.json`` (one file, pass-all policy). An annotation:
 
-- kept person: ``keypoints`` ``[x, y, v] * 17`` (v = 2 at or above ``keypoint_thr``, else 0, 0, 0),
+- kept person: ``keypoints`` ``[x, y, v] * 17`` (v = the policy's ``keypoint_flags``: 2 visible, 1 present
+  but occluded, else 0, 0, 0; without predicted visibility 2 at or above ``keypoint_thr``),
   ``num_keypoints``, ``bbox`` xywh (tight box of the refined mask; the detector box when the mask is
   empty), ``segmentation`` compressed RLE, ``area`` (mask pixels), ``iscrowd`` 0, ``score`` (pose
   score), ``det_score`` / ``sam_score`` extras;
@@ -39,13 +40,19 @@ INDEX_JSON = "index.json"
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def coco_keypoints(keypoints: np.ndarray, score_thr: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 17, 3) ``(x, y, score)`` -> ((N, 51) COCO ``[x, y, v]`` with v in {0, 2}, (N,) num_keypoints)."""
-    visible = keypoints[:, :, 2] >= score_thr
+def coco_keypoints(keypoints: np.ndarray, score_thr: float,
+                   flags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 17, 3) ``(x, y, score)`` -> ((N, 51) COCO ``[x, y, v]``, (N,) num_keypoints = labeled ones).
+
+    ``flags``: (N, 17) ``v`` per keypoint (``policy.keypoint_flags``, {0, 1, 2}); None: v = 2 where the
+    score is >= ``score_thr``, else 0. An unlabeled keypoint is written 0, 0, 0."""
+    if flags is None:
+        flags = np.where(keypoints[:, :, 2] >= score_thr, 2, 0)
+    labeled = flags > 0
     out = np.zeros_like(keypoints, dtype=np.float64)
-    out[:, :, :2] = np.where(visible[:, :, None], keypoints[:, :, :2], 0.0)
-    out[:, :, 2] = np.where(visible, 2, 0)
-    return out.reshape(len(keypoints), -1), visible.sum(axis=1)
+    out[:, :, :2] = np.where(labeled[:, :, None], keypoints[:, :, :2], 0.0)
+    out[:, :, 2] = np.where(labeled, flags, 0)
+    return out.reshape(len(keypoints), -1), labeled.sum(axis=1)
 
 
 def coco_boxes_xywh(instances) -> np.ndarray:
@@ -90,7 +97,7 @@ class ShardAnnotations:
         self._tolerance = polygon_tolerance_px
         n = inst.num_rows
         if n:
-            kpts51, num_kpts = coco_keypoints(keypoints_array(inst), keypoint_thr)
+            kpts51, num_kpts = coco_keypoints(keypoints_array(inst), keypoint_thr, shard.decisions.keypoint_flags)
             self._kpts = np.round(kpts51, 2).tolist()
             self._num_kpts = num_kpts.tolist()
             self._bbox = np.round(coco_boxes_xywh(inst), 2).tolist()

@@ -9,12 +9,15 @@
                                 ``file_name`` is the base name, which CVAT matches to the task's images)
 
 Selection (``--review-by``), over the exported (``ok``) images that have at least one person:
-``low-confidence``: lowest minimum pose score among the image's people; ``crowded``: most people;
+``low-confidence``: lowest minimum pose score among the image's people (for PMPose runs the mean
+predicted OKS, the model's own estimate of its accuracy); ``crowded``: most people;
 ``random``: an audit sample by a stable hash of the URI (salted, so it is independent of the split).
 One pass, a heap of N: memory is N images' rows plus one shard.
 
 Regions: a kept person is labeled ``person``, an ignore region ``ignore`` (so the reviewer sees the
-policy's decision); dropped people are not shown. Keypoints below ``keypoint_thr`` are not shown.
+policy's decision); dropped people are not shown. Unlabeled keypoints (``v = 0``, policy.keypoint_flags)
+are not shown; occluded ones (``v = 1``) are (Label Studio keypoints carry no visibility flag; the
+``review_coco.json`` beside them has it).
 Coordinates are percentages of the image size, as Label Studio stores them.
 """
 
@@ -91,6 +94,7 @@ class ReviewImage:
     decision: np.ndarray
     reason: np.ndarray
     visible_keypoints: np.ndarray
+    keypoint_flags: np.ndarray | None = None  # (N, 17) COCO v of the shown people (policy.keypoint_flags)
 
 
 def select_review(shards: Iterable[ExportShard], n: int, review_by: str, tally) -> list[ReviewImage]:
@@ -111,7 +115,9 @@ def select_review(shards: Iterable[ExportShard], n: int, review_by: str, tally) 
                 continue
             item = ReviewImage(key, image_id, shard.uris[i], int(shard.widths[i]), int(shard.heights[i]),
                                shard.splits[i], shard.instances.take(shown), dec[shown].copy(),
-                               shard.decisions.reason[shown].copy(), shard.decisions.visible_keypoints[shown].copy())
+                               shard.decisions.reason[shown].copy(), shard.decisions.visible_keypoints[shown].copy(),
+                               None if shard.decisions.keypoint_flags is None
+                               else shard.decisions.keypoint_flags[shown].copy())
             entry = (-key, -image_id, len(heap), item)
             if len(heap) < n:
                 heapq.heappush(heap, entry)
@@ -164,7 +170,8 @@ def task_of(image: ReviewImage, policy: ExportPolicy, image_url_prefix: str = ""
                 continue
             for j, name in enumerate(KEYPOINT_NAMES):
                 x, y, s = (float(v) for v in kps[k, j])
-                if s < policy.keypoint_thr or not (0 <= x <= w and 0 <= y <= h):
+                labeled = s >= policy.keypoint_thr if image.keypoint_flags is None else image.keypoint_flags[k, j] > 0
+                if not labeled or not (0 <= x <= w and 0 <= y <= h):
                     continue
                 results.append({**base, "id": f"{rid}_kp{j}", "from_name": KEYPOINTS, "type": "keypointlabels",
                                 "score": s, "parentID": rid,
@@ -188,7 +195,8 @@ def review_coco(images: list[ReviewImage], policy: ExportPolicy, fp, info: dict[
         shard = ExportShard(
             image_ids=[im.image_id], uris=[im.uri], widths=[im.width], heights=[im.height], splits=[im.split],
             instances=im.instances, starts=np.array([0, n]),
-            decisions=PersonDecisions(im.decision, im.reason, im.visible_keypoints), num_failed_images=0)
+            decisions=PersonDecisions(im.decision, im.reason, im.visible_keypoints, im.keypoint_flags),
+            num_failed_images=0)
         out.add({"id": im.image_id, "file_name": im.uri.rstrip("/").rsplit("/", 1)[-1], "width": im.width,
                  "height": im.height}, ShardAnnotations(shard, policy.keypoint_thr).of_image(0))
     out.close()

@@ -15,6 +15,11 @@ per backend, because the scores mean different things (BlazePose's landmark scor
 heatmap maxima, PMPose's predicted OKS); docs/exports.md ("The default policy") has the measurement
 and the reasoning behind each number. ``ExportPolicy()`` itself keeps everybody (all minimums 0).
 
+Per keypoint, ``keypoint_flags`` gives the COCO visibility flag every format writes (docs/exports.md):
+``v = 2`` visible, ``v = 1`` present but occluded, ``v = 0`` unlabeled (unconfident, or absent from the
+crop). The occluded/absent split needs the pose model's per-keypoint visibility and presence (PMPose,
+lite); a run without them (MaskPose, v1 outputs) gets ``v`` in {0, 2} from the score alone, as before.
+
 The train/val split is ``split_of(uri)``: a stable hash of the image URI, so the same image lands in
 the same split in every format, on every rerun, whatever the output's sharding.
 """
@@ -59,9 +64,14 @@ class ExportPolicy:
         min_det_score: detector score.
         min_pose_score: pose score (mean of the 17 keypoint scores).
         min_sam_score: SAM score; with a value > 0, a person SAM never prompted (no score) fails.
-        keypoint_thr: a keypoint scoring >= this is labeled (COCO/YOLO ``v = 2``), else ``v = 0``
-            with ``x = y = 0`` (unlabeled: the trainer ignores it).
-        min_visible_keypoints: keypoints at or above ``keypoint_thr``.
+        keypoint_thr: a keypoint scoring >= this is labeled (``v`` 2 or 1), else ``v = 0`` with
+            ``x = y = 0`` (unlabeled: the trainer ignores it). For PMPose runs the score is the predicted
+            OKS of the keypoint, and ``min_pose_score`` thresholds the mean predicted OKS.
+        keypoint_visibility_thr: a labeled keypoint whose predicted visibility is >= this is ``v = 2``
+            (visible), below it ``v = 1`` (present but occluded). Only where the model predicts visibility.
+        keypoint_presence_thr: a keypoint whose predicted presence (inside the crop) is below this is
+            ``v = 0`` (absent). Only where the model predicts presence.
+        min_visible_keypoints: labeled keypoints (``v`` > 0).
         min_mask_area_px: refined-mask pixels.
         val_fraction: share of images in ``val`` (by URI hash), 0 <= F < 1.
         max_ignore_fraction: YOLO only (it has no ignore regions): an image whose ignore regions
@@ -77,9 +87,12 @@ class ExportPolicy:
     min_mask_area_px: int = 0
     val_fraction: float = 0.0
     max_ignore_fraction: float = 0.05
+    keypoint_visibility_thr: float = 0.5
+    keypoint_presence_thr: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("min_det_score", "min_pose_score", "min_sam_score", "keypoint_thr", "max_ignore_fraction"):
+        for name in ("min_det_score", "min_pose_score", "min_sam_score", "keypoint_thr", "max_ignore_fraction",
+                     "keypoint_visibility_thr", "keypoint_presence_thr"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise PolicyError(f"{name} must be in [0, 1], got {value}")
@@ -170,21 +183,24 @@ class PersonDecisions:
     Attributes:
         decision: (N,) int8 ``Decision`` values.
         reason: (N,) int8 index into ``REASONS`` of the first failed threshold, -1 when kept.
-        visible_keypoints: (N,) int keypoints at or above ``keypoint_thr``.
+        visible_keypoints: (N,) int labeled keypoints (``keypoint_flags`` > 0).
+        keypoint_flags: (N, 17) int8 COCO ``v`` of each keypoint (``keypoint_flags``); None: from
+            ``keypoint_thr`` alone (v in {0, 2}).
     """
 
     decision: np.ndarray
     reason: np.ndarray
     visible_keypoints: np.ndarray
+    keypoint_flags: np.ndarray | None = None
 
 
 def decide(instances: pa.Table, policy: ExportPolicy) -> PersonDecisions:
     """Apply ``policy`` to the people of an ``instances`` table (any subset of rows, vectorised).
 
-    Reads ``det_score``, ``pose_score``, ``sam_score`` (null: not prompted), ``keypoints`` and
-    ``mask_area``.
+    Reads ``det_score``, ``pose_score``, ``sam_score`` (null: not prompted), ``keypoints``,
+    ``keypoint_visibility`` / ``keypoint_presence`` (null or absent: not predicted) and ``mask_area``.
     """
-    from bmp_core.output.tables import keypoints_array
+    from bmp_core.output.tables import keypoints_array, per_keypoint_array
 
     n = instances.num_rows
     det = instances.column("det_score").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -192,7 +208,9 @@ def decide(instances: pa.Table, policy: ExportPolicy) -> PersonDecisions:
     sam_col = instances.column("sam_score").combine_chunks() if n else pa.array([], pa.float32())
     sam = sam_col.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
     area = instances.column("mask_area").to_numpy(zero_copy_only=False).astype(np.int64)
-    visible = (keypoints_array(instances)[:, :, 2] >= policy.keypoint_thr).sum(axis=1) if n else np.zeros(0, int)
+    flags = keypoint_flags(keypoints_array(instances), per_keypoint_array(instances, "keypoint_visibility"),
+                           per_keypoint_array(instances, "keypoint_presence"), policy)
+    visible = (flags > 0).sum(axis=1)
     # NaN (no SAM score) fails any min_sam_score > 0 and passes 0: ``sam >= 0`` is False for NaN.
     sam_ok = np.ones(n, bool) if policy.min_sam_score <= 0 else (sam >= policy.min_sam_score)
     fails = np.stack([
@@ -205,7 +223,29 @@ def decide(instances: pa.Table, policy: ExportPolicy) -> PersonDecisions:
     failed = fails.any(axis=1)
     reason = np.where(failed, fails.argmax(axis=1), -1).astype(np.int8)
     decision = np.where(~failed, Decision.KEEP, np.where(area > 0, Decision.IGNORE, Decision.DROP)).astype(np.int8)
-    return PersonDecisions(decision=decision, reason=reason, visible_keypoints=visible)
+    return PersonDecisions(decision=decision, reason=reason, visible_keypoints=visible, keypoint_flags=flags)
+
+
+def keypoint_flags(keypoints: np.ndarray, visibility: np.ndarray, presence: np.ndarray,
+                   policy: ExportPolicy) -> np.ndarray:
+    """(N, 17) int8 COCO visibility flags of N people (module docstring; docs/exports.md).
+
+    ``v = 0`` when the score is below ``keypoint_thr`` or the presence below ``keypoint_presence_thr``;
+    else ``v = 2`` when the visibility is at or above ``keypoint_visibility_thr``, ``v = 1`` below it.
+    A NaN visibility (presence) means the model does not predict it: that test is skipped, so a run
+    without either gets exactly the flags it always had (``v = 2`` at or above ``keypoint_thr``, else 0).
+
+    Args:
+        keypoints: (N, 17, 3) ``(x, y, score)``.
+        visibility, presence: (N, 17) float, NaN where not predicted.
+    """
+    # float32 against a Python float compares in float32 (NEP 50): a stored score equal to the float32
+    # nearest the threshold passes, as the exports always did.
+    score = np.asarray(keypoints, np.float32).reshape(-1, 17, 3)[:, :, 2]
+    vis, pres = np.asarray(visibility, np.float32), np.asarray(presence, np.float32)
+    labeled = (score >= policy.keypoint_thr) & ~(pres < policy.keypoint_presence_thr)  # NaN < t is False
+    occluded = vis < policy.keypoint_visibility_thr
+    return np.where(labeled, np.where(occluded, 1, 2), 0).astype(np.int8)
 
 
 def split_score(uri: str) -> float:

@@ -15,7 +15,8 @@ symlinks the list files name ``./images/<split>/NAME.EXT`` and it trains as is. 
 images under ``DEST/images/<split>/NAME.EXT`` (``images.csv`` says which is which) before training.
 
 Lines: pose ``0 cx cy w h x1 y1 v1 ... x17 y17 v17`` (box: tight box of the mask, else the detector
-box, clipped to the image; ``v = 2`` at or above ``keypoint_thr`` and inside the image, else
+box, clipped to the image; ``v`` = the policy's flag (2 visible, 1 present but occluded; without
+predicted visibility 2 at or above ``keypoint_thr``) for a labeled keypoint inside the image, else
 ``0 0 0``); seg ``0 x1 y1 x2 y2 ...``: ONE polygon per person (``bmp_core.ops.polygons.mask_polygon``:
 the outer boundary of the largest part, other parts and holes joined by zero-width bridges, so
 filling it gives back the mask's parts and holes; Douglas-Peucker at ``polygon_tolerance_px``).
@@ -110,10 +111,13 @@ class PoseRows:
         kp = keypoints_array(inst).astype(np.float64)
         kx, ky = kp[:, :, 0], kp[:, :, 1]
         inside = (kx >= 0) & (kx <= width) & (ky >= 0) & (ky <= height)
-        labeled = kp[:, :, 2] >= keypoint_thr
+        flags = shard.decisions.keypoint_flags
+        if flags is None:
+            flags = np.where(kp[:, :, 2] >= keypoint_thr, 2, 0)
+        labeled = flags > 0
         vis = labeled & inside
         kxy = np.where(vis[:, :, None], np.stack([kx / width, ky / height], axis=2), 0.0)
-        kpts = np.concatenate([kxy, np.where(vis, 2.0, 0.0)[:, :, None]], axis=2).reshape(n, -1)
+        kpts = np.concatenate([kxy, np.where(vis, flags, 0.0)[:, :, None]], axis=2).reshape(n, -1)
         values = np.concatenate([box, kpts], axis=1)
         ok = (box[:, 2] > 0) & (box[:, 3] > 0)
         template = "0 " + " ".join(["%.6g"] * values.shape[1])  # one format call per line
