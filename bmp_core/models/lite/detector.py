@@ -18,11 +18,11 @@ MediaPipe's graph does it.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from bmp_core.models.lite.pose_detection import (
 )
 from bmp_core.records import Detections
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bmp_core.models.lite.blazepose import BlazePoseEstimator
 
 _GRAPH = """
 input_stream: "image"
@@ -150,7 +151,8 @@ class BlazePersonDetector:
     its mask and tight box (module docstring). ``estimator``: the ``BlazePoseEstimator`` whose
     ``pose_box`` poses a region (its landmark graph is shared, not duplicated)."""
 
-    def __init__(self, cfg: LiteModelsConfig, estimator, model: PoseDetectionModel | None = None) -> None:
+    def __init__(self, cfg: LiteModelsConfig, estimator: BlazePoseEstimator,
+                 model: PoseDetectionModel | None = None) -> None:
         self.cfg = cfg
         self.estimator = estimator
         self.model = model if model is not None else PoseDetectionModel()
