@@ -202,8 +202,26 @@ class LiteModelsConfig:
     mask_thr: float = 0.5  # BlazePose person probability -> mask pixel
     match_tol: float = 0.05  # prompt -> posed person: mean point distance / box diagonal accepted as a match
     cache_images: int = 16  # images whose posed people the segmenter can look up (>= job.batch_size)
+    detect_people: bool = True  # BlazePose's own person detector (false: job.given_boxes only, 1 pass)
+    detector_windows: tuple[float, ...] = (1.0, 0.6)  # besides the whole image: square windows, x its short side
+    detector_overlap: float = 0.5  # neighbouring detector windows overlap by this fraction of their side
+    detector_score_thr: float = 0.5  # BlazePose detector score kept per window (MediaPipe's own threshold)
+    detector_merge_dist: float = 0.3  # windows' detections are one person: hips and faces within this x its size
+    detector_duplicate_overlap: float = 0.9  # a person whose mask lies this much inside a bigger one's is that one
 
     def __post_init__(self) -> None:
+        if any(not 0.0 < f <= 1.0 for f in self.detector_windows):
+            raise ConfigError(f"models.lite.detector_windows must be fractions in (0, 1], got "
+                              f"{list(self.detector_windows)}")
+        if not 0.0 <= self.detector_overlap < 1.0:
+            raise ConfigError(f"models.lite.detector_overlap must be in [0, 1), got {self.detector_overlap}")
+        if not 0.0 <= self.detector_score_thr <= 1.0:
+            raise ConfigError(f"models.lite.detector_score_thr must be in [0, 1], got {self.detector_score_thr}")
+        if not 0.0 < self.detector_duplicate_overlap <= 1.0:
+            raise ConfigError(f"models.lite.detector_duplicate_overlap must be in (0, 1], got "
+                              f"{self.detector_duplicate_overlap}")
+        if self.detector_merge_dist < 0.0:
+            raise ConfigError(f"models.lite.detector_merge_dist must be >= 0, got {self.detector_merge_dist}")
         if self.model_complexity not in (0, 1, 2):
             raise ConfigError(f"models.lite.model_complexity must be 0, 1 or 2, got {self.model_complexity}")
         if self.cache_images < 1:
@@ -229,8 +247,8 @@ class ModelsConfig:
 
     @property
     def has_detector(self) -> bool:
-        """Whether the models built from this config detect people (the lite backend does not)."""
-        return self.kind != "lite"
+        """Whether the models built from this config detect people (lite: with ``lite.detect_people``)."""
+        return self.kind != "lite" or self.lite.detect_people
 
     def __post_init__(self) -> None:
         if self.kind not in ("bmp", "fake", "lite"):
@@ -316,8 +334,9 @@ class BmpConfig:
         if not self.models.has_detector and self.loop.iterations != 1:
             # Every pass after the first one detects.
             raise ConfigError(
-                f"models.kind: {self.models.kind} needs loop.iterations: 1 (got {self.loop.iterations}): "
-                "it has no person detector for a second pass"
+                f"models.kind: {self.models.kind} with models.lite.detect_people: false needs loop.iterations: 1 "
+                f"(got {self.loop.iterations}): it has no person detector for a second pass (set "
+                "models.lite.detect_people: true to detect with BlazePose's own detector)"
             )
         if self.loop.prompt.selection_method == "k_most_visible" and not _pose_predicts_visibility(self.models):
             raise ConfigError(
@@ -358,17 +377,19 @@ def _pose_name(models: ModelsConfig) -> str:
 def check_job_config(cfg: BmpConfig) -> None:
     """What a job (``bmp-label run/plan/validate-config``, its workers) needs beyond a valid config.
 
-    ``load_config`` alone accepts ``models.kind: lite`` without ``job.given_boxes`` because
-    ``run_bmp`` takes the boxes as an argument; a job has no other way to get them.
+    ``load_config`` alone accepts models without a person detector (``models.kind: lite`` with
+    ``models.lite.detect_people: false``) and no ``job.given_boxes`` because ``run_bmp`` takes the boxes
+    as an argument; a job has no other way to get them.
 
     Raises:
         ConfigError: naming the keys to set.
     """
     if not cfg.models.has_detector and cfg.job.given_boxes is None:
         raise ConfigError(
-            f"models.kind: {cfg.models.kind} needs job.given_boxes (it has no person detector): add "
-            "job.given_boxes=DETECTIONS_OR_ANNOTATIONS.json (and job.given_boxes_images=IMAGES.json for a "
-            "COCO detections list)"
+            f"models.kind: {cfg.models.kind} with models.lite.detect_people: false needs job.given_boxes (it "
+            "then has no person detector): add job.given_boxes=DETECTIONS_OR_ANNOTATIONS.json (and "
+            "job.given_boxes_images=IMAGES.json for a COCO detections list), or drop "
+            "models.lite.detect_people=false (docs/lite.md)"
         )
 
 

@@ -93,9 +93,10 @@ class Segmenter(Protocol):
 class BmpModels:
     """The three models the loop runs, built once per worker.
 
-    ``detector`` is None for models without a person detector (the lite backend): the boxes of pass 0
-    must then be given (``run_bmp(boxes_xyxy=...)``, ``job.given_boxes``) and ``loop.iterations`` be 1;
-    the loop refuses a detection pass without a detector (``NoDetectorError``). Callers ask
+    ``detector`` is None for models without a person detector (the lite backend with
+    ``models.lite.detect_people: false``): the boxes of pass 0 must then be given
+    (``run_bmp(boxes_xyxy=...)``, ``job.given_boxes``) and ``loop.iterations`` be 1; the loop refuses
+    a detection pass without a detector (``NoDetectorError``). Callers ask
     ``models.detector is None``, never which backend built the models.
     """
 

@@ -221,7 +221,7 @@ def _load(args: argparse.Namespace) -> BmpConfig:
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")  # quoted: a column named "1" stays text
     cfg = load_config(args.config, overrides)
-    check_job_config(cfg)  # e.g. models.kind: lite without job.given_boxes
+    check_job_config(cfg)  # e.g. models.lite.detect_people: false without job.given_boxes
     return _absolute_given_boxes(cfg)
 
 

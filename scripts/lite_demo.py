@@ -1,13 +1,14 @@
-"""Label a folder of images with the lite (BlazePose) backend and given boxes, offline, no job needed.
+"""Label a folder of images with the lite (BlazePose) backend, offline, no job needed.
 
-The job does the same at scale (``bmp-label run --config configs/lite_cpu.yaml ...
-job.given_boxes=...``); this is the no-Ray version: it runs ``run_bmp`` per image with
-``configs/lite_cpu.yaml`` (the boxes' scores as detector scores), draws the people
+The job does the same at scale (``bmp-label run --config configs/lite_cpu.yaml ...``); this is the
+no-Ray version: it runs ``run_bmp`` per image with ``configs/lite_cpu.yaml``: BlazePose's own person
+detector finds the people, or ``--boxes`` gives the first pass's (their scores as detector scores); it draws the people
 (``bmp_core.analysis.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
 
     python scripts/lite_demo.py --images examples/images \\
         --boxes examples/detections.json --images-json examples/ground_truth.json \\
         --gt examples/ground_truth.json --out out/lite_demo
+    python scripts/lite_demo.py --images examples/images --gt examples/ground_truth.json --out out/lite_demo
 
 Writes ``OUT/<name>.png`` per image and ``OUT/keypoints_results.json`` / ``OUT/segm_results.json``
 (COCO results lists; image ids from ``--images-json`` / ``--gt``, else 1..N in file order).
@@ -64,7 +65,9 @@ def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
 
     cfg = load_config(args.config, args.overrides)
     models = build_models(cfg.models)
-    index = GivenBoxIndex(load_given_boxes(args.boxes, args.score_thr, args.images_json or args.gt))
+    index = None
+    if args.boxes is not None:
+        index = GivenBoxIndex(load_given_boxes(args.boxes, args.score_thr, args.images_json or args.gt))
     names_json = args.images_json or args.gt
     ids = {}
     if names_json:
@@ -75,14 +78,15 @@ def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {"keypoints": [], "segm": []}
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     for k, path in enumerate(paths, start=1):
-        given = index.lookup(str(path))
-        if given is None:
+        given = None if index is None else index.lookup(str(path))
+        if index is not None and given is None:
             logger.warning("%s: not in %s, skipped", path.name, args.boxes)
             continue
         image_rgb = _read_rgb(path)
         t0 = time.perf_counter()
         result = run_bmp(np.ascontiguousarray(image_rgb[:, :, ::-1]), models, cfg.loop,
-                         boxes_xyxy=given.boxes_xyxy, box_scores=given.scores)
+                         boxes_xyxy=None if given is None else given.boxes_xyxy,
+                         box_scores=None if given is None else given.scores)
         inst = result.instances
         logger.info("%s: %d people, %.0f ms", path.name, len(inst), 1000 * (time.perf_counter() - t0))
         overlay = draw_instances(image_rgb, inst, title="BlazePose (lite)")
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python scripts/lite_demo.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--images", required=True, help="folder of .jpg/.png images")
-    parser.add_argument("--boxes", required=True, help="COCO detections (results list) or dataset file")
+    parser.add_argument("--boxes", default=None,
+                        help="COCO detections (results list) or dataset file: the first pass's people "
+                             "(default: BlazePose's own detector finds them)")
     parser.add_argument("--images-json", default=None, help="COCO file naming a results list's image ids")
     parser.add_argument("--gt", default=None, help="COCO ground truth: print keypoint and mask AP")
     parser.add_argument("--score-thr", type=float, default=0.0, help="keep boxes with score >= this")

@@ -101,8 +101,8 @@ def test_lite_config(ray_cluster: object, testdata: Path, tmp_path: Path) -> Non
 
     coco = testdata / "coco"
     photos = sorted(coco.glob("*.jpg"))
-    # The lite backend has no detector: its people come from the COCO boxes, matched by file name
-    # through the passed-through `path` column.
+    # The first pass's people come from the COCO boxes (instead of the lite detector), matched by file
+    # name through the passed-through `path` column.
     overrides = [f"job.given_boxes={coco / 'test_coco_det_AP_H_56.json'}",
                  f"job.given_boxes_images={coco / 'test_coco.json'}"]
     ds = ray.data.read_images([str(p) for p in photos], include_paths=True, mode="RGB")

@@ -124,9 +124,11 @@ def test_no_detector_and_offline_model_check(lite_models: BmpModels) -> None:
     from bmp_core.loop import NoDetectorError, run_bmp
     from bmp_core.models.lite.blazepose import _require_shipped_model
 
-    assert lite_models.detector is None
+    assert lite_models.detector is not None  # BlazePose's own person detector (test_lite_detector.py)
+    without = build_models(load_config(CONFIG, ["models.lite.detect_people=false", "loop.iterations=1"]).models)
+    assert without.detector is None
     with pytest.raises(NoDetectorError, match="given_boxes"):
-        run_bmp(np.zeros((8, 8, 3), np.uint8), lite_models, LoopConfig(iterations=1))
+        run_bmp(np.zeros((8, 8, 3), np.uint8), without, LoopConfig(iterations=1))
     _require_shipped_model(1)  # pose_landmark_full + pose_detection are inside the wheel
     assert ModelsConfig(kind="lite").lite.model_complexity == 1
 

