@@ -131,8 +131,9 @@ class BmpPredictor:
         decoded: list[tuple[ImageRow, np.ndarray | None]] = []
         for i, value in enumerate(images):
             uri = str(uris[i]) if uris is not None and uris[i] is not None else f"row {i}"
-            if errors is not None and errors[i] is not None:
-                decoded.append((ImageRow(i, uri, error=str(errors[i])), None))
+            # A reason is a string; "no reason" may arrive as None or NaN (Ray's pandas conversions).
+            if errors is not None and isinstance(errors[i], str):
+                decoded.append((ImageRow(i, uri, error=errors[i]), None))
                 continue
             try:
                 image_bgr = to_bgr(value, job.max_image_pixels, job.min_image_side)
