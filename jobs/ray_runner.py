@@ -41,8 +41,9 @@ from jobs.lock import OutputLock
 from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
 from jobs.pricing import SampleTiming, SampleWorker, sample_inputs
-from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
+from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings, worker_loads
 from jobs.staging import prepare_weights, stage_location
+from jobs.worker import ShardReport
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
             throughput_images_per_s_wall=labeled_now / wall_s if labeled_now else None,
             started_unix=t_start,
             dispatch_unix=stats.dispatch_unix,
+            worker_loads=stats.worker_loads,
         )
         store.write_json(layout.RUN_JSON, run.to_dict())
         return run
@@ -178,13 +180,15 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             logger.info("%d worker(s) ready in %.1f s (%s each): %s", num_workers, workers_start_s,
                         res.describe(), "; ".join(w.summary for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
-            failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)
+            reports: list[ShardReport] = []
+            failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress, reports)
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
         return LabelingStats(failed_attempts=failed, workers=tuple(workers), workers_start_s=workers_start_s,
                              labeling_s=labeling_s,
-                             dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s))
+                             dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s),
+                             worker_loads=worker_loads(reports))
     finally:
         if started:
             ray.shutdown()

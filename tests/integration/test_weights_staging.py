@@ -83,6 +83,9 @@ def test_two_workers_stage_each_checkpoint_once(ray_cluster: object, origin: Any
                                   lock_settle_s=0.05))
 
     assert run.counts.images_ok == 2 and len({w.pid for w in run.workers}) == 2
+    loads = run.to_dict()["worker_loads"]  # each worker's models time and how much of it waited for input
+    assert sorted(x["images"] for x in loads) == [1, 1]
+    assert all(0.0 <= x["input_wait_s"] < x["models_s"] and 0.0 <= x["input_wait_share"] < 1.0 for x in loads)
     assert handler.requests == ["/rtmdet-tiny.pth"]  # the origin was asked once, for 2 workers
     staged = f"{stage}/{cache_key(url)}"
     with fsspec.open(staged, "rb", skip_instance_cache=True) as f:
