@@ -8,7 +8,7 @@ truncated file was found by every actor, after ``job.max_attempts`` restarts. No
 1. ``check_checkpoints`` on the driver: reachable, size, sha256 when given, keys and shapes against the
    model the config builds (on the meta device). A failure is one ``CheckpointError`` naming the file,
    raised before Ray starts.
-2. Staging (a cluster, or ``models.stage_uri``): each file is copied from the driver's cache to
+2. Staging (a cluster, or ``models.stage_uri``): each file not already on S3 is copied from the driver's cache to
    ``STAGE/<hash of its URI>/<name>`` (the cache's own layout), where ``STAGE`` is
    ``models.stage_uri`` or ``OUT/_weights`` (s3:// or a local output, which a cluster's nodes must
    share anyway: ``jobs/path_probe.py``). A file already staged (an earlier run, or ``bmp-label weights
@@ -72,6 +72,9 @@ def prepare_weights(cfg: BmpConfig, stage: str | None) -> BmpConfig:
     layouts = ModelLayouts(cfg.models)
     models = cfg.models
     for ref in checkpoint_refs(cfg.models):
+        if protocol_of(ref.uri) == "s3":  # already where every node reads it (and S3 takes the load)
+            _log_checked(check_checkpoint(ref, layouts))
+            continue
         staged = join_uri(stage, *cache_key(ref.uri).split("/"))
         if _exists(staged):  # staged before (an earlier run, `bmp-label weights --to`): the origin is not asked
             checked = check_checkpoint(dataclasses.replace(ref, uri=staged), layouts)
