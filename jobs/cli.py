@@ -289,9 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:  # the user's input: one line and a hint, the traceback only with -v
         return _user_error(args, str(err), err.hint, err)
     except PermissionError as err:
-        print(f"bmp-label {args.command}: permission denied: {err}. Check the AWS credentials "
-              "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy.", file=sys.stderr)
-        return EXIT_USAGE
+        return _user_error(args, f"permission denied: {err}", "check the AWS credentials (AWS_ACCESS_KEY_ID / "
+                           "AWS_PROFILE) and the bucket policy, or the folder's permissions", err)
     except Exception as err:
         from jobs.ray_runner import JobError
 
@@ -300,10 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_FAILED
         if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
             # botocore's, raised through s3fs; not imported here so the CLI works without boto.
-            print(f"bmp-label {args.command}: S3 credentials/region not usable: {err}. Set AWS_ACCESS_KEY_ID "
-                  "and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_REGION; AWS_ENDPOINT_URL for MinIO/moto.",
-                  file=sys.stderr)
-            return EXIT_USAGE
+            return _user_error(args, f"S3 credentials/region not usable: {err}", "set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_REGION; AWS_ENDPOINT_URL for MinIO/moto",
+                               err)
         raise
 
 
