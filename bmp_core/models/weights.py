@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +111,12 @@ def check_checkpoint(ref: CheckpointRef, layouts: ModelLayouts, fetch: bool = Tr
         CheckpointError: as ``check_checkpoints``, naming this file.
     """
     cfg = layouts.cfg
-    path = resolve_checkpoint(ref.uri, cache_dir or cfg.cache_dir, sha256=ref.sha256,
+    # A download is checked by the resolver before it enters the cache; a local file or a cache hit is
+    # hashed once, here (a truncated copy in the cache shows too).
+    local = urllib.parse.urlparse(ref.uri).scheme in ("", "file")
+    path = resolve_checkpoint(ref.uri, cache_dir or cfg.cache_dir, sha256=None if local else ref.sha256,
                               offline=True if (cfg.offline or not fetch) else None)
-    digest = sha256_of(path)  # a cache hit is not re-hashed by the resolver: a truncated copy shows here
+    digest = sha256_of(path)
     if ref.sha256 is not None and digest != ref.sha256.lower():
         raise CheckpointError(f"{ref.uri} ({path}): sha256 mismatch: expected {ref.sha256.lower()}, got {digest}",
                               hint=f"delete {path} to fetch it again, or correct models.{ref.role}.sha256")
