@@ -76,6 +76,8 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
     """Label ``opts.input_uri`` into ``opts.output_uri``; returns what run.json records.
 
     Raises:
+        CheckpointError: a checkpoint is unreachable, has the wrong sha256 or does not fit its model
+            (before any worker starts: ``jobs/staging.py``).
         OutputStateError: the output is locked, or holds another plan (without ``force``).
         InputError: the input cannot be listed.
         JobError: a shard failed ``job.max_attempts`` times, or the workers could not start.
