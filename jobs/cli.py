@@ -452,8 +452,10 @@ def _cmd_weights(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAILED {ref.role} {ref.uri}: {err}")
             continue
+        layout = (f"layout ok ({c.num_tensors} tensors fit {ref.arch})" if c.layout_skipped is None
+                  else f"layout not checked: {c.layout_skipped}")
         print(f"ok     {ref.role} {ref.uri} -> {where}: {c.size_bytes / (1 << 20):.1f} MiB, sha256 {c.sha256}, "
-              f"layout ok ({c.num_tensors} tensors fit {ref.arch})")
+              f"{layout}")
     if failed:
         verb = "checked" if args.check else "fetched"
         raise CheckpointError(f"{failed} of {len(refs)} checkpoint(s) not {verb} (see the lines above)")

@@ -129,5 +129,7 @@ def stage_file(checked: CheckedCheckpoint, target_uri: str) -> str:
 
 
 def _log_checked(c: CheckedCheckpoint) -> None:
-    logger.info("checkpoint %s: %s, %.1f MiB, sha256 %s, %d tensors fit models.%s (%s)", c.ref.uri, c.path,
-                c.size_bytes / (1 << 20), c.sha256[:16], c.num_tensors, c.ref.role, c.ref.arch)
+    layout = (f"{c.num_tensors} tensors fit models.{c.ref.role} ({c.ref.arch})" if c.layout_skipped is None
+              else f"layout not checked: {c.layout_skipped}")
+    logger.info("checkpoint %s: %s, %.1f MiB, sha256 %s, %s", c.ref.uri, c.path, c.size_bytes / (1 << 20),
+                c.sha256[:16], layout)

@@ -13,6 +13,7 @@ runs it before Ray starts a worker (``jobs/staging.py``), and ``bmp-label weight
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ from bmp_core.models.checkpoints import (
     resolve_checkpoint,
     sha256_of,
 )
+
+log = logging.getLogger(__name__)
 
 ROLES = ("detector", "pose", "segmenter")  # the models.<role> sections that name a checkpoint
 
@@ -51,6 +54,7 @@ class CheckedCheckpoint:
     size_bytes: int
     sha256: str  # of the file, computed here
     num_tensors: int
+    layout_skipped: str | None = None  # why the layout was not checked here (no model packages), else None
 
 
 def checkpoint_refs(cfg: ModelsConfig) -> tuple[CheckpointRef, ...]:
@@ -91,16 +95,25 @@ def check_checkpoints(cfg: ModelsConfig, fetch: bool = True, cache_dir: str | os
 
 class ModelLayouts:
     """The layouts of the models ``cfg`` builds, each built (on meta) the first time it is asked for:
-    a file that cannot be found needs no model, nor torch."""
+    a file that cannot be found needs no model, nor torch.
+
+    A driver without the model packages (a thin submitting machine) cannot build them: ``of`` then
+    returns None and ``missing`` says why; the workers still load every file strictly.
+    """
 
     def __init__(self, cfg: ModelsConfig) -> None:
         self.cfg = cfg
         self._built: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.missing: str | None = None
 
-    def of(self, role: str) -> dict[str, tuple[int, ...]]:
-        if role not in self._built:
-            self._built.update(expected_layouts(self.cfg, {role}))
-        return self._built[role]
+    def of(self, role: str) -> dict[str, tuple[int, ...]] | None:
+        if role not in self._built and self.missing is None:
+            try:
+                self._built.update(expected_layouts(self.cfg, {role}))
+            except ImportError as err:
+                self.missing = f"the model packages are not installed here ({err})"
+                log.warning("checkpoint layouts not checked on this machine: %s; the workers check them", self.missing)
+        return self._built.get(role)
 
 
 def check_checkpoint(ref: CheckpointRef, layouts: ModelLayouts, fetch: bool = True,
@@ -120,8 +133,11 @@ def check_checkpoint(ref: CheckpointRef, layouts: ModelLayouts, fetch: bool = Tr
     if ref.sha256 is not None and digest != ref.sha256.lower():
         raise CheckpointError(f"{ref.uri} ({path}): sha256 mismatch: expected {ref.sha256.lower()}, got {digest}",
                               hint=f"delete {path} to fetch it again, or correct models.{ref.role}.sha256")
+    expected = layouts.of(ref.role)
+    if expected is None:
+        return CheckedCheckpoint(ref, path, path.stat().st_size, digest, 0, layouts.missing)
     found = file_layout(path, cfg.allow_pickle_checkpoints)
-    check_layout(layouts.of(ref.role), found, f"{ref.uri} ({path}), models.{ref.role} ({ref.arch})")
+    check_layout(expected, found, f"{ref.uri} ({path}), models.{ref.role} ({ref.arch})")
     return CheckedCheckpoint(ref, path, path.stat().st_size, digest, len(found))
 
 

@@ -169,3 +169,19 @@ def test_verbose_adds_the_traceback_and_a_bug_keeps_it(capsys: Any, tmp_path: Pa
     monkeypatch.setattr("jobs.ray_runner.run_job", bug)
     with pytest.raises(ZeroDivisionError):  # not a user's mistake: the console script prints its traceback
         main(["run", "--config", FAKE, "--input", str(images), "--output", str(tmp_path / "o2")])
+
+
+def test_weights_on_a_driver_without_the_model_stack_checks_size_and_sha256_only(
+        capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thin submitting machine cannot build the models: the layout is left to the workers, said so."""
+    def no_stack(*args: object) -> None:
+        raise ModuleNotFoundError("No module named 'mmdet'")
+
+    monkeypatch.setattr("bmp_core.models.weights.expected_layouts", no_stack)
+    weights = tmp_path / "rtmdet-tiny.pth"
+    weights.write_bytes(b"weights")
+    assert main(["weights", TINY, f"models.detector.checkpoint={weights}", "--check"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert line.startswith(f"ok     detector {weights} -> {weights}: 0.0 MiB, sha256 {digest}, layout not checked: ")
+    assert "No module named 'mmdet'" in line
