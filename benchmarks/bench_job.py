@@ -18,6 +18,11 @@ Input: ``--images`` symlinks (unique names) cycling over the OCHuman + COCO test
   (its first forward of each input shape pays oneDNN / cuDNN set-up, ~1.5 s per image on CPU with
   tiny_random), so an untimed warm-up on one side only would count that set-up as job overhead.
 
+Per worker (run.json ``worker_loads``): images, the time its shards held the models, and the share of
+it the labeling loop waited for the next decoded image (the proxy for an idle GPU: reading or decoding
+slower than the models). Object store: the bytes Ray spilled to disk during the run (its raylet's
+store stats, a private Ray API: "n/a" when it moved).
+
 The last line is the dispatch-phase ratio ``job/bare: X.XX`` (target >= 0.9).
 """
 
@@ -68,6 +73,17 @@ def run_bare(cfg, paths: list[Path]) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
+def spilled_bytes(ray) -> int | None:
+    """Bytes Ray's object store spilled to disk so far (all nodes), or None when the API is not there."""
+    try:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+        return int(reply.store_stats.spilled_bytes_total)
+    except Exception:  # noqa: BLE001 - a private API: report n/a rather than fail the benchmark
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny_random.yaml"))
@@ -80,12 +96,21 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cfg = load_config(args.config, [f"job.shard_size={args.shard_size}", *args.overrides])
+    import ray
+
     from jobs.ray_runner import RunOptions, run_job
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_input(Path(args.testdata), Path(tmp) / "in", args.images)
-        run = run_job(cfg, RunOptions(str(Path(tmp) / "in"), str(Path(tmp) / "out"), num_workers=args.num_workers,
-                                      progress=False))
+        # Ray started here, as run_job would (an embedded local Ray), so that its store stats are still
+        # there to read after the job: run_job keeps a Ray it did not start.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        try:
+            run = run_job(cfg, RunOptions(str(Path(tmp) / "in"), str(Path(tmp) / "out"),
+                                          num_workers=args.num_workers, progress=False))
+            spilled = spilled_bytes(ray)
+        finally:
+            ray.shutdown()
         bare = run_bare(cfg, paths)
     job, job_wall, t = run.throughput_images_per_s, run.throughput_images_per_s_wall, run.timings_s
     threads = {w.torch_threads for w in run.workers}
@@ -96,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"job : {job:.2f} images/s over dispatch ({t.labeling:.1f} s); end to end {job_wall:.2f} images/s "
           f"(listing {t.listing:.2f} s, workers start {t.workers_start:.1f} s, finalize {t.finalize:.2f} s, "
           f"wall {t.wall:.1f} s)")
+    for w in run.worker_loads:
+        print(f"worker {w.worker}: {w.images} images in {w.shards} shard(s), models {w.models_s:.2f} s, waited for "
+              f"input {w.input_wait_s:.2f} s = {100 * w.input_wait_share:.1f} % (idle-GPU proxy)")
+    print(f"object store spilled: {'n/a' if spilled is None else f'{spilled} bytes'}")
     print(f"bare: {bare:.2f} images/s (run_bmp_batch, pre-decoded, models built once, cold like the worker)")
     print(f"job/bare wall-clock: {job_wall / bare:.2f}")
     print(f"job/bare: {job / bare:.2f}")

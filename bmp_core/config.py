@@ -23,9 +23,13 @@ from typing import Any
 
 import yaml
 
+from bmp_core.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the key and says what to fix."""
+
+    default_hint = "see docs/configuration.md; 'bmp-label validate-config --config FILE' prints the resolved config"
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +240,7 @@ class ModelsConfig:
     compile: bool = False  # torch.compile the SAM image encoder and the pose backbone (CUDA only)
     tf32: bool = False  # TF32 matmuls and cuDNN convolutions (CUDA); false = IEEE fp32 for both
     cache_dir: str = "~/.cache/bmp-label"  # downloaded checkpoints
+    stage_uri: str | None = None  # cluster: the driver copies checkpoints here once for all nodes; null: OUT/_weights
     offline: bool = False  # never download; a checkpoint missing from cache_dir is an error (also BMP_OFFLINE=1)
     allow_pickle_checkpoints: bool = False  # true: fully unpickle what the safe loader refuses (runs its code)
     seed: int = 0  # torch seed for random initialisation (checkpoint: null)

@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 from bmp_core.config import BmpConfig
+from bmp_core.errors import UserError
 from jobs.path_probe import PathMismatch, PathProbe, check_probes, probe_error
 from jobs.worker import BmpWorker, ShardReport, ShardTask, WorkerInfo
 
@@ -34,6 +35,42 @@ FORWARDED_ENV = _FORWARDED_ENV  # also for the sample worker (ray_runner.measure
 
 class JobError(RuntimeError):
     """The job cannot go on (a shard failed every attempt, workers could not start)."""
+
+
+class GpuUnavailableError(UserError, JobError):
+    """``models.device`` asks for a GPU the Ray cluster cannot give its workers (the message says which)."""
+
+    default_hint = "use models.device=auto (one worker per GPU, CPU workers without GPUs) or cpu"
+
+
+def user_cause(err: BaseException) -> UserError | None:
+    """The ``UserError`` a Ray error carries (an actor's constructor or a task raised it), if any.
+
+    Ray wraps a remote exception in ``RayTaskError`` (``.cause``: the original), and an actor whose
+    ``__init__`` raised answers every call with ``ActorDiedError`` whose ``.cause`` is that
+    ``RayTaskError``; their text is Ray's traceback, which a user's mistake must not print.
+    (``ActorDiedError.cause`` of a crashed process is a context record, not an exception: None.)
+    """
+    for _ in range(4):  # ActorDiedError -> RayTaskError -> the original
+        inner = getattr(err, "cause", None)
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    # The innermost, not the wrapper: Ray's RayTaskError is also an instance of its cause's class.
+    return err if isinstance(err, UserError) and getattr(err, "cause", None) is None else None
+
+
+def startup_error(err: BaseException, who: str = "workers") -> Exception:
+    """What to raise when ``who`` could not start: the user's mistake itself (one line, no Ray
+    traceback), or a ``JobError`` with the worker's traceback (a bug: it is needed to fix it)."""
+    cause = user_cause(err)
+    if cause is not None:
+        return cause
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__  # the original exception's own line
+    return JobError(f"{who} could not start, building the models failed: {last}\n"
+                    "Check the models section of the config (checkpoints, device) and that the "
+                    f"model packages are installed (pip install 'bmp-label[models]').\n\n{err}")
 
 
 class ProgressCounter:
@@ -57,12 +94,21 @@ class RayWorker(BmpWorker):
 
     def __init__(self, cfg: BmpConfig, counter: Any, num_threads: int | None = None,
                  gpu_assigned: bool = False) -> None:
-        super().__init__(cfg, gpu_assigned)
+        self._startup_error: UserError | None = None
+        try:
+            super().__init__(cfg, gpu_assigned)
+        except UserError as err:
+            # Kept for info() to raise: Ray prints a failed constructor's traceback on the driver's
+            # stderr (log_to_driver), but not a method's, and a user's mistake is one line there.
+            self._startup_error = err
+            return
         self._counter = counter
         self.num_threads = _set_torch_threads(num_threads)
         _warm_up_arrow()
 
     def info(self) -> WorkerInfo:
+        if self._startup_error is not None:
+            raise self._startup_error  # the driver unwraps it (startup_error) and prints one line
         info = dataclasses.replace(super().info(), torch_threads=self.num_threads)
         logger.info("worker ready: %s", info.summary)
         return info
@@ -153,11 +199,7 @@ class ActorPool:
         try:
             return self.ray.get([a.info.remote() for a in self.actors.values()])
         except self.ray.exceptions.RayError as err:  # the constructor raised: models could not be built
-            lines = [line for line in str(err).splitlines() if line.strip()]
-            cause = lines[-1] if lines else type(err).__name__  # the original exception's own line
-            raise JobError(f"workers could not start, building the models failed: {cause}\n"
-                           "Check the models section of the config (checkpoints, device) and that the "
-                           f"model packages are installed (pip install 'bmp-label[models]').\n\n{err}") from err
+            raise startup_error(err) from err
 
     def check_paths(self, probes: tuple[PathProbe, ...]) -> None:
         """Every actor, and every later replacement, must see ``probes`` as the driver does.

@@ -6,6 +6,7 @@ Usage:
     bmp-label plan --config CONFIG --input URI --output URI [--sample N [--num-workers K]
                    [--gpu-hour-price P]] [key.path=value ...]
     bmp-label validate-config --config CONFIG [key.path=value ...]
+    bmp-label weights CONFIG [--to DEST] [--check] [key.path=value ...]
     bmp-label export-coco OUTPUT [--out coco.json] [--keypoint-thr 0.3]
     bmp-label export OUTPUT --format coco|yolo-pose|yolo-seg|label-studio --to DEST [policy options]
     bmp-label viz | eval | report OUTPUT ...   (look at and measure an output: jobs/cli_inspect.py)
@@ -36,7 +37,8 @@ AWS_ENDPOINT_URL points at MinIO / moto / another S3-compatible store.
 Rerunning the same command resumes: committed shards are skipped. A rerun with another config or
 input is refused unless --force (which discards the output's committed shards).
 
-Exit status: 0 done, 1 the job failed (see the message), 2 bad usage / config / input / output state.
+Exit status: 0 done, 1 the job failed (see the message), 2 bad usage / config / input / output state /
+checkpoints / GPUs (one line and a hint; -v adds the traceback).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--usage", action="store_true", help="print the full usage page with examples")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of a user error (config, paths, checkpoints)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -125,6 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate-config", help="check a config and print it resolved",
                               description="Load the config with overrides; print the resolved YAML or the error.")
     with_config(validate)
+
+    weights = sub.add_parser(
+        "weights", help="fetch and check a config's checkpoints (pre-stage them for a cluster)",
+        description="Fetch each checkpoint CONFIG names into the cache (or DEST) and check it: size, sha256, "
+                    "and every key and shape against the model the config builds. One line per file.",
+        epilog="DEST: a local folder is filled in the cache's layout (use it as models.cache_dir, e.g. an "
+               "image's baked weights); an s3:// prefix receives the files as a job stages them (use it as "
+               "models.stage_uri). See docs/clusters.md.")
+    weights.add_argument("config", help="YAML config, e.g. configs/bmp_d3.yaml")
+    weights.add_argument("--to", default=None, metavar="DEST",
+                         help="folder or s3:// prefix to fetch into (default: models.cache_dir)")
+    weights.add_argument("--check", action="store_true",
+                         help="only check what is already there (in the cache or DEST); fetch nothing")
+    weights.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
     export = sub.add_parser("export-coco", help="rebuild coco.json from an output's Parquet tables",
                             description="Write a COCO person-keypoints JSON from the committed shards of OUTPUT.")
@@ -189,22 +206,19 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_training(args: argparse.Namespace) -> int:
-    from bmp_core.output.export.policy import PolicyError
-    from bmp_core.output.export.run import ExportOptions, ExportUsageError, export_output
+    from bmp_core.output.export.run import ExportOptions, export_output
     from bmp_core.output.plan import load_plan
     from bmp_core.output.store import OutputStore
     from jobs.cli_policy import policy_from_args
 
-    try:
-        load_plan(OutputStore(args.output))  # not an output: say so before anything else
-        resolved = policy_from_args(args, args.output)
-        options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
-                                link=args.link, polygon_tolerance_px=args.polygon_tolerance,
-                                image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
-                                progress=not args.no_progress)
-        manifest = export_output(args.output, args.to, args.format, resolved.policy, options, resolved.source)
-    except (PolicyError, ExportUsageError) as err:
-        raise ConfigError(str(err)) from None
+    # PolicyError and ExportUsageError are UserErrors: main() prints them as one line and a hint.
+    load_plan(OutputStore(args.output))  # not an output: say so before anything else
+    resolved = policy_from_args(args, args.output)
+    options = ExportOptions(images_per_file=args.images_per_file, review=args.review, review_by=args.review_by,
+                            link=args.link, polygon_tolerance_px=args.polygon_tolerance,
+                            image_url_prefix=args.image_url_prefix, coco_segmentation=args.coco_segmentation,
+                            progress=not args.no_progress)
+    manifest = export_output(args.output, args.to, args.format, resolved.policy, options, resolved.source)
     c = manifest.counts
     print(json.dumps({"export": manifest.format, "to": args.to, "policy": manifest.policy_source,
                       "images": c["images"], "people": c["people"],
@@ -254,18 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from bmp_core.io.uris import InputError
-    from bmp_core.output.store import OutputStateError
+    from bmp_core.errors import UserError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, InputError, OutputStateError) as err:
-        print(f"bmp-label {args.command}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except UserError as err:  # the user's input: one line and a hint, the traceback only with -v
+        return _user_error(args, str(err), err.hint, err)
     except PermissionError as err:
-        print(f"bmp-label {args.command}: permission denied: {err}. Check the AWS credentials "
-              "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy.", file=sys.stderr)
-        return EXIT_USAGE
+        return _user_error(args, f"permission denied: {err}", "check the AWS credentials (AWS_ACCESS_KEY_ID / "
+                           "AWS_PROFILE) and the bucket policy, or the folder's permissions", err)
     except Exception as err:
         from jobs.ray_runner import JobError
 
@@ -274,11 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_FAILED
         if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
             # botocore's, raised through s3fs; not imported here so the CLI works without boto.
-            print(f"bmp-label {args.command}: S3 credentials/region not usable: {err}. Set AWS_ACCESS_KEY_ID "
-                  "and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_REGION; AWS_ENDPOINT_URL for MinIO/moto.",
-                  file=sys.stderr)
-            return EXIT_USAGE
+            return _user_error(args, f"S3 credentials/region not usable: {err}", "set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_REGION; AWS_ENDPOINT_URL for MinIO/moto",
+                               err)
         raise
+
+
+def _user_error(args: argparse.Namespace, message: str, hint: str, err: BaseException) -> int:
+    """Print a user's mistake as ``bmp-label COMMAND: message`` and ``  hint: ...`` (docs/running-jobs.md)."""
+    if args.verbose:
+        import traceback
+
+        traceback.print_exception(err)
+    print(f"bmp-label {args.command}: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}" + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -383,6 +405,49 @@ def _gib(num_bytes: int) -> str:
     return f"{num_bytes / (1 << 30):.3g} GiB" if num_bytes >= 1 << 30 else f"{num_bytes / (1 << 20):.3g} MiB"
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    """``bmp-label weights``: one line per checkpoint (size, sha256, layout verdict); rc 2 if any failed."""
+    import dataclasses
+
+    from bmp_core.io.uris import join_uri, protocol_of
+    from bmp_core.models.checkpoints import CheckpointError, cache_key
+    from bmp_core.models.weights import ModelLayouts, check_checkpoint, checkpoint_refs
+    from jobs.staging import stage_file
+
+    models = load_config(args.config, list(args.overrides)).models
+    refs = checkpoint_refs(models)
+    if not refs:
+        raise ConfigError(f"{args.config} names no checkpoint (models.kind {models.kind}, or every "
+                          "models.*.checkpoint is null): nothing to fetch or check")
+    cache_dir, stage = models.cache_dir, None
+    if args.to is not None and protocol_of(args.to) == "file":
+        cache_dir = args.to  # a folder in the cache's layout: a models.cache_dir
+    elif args.to is not None:
+        stage = args.to  # a prefix in the staging layout: a models.stage_uri
+    layouts = ModelLayouts(models)
+    failed = 0
+    for ref in refs:
+        if stage is not None and args.check:  # what the stage holds, fetched from there (not the origin)
+            ref = dataclasses.replace(ref, uri=join_uri(stage, *cache_key(ref.uri).split("/")))
+        try:
+            c = check_checkpoint(ref, layouts, fetch=not args.check, cache_dir=cache_dir)
+            where = str(c.path)
+            if stage is not None and not args.check:
+                where = stage_file(c, join_uri(stage, *cache_key(ref.uri).split("/")))
+        except CheckpointError as err:
+            failed += 1
+            print(f"FAILED {ref.role} {ref.uri}: {err}")
+            continue
+        layout = (f"layout ok ({c.num_tensors} tensors fit {ref.arch})" if c.layout_skipped is None
+                  else f"layout not checked: {c.layout_skipped}")
+        print(f"ok     {ref.role} {ref.uri} -> {where}: {c.size_bytes / (1 << 20):.1f} MiB, sha256 {c.sha256}, "
+              f"{layout}")
+    if failed:
+        verb = "checked" if args.check else "fetched"
+        raise CheckpointError(f"{failed} of {len(refs)} checkpoint(s) not {verb} (see the lines above)")
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from bmp_core.output.plan import load_plan, load_stored_config
     from bmp_core.output.store import OutputStore
@@ -403,6 +468,7 @@ def _inspect_commands() -> dict[str, object]:
 
 
 _COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "validate-config": _cmd_validate, "export-coco": _cmd_export,
+             "weights": _cmd_weights,
              "export": _cmd_export_training,
              **_inspect_commands()}
 

@@ -26,10 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: Plan, uris: InputListing,
-             todo: list[int], lock: OutputLock, progress: bool = True) -> int:
+             todo: list[int], lock: OutputLock, progress: bool = True,
+             reports: list[ShardReport] | None = None) -> int:
     """Keep every actor's queue full until all shards commit. Returns the number of failed attempts.
 
-    ``uris``: the input's listing (``bmp_core.io.sources.list_source``)."""
+    ``uris``: the input's listing (``bmp_core.io.sources.list_source``); ``reports`` receives each
+    committed shard's report."""
     pending = deque(todo)
     attempts: Counter[int] = Counter()
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, shard)
@@ -74,6 +76,8 @@ def dispatch(ray: Any, pool: ActorPool, cfg: BmpConfig, output_uri: str, plan: P
                     ray.get([pool.counter.reset.remote(s) for s in requeued])
                     continue
                 errors += report.num_errors
+                if reports is not None:
+                    reports.append(report)
                 if plan.is_tar:
                     tars_done += 1
                     bar.update(tars_done - bar.n)

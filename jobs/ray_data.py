@@ -1,12 +1,22 @@
-"""``BmpPredictor``: the BMP loop as one stage of your own Ray Data pipeline.
+"""``BmpPredictor``: the BMP loop as one stage of your own Ray Data pipeline (docs/ray-data.md).
+
+Two stages, so the GPU actors never decode: ``decode_images`` runs as plain CPU tasks on encoded
+bytes, and ``BmpPredictor``'s actors get pixels::
 
     import ray
-    from jobs.ray_data import BmpPredictor
+    from jobs.ray_data import BmpPredictor, decode_images
 
-    ds = ray.data.read_images("s3://bucket/photos/", include_paths=True)
+    ds = ray.data.read_binary_files("s3://bucket/photos/", include_paths=True)
+    ds = ds.map_batches(decode_images, batch_size=16, num_cpus=1)            # CPU tasks
     ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs=dict(config="configs/bmp_d3.yaml"),
-                        num_gpus=1, batch_size=16, compute=ray.data.ActorPoolStrategy(size=4))
+                        num_gpus=1, batch_size=16,
+                        compute=ray.data.ActorPoolStrategy(size=4, max_tasks_in_flight_per_actor=2))
     ds.write_parquet("s3://bucket/labels/")
+
+``max_tasks_in_flight_per_actor=2``: the next batch is already on the actor while the GPU works. The
+two stages must differ in resources (here ``num_cpus=1`` vs ``num_gpus=1``) or Ray Data fuses them
+into one, and decoding is back on the GPU actor. ``read_images(include_paths=True)`` + ``BmpPredictor``
+alone also works (Ray decodes in its read tasks, without EXIF orientation).
 
 A plain callable class: Ray Data makes a pool of actors of it (the models are built once per actor,
 in ``__init__``), and this module never imports Ray, so nothing here depends on which compute
@@ -30,7 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bmp_core.config import BmpConfig, load_config
+from bmp_core.config import BmpConfig, JobConfig, load_config
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA, STATUS_ERROR, STATUS_OK, ImageRow
 from jobs.worker import BmpWorker
@@ -38,6 +48,8 @@ from jobs.worker import BmpWorker
 # Per image, from the ``images`` table; per person, every ``instances`` field but the image's id.
 IMAGE_FIELDS = tuple(IMAGES_SCHEMA.field(n) for n in ("status", "error", "width", "height", "num_instances"))
 PERSON_FIELDS = tuple(f for f in INSTANCES_SCHEMA if f.name != "image_id")
+DECODE_ERROR = "decode_error"  # decode_images' column of reasons, read by BmpPredictor
+_NO_PIXELS = np.zeros((1, 1, 3), np.uint8)  # an undecodable row's image: a tensor column holds no nulls
 
 
 def prediction_schema(prefix: str = "") -> pa.Schema:
@@ -60,6 +72,8 @@ class BmpPredictor:
         uri_column: a column naming each image (``read_images(include_paths=True)``'s ``path``),
             used to find it in ``job.given_boxes``; rows without it are named ``row <i>``.
         column_prefix: put before every added column's name, when the input has a column of that name.
+        error_column: a column of reasons (``decode_images``' ``decode_error``): a row with one is an
+            error row with that reason, its image unused. Consumed like the image column.
 
     Bad images (undecodable, too small, a null) become rows with ``status`` ``error`` and the reason
     in ``error``; they never fail the batch. An exception from the models (CUDA, out of memory) does,
@@ -68,10 +82,11 @@ class BmpPredictor:
 
     def __init__(self, config: BmpConfig | str | os.PathLike[str], overrides: Sequence[str] = (),
                  image_column: str = "image", uri_column: str | None = "path",
-                 column_prefix: str = "") -> None:
+                 column_prefix: str = "", error_column: str | None = DECODE_ERROR) -> None:
         cfg = config if isinstance(config, BmpConfig) else load_config(os.fspath(config), list(overrides))
         self.cfg = cfg
         self.image_column, self.uri_column, self.prefix = image_column, uri_column, column_prefix
+        self.error_column = error_column
         self.schema = prediction_schema(column_prefix)
         self._worker = BmpWorker(cfg)
 
@@ -82,12 +97,14 @@ class BmpPredictor:
             names = batch.column_names
             values = _arrow_values(batch, self.image_column)
             uris = batch.column(self.uri_column).to_pylist() if self.uri_column in names else None
+            errors = batch.column(self.error_column).to_pylist() if self.error_column in names else None
         else:
             if not isinstance(batch, Mapping):  # a pandas DataFrame
                 batch = {name: batch[name].to_numpy() for name in batch.columns}
             names = list(batch)
             values = batch.get(self.image_column)
             uris = list(batch[self.uri_column]) if self.uri_column in batch else None
+            errors = list(batch[self.error_column]) if self.error_column in batch else None
         if values is None:
             raise KeyError(f"BmpPredictor: the batch has no column {self.image_column!r} (columns: "
                            f"{', '.join(names)}); pass image_column=")
@@ -95,22 +112,29 @@ class BmpPredictor:
         if clash:
             raise ValueError(f"BmpPredictor: input column(s) {', '.join(clash)} would be overwritten; "
                              "pass column_prefix= (e.g. 'bmp_')")
-        added = self.predict(values, uris)
+        added = self.predict(values, uris, errors)
+        consumed = [c for c in (self.image_column, self.error_column) if c in names]
         if isinstance(batch, pa.Table):
-            kept = batch.drop_columns([self.image_column])
+            kept = batch.drop_columns(consumed)
             for name, column in zip(self.schema.names, added, strict=True):
                 kept = kept.append_column(name, column)
             return kept
-        out: dict[str, Any] = {name: batch[name] for name in names if name != self.image_column}
+        out: dict[str, Any] = {name: batch[name] for name in names if name not in consumed}
         out.update(zip(self.schema.names, added, strict=True))
         return out
 
-    def predict(self, images: Sequence[Any], uris: Sequence[Any] | None = None) -> list[pa.Array]:
-        """The added columns (``prediction_schema`` order) for a sequence of image values."""
+    def predict(self, images: Sequence[Any], uris: Sequence[Any] | None = None,
+                errors: Sequence[str | None] | None = None) -> list[pa.Array]:
+        """The added columns (``prediction_schema`` order) for a sequence of image values (``errors``:
+        per image a reason it could not be decoded upstream, or None)."""
         job = self.cfg.job
         decoded: list[tuple[ImageRow, np.ndarray | None]] = []
         for i, value in enumerate(images):
             uri = str(uris[i]) if uris is not None and uris[i] is not None else f"row {i}"
+            # A reason is a string; "no reason" may arrive as None or NaN (Ray's pandas conversions).
+            if errors is not None and isinstance(errors[i], str):
+                decoded.append((ImageRow(i, uri, error=errors[i]), None))
+                continue
             try:
                 image_bgr = to_bgr(value, job.max_image_pixels, job.min_image_side)
             except ImageDecodeError as err:
@@ -120,6 +144,44 @@ class BmpPredictor:
             decoded.append((ImageRow(i, uri, width=w, height=h), image_bgr))
         rows, instances = self._worker.label_decoded(decoded)
         return _columns(rows, instances)
+
+
+def decode_images(batch: Any, bytes_column: str = "bytes", image_column: str = "image",
+                  max_image_pixels: int = JobConfig.max_image_pixels,
+                  min_image_side: int = JobConfig.min_image_side) -> dict[str, Any]:
+    """The CPU stage ahead of ``BmpPredictor``: encoded images -> pixels (``Dataset.map_batches`` function).
+
+    Decodes like the job (``decode_image_bgr``: EXIF orientation applied, the size limits of
+    ``job.max_image_pixels`` / ``job.min_image_side``) and gives RGB pixels, as ``read_images`` does.
+
+    Args:
+        batch: a dict of numpy arrays (or a pandas DataFrame) with ``bytes_column`` (``read_binary_files``'
+            ``bytes``, a Parquet bytes column, or HF ``Image`` structs).
+
+    Returns:
+        The batch without ``bytes_column``, plus ``image_column`` ((H, W, 3) uint8 RGB per row) and
+        ``decode_error`` (None, or why the row could not be decoded: its image is then a 1x1 placeholder
+        that ``BmpPredictor`` does not label; the row becomes an error row with that reason).
+    """
+    if not isinstance(batch, Mapping):  # a pandas DataFrame
+        batch = {name: batch[name].to_numpy() for name in batch.columns}
+    if bytes_column not in batch:
+        raise KeyError(f"decode_images: the batch has no column {bytes_column!r} (columns: {', '.join(batch)}); "
+                       "pass bytes_column= in fn_kwargs")
+    images, errors = [], []
+    for value in batch[bytes_column]:
+        try:
+            bgr = to_bgr(value, max_image_pixels, min_image_side)
+        except ImageDecodeError as err:
+            images.append(_NO_PIXELS)
+            errors.append(str(err))
+            continue
+        images.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+        errors.append(None)
+    out: dict[str, Any] = {name: column for name, column in batch.items() if name != bytes_column}
+    out[image_column] = images
+    out[DECODE_ERROR] = np.array(errors, dtype=object)
+    return out
 
 
 def to_bgr(value: Any, max_pixels: int, min_side: int) -> np.ndarray:

@@ -26,14 +26,24 @@ from bmp_core.output import layout
 from bmp_core.output.commits import committed_markers
 from bmp_core.output.plan import Plan, freeze_plan
 from bmp_core.output.store import OutputStore
-from jobs.actor_pool import FORWARDED_ENV, ActorPool, JobError, node_cpu_share, node_gpu_cpu_share
+from jobs.actor_pool import (
+    FORWARDED_ENV,
+    ActorPool,
+    GpuUnavailableError,
+    JobError,
+    node_cpu_share,
+    node_gpu_cpu_share,
+    startup_error,
+)
 from jobs.dispatch import dispatch
 from jobs.finalize import finalize_output
 from jobs.lock import OutputLock
 from jobs.path_probe import PathProbe, write_probes
 from jobs.planner import file_digests, list_job_input, listing_table, make_plan
 from jobs.pricing import SampleTiming, SampleWorker, sample_inputs
-from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings
+from jobs.run_record import LabelingStats, RunCounts, RunRecord, RunTimings, worker_loads
+from jobs.staging import prepare_weights, stage_location
+from jobs.worker import ShardReport
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +76,8 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
     """Label ``opts.input_uri`` into ``opts.output_uri``; returns what run.json records.
 
     Raises:
+        CheckpointError: a checkpoint is unreachable, has the wrong sha256 or does not fit its model
+            (before any worker starts: ``jobs/staging.py``).
         OutputStateError: the output is locked, or holds another plan (without ``force``).
         InputError: the input cannot be listed.
         JobError: a shard failed ``job.max_attempts`` times, or the workers could not start.
@@ -76,6 +88,9 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
     lock = OutputLock(store, cfg.job.lock_ttl_s, opts.lock_settle_s)
     lock.acquire(opts.break_lock)
     try:
+        # Weights before workers (jobs/staging.py): a bad checkpoint stops the job here, before Ray
+        # starts and before the plan is frozen (a fixed checkpoint URL is then not "another config").
+        worker_cfg = prepare_weights(cfg, stage_location(cfg, store, _is_cluster(opts.address)))
         t0 = time.perf_counter()
         plan, uris = prepare_output(cfg, opts, store)
         listing_s = time.perf_counter() - t0
@@ -87,7 +102,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         t0 = time.perf_counter()
         # Before any worker starts: the token a local output's workers must find (jobs/path_probe.py).
         probes = write_probes(store, uris) if todo else ()
-        stats = _label_shards(cfg, opts, plan, uris, todo, lock, probes) if todo else LabelingStats()
+        stats = _label_shards(worker_cfg, opts, plan, uris, todo, lock, probes) if todo else LabelingStats()
         labeling_wall_s = time.perf_counter() - t0  # workers start + labeling + shutting them down
         t0 = time.perf_counter()
         final = finalize_output(store, plan, cfg.job.coco_keypoint_thr)
@@ -111,6 +126,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
             throughput_images_per_s_wall=labeled_now / wall_s if labeled_now else None,
             started_unix=t_start,
             dispatch_unix=stats.dispatch_unix,
+            worker_loads=stats.worker_loads,
         )
         store.write_json(layout.RUN_JSON, run.to_dict())
         return run
@@ -125,6 +141,11 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
     return out
+
+
+def _is_cluster(address: str | None) -> bool:
+    """Whether the job runs on a Ray cluster (an address given or in ``RAY_ADDRESS``), not a local Ray."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def _init_ray(opts: RunOptions) -> tuple[Any, bool]:
@@ -152,8 +173,8 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
     try:
         res = worker_resources(ray, cfg, opts.num_workers)
         num_workers = res.num_workers
-        pool = ActorPool(ray, cfg, num_workers, res.num_gpus,
-                         cluster=bool(opts.address or os.environ.get("RAY_ADDRESS")), num_cpus=res.num_cpus)
+        pool = ActorPool(ray, cfg, num_workers, res.num_gpus, cluster=_is_cluster(opts.address),
+                         num_cpus=res.num_cpus)
         try:
             workers = pool.wait_ready()
             pool.check_paths(probes)  # every worker sees the local output / input, or nothing is labeled
@@ -161,13 +182,15 @@ def _label_shards(cfg: BmpConfig, opts: RunOptions, plan: Plan, uris: Any, todo:
             logger.info("%d worker(s) ready in %.1f s (%s each): %s", num_workers, workers_start_s,
                         res.describe(), "; ".join(w.summary for w in workers))
             t0, dispatch_start_unix = time.perf_counter(), time.time()
-            failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress)
+            reports: list[ShardReport] = []
+            failed = dispatch(ray, pool, cfg, opts.output_uri, plan, uris, todo, lock, opts.progress, reports)
             labeling_s = time.perf_counter() - t0
         finally:
             pool.shutdown()
         return LabelingStats(failed_attempts=failed, workers=tuple(workers), workers_start_s=workers_start_s,
                              labeling_s=labeling_s,
-                             dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s))
+                             dispatch_unix=(dispatch_start_unix, dispatch_start_unix + labeling_s),
+                             worker_loads=worker_loads(reports))
     finally:
         if started:
             ray.shutdown()
@@ -190,7 +213,7 @@ def worker_resources(ray: Any, cfg: BmpConfig, num_workers: int | None) -> Worke
     ``models.device`` is not cpu), else ``num_workers`` (default 1) CPU workers sharing the cores.
 
     Raises:
-        JobError: ``models.device`` cannot work on these workers (``check_device_for_workers``).
+        GpuUnavailableError: ``models.device`` cannot work on these workers (``check_device_for_workers``).
     """
     num_gpus_total = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = num_gpus_total > 0 and cfg.models.device != "cpu"
@@ -214,10 +237,11 @@ def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
     if cfg.models.kind != "bmp" or not device.startswith("cuda"):
         return
     if not use_gpu:
-        raise JobError(f"models.device={device!r} but the Ray cluster has no GPU: use 'auto' or 'cpu'")
+        raise GpuUnavailableError(f"models.device={device!r} but the Ray cluster has no GPU",
+                          hint="use models.device=auto or cpu, or a cluster whose nodes have GPUs")
     if device not in ("cuda", "cuda:0"):
-        raise JobError(f"models.device={device!r}: under Ray each worker sees only the GPU it was given, as "
-                       "cuda:0; use 'auto' or 'cuda' (one worker per GPU is started for you)")
+        raise GpuUnavailableError(f"models.device={device!r}: under Ray each worker sees only the GPU it was given, "
+                          "as cuda:0", hint="use models.device=auto or cuda (one worker per GPU is started for you)")
 
 
 def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], num_workers: int | None,
@@ -230,6 +254,7 @@ def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], 
     Returns:
         (the timing, the number of workers the projection is for: ``num_workers`` or the job's default).
     """
+    prepare_weights(cfg, None)  # checked on the driver before the sample worker starts; nothing staged
     ray, started = _init_ray(RunOptions("", "", address=address))
     try:
         res = worker_resources(ray, cfg, num_workers)
@@ -246,8 +271,7 @@ def measure_sample(cfg: BmpConfig, listing: InputListing, image_ids: list[int], 
             try:
                 info = ray.get(actor.info.remote())
             except ray.exceptions.RayError as err:
-                raise JobError(f"the sample worker could not start (building the models failed): "
-                               f"{err}") from err
+                raise startup_error(err, "the sample worker") from err
             start_s = time.perf_counter() - t0
             bytes_read = None
             if tar_sample is not None:

@@ -7,7 +7,32 @@ from typing import Any
 
 from bmp_core.output.plan import Plan
 from jobs.finalize import FinalCounts
-from jobs.worker import WorkerInfo
+from jobs.worker import ShardReport, WorkerInfo
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """How busy one worker's models were: the share of their time spent waiting for decoded input is
+    the proxy for an idle GPU (decoding or reading too slow for the models; docs/performance.md)."""
+
+    worker: str  # host:pid
+    shards: int
+    images: int
+    models_s: float  # time its shards held the models
+    input_wait_s: float  # of which waiting for the next decoded image
+
+    @property
+    def input_wait_share(self) -> float:
+        return self.input_wait_s / self.models_s if self.models_s > 0 else 0.0
+
+
+def worker_loads(reports: list[ShardReport]) -> tuple[WorkerLoad, ...]:
+    """Per worker (in first-report order), the sums of its committed shards' reports."""
+    by_worker: dict[str, list[ShardReport]] = {}
+    for r in reports:
+        by_worker.setdefault(r.worker, []).append(r)
+    return tuple(WorkerLoad(w, len(rs), sum(r.num_images for r in rs), sum(r.models_s for r in rs),
+                            sum(r.input_wait_s for r in rs)) for w, rs in by_worker.items())
 
 
 @dataclass(frozen=True)
@@ -20,6 +45,7 @@ class LabelingStats:
         workers_start_s: Ray start/connect + actors up (models built).
         labeling_s: dispatch: workers ready -> last shard committed.
         dispatch_unix: [start, end] of ``labeling_s``, wall clock; None when nothing was labeled.
+        worker_loads: per worker, its models' time and how much of it they waited for input.
     """
 
     failed_attempts: int = 0
@@ -27,6 +53,7 @@ class LabelingStats:
     workers_start_s: float = 0.0
     labeling_s: float = 0.0
     dispatch_unix: tuple[float, float] | None = None
+    worker_loads: tuple[WorkerLoad, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +86,7 @@ class RunRecord:
         throughput_images_per_s: steady-state rate over the dispatch phase (what more images would
             cost per image); None when nothing was labeled.
         throughput_images_per_s_wall: end to end, listing, Ray and model start, finalize included.
+        worker_loads: per worker of this run, its models' time and input wait (``WorkerLoad``).
     """
 
     config: dict[str, Any]
@@ -73,6 +101,7 @@ class RunRecord:
     throughput_images_per_s_wall: float | None
     started_unix: float
     dispatch_unix: tuple[float, float] | None = field(default=None)
+    worker_loads: tuple[WorkerLoad, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``run.json``; ``plan`` as in ``plan.json``)."""
@@ -80,4 +109,5 @@ class RunRecord:
         out["plan"] = self.plan.to_dict()
         out["workers"] = [asdict(w) for w in self.workers]
         out["dispatch_unix"] = None if self.dispatch_unix is None else list(self.dispatch_unix)
+        out["worker_loads"] = [{**asdict(w), "input_wait_share": w.input_wait_share} for w in self.worker_loads]
         return out

@@ -107,6 +107,8 @@ class ShardReport:
     num_instances: int
     seconds: float
     worker: str  # host:pid
+    models_s: float = 0.0  # the shard's time holding the models (its labeling loop)
+    input_wait_s: float = 0.0  # of which waiting for the next decoded image (the models idle: an idle GPU)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class BmpWorker:
         self._pool = ThreadPoolExecutor(cfg.job.decode_threads, thread_name_prefix="bmp-read")
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="bmp-encode")
         self._models_lock = threading.Lock()  # one shard at a time on the models (see module doc)
+        self._input_wait_s = 0.0  # total time the labeling loop waited for input (under the models lock)
 
     def info(self) -> WorkerInfo:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
@@ -172,7 +175,9 @@ class BmpWorker:
         tars = () if task.tar is None else ((task.tar, task.first_image_id),)
         reads = self._read_ahead(image_ids, list(task.uris), task.kind, task.spans, tars)
         with self._models_lock:
+            t_models, wait_before = time.perf_counter(), self._input_wait_s
             rows, parts = self._label(reads, on_progress, store)
+            models_s, input_wait_s = time.perf_counter() - t_models, self._input_wait_s - wait_before
         # The last batch's encoding and the commit (Parquet parts, marker: the slow part on S3) run
         # outside the lock, while the next shard labels.
         instances = _concat(parts)
@@ -182,7 +187,7 @@ class BmpWorker:
         commit_shard(store, task.plan_id, task.shard_id, attempt_id, images_table(rows, task.shard_id), instances,
                      seconds=seconds, num_errors=num_errors, worker=f"{socket.gethostname()}:{os.getpid()}")
         return ShardReport(task.shard_id, attempt_id, len(rows), num_errors, instances.num_rows,
-                           time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}")
+                           time.perf_counter() - t0, f"{socket.gethostname()}:{os.getpid()}", models_s, input_wait_s)
 
     def label(self, image_ids: Sequence[int], uris: Sequence[str],
               on_progress: Callable[[int], None] | None = None, kind: str = KIND_FILES,
@@ -234,7 +239,7 @@ class BmpWorker:
         rows: list[ImageRow] = []
         parts: list[Future[pa.Table]] = []
         batch: list[_Decoded] = []
-        for decoded in reads:
+        for decoded in self._timed(reads):
             if decoded.image_bgr is None:
                 rows.append(decoded.row)
                 if on_progress:
@@ -252,6 +257,16 @@ class BmpWorker:
                 on_progress(len(batch))
         rows.sort(key=lambda r: r.image_id)
         return rows, parts
+
+    def _timed(self, reads: Iterator[_Decoded]) -> Iterator[_Decoded]:
+        """``reads``, adding the time spent waiting for each item to ``_input_wait_s``."""
+        while True:
+            t0 = time.perf_counter()
+            decoded = next(reads, None)
+            self._input_wait_s += time.perf_counter() - t0
+            if decoded is None:
+                return
+            yield decoded
 
     def _read_ahead(self, image_ids: Sequence[int], uris: Sequence[str], kind: str = KIND_FILES,
                     spans: Sequence[tuple[int, int]] = (),

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bmp_core.coco_meta import PERSON_CATEGORY_ID
+from bmp_core.errors import UserError
 from bmp_core.io.image_matching import FileNameIndex
 
 
@@ -36,8 +37,10 @@ class GivenBoxes(NamedTuple):
     scores: np.ndarray  # (N,) float32; 1.0 for entries without a score (ground truth)
 
 
-class GivenBoxesError(ValueError):
+class GivenBoxesError(UserError, ValueError):
     """The given-boxes file is not a COCO results list / dataset, or cannot be matched to images."""
+
+    default_hint = "job.given_boxes must be a COCO results list or dataset (docs/running-jobs.md)"
 
 
 def _read_json(path: str) -> Any:

@@ -25,13 +25,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bmp_core.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The input or output location cannot be used; the message says what to fix."""
+
+    default_hint = "check the --input / --output path or URI (and, for s3://, the AWS settings)"
 
 
 def storage_options(uri: str) -> dict[str, Any]:

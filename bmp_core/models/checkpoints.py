@@ -35,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from bmp_core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 HF_ENDPOINT_DEFAULT = "https://huggingface.co"
@@ -42,8 +44,11 @@ _CHUNK_BYTES = 1 << 20
 _MAX_KEYS_IN_MESSAGE = 12
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be resolved or does not fit the model; the message says what to do."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint could not be resolved or does not fit the model; the message names the file."""
+
+    default_hint = ("check models.*.checkpoint / sha256 in the config; 'bmp-label weights CONFIG --check' "
+                    "checks every file (docs/clusters.md)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,11 +75,15 @@ def hf_to_https(uri: str) -> str:
     return f"{base}/{org}/{repo}/resolve/{urllib.parse.quote(revision)}/{urllib.parse.quote(path)}"
 
 
+def cache_key(uri: str) -> str:
+    """``<16 hex of sha256(uri)>/<file name>``: where ``uri`` lives inside a cache (or a staging prefix)."""
+    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(uri).path.rstrip("/"))) or "checkpoint"
+    return f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}/{name}"
+
+
 def cache_path_for(uri: str, cache_dir: str | os.PathLike[str]) -> Path:
     """Where ``uri`` is cached: ``CACHE/<16 hex of sha256(uri)>/<file name>`` (same name, no collisions)."""
-    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(uri).path.rstrip("/"))) or "checkpoint"
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return Path(os.path.expanduser(str(cache_dir))) / digest / name
+    return Path(os.path.expanduser(str(cache_dir))) / cache_key(uri)
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -266,7 +275,7 @@ def _safe_globals() -> list[Any]:
     return allowed
 
 
-def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, Any]:
+def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file and return its parameter state dict (CPU tensors).
 
     Accepts ``{'state_dict': sd}`` (mmengine/mmdet/mmpose), ``{'model': sd}`` (sam2) or a bare ``sd``.
@@ -276,6 +285,9 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
         path: local checkpoint file.
         allow_pickle: when the safe loader refuses the file, unpickle it fully instead of failing (with a
             warning naming the file). Full unpickling runs code from the file: only for files you trust.
+        mmap: map the file's tensors instead of reading them (``torch.load(mmap=True)``): the driver's
+            layout check (``bmp_core/models/weights.py``) reads only the keys and shapes of a 1 GB file.
+            A file in torch's legacy (non-zip) format cannot be mapped and is read whole.
 
     Raises:
         CheckpointError: unreadable, refused by the safe loader while ``allow_pickle`` is False (naming
@@ -287,7 +299,12 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
 
     try:
         with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as err:
+                if not (mmap and "mmap" in str(err)):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
     except pickle.UnpicklingError as err:
         needs = _unsafe_globals(path)
         if not allow_pickle:
@@ -358,13 +375,21 @@ def load_strict(model: Any, state_dict: Mapping[str, Any], what: str) -> None:
     Raises:
         CheckpointError: naming the missing keys, unexpected keys and shape mismatches (first 12 of each).
     """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    check_layout({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in state_dict.items()}, what)
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def check_layout(own: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], what: str) -> None:
+    """Compare a model's parameter layout (key -> shape) with a checkpoint's; every key and shape must match.
+
+    Raises:
+        CheckpointError: naming the missing keys, unexpected keys and shape mismatches (first 12 of each).
+    """
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
     mis_shaped = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+        f"{k} {found[k]} vs model {own[k]}" for k in set(own) & set(found) if own[k] != found[k]
     )
     problems = []
     if missing:
@@ -378,25 +403,26 @@ def load_strict(model: Any, state_dict: Mapping[str, Any], what: str) -> None:
             f"{what}: checkpoint does not match the model architecture; "
             + "; ".join(problems)
             + ". "
-            + _class_count_hint(own, state_dict)
-            + "Check that the config names the architecture this checkpoint was trained with."
+            + _class_count_hint(own, found)
+            + "Check that the config names the architecture this checkpoint was trained with.",
+            hint="point the models section at the checkpoint of the configured architecture (or the "
+                 "architecture of this checkpoint); 'bmp-label weights CONFIG --check' checks every file",
         )
-    model.load_state_dict(dict(state_dict), strict=True)
 
 
-def _class_count_hint(own: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
+def _class_count_hint(own: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, tuple[int, ...]]) -> str:
     """For an RTMDet(-Ins) head trained with another class count (e.g. person-only): the setting to use.
 
     The classification convs ``bbox_head.rtm_cls.<level>.weight`` are (num_classes, C, 1, 1), so their
     first dimension in the checkpoint is the class count it was trained with.
     """
     counts = {
-        int(state_dict[k].shape[0])
+        int(state_dict[k][0])
         for k in set(own) & set(state_dict)
         if k.startswith("bbox_head.rtm_cls.")
         and k.endswith(".weight")
-        and len(state_dict[k].shape) == 4
-        and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        and len(state_dict[k]) == 4
+        and state_dict[k] != own[k]
     }
     if len(counts) != 1:
         return ""

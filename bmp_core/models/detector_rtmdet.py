@@ -282,10 +282,11 @@ def build_rtmdet(
     from mmengine.model import revert_sync_batchnorm
 
     from bmp_core.models.checkpoints import load_strict
+    from bmp_core.models.device import construction_device
 
     mm_cfg = build_rtmdet_config(cfg)
     # init_detector with checkpoint=None: builds the model, sets COCO dataset_meta, no torch.load.
-    model = init_detector(mm_cfg, checkpoint=None, device="cpu", palette="none")
+    model = init_detector(mm_cfg, checkpoint=None, device=construction_device(device), palette="none")
     model = revert_sync_batchnorm(model)  # the head's SyncBN needs a process group; plain BN at inference
     if state_dict is not None:
         load_strict(model, state_dict, f"detector ({cfg.config})")

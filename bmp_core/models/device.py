@@ -8,11 +8,22 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bmp_core.errors import UserError
+
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """``models.device`` cannot be used in this process; the message gives torch's reason and what to set."""
+
+    default_hint = "use models.device=auto (or cpu), or a torch build that matches the GPU driver (docs/real-models.md)"
+
+
+def construction_device(device: Any) -> str:
+    """Where a builder constructs its model: on the CPU (weights are loaded there, then it moves to
+    ``device``), or on the meta device when ``device`` is meta (the layout check of
+    ``bmp_core/models/weights.py``: parameters without storage, so a CPU ``.to`` would fail)."""
+    return "meta" if str(device) == "meta" else "cpu"
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -313,12 +313,13 @@ def build_sam2_segmenter(
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     from bmp_core.models.checkpoints import load_strict
+    from bmp_core.models.device import construction_device
 
     # apply_postprocessing=False: we pass the same dynamic-multimask overrides ourselves, from the config.
     model = build_sam2(
         cfg.config,
         ckpt_path=None,
-        device="cpu",
+        device=construction_device(device),
         mode="eval",
         hydra_overrides_extra=sam2_overrides(cfg),
         apply_postprocessing=False,

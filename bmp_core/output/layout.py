@@ -15,6 +15,8 @@
     OUT/_commits/shard-000007.json                 marker naming the parts of the committed attempt
     OUT/_lock.json             the running job's lock (jobs/lock.py)
     OUT/_path_probe.txt        a local output's token: every worker must read it (jobs/path_probe.py)
+    OUT/_weights/<hash>/<name> a cluster job's checkpoints, copied once by the driver for every node
+                               (jobs/staging.py; the layout of the checkpoint cache)
     OUT/traces/<image_id>/trace.json               per-pass data for GIFs (the ``job.trace`` option)
     OUT/run.json               what the last run did (counts, timings, versions), written at its end
     OUT/errors.csv             image_id, uri, error of every image that failed
@@ -41,6 +43,7 @@ REPORT_HTML = "report.html"
 VIZ_DIR = "viz"
 LOCK_JSON = "_lock.json"
 PATH_PROBE = "_path_probe.txt"
+WEIGHTS_DIR = "_weights"
 COMMITS_DIR = "_commits"
 IMAGES_DIR = "images"
 INSTANCES_DIR = "instances"

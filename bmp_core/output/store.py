@@ -18,11 +18,14 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bmp_core.errors import UserError
 from bmp_core.io.uris import filesystem, join_uri, protocol_of
 
 
-class OutputStateError(RuntimeError):
+class OutputStateError(UserError, RuntimeError):
     """The output cannot be used as asked (changed config or listing, locked); the message says why."""
+
+    default_hint = "use another --output, or --force to start it over (see docs/running-jobs.md)"
 
 
 def write_file_atomic(path: str, data: bytes, replace: bool = True) -> bool:

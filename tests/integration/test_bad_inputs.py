@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -15,7 +18,7 @@ from PIL import Image
 
 from jobs.ray_runner import RunOptions, run_job
 
-from ._helpers import assert_one_row_per_image, fake_config, read_output
+from ._helpers import FAKE_CONFIG, REPO, assert_one_row_per_image, fake_config, read_output
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +93,34 @@ def test_bad_and_odd_inputs(ray_cluster: object, testdata: Path, tmp_path: Path)
     assert run.counts.images_ok == len(names) - len(expected_errors)
 
 
-def test_model_build_error_stops_the_job(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
-    from jobs.ray_runner import JobError
+def test_a_missing_checkpoint_stops_the_job_before_the_workers(ray_cluster: object, testdata: Path,
+                                                              tmp_path: Path) -> None:
+    """Checked on the driver (jobs/staging.py): no worker starts, the message names the file."""
+    from bmp_core.models.checkpoints import CheckpointError
 
-    cfg = fake_config("models.kind=bmp", f"models.detector.checkpoint={tmp_path / 'no_such_weights.pth'}")
-    with pytest.raises(JobError, match="workers could not start, building the models failed"):
+    missing = tmp_path / "no_such_weights.pth"
+    cfg = fake_config("models.kind=bmp", f"models.detector.checkpoint={missing}")
+    with pytest.raises(CheckpointError, match=f"checkpoint file not found: {missing}"):
         run_job(cfg, RunOptions(str(testdata / "coco"), str(tmp_path / "out"), progress=False, lock_settle_s=0.05))
     assert not (tmp_path / "out" / "_lock.json").exists()  # released on the way out
+    assert not (tmp_path / "out" / "plan.json").exists()  # before the plan: a fixed path is not "another config"
+
+
+def test_a_mistake_found_by_the_workers_is_one_line_without_ray_text(ray_cluster: Any, testdata: Path,
+                                                                    tmp_path: Path) -> None:
+    """A job.given_boxes file that is no COCO file is read by each worker as it starts: through the CLI
+    on the cluster (log_to_driver on), stderr holds our one line and hint, none of Ray's traceback."""
+    bad = tmp_path / "boxes.json"
+    bad.write_text('{"not": "a COCO file"}')
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", "--config", str(FAKE_CONFIG), "--input", str(testdata / "coco"),
+         "--output", str(tmp_path / "out"), "--no-progress", f"job.given_boxes={bad}"],
+        capture_output=True, text=True, env=ray_cluster.env, cwd=REPO, timeout=300)
+    assert done.returncode == 2, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith(("bmp-label run:", "  hint:"))]
+    assert len(ours) == 2 and str(bad) in ours[0], done.stderr
+    for ray_text in ("Traceback", "RayTaskError", "ActorDiedError", "creation task"):
+        assert ray_text not in done.stderr, done.stderr
 
 
 def test_a_model_bug_stops_the_job_with_its_traceback_and_oom_is_one_error_row(

@@ -95,6 +95,36 @@ def test_read_binary_files_bytes_column_and_a_config_path(ray_cluster: object, t
     _check(table, {str(p): decode_image_bgr(p.read_bytes()) for p in photos}, fake_config())
 
 
+def test_two_stages_decode_on_cpu_tasks_then_label_on_actors(ray_cluster: object, testdata: Path,
+                                                              tmp_path: Path) -> None:
+    """docs/ray-data.md's pattern: decode_images as CPU tasks, BmpPredictor on an actor pool with two
+    batches in flight per actor; the stages stay two operators (different resources: no fusion), and
+    the labels are the job decoder's pixels through the plain loop."""
+    import ray
+
+    from jobs.ray_data import decode_images
+
+    src, photos = _inputs(testdata, tmp_path)
+    (src / "broken.jpg").write_bytes(photos[0].read_bytes()[:300])  # a cut JPEG
+    ds = ray.data.read_binary_files(str(src), include_paths=True)
+    ds = ds.map_batches(decode_images, batch_size=2, num_cpus=0.5)
+    ds = ds.map_batches(BmpPredictor, fn_constructor_kwargs={"config": fake_config()}, batch_size=2, num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=1, max_tasks_in_flight_per_actor=2))
+    ds.write_parquet(str(tmp_path / "labels"))
+
+    operators = ds.stats()
+    assert "MapBatches(decode_images)" in operators and "MapBatches(BmpPredictor)" in operators
+    assert "MapBatches(decode_images)->MapBatches(BmpPredictor)" not in operators  # not fused into the actor
+    table = pq.read_table(tmp_path / "labels")
+    assert "image" not in table.column_names and "decode_error" not in table.column_names
+    status = {Path(r["path"]).name: (r["status"], r["error"]) for r in table.select(["path", "status", "error"])
+              .to_pylist()}
+    assert len(status) == table.num_rows == len(photos) + 2
+    assert status["broken.jpg"][0] == "error" and "corrupt" in status["broken.jpg"][1]
+    assert status["tiny.png"][0] == "error" and "too small" in status["tiny.png"][1]
+    _check(table, {str(p): decode_image_bgr(p.read_bytes()) for p in photos}, fake_config())
+
+
 def test_lite_config(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
     pytest.importorskip("mediapipe", reason="the lite backend needs MediaPipe (bmp-label[lite])")
     import ray

@@ -375,7 +375,11 @@ def test_cli_export_and_its_one_line_errors(output: str, tmp_path: Path, capsys:
     ]:
         assert main(["export", output, "--to", str(tmp_path / "bad"), "--no-progress", *bad]) == 2
         err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1
+        # one line naming the mistake, then one hint line (docs/running-jobs.md), no traceback
+        first, *rest = err.strip().splitlines()
+        assert first.startswith("bmp-label export: ") and message in first
+        assert len(rest) == 1 and rest[0].startswith("  hint: ") and "export" in rest[0]
+        assert "Traceback" not in err
     assert main(["export", str(tmp_path / "nothing"), "--format", "coco", "--to", str(tmp_path / "x")]) == 2
     assert "no plan.json" in capsys.readouterr().err
     assert main(["export", output, "--format", "coco", "--to", output, "--no-progress"]) == 2

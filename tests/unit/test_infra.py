@@ -196,7 +196,7 @@ def test_configmap_config_is_bmp_d3_with_the_image_weights_cache() -> None:
     from bmp_core.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load(text))
-    bake = re.search(r"bake_weights\.py\s+\S+\s+([^\s;]+)", (INFRA / "Dockerfile").read_text())
+    bake = re.search(r"bmp-label weights\s+\S+\s+--to\s+([^\s;]+)", (INFRA / "Dockerfile").read_text())
     assert bake and cfg.models.cache_dir == bake.group(1)
     reference = load_config(REPO / "configs" / "bmp_d3.yaml", [f"models.cache_dir={cfg.models.cache_dir}"])
     assert config_to_dict(cfg) == config_to_dict(reference)
@@ -265,33 +265,36 @@ def test_docker_context_leaves_out_local_state() -> None:
     assert ".git" in ignored and any(p.endswith(default_venv) for p in ignored)
 
 
-def _bake_dry_run(config_name: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
-    """infra/bake_weights.py CONFIG CACHE --dry-run: prints "uri -> cache path" lines, fetches nothing."""
+def _weights_check(config_name: str, dest: Path) -> subprocess.CompletedProcess[str]:
+    """``bmp-label weights CONFIG --to DEST --check`` (the Dockerfile's command, checking only): one
+    line per checkpoint, naming where it must be; fetches nothing."""
     return subprocess.run(
-        [sys.executable, str(INFRA / "bake_weights.py"), str(REPO / "configs" / config_name), str(cache_dir),
-         "--dry-run"],
+        [sys.executable, "-m", "jobs.cli", "weights", str(REPO / "configs" / config_name), "--to", str(dest),
+         "--check"],
         capture_output=True,
         text=True,
+        cwd=REPO,
     )
 
 
-def test_bake_weights_targets_are_where_the_job_looks(tmp_path: Path) -> None:
-    """Baked files land on the cache path resolve_checkpoint checks first, so an offline job finds them."""
+def test_baked_weights_are_where_the_job_looks(tmp_path: Path) -> None:
+    """`bmp-label weights --to DEST` fills DEST in the cache layout resolve_checkpoint reads first, so a
+    job with models.cache_dir=DEST finds them offline; --check names exactly those paths."""
     from bmp_core.models.checkpoints import cache_path_for
 
-    done = _bake_dry_run("bmp_d3.yaml", tmp_path)
-    assert done.returncode == 0, done.stderr
-    pairs = [line.split(" -> ") for line in done.stdout.splitlines()]
+    done = _weights_check("bmp_d3.yaml", tmp_path)
+    assert done.returncode == 2, done.stderr  # nothing there yet: every file is reported missing
+    lines = done.stdout.splitlines()
     models = load_config(REPO / "configs" / "bmp_d3.yaml").models
-    assert [uri for uri, _ in pairs] == [
-        models.detector.checkpoint,
-        models.pose.checkpoint,
-        models.segmenter.checkpoint,
-    ]
-    assert all(Path(target) == cache_path_for(uri, tmp_path) for uri, target in pairs)
-    assert not any(tmp_path.iterdir())  # a dry run fetches nothing
-    fake = _bake_dry_run("fake.yaml", tmp_path)
-    assert fake.returncode == 1  # nothing to bake is reported, not silently accepted
+    uris = [models.detector.checkpoint, models.pose.checkpoint, models.segmenter.checkpoint]
+    assert len(lines) == 3
+    for line, uri in zip(lines, uris, strict=True):
+        assert line.startswith("FAILED") and uri in line and str(cache_path_for(uri, tmp_path)) in line
+    assert "bmp-label weights: 3 of 3 checkpoint(s) not checked" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())  # --check fetches nothing
+    fake = _weights_check("fake.yaml", tmp_path)
+    assert fake.returncode == 2 and "names no checkpoint" in fake.stderr  # nothing to bake is an error
 
 
 # ---------------------------------------------------------------------------------------- submit.sh

@@ -90,6 +90,27 @@ def test_bytes_and_hf_struct_columns_decode_like_the_job(testdata: Path) -> None
     assert "not an image" in out["error"][2].as_py() and "path 'y' only" in out["error"][3].as_py()
 
 
+def test_decode_stage_then_predictor_labels_as_from_bytes(testdata: Path) -> None:
+    """decode_images (the CPU stage) gives the job decoder's pixels as RGB and a reason per bad row;
+    BmpPredictor on its output labels the good rows as the loop does and passes the reasons on."""
+    from jobs.ray_data import decode_images
+
+    photos = _photos(testdata, 2)
+    data = [p.read_bytes() for p in photos]
+    batch = {"path": np.array(["a.jpg", "b.jpg", "cut.jpg"], object),
+             "bytes": np.array([data[0], data[1], data[0][:300]], object)}
+    decoded = decode_images(batch)
+    assert set(decoded) == {"path", "image", "decode_error"}
+    for i in range(2):
+        np.testing.assert_array_equal(decoded["image"][i], decode_image_bgr(data[i])[:, :, ::-1])
+    assert decoded["decode_error"][0] is None and "corrupt" in decoded["decode_error"][2]
+    out = BmpPredictor(str(CONFIG))(decoded)
+    assert "image" not in out and "decode_error" not in out and list(out["path"]) == ["a.jpg", "b.jpg", "cut.jpg"]
+    for i in range(2):
+        _check_row(out, i, decode_image_bgr(data[i]))
+    assert out["status"][2].as_py() == "error" and out["error"][2].as_py() == decoded["decode_error"][2]
+
+
 def test_pyarrow_batch_gives_a_table_with_the_same_columns(testdata: Path) -> None:
     photos = _photos(testdata, 2)
     table = pa.table({"id": ["a", "b"], "image": [p.read_bytes() for p in photos]})

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bmp_core.errors import UserError
+
 # Why a person is not kept, in the order thresholds are tested (the first failing one is reported).
 REASON_DET_SCORE = "det_score"
 REASON_POSE_SCORE = "pose_score"
@@ -52,8 +54,10 @@ class Decision(IntEnum):
     DROP = 2
 
 
-class PolicyError(ValueError):
-    """A policy value out of range (a user mistake: the CLI prints it as one line)."""
+class PolicyError(UserError, ValueError):
+    """A policy value out of range (a user mistake: the CLI prints it as one line and a hint)."""
+
+    default_hint = "see 'bmp-label export --help' and docs/exports.md for the policy options and their ranges"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bmp_core.errors import UserError
 from bmp_core.output.export.coco import DEFAULT_IMAGES_PER_FILE, write_coco_export
 from bmp_core.output.export.manifest import EXPORT_JSON, ExportManifest, ExportTally, package_version
 from bmp_core.output.export.policy import ExportPolicy
@@ -36,8 +37,10 @@ class ExportOptions:
     progress: bool = False
 
 
-class ExportUsageError(ValueError):
-    """A bad format or option: the CLI prints it as one line (exit 2)."""
+class ExportUsageError(UserError, ValueError):
+    """A bad format or option: the CLI prints it as one line and a hint (exit 2)."""
+
+    default_hint = "see 'bmp-label export --help' and docs/exports.md"
 
 
 def _prepare_dest(dest) -> None:
