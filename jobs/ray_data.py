@@ -120,7 +120,9 @@ class BmpPredictor:
                 kept = kept.append_column(name, column)
             return kept
         out: dict[str, Any] = {name: batch[name] for name in names if name not in consumed}
-        out.update(zip(self.schema.names, added, strict=True))
+        # A dict batch goes back to Ray through numpy, which cannot carry a typed null inside a list: a
+        # model without per-keypoint presence/visibility would turn those columns into pickled objects.
+        out.update(zip(self.schema.names, (_nan_for_null_vectors(c) for c in added), strict=True))
         return out
 
     def predict(self, images: Sequence[Any], uris: Sequence[Any] | None = None,
@@ -144,6 +146,20 @@ class BmpPredictor:
             decoded.append((ImageRow(i, uri, width=w, height=h), image_bgr))
         rows, instances = self._worker.label_decoded(decoded)
         return _columns(rows, instances)
+
+
+def _nan_for_null_vectors(column: pa.Array) -> pa.Array:
+    """A list column of float vectors (``keypoint_presence`` / ``keypoint_visibility``) with null
+    vectors (the model does not predict them) as the same column with NaN vectors; others as given."""
+    item = column.type.value_type if pa.types.is_list(column.type) else None
+    if item is None or not pa.types.is_fixed_size_list(item) or not pa.types.is_floating(item.value_type):
+        return column
+    vectors = column.flatten()
+    if vectors.null_count == 0:
+        return column
+    nan = np.full(item.list_size, np.nan, np.float32).tolist()
+    filled = pa.array([v if v is not None else nan for v in vectors.to_pylist()], item)
+    return pa.ListArray.from_arrays(column.offsets, filled, column.type, mask=column.is_null())
 
 
 def decode_images(batch: Any, bytes_column: str = "bytes", image_column: str = "image",
