@@ -112,6 +112,32 @@ class SegmentOutput:
 
 
 @dataclass(frozen=True)
+class PoseOutput:
+    """One image's poses from a ``PoseEstimator``: N people, the 17 COCO keypoints each.
+
+    Attributes:
+        keypoints_xys: (N, 17, 3) float32 ``(x, y, score)`` in pixels of the original image. The score is the
+            heatmap maximum for MaskPose/ViTPose, the predicted per-keypoint OKS for PMPose.
+        presence: (N, 17) float32 in [0, 1], P(the keypoint lies inside the crop), or None when the model
+            does not predict it (MaskPose).
+        visibility: (N, 17) float32 in [0, 1], P(the keypoint is visible), or None when not predicted.
+    """
+
+    keypoints_xys: np.ndarray
+    presence: np.ndarray | None = None
+    visibility: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.keypoints_xys.shape[0]
+        if self.keypoints_xys.shape != (n, 17, 3):
+            raise ValueError(f"PoseOutput.keypoints_xys must be (N, 17, 3), got {self.keypoints_xys.shape}")
+        for name in ("presence", "visibility"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n, 17):
+                raise ValueError(f"PoseOutput.{name} must be ({n}, 17), got {value.shape}")
+
+
+@dataclass(frozen=True)
 class Instances:
     """The people found in one image by the BMP loop, in merge order (older iterations first).
 
