@@ -57,3 +57,15 @@ def test_mask_windows_are_checked_and_taken_with_their_rows() -> None:
     with pytest.raises(ValueError, match="inside"):
         SegmentOutput(masks, np.zeros(2, np.float32), windows + [0, 0, 0, 1])
     assert SegmentOutput(masks, np.zeros(2, np.float32), windows).mask_windows_xyxy is windows
+
+
+def test_pose_output_checks_its_shapes() -> None:
+    from bmp_core.records import PoseOutput
+
+    kps = np.zeros((2, 17, 3), np.float32)
+    assert PoseOutput(kps).presence is None
+    PoseOutput(kps, np.zeros((2, 17), np.float32), np.ones((2, 17), np.float32))
+    with pytest.raises(ValueError, match=r"keypoints_xys must be \(N, 17, 3\)"):
+        PoseOutput(np.zeros((2, 23, 3), np.float32))
+    with pytest.raises(ValueError, match=r"visibility must be \(2, 17\)"):
+        PoseOutput(kps, None, np.zeros((2, 23), np.float32))
