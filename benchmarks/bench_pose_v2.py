@@ -86,7 +86,10 @@ def measure(size: str, device: str, repeat: int, people: int) -> list[tuple[str,
     def head(model: Any, feats: Any) -> Callable[[], Any]:
         def run() -> Any:
             with torch.inference_mode():
-                return model.head.forward(tuple(f.float() for f in feats))
+                out = model.head.forward(tuple(f.float() for f in feats))
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()  # the other rows end on the host; this one must wait for the GPU
+            return out
 
         return run
 
@@ -102,6 +105,14 @@ def measure(size: str, device: str, repeat: int, people: int) -> list[tuple[str,
         times = interleaved({"v1": first, "v2": second}, repeat)
         out.append((name, times["v1"], times["v2"]))
     return out
+
+
+def summary(rows: list[tuple[str, list[float], list[float]]]) -> str:
+    """One line: per stage, v2/v1 of the minima and the two minima in ms."""
+    return "; ".join(
+        f"{name} v2/v1 {min(t2) / min(t1):.2f} ({min(t1) * 1000:.1f} -> {min(t2) * 1000:.1f} ms)"
+        for name, t1, t2 in rows
+    )
 
 
 def format_rows(rows: list[tuple[str, list[float], list[float]]], size: str, people: int) -> str:
