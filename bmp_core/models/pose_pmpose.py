@@ -224,7 +224,7 @@ class PMPoseEstimator(MaskPoseEstimator):
 
     pseudo_inverse = True
 
-    def estimate(  # type: ignore[override]  # the v2 port: list[PoseOutput] (contract with the loop)
+    def estimate(  # the v2 port: list[PoseOutput] (the loop's pose contract)
         self,
         images_bgr: Sequence[np.ndarray],
         boxes_xyxy: Sequence[np.ndarray],

@@ -402,3 +402,18 @@ def test_a_published_format_file_loads_through_the_builder(arch: str, tmp_path: 
     scalar_keys = [] if "1.1" in arch else ["head.oks_layers.12.bias"]
     for key in ("head.final_layer.weight", "backbone.pos_embed", *scalar_keys):
         torch.testing.assert_close(loaded[key], state[key], msg=key)
+
+
+def test_build_models_builds_pmpose_for_a_v2_pose_config(tiny_cfg: Any) -> None:
+    """``models.pose.config: pmpose-s`` through the public builder: the v2 estimator, seeded like v1's."""
+    from bmp_core.models import build_models
+
+    cfg = dataclasses.replace(tiny_cfg.models, pose=_pmpose_cfg())
+    models = build_models(cfg)
+    assert type(models.pose) is pp.PMPoseEstimator and models.pose.predicts_scalars
+    again = pp.build_pose_v2(_pmpose_cfg(), CPU, None, "fp32")  # not seeded here: differs from the built one
+    torch.manual_seed(cfg.seed)
+    seeded = pp.build_pose_v2(_pmpose_cfg(), CPU, None, "fp32")
+    key = "head.oks_layers.12.weight"
+    assert torch.equal(models.pose.model.state_dict()[key], seeded.model.state_dict()[key])
+    assert not torch.equal(again.model.state_dict()[key], seeded.model.state_dict()[key])
