@@ -18,10 +18,14 @@ Steps (each one's failure is recorded and the others still run; exit status 1 if
    (bf16, TF32, compile; fp16 is not a supported SAM precision) with its agreement with fp32: max
    keypoint L2 in px over keypoints scoring > 0.3 and min mask IoU. Per stage images/s and the GPU
    memory peak.
-4. job: ``run_job`` on ``--job-images`` images (bench_job.py's symlinked input), one worker per GPU
+4. v2: ``configs/bmp_v2.yaml``'s architectures (PMPose-b, SAM-pose2seg = SAM 2.1 b+) the same way, fp32
+   only ("loop v2 fp32"), then "pose v1 vs v2": ``benchmarks/bench_pose_v2.py`` at size b (MaskPose-b vs
+   PMPose-b): ms per image of the pose port, network, head and decoding, v2/v1 (8 people, 3 runs).
+5. job: ``run_job`` on ``--job-images`` images (bench_job.py's symlinked input), one worker per GPU
    (one on this node), same models; dispatch-phase and end-to-end images/s and the worker's start line.
 
-``--dry-run``: the same code on CPU with tiny inputs: the loop on configs/tiny_random.yaml (SAM at
+``--dry-run``: the same code on CPU with tiny inputs: the loop on configs/tiny_random.yaml and
+configs/tiny_random_v2.yaml, pose v1 vs v2 at size s with 2 people and one run (SAM at
 512 px, 2 detections per pass, built once, no warm-up run) on one image scaled to 320 px wide, a
 4-image job with the fake models, only tests/models/test_device.py. The speed options are no-ops on
 CPU, so their agreement is exact.
@@ -189,6 +193,7 @@ def step_loop(
     device_type: str,
     options: tuple[str, ...] = SPEED_OPTIONS,
     warm_up: bool = True,
+    name: str = "loop",
 ) -> None:
     """fp32, then each speed option: images/s per stage, GPU peak, agreement with fp32.
 
@@ -236,7 +241,20 @@ def step_loop(
                 row.agreement = f"kpt L2 <= {l2:.3g} px, mask IoU >= {iou:.4f}"
             _free(device_type)
 
-        _run_step(rows, f"loop {variant}", run)
+        _run_step(rows, f"{name} {variant}", run)
+
+
+def step_pose_v2(row: StepResult, device_type: str, dry_run: bool) -> None:
+    """BMP v2's pose cost next to v1's (bench_pose_v2.py): size b and 8 people, or s and 2 when dry."""
+    import bench_pose_v2
+
+    size, people, repeat = ("s", 2, 1) if dry_run else ("b", 8, 3)
+    measured = bench_pose_v2.measure(size, device_type, repeat, people)
+    estimate = next(t2 for name, _, t2 in measured if name == "estimate")
+    row.images_per_s = 1.0 / min(estimate)
+    row.stage_images_per_s = {"pose": row.images_per_s}
+    row.detail = f"size {size}, {people} people, {repeat} runs: " + bench_pose_v2.summary(measured)
+    _free(device_type)
 
 
 def _restore_tf32_defaults() -> None:
@@ -354,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.options),
             warm_up=not args.dry_run,
         )
+        v2_path = REPO / "configs" / ("tiny_random_v2.yaml" if args.dry_run else "bmp_v2.yaml")
+        step_loop(
+            rows, v2_path, overrides, images, boxes, repeat, args.batch_size, device_type[0], (),
+            warm_up=not args.dry_run, name="loop v2",
+        )
+        _run_step(rows, "pose v1 vs v2", lambda row: step_pose_v2(row, device_type[0], args.dry_run))
         job_cfg_path, job_overrides = DRY_RUN_JOB if args.dry_run else (cfg_path, overrides)
         job_cfg = load_config(job_cfg_path, [*job_overrides, f"job.shard_size={max(1, job_images // 4)}"])
         _run_step(rows, "job", lambda row: step_job(row, job_cfg, testdata, job_images))

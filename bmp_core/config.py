@@ -134,12 +134,12 @@ class DetectorModelConfig:
 
 @dataclass(frozen=True)
 class PoseModelConfig:
-    config: str = "maskpose-b"  # architecture: maskpose-b, vitpose-{s,b,l,h} (bmp_core/models/pose_maskpose.py)
+    config: str = "maskpose-b"  # architecture: maskpose-b, vitpose-{s,b,l,h}; v2: pmpose-X, maskpose-X-1.1
     checkpoint: str | None = None  # path, s3://, https:// or hf:// URL; None = random weights (tests only)
     sha256: str | None = None  # expected hex digest of the checkpoint file
-    num_keypoints: int = 21  # heatmap channels of the head (MaskPose/ViTPose multi: 21); the first 17 are kept
+    num_keypoints: int = 21  # heatmap channels (MaskPose/ViTPose multi: 21; v2 family: 23); the first 17 are kept
     mask_conditioning: bool = True  # MaskPose: dim the background before the crop; False for plain ViTPose
-    mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0)
+    mask_alpha: float = 0.2  # background becomes (1 - alpha) of its intensity (MaskPose 1.0.0; v2 family: 0.25)
     mask_as_polygons: bool = True  # blend with the mask's outer polygons, holes filled (reference)
     bbox_padding: float = 1.25  # crop = box grown by this factor, aspect fixed to the input's
     flip_test: bool = True  # average with the horizontally flipped crop's heatmaps
@@ -148,6 +148,12 @@ class PoseModelConfig:
     dark_max_offset_px: float | None = None  # opt-in: keep DARK within this many heatmap px of the argmax
 
     def __post_init__(self) -> None:
+        # BMP v2's PMPose and MaskPose-1.1 heads have 23 channels (COCO-17 + 6 midline extras).
+        if (self.config.startswith("pmpose-") or self.config.endswith("-1.1")) and self.num_keypoints != 23:
+            raise ConfigError(
+                f"models.pose.config {self.config} has a 23-channel head, got num_keypoints "
+                f"{self.num_keypoints}; set models.pose.num_keypoints: 23 (docs/real-models.md)"
+            )
         if self.dark_max_offset_px is not None and not self.dark_max_offset_px > 0:
             raise ConfigError(
                 f"models.pose.dark_max_offset_px must be > 0 or null, got {self.dark_max_offset_px}"

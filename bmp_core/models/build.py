@@ -1,4 +1,5 @@
-"""``build_bmp_models``: RTMDet-Ins + MaskPose + SAM 2.1 from a ``ModelsConfig``, weights resolved and loaded.
+"""``build_bmp_models``: RTMDet-Ins + MaskPose (v1) or PMPose/MaskPose-1.1 (v2) + SAM 2.1 from a
+``ModelsConfig``, weights resolved and loaded.
 
 Each model is built on CPU, seeded with ``cfg.seed`` just before its own construction (so random
 weights do not depend on which models are built before it), loaded strictly from its checkpoint when
@@ -41,6 +42,7 @@ def build_bmp_models(cfg: ModelsConfig) -> BmpModels:
 
     from bmp_core.models.detector_rtmdet import build_rtmdet
     from bmp_core.models.pose_maskpose import build_maskpose
+    from bmp_core.models.pose_pmpose import V2_ARCHITECTURES, build_pose_v2
     from bmp_core.models.segmenter_sam2 import build_sam2_segmenter
 
     _compat.apply()
@@ -54,7 +56,8 @@ def build_bmp_models(cfg: ModelsConfig) -> BmpModels:
         cfg.precision,
     )
     torch.manual_seed(cfg.seed)
-    pose = build_maskpose(
+    build_pose = build_pose_v2 if cfg.pose.config in V2_ARCHITECTURES else build_maskpose  # v2: PMPose, MaskPose-1.1
+    pose = build_pose(
         cfg.pose, device, checkpoint_state_dict(cfg.pose.checkpoint, cfg, cfg.pose.sha256), cfg.precision
     )
     torch.manual_seed(cfg.seed)

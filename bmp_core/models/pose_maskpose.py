@@ -25,6 +25,7 @@ The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_con
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bmp_core.coco_meta import FLIP_INDICES
 from bmp_core.config import PoseModelConfig
 from bmp_core.models import _compat
 from bmp_core.models.device import autocast
@@ -44,12 +46,16 @@ _VIT_ARCHS: dict[str, tuple[dict[str, int], float]] = {
     "l": (dict(embed_dims=1024, num_layers=24, num_heads=16, feedforward_channels=4096), 0.5),
     "h": (dict(embed_dims=1280, num_layers=32, num_heads=16, feedforward_channels=5120), 0.55),
 }
-# Architecture names the config may use -> ViT size. MaskPose-b is ViTPose-b with mask-blended input.
-ARCHITECTURES = {f"{family}-{size}": size for family in ("maskpose", "vitpose") for size in _VIT_ARCHS}
+# Architecture names the config may use -> ViT size. MaskPose-b is ViTPose-b with mask-blended input;
+# MaskPose-{s,b,l,h}-1.1 (BMP v2) is the same network with 23 channels (docs/real-models.md).
+ARCHITECTURES = {f"{family}-{size}": size for family in ("maskpose", "vitpose") for size in _VIT_ARCHS} | {
+    f"maskpose-{size}-1.1": size for size in _VIT_ARCHS
+}
 
-# Left/right swap for the flip test: COCO-17 pairs, then the 4 midline extras of the 21-keypoint
-# COCO+MPII+AIC space (thorax, neck, head top, pelvis) map to themselves.
-COCO_FLIP_INDICES = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+# Left/right swap for the flip test: COCO-17 pairs, then the midline extras of the COCO+MPII+AIC
+# space (21 channels: thorax, neck, head top, pelvis; 23 channels: thorax, pelvis, neck, head top and
+# the AIC neck and head top) map to themselves.
+COCO_FLIP_INDICES = list(FLIP_INDICES)
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
@@ -71,9 +77,7 @@ def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown pose architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    vit, drop_path = _VIT_ARCHS[ARCHITECTURES[arch]]
-    w, h = input_size_wh
-    codec = dict(type="UDPHeatmap", input_size=(w, h), heatmap_size=(w // 4, h // 4), sigma=2)
+    vit = _VIT_ARCHS[ARCHITECTURES[arch]][0]
     return dict(
         type="TopdownPoseEstimator",
         data_preprocessor=dict(
@@ -82,18 +86,7 @@ def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int
             std=list(IMAGENET_STD_RGB),
             bgr_to_rgb=True,
         ),
-        backbone=dict(
-            type="mmpretrain.VisionTransformer",
-            arch=dict(vit),
-            img_size=(h, w),
-            patch_size=16,
-            qkv_bias=True,
-            drop_path_rate=drop_path,
-            with_cls_token=False,
-            out_type="featmap",
-            patch_cfg=dict(padding=2),
-            init_cfg=None,  # weights come from our checkpoint (or stay random), never a download
-        ),
+        backbone=vit_backbone_config(ARCHITECTURES[arch], input_size_wh),
         head=dict(
             type="HeatmapHead",
             in_channels=vit["embed_dims"],
@@ -101,10 +94,35 @@ def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int
             deconv_out_channels=(256, 256),
             deconv_kernel_sizes=(4, 4),
             loss=dict(type="KeypointMSELoss", use_target_weight=True),
-            decoder=codec,
+            decoder=udp_codec_config(input_size_wh),
         ),
         test_cfg=dict(flip_test=True, flip_mode="heatmap", shift_heatmap=False),
     )
+
+
+def vit_backbone_config(size: str, input_size_wh: tuple[int, int]) -> dict[str, Any]:
+    """mmpretrain ViT trunk of ViTPose/MaskPose/PMPose size ``size`` (s, b, l, h): 16 px patches padded by 2,
+    no cls token, the (B, C, h/16, w/16) feature map out."""
+    vit, drop_path = _VIT_ARCHS[size]
+    w, h = input_size_wh
+    return dict(
+        type="mmpretrain.VisionTransformer",
+        arch=dict(vit),
+        img_size=(h, w),
+        patch_size=16,
+        qkv_bias=True,
+        drop_path_rate=drop_path,
+        with_cls_token=False,
+        out_type="featmap",
+        patch_cfg=dict(padding=2),
+        init_cfg=None,  # weights come from our checkpoint (or stay random), never a download
+    )
+
+
+def udp_codec_config(input_size_wh: tuple[int, int]) -> dict[str, Any]:
+    """mmpose ``UDPHeatmap`` codec: heatmaps a quarter of the crop, sigma 2 (DARK blur kernel 11)."""
+    w, h = input_size_wh
+    return dict(type="UDPHeatmap", input_size=(w, h), heatmap_size=(w // 4, h // 4), sigma=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,13 +373,17 @@ def _gaussian_blur_batch(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     return out
 
 
-def refine_dark_udp_batch(keypoints: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: int) -> np.ndarray:
+def refine_dark_udp_batch(
+    keypoints: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: int, pseudo_inverse: bool = False
+) -> np.ndarray:
     """mmpose 1.3.2's ``refine_keypoints_dark_udp`` for N instances at once, with identical results.
 
     Args:
         keypoints: (N, K, 2) float32 argmax locations in heatmap pixels (-1 where the maximum is <= 0).
         heatmaps: (N, K, H, W) float32, one set per instance (mmpose's function takes one set).
         blur_kernel_size: Gaussian modulation kernel (11 for sigma 2).
+        pseudo_inverse: invert the Hessian with ``pinv`` as the BMP v2 reference's mmpose fork does
+            (``taylor_offsets``); False = mmpose 1.3.2's ``inv`` (MaskPose-b v1, unchanged).
 
     Returns:
         (N, K, 2) float32 refined locations (a new array).
@@ -398,10 +420,34 @@ def refine_dark_udp_batch(keypoints: np.ndarray, heatmaps: np.ndarray, blur_kern
     dyy = iy1 - 2 * i_ + iy1_
     dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
     hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n * k, 2, 2)
-    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
     flat_keypoints = keypoints.reshape(n * k, 2)
-    flat_keypoints -= np.einsum("imn,ink->imk", hessian, derivative).reshape(n * k, 2)
+    if not pseudo_inverse:
+        hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+        flat_keypoints -= np.einsum("imn,ink->imk", hessian, derivative).reshape(n * k, 2)
+        return keypoints
+    flat_keypoints -= taylor_offsets(hessian.reshape(n, k, 2, 2), derivative.reshape(n, k, 2, 1)).reshape(n * k, 2)
     return keypoints
+
+
+def taylor_offsets(hessian: np.ndarray, derivative: np.ndarray) -> np.ndarray:
+    """(N, K, 2) DARK Taylor steps ``pinv(H + eps I) @ g`` from (N, K, 2, 2) Hessians and (N, K, 2, 1) gradients.
+
+    The BMP v2 reference's mmpose fork inverts with the pseudo-inverse: where ``H + eps I`` is singular
+    (flat log-heatmap regions, common once sparsemax zeroes most pixels) ``inv`` fails or explodes, while
+    ``pinv`` steps only along the directions with curvature. When the inversion raises ``LinAlgError``
+    (e.g. a NaN heatmap) the fork keeps that instance's unrefined argmax; so do we, per instance, after a
+    failed attempt on the whole batch.
+    """
+    system = hessian + np.finfo(np.float32).eps * np.eye(2)
+    try:
+        return np.einsum("ikmn,iknj->ikm", np.linalg.pinv(system), derivative)
+    except np.linalg.LinAlgError:
+        pass
+    offsets = np.zeros(hessian.shape[:2] + (2,), np.float64)
+    for i in range(len(system)):
+        with contextlib.suppress(np.linalg.LinAlgError):  # on failure the instance keeps its argmax
+            offsets[i] = np.einsum("kmn,knj->km", np.linalg.pinv(system[i]), derivative[i])
+    return offsets
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +462,8 @@ class MaskPoseEstimator:
         cfg: pose settings (padding, alpha, flip test, input size, batch size).
         precision: "fp32" | "bf16" | "fp16" (autocast on CUDA only).
     """
+
+    pseudo_inverse = False  # DARK's Hessian through mmpose 1.3.2's inv (the v2 family: pinv)
 
     def __init__(self, model: Any, device: Any, cfg: PoseModelConfig, precision: str = "fp32") -> None:
         self.model = model
@@ -555,7 +603,9 @@ class MaskPoseEstimator:
         heatmaps = np.asarray(heatmaps, np.float32)
         n, k, hm_h, hm_w = heatmaps.shape
         argmax_uv, scores = get_heatmap_maximum(heatmaps)  # (N, K, 2), (N, K)
-        uv = refine_dark_udp_batch(argmax_uv, heatmaps, int(self.codec.blur_kernel_size))
+        uv = refine_dark_udp_batch(
+            argmax_uv, heatmaps, int(self.codec.blur_kernel_size), pseudo_inverse=self.pseudo_inverse
+        )
         bound = self.cfg.dark_max_offset_px
         if bound is not None:
             uv = np.clip(uv, argmax_uv - np.float32(bound), argmax_uv + np.float32(bound))
@@ -569,9 +619,16 @@ class MaskPoseEstimator:
 
 
 def build_maskpose(
-    cfg: PoseModelConfig, device: Any, state_dict: dict[str, Any] | None, precision: str
+    cfg: PoseModelConfig,
+    device: Any,
+    state_dict: dict[str, Any] | None,
+    precision: str,
+    estimator_class: type[MaskPoseEstimator] | None = None,
 ) -> MaskPoseEstimator:
     """Build the pose adapter; ``state_dict=None`` keeps the (seeded) random initialisation.
+
+    ``estimator_class``: the adapter around the built network (default ``MaskPoseEstimator``; the BMP v2
+    MaskPose-1.1 uses ``pose_pmpose.PMPoseEstimator``).
 
     Raises:
         CheckpointError: the state dict does not match the architecture (keys named).
@@ -588,4 +645,4 @@ def build_maskpose(
     if state_dict is not None:
         load_strict(model, state_dict, f"pose ({cfg.config})")
     model.to(device).eval()
-    return MaskPoseEstimator(model, device, cfg, precision)
+    return (estimator_class or MaskPoseEstimator)(model, device, cfg, precision)

@@ -28,6 +28,11 @@ LAYOUT_FILES = {
     "vitpose": "ViTPose-b-multi_mmpose20.json",
     "rtmdet": "rtmdet-ins-l-mask.json",
     "sam2": "sam2.1_hiera_base_plus.json",
+    # BMP v2: the v2/ folder (described in tests/models/checkpoint_layouts/README.md)
+    **{f"pmpose-{size}": f"v2/PMPose-{size}-1.0.0.json" for size in "sblh"},
+    **{f"maskpose-{size}-1.1": f"v2/MaskPose-{size}-1.1.0.json" for size in "sblh"},
+    "maskpose-b-1.0.0": "v2/MaskPose-b-1.0.0.json",
+    "sam-pose2seg": "v2/SAM-pose2seg_hiera_b+.json",
 }
 
 

@@ -169,6 +169,36 @@ def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_root: Any, monk
     assert hf_to_https("hf://o/r/a/b.pt@v1") == "https://huggingface.co/o/r/resolve/v1/a/b.pt"
 
 
+def test_an_encoded_plus_in_the_url_is_fetched_and_cached_under_the_plain_name(
+    tmp_path: Path, http_root: Any, monkeypatch: Any
+) -> None:
+    """SAM-pose2seg's published URL ends in ``SAM-pose2seg_hiera_b%2B.pt`` (``+`` encoded): the request keeps
+    the encoding, the cache file is named ``...b+.pt``, and the ``hf://`` spelling with a literal ``+``
+    resolves to the same request."""
+    base, root, handler = http_root
+    (root / "SAM-pose2seg_hiera_b+.pt").write_bytes(b"sam-pose2seg")
+    url = f"{base}/SAM-pose2seg_hiera_b%2B.pt"
+    path = resolve_checkpoint(url, tmp_path / "cache")
+    assert path.name == "SAM-pose2seg_hiera_b+.pt" and path.read_bytes() == b"sam-pose2seg"
+    assert handler.requests == ["/SAM-pose2seg_hiera_b%2B.pt"]
+    assert resolve_checkpoint(url, tmp_path / "cache") == path and len(handler.requests) == 1  # cache hit
+    target = root / "vrg-prague" / "BBoxMaskPose" / "resolve" / "main"
+    target.mkdir(parents=True)
+    (target / "SAM-pose2seg_hiera_b+.pt").write_bytes(b"via hf")
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    hf_path = resolve_checkpoint("hf://vrg-prague/BBoxMaskPose/SAM-pose2seg_hiera_b+.pt", tmp_path / "cache")
+    assert hf_path.name == "SAM-pose2seg_hiera_b+.pt" and hf_path.read_bytes() == b"via hf"
+    assert handler.requests[-1] == "/vrg-prague/BBoxMaskPose/resolve/main/SAM-pose2seg_hiera_b%2B.pt"
+
+
+def test_sam_pose2seg_has_the_sam_2_1_b_plus_layout() -> None:
+    """SAM-pose2seg is a weights swap: its layout is SAM 2.1 b+'s, which the D3 build loads strictly
+    (test_published_layouts_load_strictly_into_bmp_d3_with_the_default_settings)."""
+    from tests.models import published_format as pf
+
+    assert pf.layout("sam-pose2seg") == pf.layout("sam2") and len(pf.layout("sam2")) == 615
+
+
 @pytest.fixture()
 def moto_s3(monkeypatch: Any) -> Iterator[Any]:
     """A moto S3 server on 127.0.0.1; s3fs/boto3 reach it through AWS_ENDPOINT_URL."""

@@ -122,3 +122,23 @@ def test_ray_gpu_workers_refuse_a_device_they_cannot_have() -> None:
                             ("cpu", False)):
         check_device_for_workers(cfg(device), use_gpu)
     check_device_for_workers(cfg("cuda:1", kind="fake"), use_gpu=True)  # fakes never touch the device
+
+
+def test_the_v2_configs_models_sections() -> None:
+    """The models half of bmp_v2.yaml / tiny_random_v2.yaml (their loop half needs the v2 loop options)."""
+    v2 = config_from_dict({"models": yaml.safe_load((CONFIGS / "bmp_v2.yaml").read_text())["models"]}).models
+    assert (v2.pose.config, v2.pose.num_keypoints, v2.pose.mask_alpha) == ("pmpose-b", 23, 0.25)
+    assert v2.pose.checkpoint.endswith("/resolve/main/PMPose/PMPose-b-1.0.0.pth")
+    assert v2.segmenter.checkpoint.endswith("/resolve/main/SAM-pose2seg_hiera_b%2B.pt")
+    assert v2.segmenter.config == "configs/sam2.1/sam2.1_hiera_b+.yaml" and v2.segmenter.dynamic_multimask_via_stability
+    assert v2.detector == load_config(CONFIGS / "bmp_d3.yaml").models.detector
+    tiny = yaml.safe_load((CONFIGS / "tiny_random_v2.yaml").read_text())["models"]
+    pose = config_from_dict({"models": tiny}).models.pose
+    assert (pose.config, pose.num_keypoints, pose.checkpoint) == ("pmpose-s", 23, None)
+
+
+@pytest.mark.parametrize("arch", ["pmpose-s", "pmpose-h", "maskpose-b-1.1"])
+def test_the_v2_pose_family_needs_23_channels(arch: str) -> None:
+    with pytest.raises(ConfigError, match="num_keypoints: 23"):
+        config_from_dict({"models": {"pose": {"config": arch}}})
+    assert config_from_dict({"models": {"pose": {"config": arch, "num_keypoints": 23}}}).models.pose.config == arch

@@ -120,7 +120,8 @@ def test_k_most_visible_refuses_a_pose_model_without_visibility() -> None:
         config_from_dict({}, [o for o in V2 if o != "models.fake.visibility=true"])
     with pytest.raises(ConfigError, match="k_most_visible"):
         config_from_dict({}, ["loop.prompt.selection_method=k_most_visible"])  # MaskPose
-    config_from_dict({}, ["loop.prompt.selection_method=k_most_visible", "models.pose.config=pmpose-b"])
+    config_from_dict({}, ["loop.prompt.selection_method=k_most_visible", "models.pose.config=pmpose-b",
+                     "models.pose.num_keypoints=23"])
     # run_bmp called directly with such models (no BmpConfig): one clear error, not a wrong prompt
     cfg = config_from_dict({}, V2).loop
     with pytest.raises(MissingVisibilityError, match="predicts none"):

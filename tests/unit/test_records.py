@@ -82,3 +82,15 @@ def test_pose_output_shapes_and_instances_per_keypoint_defaults() -> None:
     assert np.isnan(Instances.concat(row, row).take(np.array([1])).keypoint_presence).all()
     with pytest.raises(ValueError, match="keypoint_visibility"):
         Instances(**fields, keypoint_visibility=np.zeros((2, 17), np.float32))
+
+
+def test_pose_output_checks_its_shapes() -> None:
+    from bmp_core.records import PoseOutput
+
+    kps = np.zeros((2, 17, 3), np.float32)
+    assert PoseOutput(kps).presence is None
+    PoseOutput(kps, np.zeros((2, 17), np.float32), np.ones((2, 17), np.float32))
+    with pytest.raises(ValueError, match=r"keypoints_xys must be \(N, 17, 3\)"):
+        PoseOutput(np.zeros((2, 23, 3), np.float32))
+    with pytest.raises(ValueError, match=r"visibility must be \(2, 17\)"):
+        PoseOutput(kps, None, np.zeros((2, 23), np.float32))
