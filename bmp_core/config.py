@@ -268,8 +268,11 @@ class JobConfig:
     # Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1, all of a GPU worker's CPU work on one thread:
     gpus_per_worker: float = 1.0  # GPU share per GPU worker; 0.5: two per GPU (CPU and GPU work overlap)
     gpu_worker_cpus: float = 0.0  # CPUs + torch threads per GPU worker; 0: its node's cores split evenly
+    mask_pool_mb: int = 1024  # finished images' mask memory a worker keeps to lend to later images (0: none)
 
     def __post_init__(self) -> None:
+        if self.mask_pool_mb < 0:
+            raise ConfigError(f"job.mask_pool_mb must be >= 0, got {self.mask_pool_mb}")
         if self.given_boxes is not None and not self.given_boxes.strip():
             raise ConfigError("job.given_boxes: an empty path; use null for no given boxes")
         if self.given_boxes_images is not None and self.given_boxes is None:

@@ -43,6 +43,7 @@ from bmp_core.io.sources import (
     stream_tar,
 )
 from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.mask_store import shared_pool
 from bmp_core.output.commits import commit_shard, new_attempt_id
 from bmp_core.output.store import OutputStore
 from bmp_core.output.tables import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
@@ -132,6 +133,7 @@ class BmpWorker:
 
         check_job_config(cfg)
         self.cfg = cfg
+        self.mask_pool = shared_pool(cfg.job.mask_pool_mb * 2**20)  # lends finished images' mask memory
         self.gpu_assigned = gpu_assigned
         if gpu_assigned and cfg.models.kind == "bmp":
             from bmp_core.models.device import resolve_device
@@ -331,7 +333,7 @@ class BmpWorker:
         try:
             results: list[BmpResult | str] = list(run_bmp_batch(
                 images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                box_scores=box_scores))
+                box_scores=box_scores, mask_pool=self.mask_pool))
         except Exception as err:
             if not _is_image_failure(err):
                 raise  # not the images' fault: the shard fails, is retried, then stops the job
@@ -361,7 +363,7 @@ class BmpWorker:
         failure = None
         try:
             return run_bmp(image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                           box_scores=box_scores)
+                           box_scores=box_scores, mask_pool=self.mask_pool)
         except Exception as err:
             if not _is_image_failure(err):
                 raise
