@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bmp_core.config import LoopConfig
-from bmp_core.errors import ImageInputError
+from bmp_core.errors import check_given_boxes, check_given_scores, check_image_bgr
 from bmp_core.mask_store import MaskStore, MaskStorePool, copy_window, shared_pool
 from bmp_core.ops.boxes import box_nms
 from bmp_core.ops.masks import (
@@ -152,13 +152,11 @@ def run_bmp_batch(
     pool = shared_pool() if mask_pool is None else mask_pool
     states = []
     for i, image in enumerate(images_bgr):
-        _check_image(image)
-        given = None if boxes_xyxy is None or boxes_xyxy[i] is None else _check_boxes(boxes_xyxy[i])
+        check_image_bgr(image)
+        given = None if boxes_xyxy is None or boxes_xyxy[i] is None else check_given_boxes(boxes_xyxy[i])
         scores = None
         if given is not None and box_scores is not None and box_scores[i] is not None:
-            scores = np.asarray(box_scores[i], np.float32).reshape(-1)
-            if len(scores) != len(given):
-                raise ImageInputError(f"given boxes: {len(scores)} box scores for {len(given)} boxes")
+            scores = check_given_scores(box_scores[i], len(given))
         h, w = image.shape[:2]
         states.append(
             _ImageState(image, pool, given, scores, Instances.empty(h, w, cfg.prompt.num_pos_keypoints), image)
@@ -178,27 +176,6 @@ def run_bmp_batch(
         if s.store is not None:
             s.pool.give(s.store)
     return results
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"images must be (H, W, 3) uint8 BGR arrays, got {type(image).__name__} {shape}")
-
-
-def _check_boxes(boxes: np.ndarray) -> np.ndarray:
-    """The image's given boxes as (N, 4) float32; their problems are the image's (``ImageInputError``)."""
-    boxes = np.asarray(boxes, np.float32)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ImageInputError(f"given boxes must be (N, 4) xyxy, got shape {boxes.shape}")
-    # A NaN or inverted box would reach the pose crop and fail there with a message about affine
-    # matrices; say what is wrong with the input instead.
-    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise ImageInputError(f"given box {k} is not a finite xyxy box with x2 >= x1, y2 >= y1: "
-                              f"{boxes[k].tolist()} ({int(bad.sum())} such boxes)")
-    return boxes
 
 
 class NoDetectorError(ValueError):
