@@ -228,6 +228,12 @@ class ModelsConfig:
         """Whether the models built from this config detect people (the lite backend does not)."""
         return self.kind != "lite"
 
+    @property
+    def uses_torch_device(self) -> bool:
+        """Whether the models built from this config run on ``device`` through torch (the real models):
+        only then is the device resolved and checked; the fakes and the lite backend run on the CPU."""
+        return self.kind == "bmp"
+
     def __post_init__(self) -> None:
         if self.kind not in ("bmp", "fake", "lite"):
             raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")

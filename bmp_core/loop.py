@@ -277,7 +277,7 @@ def _pose_and_refine_step(
 def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], models: BmpModels,
                        cfg: LoopConfig) -> None:
     """SAM image embeddings of this pass's images that will prompt SAM, in one segmenter call when it
-    has ``prepare_batch`` (one encoder forward on the device for the whole batch).
+    overrides ``prepare_batch`` (SAM 2.1: one encoder forward on the device for the whole batch).
 
     An image is prepared here only if it has none yet and one of its new people has a keypoint the
     prompt selection would pick (the same test, on the scores), so an image that never prompts SAM is
@@ -297,11 +297,10 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, np.ndarray], 
     if not todo:
         return
     with _timed(todo, "segment_prepare"):
-        prepare_batch = getattr(models.segmenter, "prepare_batch", None)
-        if prepare_batch is not None and len(todo) > 1:
-            prepared = prepare_batch([s.image_bgr for s in todo])
+        if len(todo) > 1:
+            prepared = models.segmenter.prepare_batch([s.image_bgr for s in todo])
         else:
-            prepared = [models.segmenter.prepare(s.image_bgr) for s in todo]
+            prepared = [models.segmenter.prepare(todo[0].image_bgr)]
     for s, handle in zip(todo, prepared, strict=True):
         s.prepared = handle
 

@@ -218,9 +218,9 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
     except (PolicyError, ExportUsageError) as err:
         raise ConfigError(str(err)) from None
     c = manifest.counts
-    print(json.dumps({"export": manifest.format, "to": args.to, "images": c["images"], "people": c["people"],
-                      "ignored_by_reason": {k: v for k, v in c["ignored_by_reason"].items() if v},
-                      "format_dropped": c["format_dropped"]}))
+    print(json.dumps({"export": manifest.format, "to": args.to, "images": c.images, "people": c.people,
+                      "ignored_by_reason": {k: v for k, v in c.ignored_by_reason.items() if v},
+                      "format_dropped": c.format_dropped}))
     return EXIT_OK
 
 

@@ -211,7 +211,7 @@ def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
     would too.
     """
     device = cfg.models.device
-    if cfg.models.kind != "bmp" or not device.startswith("cuda"):
+    if not cfg.models.uses_torch_device or not device.startswith("cuda"):
         return
     if not use_gpu:
         raise JobError(f"models.device={device!r} but the Ray cluster has no GPU: use 'auto' or 'cpu'")

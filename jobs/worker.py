@@ -135,7 +135,7 @@ class BmpWorker:
         self.cfg = cfg
         self.mask_pool = shared_pool(cfg.job.mask_pool_mb * 2**20)  # lends finished images' mask memory
         self.gpu_assigned = gpu_assigned
-        if gpu_assigned and cfg.models.kind == "bmp":
+        if gpu_assigned and cfg.models.uses_torch_device:
             from bmp_core.models.device import resolve_device
 
             resolve_device(cfg.models.device, gpu_assigned=True)  # before minutes of model building
@@ -147,7 +147,7 @@ class BmpWorker:
 
     def info(self) -> WorkerInfo:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
-        if self.cfg.models.kind != "bmp":
+        if not self.cfg.models.uses_torch_device:
             return WorkerInfo(socket.gethostname(), os.getpid(), self.cfg.models.device)
         from bmp_core.models.device import describe_device, resolve_device
 

@@ -39,7 +39,7 @@ from bmp_core.models.lite.crops import (
     paste_crop_mask,
     pasted_window,
 )
-from bmp_core.ports import BmpModels
+from bmp_core.ports import BmpModels, Segmenter
 from bmp_core.records import NUM_KEYPOINTS, SegmentOutput
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class BlazePosePrepared:
     image_bgr: np.ndarray
 
 
-class BlazePoseSegmenter:
+class BlazePoseSegmenter(Segmenter):
     """``Segmenter`` port stand-in: the BlazePose person mask of the prompted person's crop.
 
     Not a promptable segmenter: the points only select which posed person's mask to return.

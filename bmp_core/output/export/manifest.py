@@ -59,6 +59,11 @@ class ExportTally:
     def add_format_drop(self, what: str, n: int = 1) -> None:
         self.format_dropped[what] = self.format_dropped.get(what, 0) + n
 
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ExportTally:
+        """``export.json``'s ``counts`` read back (keys this version does not know are left out)."""
+        return ExportTally(**{k: v for k, v in data.items() if k in ExportTally.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ExportManifest:
@@ -68,7 +73,7 @@ class ExportManifest:
         format: ``coco`` | ``yolo-pose`` | ``yolo-seg`` | ``label-studio``.
         source: the output the labels come from; plan_id: its plan.
         policy: the ``ExportPolicy`` applied.
-        counts: the ``ExportTally`` as a dict.
+        counts: the ``ExportTally`` of the finished export (``export.json``'s ``counts``).
         files: the export's files (paths inside DEST) with their own counts.
         options: format options (images per file, review selection, link mode).
         bmp_label_version: the package version that wrote it.
@@ -78,7 +83,7 @@ class ExportManifest:
     source: str
     plan_id: str
     policy: ExportPolicy
-    counts: dict[str, Any]
+    counts: ExportTally
     files: list[dict[str, Any]]
     options: dict[str, Any]
     bmp_label_version: str
@@ -96,7 +101,7 @@ class ExportManifest:
     def from_dict(data: dict[str, Any]) -> ExportManifest:
         return ExportManifest(
             format=data["format"], source=data["source"], plan_id=data["plan_id"],
-            policy=ExportPolicy(**data["policy"]), counts=data["counts"], files=data["files"],
+            policy=ExportPolicy(**data["policy"]), counts=ExportTally.from_dict(data["counts"]), files=data["files"],
             options=data["options"], bmp_label_version=data["bmp_label_version"],
             format_version=int(data.get("format_version", EXPORT_FORMAT_VERSION)),
         )
