@@ -45,13 +45,7 @@ from bmp_core.ops.masks import (
 from bmp_core.ops.pose_nms import pose_nms
 from bmp_core.ops.prompts import has_prompt, select_prompt_keypoints
 from bmp_core.ports import BmpModels
-from bmp_core.records import NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
-
-# Model calls (detect, pose, segment_prepare, segment) and the loop's own work between them (filter: the
-# detector's person/score/NMS filter; pose_nms; prompts; exclusive; masks: the new rows' masks, IoU and
-# boxes; mask_out: the next pass's detector input). Seconds per image; batched calls are split evenly.
-_STAGES = ("detect", "filter", "pose", "pose_nms", "prompts", "segment_prepare", "segment", "exclusive",
-           "masks", "mask_out", "total")
+from bmp_core.records import LOOP_STAGES, NUM_KEYPOINTS, BmpResult, Detections, Instances, IterationTrace
 
 
 @dataclass
@@ -69,7 +63,7 @@ class _ImageState:
     new: Detections | None = None  # this pass's filtered detections (masks: rows of ``store``)
     new_windows: np.ndarray | None = None  # (N, 4) int64 pixel windows of ``new.masks`` (ops.masks)
     traces: list[IterationTrace] = field(default_factory=list)
-    timings_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STAGES, 0.0))
+    timings_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOOP_STAGES, 0.0))
     nested_s: list[float] = field(default_factory=list)  # per open ``_timed`` block: its inner blocks' time
 
 

@@ -283,11 +283,6 @@ class BmpWorker:
         window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
         return prefetch(self._pool, self._decode_one, read_ahead(raw, window), window)
 
-    def _read_one(self, image_id: int, uri: str) -> _Decoded:
-        """Read and decode one loose file (what ``_read_ahead`` does for each file, on one thread)."""
-        (raw,) = read_group(read_groups(KIND_FILES, [image_id], [uri], [])[0])
-        return self._decode_one(raw)
-
     def _decode_one(self, raw: RawImage) -> _Decoded:
         row = ImageRow(raw.image_id, raw.uri, error=raw.error, read_s=raw.read_s, container_uri=raw.container_uri,
                        key=raw.key)

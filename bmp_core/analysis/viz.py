@@ -304,11 +304,6 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
     return buf.getvalue()
 
 
-def save_image(image_rgb: np.ndarray, path: str | Path, quality: int = 90) -> None:
-    """Write (H, W, 3) uint8 RGB as JPEG or PNG (by the suffix)."""
-    Image.fromarray(image_rgb).save(path, quality=quality)
-
-
 def thumbnail(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
     """(H, W, 3) uint8 downscaled so that its longer side is at most ``max_side``."""
     h, w = image_rgb.shape[:2]
