@@ -15,7 +15,6 @@ Masks leave the worker as RLE inside the Parquet parts; the driver only gets a s
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -33,15 +32,7 @@ from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, ImageInputError, decode_image_bgr
 from bmp_core.io.prefetch import prefetch, read_ahead
-from bmp_core.io.sources import (
-    KIND_FILES,
-    KIND_TAR,
-    Container,
-    RawImage,
-    read_group,
-    read_groups,
-    stream_tar,
-)
+from bmp_core.io.sources import INPUT_KINDS, KIND_FILES, Container, RawImage, ShardEntries
 from bmp_core.loop import run_bmp, run_bmp_batch
 from bmp_core.mask_store import shared_pool
 from bmp_core.output.commits import commit_shard, new_attempt_id
@@ -262,21 +253,15 @@ class BmpWorker:
         (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
         bounded window read and decoded in advance.
 
-        A loose file is read and decoded by one task. A Parquet row group is read by one task, and
-        its images are then decoded by a task each. A tar is streamed front to back on a thread of
-        its own (``read_ahead``), its images decoded by a task each; so decoding uses every thread.
+        How is the input kind's (``InputKind.read_ahead``): a loose file is read and decoded by one task.
+        A Parquet row group is read by one task, and its images are then decoded by a task each. A tar is
+        streamed front to back on a thread of its own (``read_ahead``), its images decoded by a task each;
+        so decoding uses every thread.
         """
         job = self.cfg.job
         window = 2 * job.batch_size + job.decode_threads
-        if kind == KIND_TAR:
-            return self._decode_stream(itertools.chain.from_iterable(
-                stream_tar(tar, job.image_extensions, first) for tar, first in tars))
-        groups = read_groups(kind, image_ids, uris, spans)
-        if kind == KIND_FILES:
-            return prefetch(self._pool, lambda g: self._decode_one(read_group(g)[0]), groups, window)
-        raw = prefetch(self._pool, lambda g: read_group(g, job.image_column, job.id_column), groups,
-                       max(2, -(-window // job.batch_size)))
-        return prefetch(self._pool, self._decode_one, (image for group in raw for image in group), window)
+        return INPUT_KINDS[kind].read_ahead(ShardEntries(image_ids, uris, spans, tars), job, self._pool,
+                                            self._decode_one, window)
 
     def _decode_stream(self, raw: Iterable[RawImage]) -> Iterator[_Decoded]:
         """A sequential source (a tar stream) read on a thread of its own, decoded on the pool."""
