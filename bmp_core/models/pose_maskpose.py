@@ -25,15 +25,16 @@ The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_con
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bmp_core.coco_meta import flip_indices  # the flip test's left/right swap (coco_meta: one place)
 from bmp_core.config import PoseModelConfig
 from bmp_core.models import _compat
+from bmp_core.models.conditioning import blend_tables
 from bmp_core.models.device import autocast
 from bmp_core.records import NUM_KEYPOINTS
 
@@ -47,18 +48,8 @@ _VIT_ARCHS: dict[str, tuple[dict[str, int], float]] = {
 # Architecture names the config may use -> ViT size. MaskPose-b is ViTPose-b with mask-blended input.
 ARCHITECTURES = {f"{family}-{size}": size for family in ("maskpose", "vitpose") for size in _VIT_ARCHS}
 
-# Left/right swap for the flip test: COCO-17 pairs, then the 4 midline extras of the 21-keypoint
-# COCO+MPII+AIC space (thorax, neck, head top, pelvis) map to themselves.
-COCO_FLIP_INDICES = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-
-
-def flip_indices(num_keypoints: int) -> list[int]:
-    """Flip permutation for a head of ``num_keypoints`` >= 17 channels (extras beyond COCO are midline)."""
-    if num_keypoints < NUM_KEYPOINTS:
-        raise ValueError(f"the pose head needs >= {NUM_KEYPOINTS} channels, got {num_keypoints}")
-    return COCO_FLIP_INDICES + list(range(NUM_KEYPOINTS, num_keypoints))
 
 
 def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int, int]) -> dict[str, Any]:
@@ -136,24 +127,6 @@ def udp_warp_matrix(center: np.ndarray, scale: np.ndarray, input_size_wh: tuple[
     return get_udp_warp_matrix(center, scale, 0.0, output_size=tuple(input_size_wh))
 
 
-@functools.lru_cache(maxsize=8)
-def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(256,) uint8 look-up tables of ``cv2.addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0.
-
-    The reference conditions with ``cv2.addWeighted``, which rounds to nearest (a float cast would truncate:
-    at alpha 0.2, the background values with ``4 v mod 5`` in {3, 4}, two in five, would come out one grey
-    level darker). ``addWeighted``
-    is elementwise and its second input is either the pixel itself (mask) or 0 (background), so two tables
-    built with ``addWeighted`` itself give its exact result for every value.
-    """
-    import cv2
-
-    values = np.arange(256, dtype=np.uint8)[None]
-    foreground = cv2.addWeighted(values, 1.0 - alpha, values, alpha, 0.0)[0]
-    background = cv2.addWeighted(values, 1.0 - alpha, np.zeros_like(values), alpha, 0.0)[0]
-    return foreground, background
-
-
 def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     """MaskPose conditioning: ``(1 - alpha) * img + alpha * img * mask``, rounded as cv2.addWeighted rounds.
 
@@ -169,7 +142,7 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
 
     if image_bgr.size == 0:  # a crop wholly outside the image reads no pixel (OpenCV refuses empty arrays)
         return image_bgr.copy()
-    foreground, background = _blend_tables(float(alpha))
+    foreground, background = blend_tables(float(alpha))
     out = cv2.LUT(image_bgr, background)  # a table look-up per byte: no float arithmetic per pixel
     # alpha 0.2: 0.8 v + 0.2 v rounds back to v, so the person's pixels are copied as they are.
     person = image_bgr if np.array_equal(foreground, np.arange(256)) else cv2.LUT(image_bgr, foreground)
