@@ -253,28 +253,18 @@ def pose_estimator() -> Any:
 
 def whole_image_crops(estimator: Any, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """The old way: per person, the whole-image mask's outer polygons (> 3 points) rasterised with
-    pycocotools, ``cv2.addWeighted`` on the whole image, then the UDP crop."""
-    import cv2
-    from pycocotools import mask as mask_utils
-
+    pycocotools, ``cv2.addWeighted`` on the whole image, then the UDP crop
+    (``bmp_core.testing.pose_reference.whole_image_crop``)."""
     from bmp_core.models import pose_maskpose as pm
+    from bmp_core.testing.pose_reference import whole_image_crop
 
     cfg = estimator.cfg
     w, h = estimator.input_size_wh
-    ih, iw = image.shape[:2]
-    alpha = float(cfg.mask_alpha)
     crops = np.zeros((len(boxes), h, w, 3), np.uint8)
     for i, (box, mask) in enumerate(zip(boxes, masks, strict=True)):
-        source = image
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons = [c.reshape(-1).astype(np.float64).tolist() for c in contours if len(c) > 3]
-        if polygons:
-            cond = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, ih, iw))) > 0
-            if cond.any():
-                source = cv2.addWeighted(image, 1 - alpha, image * cond[..., None].astype(np.uint8), alpha, 0)
         center, scale = pm.box_center_scale(box, cfg.bbox_padding, w / h)
         warp = pm.udp_warp_matrix(center, scale, (w, h))
-        crops[i] = cv2.warpAffine(source, warp, (w, h), flags=cv2.INTER_LINEAR)
+        crops[i] = whole_image_crop(image, warp, (w, h), mask, float(cfg.mask_alpha))
     return crops
 
 
@@ -293,6 +283,7 @@ def pose_rows(estimator: Any, case: Case, repeat: int) -> list[AdapterStageRow]:
     import torch
 
     from bmp_core.models import pose_maskpose as pm
+    from bmp_core.testing.pose_reference import crops_to_tensor
 
     cpu = torch.device("cpu")
     ours_ms, before_ms, ours, before = timed_pair(
@@ -305,7 +296,7 @@ def pose_rows(estimator: Any, case: Case, repeat: int) -> list[AdapterStageRow]:
 
     ours_ms, before_ms, x, y = timed_pair(
         lambda: pm.normalize_on_device(crops, cpu),
-        lambda: torch.from_numpy(pm.crops_to_tensor(list(crops))).to(cpu),
+        lambda: torch.from_numpy(crops_to_tensor(list(crops), pm.IMAGENET_MEAN_RGB, pm.IMAGENET_STD_RGB)).to(cpu),
         repeat,
     )
     same = x.dtype == y.dtype and x.shape == y.shape and bool(torch.equal(x, y))

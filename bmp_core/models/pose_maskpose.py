@@ -186,39 +186,13 @@ class BoxedMask:
         return out
 
 
-def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
-    """The conditioning mask as the reference builds it: outer contours only, rasterised as polygons.
-
-    MaskPose was trained on COCO polygon masks, and the reference's inference turns a binary mask into
-    its outer contours (``RETR_EXTERNAL``; contours with fewer than 4 points dropped) and rasterises those
-    polygons with pycocotools. Holes inside the mask are therefore filled, and specks vanish.
-
-    This full-image version is the plain definition; the adapter uses ``outer_polygon_boxed_mask``, which
-    gives the same pixels without touching the whole image.
-
-    Args:
-        mask: (H, W) bool.
-        min_points: contours with fewer points are dropped (a polygon needs more than 3).
-
-    Returns:
-        (H, W) bool; all False when no contour survives (the instance is then posed from its box).
-    """
-    import cv2
-    from pycocotools import mask as mask_utils
-
-    h, w = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = [c.reshape(-1).astype(np.float64).tolist() for c in contours if len(c) >= min_points]
-    if not polygons:
-        return np.zeros((h, w), bool)
-    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
-    return mask_utils.decode(rle).astype(bool)
-
-
 def outer_polygon_boxed_mask(
     mask: BoxedMask, image_hw: tuple[int, int], min_points: int = 4
 ) -> BoxedMask | None:
-    """``outer_polygon_mask`` of the full-image mask that ``mask`` stands for, computed inside its box.
+    """The reference's conditioning mask (outer contours only, rasterised as polygons by pycocotools: holes
+    filled, specks of fewer than ``min_points`` points dropped) of the full-image mask that ``mask`` stands
+    for, computed inside its box (``bmp_core.testing.pose_reference.outer_polygon_mask``: the whole-image
+    definition it equals).
 
     Why the result is pixel-identical: every contour of the mask lies inside its box, so tracing it on the
     box grown by one zero row/column (kept inside the image, so a mask touching the image border still
@@ -280,20 +254,13 @@ def crop_to_input(image_bgr: np.ndarray, warp: np.ndarray, input_size_wh: tuple[
     return cv2.warpAffine(image_bgr, warp, tuple(input_size_wh), flags=cv2.INTER_LINEAR)
 
 
-def crops_to_tensor(crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 3, h, w) float32 network input: BGR -> RGB, ImageNet mean/std (the plain numpy definition;
-    the adapter normalises on its device with ``normalize_on_device``, which gives the same values)."""
-    batch = np.stack(crops_bgr)[..., ::-1].astype(np.float32)
-    batch = (batch - np.float32(IMAGENET_MEAN_RGB)) / np.float32(IMAGENET_STD_RGB)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
 def normalize_on_device(crops_bgr: np.ndarray, device: Any) -> Any:
     """(N, 3, h, w) float32 torch tensor on ``device`` from (N, h, w, 3) uint8 BGR crops.
 
     The crops travel as uint8 (a quarter of the float32 bytes) and are converted there: BGR -> RGB,
     ``(x - mean) / std`` with float32 tensors of the per-channel constants. Those are the same IEEE
-    float32 subtraction and division per element as ``crops_to_tensor``, so on CPU the values are
+    float32 subtraction and division per element as ``testing.pose_reference.crops_to_tensor``, so on CPU
+    the values are
     identical (tested); CUDA's float32 ``-`` and ``/`` on tensors are also correctly rounded, so the
     same holds there unless torch is built with fast math.
     """
