@@ -61,7 +61,7 @@ from bmp_core.testing.fakes import (
 )
 
 DEFAULT_TESTDATA = REPO.parent / "shared" / "testdata"
-# The loop's own stages (bmp_core/loop.py _STAGES without the model calls), in loop order.
+# The loop's own stages (bmp_core.records.LOOP_STAGES without the model calls), in loop order.
 LOOP_STAGES = ("filter", "pose_nms", "prompts", "exclusive", "masks", "mask_out")
 COLUMNS = (*LOOP_STAGES, "loop", "rle", "table")
 
