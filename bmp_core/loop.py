@@ -377,7 +377,7 @@ def _refine_with_sam(
     with _timed([s], "prompts"):
         prompts, prompted = _prompts(kpts, cfg)
     store = s.store
-    masks = store.masks[store.used: store.used + n]
+    masks = store.new_instance_rows(n)
     windows = det_windows.copy()
     sam_scores = np.full(n, np.nan, np.float32)
     idx = np.flatnonzero(prompted)

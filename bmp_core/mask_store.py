@@ -12,7 +12,8 @@ Public API (what the loop and the tests use):
     .masks / .det_masks / .mask_windows / .det_windows / .used, .note_written(rows), .grow(extra_rows),
     .in_use(), .clear(), .reshaped(image_hw), .resident_bytes(), .buffer_bytes(),
     and a pass's rows: .pass_rows(masks, windows), .keep_pass_rows(keep, windows),
-    .keep_instances(kept, pass_windows), .add_instances(mask_windows, det_windows), .instance_rows()
+    .keep_instances(kept, pass_windows), .new_instance_rows(n), .add_instances(mask_windows, det_windows),
+    .instance_rows()
     MaskStorePool(max_bytes, enabled=True): .take(image_hw, rows), .give(store), .stores()
     shared_pool(max_bytes=None): the process's pool (what ``run_bmp`` uses unless given one)
     capacity(image_hw, rows), refcounts_track_views(), copy_window, clear_window, move_window
@@ -167,6 +168,10 @@ class MaskStore:
         self.used += len(mask_windows)
         self.mask_windows = np.concatenate([self.mask_windows, mask_windows])
         self.det_windows = np.concatenate([self.det_windows, det_windows])
+
+    def new_instance_rows(self, n: int) -> np.ndarray:
+        """The ``n`` rows of ``masks`` after the instances' (all-False until written): the next instances'."""
+        return self.masks[self.used: self.used + n]
 
     def instance_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Views of the instances' rows of ``masks`` and ``det_masks``."""
