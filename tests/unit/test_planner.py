@@ -66,3 +66,11 @@ def test_large_list_file_matches_python(tmp_path: object) -> None:
     assert shard_uris(uris, plan, 3) == expected[3 * 256: 4 * 256]
     table = listing_table(uris)
     assert table.column("image_id").to_pylist()[:3] == [0, 1, 2]
+
+
+def test_the_mask_pool_size_does_not_change_the_plan() -> None:
+    """job.mask_pool_mb only changes how fast a worker runs: an output resumes under another value."""
+    from bmp_core.config import config_from_dict
+    from jobs.planner import config_digest
+
+    assert config_digest(config_from_dict({}, ["job.mask_pool_mb=0"])) == config_digest(config_from_dict({}, []))
