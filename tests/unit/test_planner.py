@@ -70,7 +70,4 @@ def test_large_list_file_matches_python(tmp_path: object) -> None:
 
 def test_the_mask_pool_size_does_not_change_the_plan() -> None:
     """job.mask_pool_mb only changes how fast a worker runs: an output resumes under another value."""
-    from bmp_core.config import config_from_dict
-    from jobs.planner import config_digest
-
     assert config_digest(config_from_dict({}, ["job.mask_pool_mb=0"])) == config_digest(config_from_dict({}, []))
