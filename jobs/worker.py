@@ -253,7 +253,7 @@ class BmpWorker:
         (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
         bounded window read and decoded in advance.
 
-        How is the input kind's (``InputKind.read_ahead``): a loose file is read and decoded by one task.
+        How depends on the input kind (``InputKind.read_ahead``): a loose file is read and decoded by one task.
         A Parquet row group is read by one task, and its images are then decoded by a task each. A tar is
         streamed front to back on a thread of its own (``read_ahead``), its images decoded by a task each;
         so decoding uses every thread.
