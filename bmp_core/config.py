@@ -263,6 +263,7 @@ class JobConfig:
     batch_size: int = 4  # images per run_bmp_batch call inside a shard
     decode_threads: int = 4  # threads per worker reading + decoding images ahead of the models
     queue_depth: int = 2  # shards in flight per worker: one labels while the previous commits (no idle gap)
+    mask_pool_mb: int = 1024  # finished images' mask memory a worker keeps to lend to later images (0: none)
     lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
     coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
     trace: bool = False  # also store each image's per-pass trace under OUT/traces/<image_id>/ (bmp-label viz --gif)
@@ -274,7 +275,6 @@ class JobConfig:
     # Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1, all of a GPU worker's CPU work on one thread:
     gpus_per_worker: float = 1.0  # GPU share per GPU worker; 0.5: two per GPU (CPU and GPU work overlap)
     gpu_worker_cpus: float = 0.0  # CPUs + torch threads per GPU worker; 0: its node's cores split evenly
-    mask_pool_mb: int = 1024  # finished images' mask memory a worker keeps to lend to later images (0: none)
 
     def __post_init__(self) -> None:
         if self.mask_pool_mb < 0:
