@@ -38,7 +38,7 @@ def child(fmt: str, src: str, dest: str) -> None:
     manifest = export_output(src, dest, fmt, ExportPolicy(min_pose_score=0.4, val_fraction=0.05),
                              ExportOptions(link="list"))
     seconds = time.perf_counter() - t0
-    images = sum(manifest.counts["images"].values())
+    images = sum(manifest.counts.images.values())
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"format": fmt, "images": images, "seconds": seconds, "rss_mib": rss_mib}))
 

@@ -172,7 +172,7 @@ def _read_stage(listing: object, threads: int, decode: bool) -> tuple[float, int
     """(seconds, images, bytes of image data) for the worker's read stage on a listing."""
     from bmp_core.io.images import decode_image_bgr
     from bmp_core.io.prefetch import prefetch, read_ahead
-    from bmp_core.io.sources import KIND_TAR, read_group, read_groups, stream_tar
+    from bmp_core.io.sources import read_group, read_groups, stream_tar
 
     def use(data: bytes | None) -> int:
         assert data is not None
@@ -182,7 +182,7 @@ def _read_stage(listing: object, threads: int, decode: bool) -> tuple[float, int
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        if listing.kind == KIND_TAR:  # type: ignore[attr-defined]
+        if listing.tars:  # a tar input  # type: ignore[attr-defined]
             raw = (r for t, tar in enumerate(listing.tars) for r in stream_tar(tar, (".jpg",), t))  # type: ignore[attr-defined]
             sizes = list(prefetch(pool, lambda r: use(r.data), read_ahead(raw, 2 * threads), 2 * threads))
         else:

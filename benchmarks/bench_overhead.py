@@ -12,7 +12,7 @@ own work (the detector's person/score/NMS filter, pose-NMS, prompt selection, ex
 rows' masks, IoU and boxes, the next pass's masked-out image) plus what the worker does with a result
 (COCO RLE of the masks inside their boxes, the Parquet ``instances`` table). Only the replays' timings
 are kept, as a worker drops a result once written, so the loop lends that result's mask memory to a
-later replay (``bmp_core.loop._StorePool``); the recorded run pays the fresh pages once, untimed.
+later replay (``bmp_core.mask_store.MaskStorePool``); the recorded run pays the fresh pages once, untimed.
 Cases: the test images with the default fake detector (8 candidate people, COCO-size images) and
 synthetic 1920x1080 images with a crowd of 5, 10 and 20 people (``CrowdDetector``: all survive box
 NMS).
@@ -61,7 +61,7 @@ from bmp_core.testing.fakes import (
 )
 
 DEFAULT_TESTDATA = REPO.parent / "shared" / "testdata"
-# The loop's own stages (bmp_core/loop.py _STAGES without the model calls), in loop order.
+# The loop's own stages (bmp_core.records.LOOP_STAGES without the model calls), in loop order.
 LOOP_STAGES = ("filter", "pose_nms", "prompts", "exclusive", "masks", "mask_out")
 COLUMNS = (*LOOP_STAGES, "loop", "rle", "table")
 
@@ -115,7 +115,7 @@ def measure_image(case: CaseResult, image: np.ndarray, models: BmpModels, cfg: L
 
     def replayed() -> object:
         # Only the timings are kept: a worker drops a result once its table is written, and so the
-        # loop may reuse that result's mask memory for a later image (bmp_core/loop.py _StorePool).
+        # loop may reuse that result's mask memory for a later image (bmp_core/mask_store.py MaskStorePool).
         result = run_bmp(image, recording.replay(), cfg)
         timings.append(result.timings_s)
         return result

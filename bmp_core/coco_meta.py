@@ -34,6 +34,20 @@ SIGMAS.flags.writeable = False
 FLIP_INDICES = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
 
+def flip_indices(num_channels: int) -> list[int]:
+    """The flip permutation of a pose head with ``num_channels`` >= 17 channels, COCO's 17 first: their
+    left/right pairs swap (``FLIP_INDICES``), every channel past them maps to itself (the extras of the
+    heads we run lie on the midline: MaskPose's 21 add thorax, neck, head top and pelvis; the 23 of
+    MaskPose-1.1 and PMPose add thorax, pelvis, neck, head top and the AIC neck and head top).
+
+    Raises:
+        ValueError: fewer than 17 channels.
+    """
+    if num_channels < NUM_KEYPOINTS:
+        raise ValueError(f"the pose head needs >= {NUM_KEYPOINTS} channels, got {num_channels}")
+    return [*FLIP_INDICES, *range(NUM_KEYPOINTS, num_channels)]
+
+
 def person_category() -> dict[str, Any]:
     """The COCO ``categories`` entry of a person-keypoints dataset."""
     return {

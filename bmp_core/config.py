@@ -261,6 +261,12 @@ class ModelsConfig:
         """Whether the models built from this config detect people (lite: with ``lite.detect_people``)."""
         return self.kind != "lite" or self.lite.detect_people
 
+    @property
+    def uses_torch_device(self) -> bool:
+        """Whether the models built from this config run on ``device`` through torch (the real models):
+        only then is the device resolved and checked; the fakes and the lite backend run on the CPU."""
+        return self.kind == "bmp"
+
     def __post_init__(self) -> None:
         if self.kind not in ("bmp", "fake", "lite"):
             raise ConfigError(f"models.kind: {self.kind!r} is not one of 'bmp', 'fake', 'lite'")
@@ -290,6 +296,7 @@ class JobConfig:
     batch_size: int = 4  # images per run_bmp_batch call inside a shard
     decode_threads: int = 4  # threads per worker reading + decoding images ahead of the models
     queue_depth: int = 2  # shards in flight per worker: one labels while the previous commits (no idle gap)
+    mask_pool_mb: int = 1024  # finished images' mask memory a worker keeps to lend to later images (0: none)
     lock_ttl_s: float = 120.0  # the output lock expires this long after the last heartbeat of a dead job
     coco_keypoint_thr: float = 0.3  # coco.json: keypoints scoring below this are written unlabeled (v=0)
     trace: bool = False  # also store each image's per-pass trace under OUT/traces/<image_id>/ (bmp-label viz --gif)
@@ -303,6 +310,8 @@ class JobConfig:
     gpu_worker_cpus: float = 0.0  # CPUs + torch threads per GPU worker; 0: its node's cores split evenly
 
     def __post_init__(self) -> None:
+        if self.mask_pool_mb < 0:
+            raise ConfigError(f"job.mask_pool_mb must be >= 0, got {self.mask_pool_mb}")
         if self.given_boxes is not None and not self.given_boxes.strip():
             raise ConfigError("job.given_boxes: an empty path; use null for no given boxes")
         if self.given_boxes_images is not None and self.given_boxes is None:

@@ -88,6 +88,12 @@ class Segmenter(Protocol):
         """
         ...
 
+    def prepare_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Any]:
+        """``prepare`` of several images; an adapter that can encode them in one forward pass overrides it
+        (SAM 2.1: one encoder call on the device). The results must be those of ``prepare`` one image at
+        a time (the loop's results never depend on the batch)."""
+        return [self.prepare(image) for image in images_bgr]
+
 
 @dataclass(frozen=True)
 class BmpModels:

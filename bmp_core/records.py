@@ -250,6 +250,14 @@ class IterationTrace:
     num_removed_old: int
 
 
+# ``BmpResult.timings_s``'s keys: the model calls (detect, pose, segment_prepare, segment) and the loop's
+# own work between them (filter: the detector's person/score/NMS filter; pose_nms; prompts; exclusive;
+# masks: the new rows' masks, IoU and boxes; mask_out: the next pass's detector input), and total.
+# Seconds per image; batched calls are split evenly.
+LOOP_STAGES = ("detect", "filter", "pose", "pose_nms", "prompts", "segment_prepare", "segment", "exclusive",
+               "masks", "mask_out", "total")
+
+
 @dataclass(frozen=True)
 class BmpResult:
     """Result of ``run_bmp`` for one image.
@@ -257,7 +265,7 @@ class BmpResult:
     Attributes:
         instances: every person found, merge order.
         image_hw: (height, width) of the image in pixels.
-        timings_s: seconds per stage (``detect``, ``pose``, ``pose_nms``, ``segment``, ``total``).
+        timings_s: seconds per stage of ``LOOP_STAGES`` (each image's share of a batched call).
         traces: one ``IterationTrace`` per iteration when tracing was asked for, else empty.
     """
 

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bmp_core.config import BmpConfig, ConfigError, check_job_config, dump_config, load_config
+from bmp_core.io.given_boxes import with_absolute_paths
 
 if TYPE_CHECKING:
     from bmp_core.io.sources import InputListing
@@ -221,9 +222,9 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
     manifest = export_output(args.output, args.to, args.format, resolved.policy, options, resolved.source)
     c = manifest.counts
     print(json.dumps({"export": manifest.format, "to": args.to, "policy": manifest.policy_source,
-                      "images": c["images"], "people": c["people"],
-                      "ignored_by_reason": {k: v for k, v in c["ignored_by_reason"].items() if v},
-                      "format_dropped": c["format_dropped"]}))
+                      "images": c.images, "people": c.people,
+                      "ignored_by_reason": {k: v for k, v in c.ignored_by_reason.items() if v},
+                      "format_dropped": c.format_dropped}))
     return EXIT_OK
 
 
@@ -236,24 +237,7 @@ def _load(args: argparse.Namespace) -> BmpConfig:
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")  # quoted: a column named "1" stays text
     cfg = load_config(args.config, overrides)
     check_job_config(cfg)  # e.g. models.lite.detect_people: false without job.given_boxes
-    return _absolute_given_boxes(cfg)
-
-
-def _absolute_given_boxes(cfg: BmpConfig) -> BmpConfig:
-    """Local ``job.given_boxes*`` paths made absolute: workers need not share the driver's directory."""
-    import dataclasses
-    import os
-
-    from bmp_core.io.uris import protocol_of
-
-    def absolute(uri: str | None) -> str | None:
-        if uri is None or protocol_of(uri) != "file":
-            return uri
-        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
-
-    job = dataclasses.replace(cfg.job, given_boxes=absolute(cfg.job.given_boxes),
-                              given_boxes_images=absolute(cfg.job.given_boxes_images))
-    return cfg if job == cfg.job else dataclasses.replace(cfg, job=job)
+    return with_absolute_paths(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ runs them on their own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -241,8 +242,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (EvaluationError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = {"gt": args.gt, "output": args.output, **result}
-    out = _write_file(args.out, args.output, layout.EVAL_JSON, json.dumps(result, indent=1).encode())
+    result = dataclasses.replace(result, gt=args.gt, output=args.output)
+    out = _write_file(args.out, args.output, layout.EVAL_JSON, json.dumps(result.to_dict(), indent=1).encode())
     print(format_table(result))
     print(f"wrote {out}")
     return 0

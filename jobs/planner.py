@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bmp_core.config import BmpConfig, config_to_dict
-from bmp_core.io.sources import KIND_TAR, Container, InputListing, list_source
+from bmp_core.io.sources import Container, InputListing, list_source
+from bmp_core.io.sources import listing_table as kind_listing_table
 from bmp_core.output import layout
 from bmp_core.output.plan import INPUT_CONTAINERS_KEY, Plan, read_plan
 from bmp_core.output.store import OutputStore
@@ -111,7 +112,7 @@ def make_plan(cfg: BmpConfig, uris: pa.Array | InputListing, file_sha256: dict[s
     if isinstance(uris, InputListing):
         if uris.containers_sha256 is not None:
             files[INPUT_CONTAINERS_KEY] = uris.containers_sha256
-        num_tars = len(uris.tars) if uris.kind == KIND_TAR else 0
+        num_tars = len(uris.tars)  # a tar input: one shard per tar
         uris = uris.uris
     return Plan(None if num_tars else len(uris), cfg.job.shard_size, listing_digest(uris),
                 config_digest(cfg, files), tuple(sorted(files.items())), num_tars)
@@ -150,18 +151,9 @@ def listing_table(uris: pa.Array | InputListing) -> pa.Table:
     """The frozen listing as a table: ``image_id`` (int64), ``uri`` (string); for a Parquet input
     also ``span_start``, ``span_end`` (int64: the row and its row group). A tar input: ``shard_id``
     (int64), ``uri``, ``size`` (int64 bytes), ``version`` (S3 ETag or local mtime) of each tar."""
-    listing = uris if isinstance(uris, InputListing) else None
-    if listing is not None and listing.kind == KIND_TAR:
-        return pa.table({"shard_id": pa.array(np.arange(len(listing.tars), dtype=np.int64)),
-                         "uri": pa.array([t.uri for t in listing.tars], pa.string()),
-                         "size": pa.array([t.size for t in listing.tars], pa.int64()),
-                         "version": pa.array([t.version for t in listing.tars], pa.string())})
-    arr = listing.uris if listing is not None else uris
-    columns = {"image_id": pa.array(np.arange(len(arr), dtype=np.int64)), "uri": arr.cast(pa.string())}
-    if listing is not None and listing.spans_start is not None and listing.spans_end is not None:
-        columns["span_start"] = listing.spans_start
-        columns["span_end"] = listing.spans_end
-    return pa.table(columns)
+    if isinstance(uris, InputListing):
+        return kind_listing_table(uris)  # its kind's columns (bmp_core/io/sources.py)
+    return pa.table({"image_id": pa.array(np.arange(len(uris), dtype=np.int64)), "uri": uris.cast(pa.string())})
 
 
 def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
@@ -173,7 +165,7 @@ def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
     """
     files = file_digests(cfg) if file_sha256 is None else file_sha256
 
-    def reuse(kind: str, containers_sha256: str, num_containers: int) -> InputListing | None:
+    def reuse(containers_sha256: str, num_containers: int) -> pa.Table | None:
         old = None if store is None else read_plan(store)
         if old is None or dict(old.file_sha256).get(INPUT_CONTAINERS_KEY) != containers_sha256:
             return None
@@ -182,9 +174,6 @@ def list_job_input(cfg: BmpConfig, input_uri: str, store: OutputStore | None,
         if store is None or not store.exists(layout.LISTING_PARQUET):
             return None
         table = store.read_parquet(layout.LISTING_PARQUET)
-        if "span_start" not in table.column_names or table.num_rows != old.num_images:
-            return None
-        return InputListing(kind, table.column("uri").combine_chunks(), table.column("span_start").combine_chunks(),
-                            table.column("span_end").combine_chunks(), containers_sha256, num_containers)
+        return table if table.num_rows == old.num_images else None  # the input kind reads it back
 
     return list_source(input_uri, cfg.job.image_extensions, cfg.job.image_column, cfg.job.id_column, reuse)

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from bmp_core.config import BmpConfig, JobConfig, load_config
+from bmp_core.io.given_boxes import with_absolute_paths
 from bmp_core.io.images import ImageDecodeError, decode_image_bgr
 from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA, STATUS_ERROR, STATUS_OK, ImageRow
 from jobs.worker import BmpWorker
@@ -84,6 +85,7 @@ class BmpPredictor:
                  image_column: str = "image", uri_column: str | None = "path",
                  column_prefix: str = "", error_column: str | None = DECODE_ERROR) -> None:
         cfg = config if isinstance(config, BmpConfig) else load_config(os.fspath(config), list(overrides))
+        cfg = with_absolute_paths(cfg)
         self.cfg = cfg
         self.image_column, self.uri_column, self.prefix = image_column, uri_column, column_prefix
         self.error_column = error_column

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bmp_core.config import BmpConfig, config_to_dict
+from bmp_core.io.given_boxes import with_absolute_paths
 from bmp_core.io.sources import Container, InputListing
 from bmp_core.io.uris import describe_storage
 from bmp_core.output import layout
@@ -83,6 +84,7 @@ def run_job(cfg: BmpConfig, opts: RunOptions) -> RunRecord:
         JobError: a shard failed ``job.max_attempts`` times, or the workers could not start.
     """
     t_start = time.time()
+    cfg = with_absolute_paths(cfg)  # the given boxes the workers read, wherever they run
     store = OutputStore(opts.output_uri)
     opts = replace(opts, output_uri=store.uri)  # a local output as an absolute path, for the workers
     lock = OutputLock(store, cfg.job.lock_ttl_s, opts.lock_settle_s)
@@ -234,7 +236,7 @@ def check_device_for_workers(cfg: BmpConfig, use_gpu: bool) -> None:
     would too.
     """
     device = cfg.models.device
-    if cfg.models.kind != "bmp" or not device.startswith("cuda"):
+    if not cfg.models.uses_torch_device or not device.startswith("cuda"):
         return
     if not use_gpu:
         raise GpuUnavailableError(f"models.device={device!r} but the Ray cluster has no GPU",

@@ -15,7 +15,6 @@ Masks leave the worker as RLE inside the Parquet parts; the driver only gets a s
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -33,16 +32,9 @@ from bmp_core.config import BmpConfig, JobConfig, check_job_config
 from bmp_core.io.given_boxes import GivenBoxes, GivenBoxIndex, load_given_boxes
 from bmp_core.io.images import ImageDecodeError, ImageInputError, decode_image_bgr
 from bmp_core.io.prefetch import prefetch, read_ahead
-from bmp_core.io.sources import (
-    KIND_FILES,
-    KIND_TAR,
-    Container,
-    RawImage,
-    read_group,
-    read_groups,
-    stream_tar,
-)
+from bmp_core.io.sources import INPUT_KINDS, KIND_FILES, Container, RawImage, ShardEntries
 from bmp_core.loop import run_bmp, run_bmp_batch
+from bmp_core.mask_store import shared_pool
 from bmp_core.output.commits import commit_shard, new_attempt_id
 from bmp_core.output.store import OutputStore
 from bmp_core.output.tables import INSTANCES_SCHEMA, ImageRow, images_table, instances_table
@@ -134,8 +126,9 @@ class BmpWorker:
 
         check_job_config(cfg)
         self.cfg = cfg
+        self.mask_pool = shared_pool(cfg.job.mask_pool_mb * 2**20)  # lends finished images' mask memory
         self.gpu_assigned = gpu_assigned
-        if gpu_assigned and cfg.models.kind == "bmp":
+        if gpu_assigned and cfg.models.uses_torch_device:
             from bmp_core.models.device import resolve_device
 
             resolve_device(cfg.models.device, gpu_assigned=True)  # before minutes of model building
@@ -148,7 +141,7 @@ class BmpWorker:
 
     def info(self) -> WorkerInfo:
         """Where this worker runs (the driver logs it and waits on it as a readiness check)."""
-        if self.cfg.models.kind != "bmp":
+        if not self.cfg.models.uses_torch_device:
             return WorkerInfo(socket.gethostname(), os.getpid(), self.cfg.models.device)
         from bmp_core.models.device import describe_device, resolve_device
 
@@ -275,31 +268,20 @@ class BmpWorker:
         (loose files: id order; a tar: member order; ``_label`` sorts the rows), keeping at most a
         bounded window read and decoded in advance.
 
-        A loose file is read and decoded by one task. A Parquet row group is read by one task, and
-        its images are then decoded by a task each. A tar is streamed front to back on a thread of
-        its own (``read_ahead``), its images decoded by a task each; so decoding uses every thread.
+        How depends on the input kind (``InputKind.read_ahead``): a loose file is read and decoded by one task.
+        A Parquet row group is read by one task, and its images are then decoded by a task each. A tar is
+        streamed front to back on a thread of its own (``read_ahead``), its images decoded by a task each;
+        so decoding uses every thread.
         """
         job = self.cfg.job
         window = 2 * job.batch_size + job.decode_threads
-        if kind == KIND_TAR:
-            return self._decode_stream(itertools.chain.from_iterable(
-                stream_tar(tar, job.image_extensions, first) for tar, first in tars))
-        groups = read_groups(kind, image_ids, uris, spans)
-        if kind == KIND_FILES:
-            return prefetch(self._pool, lambda g: self._decode_one(read_group(g)[0]), groups, window)
-        raw = prefetch(self._pool, lambda g: read_group(g, job.image_column, job.id_column), groups,
-                       max(2, -(-window // job.batch_size)))
-        return prefetch(self._pool, self._decode_one, (image for group in raw for image in group), window)
+        return INPUT_KINDS[kind].read_ahead(ShardEntries(image_ids, uris, spans, tars), job, self._pool,
+                                            self._decode_one, window)
 
     def _decode_stream(self, raw: Iterable[RawImage]) -> Iterator[_Decoded]:
         """A sequential source (a tar stream) read on a thread of its own, decoded on the pool."""
         window = 2 * self.cfg.job.batch_size + self.cfg.job.decode_threads
         return prefetch(self._pool, self._decode_one, read_ahead(raw, window), window)
-
-    def _read_one(self, image_id: int, uri: str) -> _Decoded:
-        """Read and decode one loose file (what ``_read_ahead`` does for each file, on one thread)."""
-        (raw,) = read_group(read_groups(KIND_FILES, [image_id], [uri], [])[0])
-        return self._decode_one(raw)
 
     def _decode_one(self, raw: RawImage) -> _Decoded:
         row = ImageRow(raw.image_id, raw.uri, error=raw.error, read_s=raw.read_s, container_uri=raw.container_uri,
@@ -346,7 +328,7 @@ class BmpWorker:
         try:
             results: list[BmpResult | str] = list(run_bmp_batch(
                 images, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                box_scores=box_scores))
+                box_scores=box_scores, mask_pool=self.mask_pool))
         except Exception as err:
             if not _is_image_failure(err):
                 raise  # not the images' fault: the shard fails, is retried, then stops the job
@@ -376,7 +358,7 @@ class BmpWorker:
         failure = None
         try:
             return run_bmp(image_bgr, self.models, self.cfg.loop, boxes_xyxy=boxes_xyxy, trace=trace,
-                           box_scores=box_scores)
+                           box_scores=box_scores, mask_pool=self.mask_pool)
         except Exception as err:
             if not _is_image_failure(err):
                 raise

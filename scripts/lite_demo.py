@@ -2,8 +2,9 @@
 
 The job does the same at scale (``bmp-label run --config configs/lite_cpu.yaml ...``); this is the
 no-Ray version: it runs ``run_bmp`` per image with ``configs/lite_cpu.yaml``: BlazePose's own person
-detector finds the people, or ``--boxes`` gives the first pass's (their scores as detector scores); it draws the people
-(``bmp_core.analysis.viz``), writes the COCO results, and scores them with pycocotools when ``--gt`` is given::
+detector finds the people, or ``--boxes`` gives the first pass's (their scores as detector scores); it
+draws the people (``bmp_core.analysis.viz``), writes the COCO results, and scores them as
+``bmp-label eval`` does when ``--gt`` is given::
 
     python scripts/lite_demo.py --images examples/images \\
         --boxes examples/detections.json --images-json examples/ground_truth.json \\
@@ -17,8 +18,6 @@ Writes ``OUT/<name>.png`` per image and ``OUT/keypoints_results.json`` / ``OUT/s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import time
@@ -44,16 +43,15 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _coco_ap(gt_path: str, results: list[dict[str, Any]], iou_type: str) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """COCO AP of ``results`` on every image of the ground truth, scored as ``bmp-label eval`` scores
+    (``bmp_core.analysis.evaluation``: pycocotools, or xtcocotools where pycocotools cannot)."""
+    from bmp_core.analysis.evaluation import COCO_LAYOUT, CocoScorer, box_oks_scale, choose_backend, load_gt
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(gt_path)
-        ev = COCOeval(gt, gt.loadRes(results), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
+    gt = load_gt(gt_path)
+    box_scale = box_oks_scale(gt, "auto", gt_path)  # OCHuman and OCHuman-Pose: 0.53 x box area, as eval
+    stats = CocoScorer(gt, [im["id"] for im in gt["images"]], choose_backend(gt, "auto", box_scale),
+                       COCO_LAYOUT, box_scale).score(results, iou_type)
+    return float(stats["AP"]) if stats else 0.0
 
 
 def label_folder(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:

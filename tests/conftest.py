@@ -14,13 +14,13 @@ _REPO = Path(__file__).resolve().parents[1]
 
 def find_testdata() -> Path | None:
     """The shared real test images: $BMP_TESTDATA, else ../shared/testdata beside the checkout
-    (the layout of our dev and CI machines), else /work/shared/testdata (a clone made elsewhere).
+    (the layout of our dev and CI machines; a clone made elsewhere sets BMP_TESTDATA).
 
     ``BMP_NO_SHARED_TESTDATA=1`` makes them absent wherever they are, to check that the unit tier
     runs on a bare clone (its tests that need real photos skip, the rest use synthetic images)."""
     if os.environ.get("BMP_NO_SHARED_TESTDATA") == "1":
         return None
-    candidates = [os.environ.get("BMP_TESTDATA"), _REPO.parent / "shared" / "testdata", "/work/shared/testdata"]
+    candidates = [os.environ.get("BMP_TESTDATA"), _REPO.parent / "shared" / "testdata"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "ochuman" / "004806.jpg").is_file():
             return Path(candidate)

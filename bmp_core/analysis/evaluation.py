@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -83,6 +84,94 @@ __all__ = [  # ImageMatch and match_images are re-exported from image_matching
     "keypoint_layout", "load_gt", "match_images", "needs_xtcocotools", "results_from_instances", "table_rows",
 ]
 _MAX_LISTED = 100  # image names listed per "missing" kind in eval.json; the counts are always complete
+
+
+@dataclass(frozen=True)
+class ImageMatchCounts:
+    """How the output's images matched the ground truth's (by file name, ``io.image_matching``)."""
+
+    output: int  # images in the output
+    gt: int  # images in the ground truth
+    matched: int
+    matched_failed: int  # matched images the job failed on (scored with no predictions)
+    num_missing_in_gt: int
+    num_missing_in_output: int
+    num_ambiguous: int
+    missing_in_gt: list[str]  # output URIs the ground truth lacks (the first _MAX_LISTED)
+    missing_in_output: list[str]  # ground-truth file names the output lacks (the first _MAX_LISTED)
+    ambiguous: list[Any]  # (the first _MAX_LISTED)
+
+
+@dataclass(frozen=True)
+class ScoredSubset:
+    """The scores of one subset of the output's instances: all of them, or those found up to a pass."""
+
+    num_predictions: int
+    stats: dict[str, dict[str, float] | None]  # IoU type -> COCOeval stat -> value; None: nothing scored
+    max_iteration: int | None = None  # instances with ``iteration <= max_iteration`` (0-based); None: all
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {} if self.max_iteration is None else {"max_iteration": self.max_iteration}
+        return {**head, "num_predictions": self.num_predictions, **self.stats}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], iou_types: Sequence[str]) -> ScoredSubset:
+        return cls(int(data["num_predictions"]), {t: data.get(t) for t in iou_types}, data.get("max_iteration"))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What ``evaluate_output`` found; ``to_dict`` is ``eval.json``, ``from_dict`` reads it back."""
+
+    backend: dict[str, str]  # IoU type -> the library that scored it (pycocotools / xtcocotools)
+    box_source: str
+    iou_types: tuple[str, ...]
+    images: ImageMatchCounts
+    gt_without_mask: int  # ground-truth people without a segmentation (segm AP cannot match them)
+    keypoint_layout: dict[str, Any]  # KeypointLayout.describe(), and CrowdPose's images per split
+    overall: ScoredSubset  # every instance
+    per_iteration: list[ScoredSubset]  # after each pass (empty for a single pass or per_iteration=False)
+    oks_scale: str = "area"  # the OKS scale used: "area" (COCO's) or "box" (0.53 x box area, OCHuman's)
+    visibility: vis_eval.VisibilityScore | None = None  # keypoint visibility AP; None: not computable
+    gt: str | None = None  # where the ground truth was read (set by the CLI)
+    output: str | None = None  # the output scored (set by the CLI)
+
+    @property
+    def crowdpose(self) -> bool:
+        return self.keypoint_layout.get("name") == "crowdpose"
+
+    def to_dict(self) -> dict[str, Any]:
+        where = {k: v for k, v in (("gt", self.gt), ("output", self.output)) if v is not None}
+        return {
+            **where,
+            "backend": self.backend,
+            "box_source": self.box_source,
+            "iou_types": list(self.iou_types),
+            "images": dataclasses.asdict(self.images),
+            "gt_without_mask": self.gt_without_mask,
+            "keypoint_layout": self.keypoint_layout,
+            "overall": self.overall.to_dict(),
+            "per_iteration": [p.to_dict() for p in self.per_iteration],
+            "oks_scale": self.oks_scale,
+            "visibility": None if self.visibility is None else self.visibility.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        """An ``eval.json`` read back (an older one lacks ``keypoint_layout`` / ``gt_without_mask`` /
+        ``oks_scale`` / ``visibility``)."""
+        iou_types = tuple(data["iou_types"])
+        visibility = data.get("visibility")
+        return cls(
+            backend=data.get("backend", {}), box_source=data.get("box_source", "detector"), iou_types=iou_types,
+            images=ImageMatchCounts(**data["images"]), gt_without_mask=int(data.get("gt_without_mask", 0)),
+            keypoint_layout=data.get("keypoint_layout", {}),
+            overall=ScoredSubset.from_dict(data["overall"], iou_types),
+            per_iteration=[ScoredSubset.from_dict(p, iou_types) for p in data.get("per_iteration", [])],
+            oks_scale=data.get("oks_scale", "area"),
+            visibility=None if visibility is None else vis_eval.VisibilityScore(**visibility),
+            gt=data.get("gt"), output=data.get("output"),
+        )
 
 
 class EvaluationError(ValueError):
@@ -459,7 +548,7 @@ def evaluate_output(
     progress: bool = False,
     oks_scale: str = "auto",
     gt_path: str | None = None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Score an output against ground truth: overall and after each BMP pass.
 
     Args:
@@ -474,9 +563,9 @@ def evaluate_output(
         gt_path: the ground truth's file name, for recognising OCHuman-Pose.
 
     Returns:
-        The ``eval.json`` dict: ``images`` (matching counts and lists), ``overall`` and
-        ``per_iteration`` (each ``{"num_predictions", <iou_type>: {stat: value} | None}``), ``oks_scale``
-        and ``visibility`` (``VisibilityScore`` as a dict, or None).
+        ``EvaluationResult`` (``to_dict()``: the ``eval.json`` dict): ``images`` (matching counts and
+        lists), ``overall`` and ``per_iteration`` (``ScoredSubset``s: predictions and stats per IoU type),
+        ``oks_scale`` and ``visibility`` (a ``VisibilityScore``, or None).
     """
     unknown = set(iou_types) - set(IOU_TYPES)
     if unknown:
@@ -510,34 +599,34 @@ def evaluate_output(
     scored = []
     for keep in subsets:
         sub = _subset(results, keep)
-        entry: dict[str, Any] = {"num_predictions": int(keep.sum())}
+        stats = {}
         for t in iou_types:
-            entry[t] = scorer.score(sub[t], t)
+            stats[t] = scorer.score(sub[t], t)
             bar.update()
-        scored.append(entry)
+        scored.append((int(keep.sum()), stats))
     bar.close()
-    overall = scored[-1]
+    overall = ScoredSubset(*scored[-1])
     # "after the last pass" is the whole output: reuse its scores instead of computing them twice.
-    passes = [{"max_iteration": k, **entry} for k, entry in enumerate(scored)] if num_passes > 1 else []
-    return {
-        "backend": scorer.backends,
-        "box_source": box_source,
-        "iou_types": list(iou_types),
-        "images": _image_summary(match, len(images), len(gt.get("images", [])), failed_ids),
-        "gt_without_mask": scorer.gt_without_mask,
-        "keypoint_layout": {**layout.describe(),
-                            **({"split_images": {k: len(v) for k, v in scorer.crowd_splits.items()}}
-                               if scorer.crowd_splits else {})},
-        "overall": overall,
-        "per_iteration": passes,
-        "oks_scale": "box" if box_scale else "area",
-        "visibility": (_visibility(matched_rows, match.output_to_gt, gt, box_scale)
-                       if layout.name == "coco" and "keypoints" in iou_types else None),
-    }
+    passes = [ScoredSubset(n, stats, k) for k, (n, stats) in enumerate(scored)] if num_passes > 1 else []
+    return EvaluationResult(
+        backend=scorer.backends,
+        box_source=box_source,
+        iou_types=tuple(iou_types),
+        images=_image_summary(match, len(images), len(gt.get("images", [])), failed_ids),
+        gt_without_mask=scorer.gt_without_mask,
+        keypoint_layout={**layout.describe(),
+                         **({"split_images": {k: len(v) for k, v in scorer.crowd_splits.items()}}
+                            if scorer.crowd_splits else {})},
+        overall=overall,
+        per_iteration=passes,
+        oks_scale="box" if box_scale else "area",
+        visibility=(_visibility(matched_rows, match.output_to_gt, gt, box_scale)
+                    if layout.name == "coco" and "keypoints" in iou_types else None),
+    )
 
 
 def _visibility(rows: pa.Table, output_to_gt: dict[int, int], gt: dict[str, Any],
-                box_scale: bool) -> dict[str, Any] | None:
+                box_scale: bool) -> vis_eval.VisibilityScore | None:
     """``visibility.visibility_score`` of the matched images' people (None: not computable)."""
     if rows.num_rows == 0 or "keypoint_visibility" not in rows.column_names:
         return None
@@ -557,23 +646,22 @@ def _visibility(rows: pa.Table, output_to_gt: dict[int, int], gt: dict[str, Any]
         people.append(vis_eval.ImagePeople(
             np.array([a["keypoints"] for a in theirs], np.float64).reshape(-1, 17, 3), np.asarray(areas, np.float64),
             kpts[mine], scores[mine], vis[mine]))
-    score = vis_eval.visibility_score(people)
-    return None if score is None else score.to_dict()
+    return vis_eval.visibility_score(people)
 
 
-def _image_summary(match: ImageMatch, num_output: int, num_gt: int, failed_ids: set[int]) -> dict[str, Any]:
-    return {
-        "output": num_output,
-        "gt": num_gt,
-        "matched": len(match.output_to_gt),
-        "matched_failed": len(failed_ids & set(match.output_to_gt)),
-        "num_missing_in_gt": len(match.missing_in_gt),
-        "num_missing_in_output": len(match.missing_in_output),
-        "num_ambiguous": len(match.ambiguous),
-        "missing_in_gt": match.missing_in_gt[:_MAX_LISTED],
-        "missing_in_output": match.missing_in_output[:_MAX_LISTED],
-        "ambiguous": match.ambiguous[:_MAX_LISTED],
-    }
+def _image_summary(match: ImageMatch, num_output: int, num_gt: int, failed_ids: set[int]) -> ImageMatchCounts:
+    return ImageMatchCounts(
+        output=num_output,
+        gt=num_gt,
+        matched=len(match.output_to_gt),
+        matched_failed=len(failed_ids & set(match.output_to_gt)),
+        num_missing_in_gt=len(match.missing_in_gt),
+        num_missing_in_output=len(match.missing_in_output),
+        num_ambiguous=len(match.ambiguous),
+        missing_in_gt=match.missing_in_gt[:_MAX_LISTED],
+        missing_in_output=match.missing_in_output[:_MAX_LISTED],
+        ambiguous=match.ambiguous[:_MAX_LISTED],
+    )
 
 
 def load_gt(path: str) -> dict[str, Any]:
@@ -594,47 +682,47 @@ _TABLE_COLUMNS = {"keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR"),
 _CROWD_COLUMNS = ("AP_easy", "AP_medium", "AP_hard")
 
 
-def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table_rows(result: EvaluationResult) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the AP table: one row per (subset, IoU type); "-" where nothing was scored.
 
     CrowdPose ground truth adds its crowd-index columns (keypoints only); its keypoint APm/APl, which
     are area ranges, are not reported ("-").
     """
-    crowd = result.get("keypoint_layout", {}).get("name") == "crowdpose"
+    crowd = result.crowdpose
     header = ["subset", "type", "preds", "AP", "AP50", "AP75", "APm", "APl", "AR"]
     if crowd:
         header += ["APeasy", "APmed", "APhard"]
     rows = []
-    subsets = [("all", result["overall"])]
-    subsets += [(f"after pass {p['max_iteration'] + 1}", p) for p in result.get("per_iteration", [])]
+    subsets = [("all", result.overall)]
+    subsets += [(f"after pass {p.max_iteration + 1}", p) for p in result.per_iteration]
     for name, entry in subsets:
-        for t in result["iou_types"]:
-            stats = entry.get(t)
+        for t in result.iou_types:
+            stats = entry.stats.get(t)
             columns = _TABLE_COLUMNS[t] + (_CROWD_COLUMNS if crowd else ())
             values = ["-" if stats is None or stats.get(c) is None else f"{stats[c]:.3f}" for c in columns]
-            rows.append([name, t, str(entry["num_predictions"]), *values])
+            rows.append([name, t, str(entry.num_predictions), *values])
     return header, rows
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: EvaluationResult) -> str:
     """A fixed-width text table of ``evaluate_output``'s result, with the image matching summary."""
     header, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in [header, *rows]]
     lines.insert(1, "-" * len(lines[0]))
-    im = result["images"]
+    im = result.images
     lines.append("")
     lines.append(
-        f"images: {im['matched']} matched ({im['matched_failed']} failed in the job), "
-        f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT "
-        f"not in the output, {im['num_ambiguous']} ambiguous; keypoints scored by {result['backend']['keypoints']}"
+        f"images: {im.matched} matched ({im.matched_failed} failed in the job), "
+        f"{im.num_missing_in_gt} of the output not in the GT, {im.num_missing_in_output} of the GT "
+        f"not in the output, {im.num_ambiguous} ambiguous; keypoints scored by {result.backend['keypoints']}"
     )
-    visibility_line = vis_eval.describe(result.get("visibility"))
+    visibility_line = vis_eval.describe(result.visibility)
     if visibility_line:
         lines.append(visibility_line)
-    layout = result.get("keypoint_layout", {})
-    if layout.get("name") == "crowdpose":
+    layout = result.keypoint_layout
+    if result.crowdpose:
         splits = ", ".join(f"{k} {n}" for k, n in layout.get("split_images", {}).items())
         lines.append(f"CrowdPose keypoints: {len(layout['scored'])} scored with CrowdPose's sigmas; derived: "
                      f"{'; '.join(f'{k} = {v}' for k, v in layout['derived'].items())}; skipped: "

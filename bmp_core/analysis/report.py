@@ -333,15 +333,16 @@ def evaluation_section(eval_info: dict[str, Any] | None) -> str:
     if eval_info is None:
         return _section("evaluation", "Evaluation",
                         "<p class='note'>No eval.json. Run <code>bmp-label eval OUTPUT --gt GT.json</code>.</p>")
-    from bmp_core.analysis.evaluation import table_rows
+    from bmp_core.analysis.evaluation import EvaluationResult, table_rows
     from bmp_core.analysis.visibility import describe
 
-    header, rows = table_rows(eval_info)
-    im = eval_info["images"]
-    note = (f"<p class='note'>Ground truth {_esc(eval_info.get('gt', '?'))}: {im['matched']} images matched, "
-            f"{im['num_missing_in_gt']} of the output not in the GT, {im['num_missing_in_output']} of the GT not "
+    result = EvaluationResult.from_dict(eval_info)
+    header, rows = table_rows(result)
+    im = result.images
+    note = (f"<p class='note'>Ground truth {_esc(result.gt or '?')}: {im.matched} images matched, "
+            f"{im.num_missing_in_gt} of the output not in the GT, {im.num_missing_in_output} of the GT not "
             f"in the output.</p>")
-    visibility_line = describe(eval_info.get("visibility"))
+    visibility_line = describe(result.visibility)
     if visibility_line:
         note += f"<p class='note'>{_esc(visibility_line)}</p>"
     return _section("evaluation", "Evaluation (COCO AP/AR)", note + _table(header, rows, numeric_from=2))

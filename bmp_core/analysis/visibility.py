@@ -130,12 +130,12 @@ def visibility_score(images: Sequence[ImagePeople], oks_thr: float = DEFAULT_OKS
     return VisibilityScore(average_precision(s, y), len(y), int((~y).sum()), people, oks_thr)
 
 
-def describe(score: dict[str, Any] | None) -> str | None:
+def describe(score: VisibilityScore | None) -> str | None:
     """The one line ``bmp-label eval`` prints (and the report shows); None when not computed."""
-    if not score:
+    if score is None:
         return None
-    visible = score["num_keypoints"] - score["num_occluded"]
-    return (f"keypoint visibility: AP {score['ap']:.3f} ranking visible (v=2) above occluded (v=1) by predicted "
-            f"visibility, over {score['num_keypoints']} labeled keypoints ({score['num_occluded']} occluded; a "
-            f"random ranking scores {visible / score['num_keypoints']:.3f}) of {score['num_people']} people "
-            f"matched at OKS >= {score['oks_thr']}")
+    visible = score.num_keypoints - score.num_occluded
+    return (f"keypoint visibility: AP {score.ap:.3f} ranking visible (v=2) above occluded (v=1) by predicted "
+            f"visibility, over {score.num_keypoints} labeled keypoints ({score.num_occluded} occluded; a "
+            f"random ranking scores {visible / score.num_keypoints:.3f}) of {score.num_people} people "
+            f"matched at OKS >= {score.oks_thr}")

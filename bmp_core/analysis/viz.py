@@ -430,11 +430,6 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
     return buf.getvalue()
 
 
-def save_image(image_rgb: np.ndarray, path: str | Path, quality: int = 90) -> None:
-    """Write (H, W, 3) uint8 RGB as JPEG or PNG (by the suffix)."""
-    Image.fromarray(image_rgb).save(path, quality=quality)
-
-
 def contact_sheet(images_rgb: Sequence[np.ndarray], columns: int = 2, width: int = 1200,
                   gap: int = 4) -> np.ndarray:
     """Tile pictures into one (``bmp-label viz --sheet``): ``columns`` per row, each scaled to the

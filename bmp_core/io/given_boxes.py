@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bmp_core.coco_meta import PERSON_CATEGORY_ID
+from bmp_core.config import BmpConfig
 from bmp_core.errors import UserError
 from bmp_core.io.image_matching import FileNameIndex
 
@@ -170,3 +171,22 @@ class GivenBoxIndex(FileNameIndex[GivenBoxes]):
 
     def __init__(self, boxes_by_name: Mapping[str, GivenBoxes]) -> None:
         super().__init__(boxes_by_name.items())
+
+
+def with_absolute_paths(cfg: BmpConfig) -> BmpConfig:
+    """``cfg`` with its local ``job.given_boxes*`` paths made absolute (``~`` expanded), so that workers need
+    not share the caller's directory; URIs of other filesystems (``s3://``) stay as they are. Every entry
+    point calls it (the CLI, ``run_job``, ``BmpPredictor``), so they read the same files."""
+    import dataclasses
+    import os
+
+    from bmp_core.io.uris import protocol_of
+
+    def absolute(uri: str | None) -> str | None:
+        if uri is None or protocol_of(uri) != "file":
+            return uri
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+    job = dataclasses.replace(cfg.job, given_boxes=absolute(cfg.job.given_boxes),
+                              given_boxes_images=absolute(cfg.job.given_boxes_images))
+    return cfg if job == cfg.job else dataclasses.replace(cfg, job=job)

@@ -1,6 +1,7 @@
 """What an ``--input`` names, listed into the one frozen listing, and read back by the workers.
 
-Three kinds of input:
+Three kinds of input, one ``InputKind`` class each (``FilesInput``, ``TarInput``, ``ParquetInput``),
+registered in ``INPUT_KINDS``; the planner and the workers call them and never ask which kind they have:
 
 - loose image files (``uris.list_input``: folder, glob, list file, single image): one listing entry
   (one image) per file;
@@ -30,14 +31,17 @@ import re
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bmp_core.config import JobConfig
 from bmp_core.io import parquet_images, tars
+from bmp_core.io.prefetch import prefetch, read_ahead
 from bmp_core.io.uris import (
     LIST_FILE_SUFFIXES,
     InputError,
@@ -55,6 +59,7 @@ logger = logging.getLogger(__name__)
 KIND_FILES, KIND_TAR, KIND_PARQUET = "files", "tar", "parquet"
 MEMBER_SEP = "#"
 LISTING_THREADS = 32  # Parquet footers read at once (latency-bound on S3)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -254,81 +259,6 @@ def containers_digest(containers: Sequence[Container]) -> str:
 # The listing
 
 
-def input_kind(uri: str, image_column: str | None) -> str:
-    """Which kind of input ``uri`` is (see the module doc)."""
-    if image_column is not None:
-        return KIND_PARQUET
-    base = uri.rstrip("/")
-    if base.lower().endswith(tars.TAR_SUFFIX):
-        return KIND_TAR
-    if base.lower().endswith(parquet_images.PARQUET_SUFFIX):
-        raise InputError(f"{uri} is a Parquet input: pass --image-column (the column of image bytes)")
-    if base.lower().endswith(LIST_FILE_SUFFIXES):
-        fs, path = filesystem(uri)
-        try:
-            first = next((line.strip() for line in fs.cat_file(path).decode(errors="replace").splitlines()
-                          if line.strip() and not line.strip().startswith("#")), "")
-        except (OSError, ValueError):
-            return KIND_FILES  # list_input reports the error
-        if first.lower().endswith(tars.TAR_SUFFIX):
-            return KIND_TAR
-    return KIND_FILES
-
-
-def list_source(uri: str, extensions: Sequence[str], image_column: str | None = None,
-                id_column: str | None = None,
-                reuse: Callable[[str, str, int], InputListing | None] | None = None) -> InputListing:
-    """The sorted listing of any input kind.
-
-    Args:
-        uri: the ``--input``.
-        extensions: image suffixes: files of a folder or glob, members of a tar.
-        image_column, id_column: ``job.image_column`` / ``job.id_column`` (Parquet input).
-        reuse: for a Parquet input, called with (kind, containers digest, number of
-            containers) once the files are listed; a listing it returns is used instead of reading
-            every file's footer again (a resume: ``jobs.planner.list_job_input``).
-
-    Raises:
-        InputError: the input cannot be listed, lists nothing, or lacks a named column.
-    """
-    kind = input_kind(uri, image_column)
-    if kind == KIND_FILES:
-        try:
-            return InputListing(KIND_FILES, list_input(uri, extensions))
-        except InputError as err:
-            raise InputError(f"{err}{_container_hint(uri)}") from err
-    t0 = time.perf_counter()
-    suffix = tars.TAR_SUFFIX if kind == KIND_TAR else parquet_images.PARQUET_SUFFIX
-    containers = list_containers(uri, suffix)
-    if kind == KIND_TAR:  # pinned, never opened: the workers enumerate the members
-        logger.info("listed %d tar file(s), %d bytes, in %.1f s", len(containers), sum(c.size for c in containers),
-                    time.perf_counter() - t0)
-        return InputListing(KIND_TAR, pa.array([c.uri for c in containers], pa.string()),
-                            containers_sha256=containers_digest(containers), num_containers=len(containers),
-                            tars=tuple(containers))
-    if reuse is not None:
-        frozen = reuse(kind, containers_digest(containers), len(containers))
-        if frozen is not None:
-            logger.info("%d %s file(s) unchanged since the plan: their %d entries are the frozen listing's",
-                        len(containers), suffix, len(frozen.uris))
-            return frozen
-    with ThreadPoolExecutor(min(LISTING_THREADS, len(containers))) as pool:
-        assert image_column is not None
-        parts = list(pool.map(lambda c: _parquet_entries(c.uri, image_column, id_column), containers))
-    uris = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
-    starts = pa.concat_arrays([p[1] for p in parts])
-    ends = pa.concat_arrays([p[2] for p in parts])
-    if len(uris) == 0:
-        raise InputError(f"input {uri}: its {len(containers)} {suffix} file(s) hold no rows")
-    order = pc.sort_indices(uris)
-    uris, starts, ends = pc.take(uris, order), pc.take(starts, order), pc.take(ends, order)
-    if len(sort_unique(uris)) != len(uris):  # only when two inputs name the same container twice
-        raise InputError(f"input {uri} names the same entry twice")
-    logger.info("listed %d %s entries in %d %s file(s) in %.1f s", len(uris), kind, len(containers), suffix,
-                time.perf_counter() - t0)
-    return InputListing(kind, uris, starts, ends, containers_digest(containers), len(containers))
-
-
 def _container_hint(uri: str) -> str:
     """A hint when a folder that lists no images holds tars or Parquet files (named another way)."""
     try:
@@ -359,37 +289,6 @@ def _parquet_entries(file_uri: str, image_column: str, id_column: str | None) ->
 # Reading a shard's entries back
 
 
-def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
-                spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
-    """Cut a shard of loose files or Parquet rows into what is read together, in the order to read it.
-
-    Loose files: one group each. A Parquet file: the shard's rows of each row group (read in
-    batches of ``READ_BATCH_ROWS``, image and id columns only). A tar is not cut: it is streamed
-    (``stream_tar``).
-    """
-    if kind == KIND_FILES:
-        return [ReadGroup(KIND_FILES, None, (i,), (u,)) for i, u in zip(image_ids, uris, strict=True)]
-    if kind != KIND_PARQUET:
-        raise ValueError(f"read_groups: a {kind} input is not read in groups")
-    by_container: dict[str, list[tuple[int, str, tuple[int, int]]]] = {}
-    for image_id, uri, span in zip(image_ids, uris, spans, strict=True):
-        split = split_member_uri(uri)
-        if split is None:
-            raise ValueError(f"{uri} is not a {kind} entry")
-        by_container.setdefault(split[0], []).append((image_id, uri, span))
-    groups = []
-    for container, entries in by_container.items():
-        entries.sort(key=lambda e: e[2][0])
-        for _, rows in itertools.groupby(entries, key=lambda e: e[2][1]):  # one read per row group
-            groups.append(_group(kind, container, list(rows)))
-    return groups
-
-
-def _group(kind: str, container: str, entries: list[tuple[int, str, tuple[int, int]]]) -> ReadGroup:
-    return ReadGroup(kind, container, tuple(e[0] for e in entries), tuple(e[1] for e in entries),
-                     tuple(e[2] for e in entries))
-
-
 def read_error(err: Exception) -> str:
     """The ``images`` error of a failed read."""
     if isinstance(err, FileNotFoundError):
@@ -399,24 +298,6 @@ def read_error(err: Exception) -> str:
     if isinstance(err, PermissionError):
         return f"permission denied ({err})"
     return f"read failed: {type(err).__name__}: {err}"
-
-
-def read_group(group: ReadGroup, image_column: str | None = None, id_column: str | None = None) -> list[RawImage]:
-    """The bytes of every entry of a group (errors as ``RawImage.error``, never raised for one entry)."""
-    from bmp_core.io.uris import read_bytes
-
-    t0 = time.perf_counter()
-    if group.kind == KIND_FILES:
-        (image_id,), (uri,) = group.image_ids, group.uris
-        try:
-            data = read_bytes(uri)
-        except OSError as err:
-            return [RawImage(image_id, uri, None, read_error(err))]
-        return [RawImage(image_id, uri, data, read_s=time.perf_counter() - t0)]
-    assert group.container is not None
-    if image_column is None:
-        raise ValueError("a Parquet input needs job.image_column")
-    return _read_parquet_group(group, image_column, id_column, t0)
 
 
 def check_unchanged(tar: Container) -> None:
@@ -493,16 +374,302 @@ def read_entry_bytes(uri: str, image_column: str | None = None) -> bytes:
     Raises:
         FileNotFoundError, OSError: it cannot be read.
     """
-    from bmp_core.io.uris import read_bytes
-
     split = split_member_uri(uri)
     if split is None:
-        return read_bytes(uri)
+        return FilesInput().read_entry(uri, "", image_column)
     container, rest = split
-    if container.lower().endswith(tars.TAR_SUFFIX):
+    kind = next(k for k in INPUT_KINDS.values() if k.suffix and container.lower().endswith(k.suffix))
+    return kind.read_entry(container, rest, image_column)
+
+
+# ------------------------------------------------------------------------------------------
+# The input kinds: one class each, registered in INPUT_KINDS
+
+
+@dataclass(frozen=True)
+class ShardEntries:
+    """What a worker reads for one shard: listed entries (ids, URIs and, for Parquet rows, their spans),
+    or tars to stream, each with the id of its first image member."""
+
+    image_ids: Sequence[int] = ()
+    uris: Sequence[str] = ()
+    spans: Sequence[tuple[int, int]] = ()
+    tars: Sequence[tuple[Container, int]] = ()
+
+
+class InputKind:
+    """One kind of input: how an ``--input`` is recognised (``claims``), listed (``list``), frozen
+    (``listing_table``) and read back, a shard at a time (``read_ahead``) or one entry (``read_entry``).
+
+    One subclass per kind, registered in ``INPUT_KINDS``; nothing outside this module asks which kind
+    an input is (a listing's ``kind`` and a ``ShardTask``'s name their class). Adding a kind: a subclass
+    and its entry there.
+    """
+
+    name = ""  # InputListing.kind, ShardTask.kind
+    suffix = ""  # the container files' suffix (a kind of files inside files), "" for loose files
+
+    def claims(self, uri: str, image_column: str | None) -> bool:
+        """Whether ``uri`` is an input of this kind (asked in ``INPUT_KINDS`` order)."""
+        raise NotImplementedError
+
+    def list(self, uri: str, extensions: Sequence[str], image_column: str | None, id_column: str | None,
+             reuse: Callable[[str, int], pa.Table | None] | None) -> InputListing:
+        """The sorted listing (``list_source``)."""
+        raise NotImplementedError
+
+    def listing_table(self, listing: InputListing) -> pa.Table:
+        """The frozen listing as a table (``listing.parquet``): ``image_id`` (int64), ``uri`` (string)."""
+        return pa.table({"image_id": pa.array(np.arange(len(listing.uris), dtype=np.int64)),
+                         "uri": listing.uris.cast(pa.string())})
+
+    def read_groups(self, image_ids: Sequence[int], uris: Sequence[str],
+                    spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
+        """A shard's entries cut into what is read together, in the order to read it."""
+        raise ValueError(f"read_groups: a {self.name} input is not read in groups")
+
+    def read_group(self, group: ReadGroup, image_column: str | None, id_column: str | None) -> list[RawImage]:
+        """The bytes of every entry of a group (errors as ``RawImage.error``, never raised for one entry)."""
+        raise ValueError(f"read_group: a {self.name} input is not read in groups")
+
+    def read_ahead(self, shard: ShardEntries, job: JobConfig, pool: Executor, decode: Callable[[RawImage], T],
+                   window: int) -> Iterator[T]:
+        """A shard's entries read on ``pool`` and ``decode``d, in read order, at most ``window`` ahead."""
+        groups = self.read_groups(shard.image_ids, shard.uris, shard.spans)
+        raw = prefetch(pool, lambda g: self.read_group(g, job.image_column, job.id_column), groups,
+                       max(2, -(-window // job.batch_size)))
+        return prefetch(pool, decode, (image for group in raw for image in group), window)
+
+    def read_entry(self, container: str, rest: str, image_column: str | None) -> bytes:
+        """One entry's bytes: ``container`` and the part after ``#`` of its URI (a loose file: its URI, "")."""
+        raise NotImplementedError
+
+
+class FilesInput(InputKind):
+    """Loose image files: one entry (one image) per file."""
+
+    name = KIND_FILES
+
+    def claims(self, uri: str, image_column: str | None) -> bool:
+        return True  # whatever no other kind claims
+
+    def list(self, uri: str, extensions: Sequence[str], image_column: str | None, id_column: str | None,
+             reuse: Callable[[str, int], pa.Table | None] | None) -> InputListing:
+        try:
+            return InputListing(self.name, list_input(uri, extensions))
+        except InputError as err:
+            raise InputError(f"{err}{_container_hint(uri)}") from err
+
+    def read_groups(self, image_ids: Sequence[int], uris: Sequence[str],
+                    spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
+        return [ReadGroup(self.name, None, (i,), (u,)) for i, u in zip(image_ids, uris, strict=True)]
+
+    def read_group(self, group: ReadGroup, image_column: str | None = None,
+                   id_column: str | None = None) -> list[RawImage]:
+        from bmp_core.io.uris import read_bytes
+
+        t0 = time.perf_counter()
+        (image_id,), (uri,) = group.image_ids, group.uris
+        try:
+            data = read_bytes(uri)
+        except OSError as err:
+            return [RawImage(image_id, uri, None, read_error(err))]
+        return [RawImage(image_id, uri, data, read_s=time.perf_counter() - t0)]
+
+    def read_ahead(self, shard: ShardEntries, job: JobConfig, pool: Executor, decode: Callable[[RawImage], T],
+                   window: int) -> Iterator[T]:
+        # A loose file is read and decoded by one task.
+        groups = self.read_groups(shard.image_ids, shard.uris, shard.spans)
+        return prefetch(pool, lambda g: decode(self.read_group(g)[0]), groups, window)
+
+    def read_entry(self, container: str, rest: str, image_column: str | None) -> bytes:
+        from bmp_core.io.uris import read_bytes
+
+        return read_bytes(container)
+
+
+class TarInput(InputKind):
+    """WebDataset tar shards: one entry per *tar*, pinned, never opened by the planner; the worker streams
+    it (``stream_tar``) and makes one image per image member. One shard per tar."""
+
+    name = KIND_TAR
+    suffix = tars.TAR_SUFFIX
+
+    def claims(self, uri: str, image_column: str | None) -> bool:
+        base = uri.rstrip("/")
+        if image_column is not None:
+            return False
+        if base.lower().endswith(tars.TAR_SUFFIX):
+            return True
+        if base.lower().endswith(LIST_FILE_SUFFIXES):  # a list file of tars
+            fs, path = filesystem(uri)
+            try:
+                first = next((line.strip() for line in fs.cat_file(path).decode(errors="replace").splitlines()
+                              if line.strip() and not line.strip().startswith("#")), "")
+            except (OSError, ValueError):
+                return False  # list_input reports the error
+            return first.lower().endswith(tars.TAR_SUFFIX)
+        return False
+
+    def list(self, uri: str, extensions: Sequence[str], image_column: str | None, id_column: str | None,
+             reuse: Callable[[str, int], pa.Table | None] | None) -> InputListing:
+        t0 = time.perf_counter()
+        containers = list_containers(uri, self.suffix)
+        # pinned, never opened: the workers enumerate the members
+        logger.info("listed %d tar file(s), %d bytes, in %.1f s", len(containers), sum(c.size for c in containers),
+                    time.perf_counter() - t0)
+        return InputListing(self.name, pa.array([c.uri for c in containers], pa.string()),
+                            containers_sha256=containers_digest(containers), num_containers=len(containers),
+                            tars=tuple(containers))
+
+    def listing_table(self, listing: InputListing) -> pa.Table:
+        """``shard_id`` (int64), ``uri``, ``size`` (int64 bytes), ``version`` (S3 ETag or local mtime) of
+        each tar."""
+        return pa.table({"shard_id": pa.array(np.arange(len(listing.tars), dtype=np.int64)),
+                         "uri": pa.array([t.uri for t in listing.tars], pa.string()),
+                         "size": pa.array([t.size for t in listing.tars], pa.int64()),
+                         "version": pa.array([t.version for t in listing.tars], pa.string())})
+
+    def read_ahead(self, shard: ShardEntries, job: JobConfig, pool: Executor, decode: Callable[[RawImage], T],
+                   window: int) -> Iterator[T]:
+        # Streamed front to back on a thread of its own, its images decoded by a task each.
+        raw = itertools.chain.from_iterable(stream_tar(tar, job.image_extensions, first) for tar, first in shard.tars)
+        return prefetch(pool, decode, read_ahead(raw, window), window)
+
+    def read_entry(self, container: str, rest: str, image_column: str | None) -> bytes:
         return tars.read_member_by_name(container, rest)
-    column = image_column or parquet_images.guess_image_column(container)
-    (row,) = parquet_images.read_rows(container, [int(rest)], column, None)
-    if row.data is None:
-        raise OSError(row.error)
-    return row.data
+
+
+class ParquetInput(InputKind):
+    """Parquet image tables (``job.image_column`` set): one entry per row, ``FILE#ROW``; a file's footer
+    says how many rows it has, so the planner reads the footers, not the rows. A row's span is
+    ``(row, row group)``: a shard is read row group by row group."""
+
+    name = KIND_PARQUET
+    suffix = parquet_images.PARQUET_SUFFIX
+
+    def claims(self, uri: str, image_column: str | None) -> bool:
+        if image_column is None and uri.rstrip("/").lower().endswith(self.suffix):
+            raise InputError(f"{uri} is a Parquet input: pass --image-column (the column of image bytes)")
+        return image_column is not None
+
+    def list(self, uri: str, extensions: Sequence[str], image_column: str | None, id_column: str | None,
+             reuse: Callable[[str, int], pa.Table | None] | None) -> InputListing:
+        t0 = time.perf_counter()
+        suffix = self.suffix
+        containers = list_containers(uri, suffix)
+        if reuse is not None:
+            frozen = reuse(containers_digest(containers), len(containers))
+            if frozen is not None and "span_start" in frozen.column_names:
+                logger.info("%d %s file(s) unchanged since the plan: their %d entries are the frozen listing's",
+                            len(containers), suffix, frozen.num_rows)
+                return InputListing(self.name, frozen.column("uri").combine_chunks(),
+                                    frozen.column("span_start").combine_chunks(),
+                                    frozen.column("span_end").combine_chunks(), containers_digest(containers),
+                                    len(containers))
+        with ThreadPoolExecutor(min(LISTING_THREADS, len(containers))) as pool:
+            assert image_column is not None
+            parts = list(pool.map(lambda c: _parquet_entries(c.uri, image_column, id_column), containers))
+        uris = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
+        starts = pa.concat_arrays([p[1] for p in parts])
+        ends = pa.concat_arrays([p[2] for p in parts])
+        if len(uris) == 0:
+            raise InputError(f"input {uri}: its {len(containers)} {suffix} file(s) hold no rows")
+        order = pc.sort_indices(uris)
+        uris, starts, ends = pc.take(uris, order), pc.take(starts, order), pc.take(ends, order)
+        if len(sort_unique(uris)) != len(uris):  # only when two inputs name the same container twice
+            raise InputError(f"input {uri} names the same entry twice")
+        logger.info("listed %d %s entries in %d %s file(s) in %.1f s", len(uris), self.name, len(containers), suffix,
+                    time.perf_counter() - t0)
+        return InputListing(self.name, uris, starts, ends, containers_digest(containers), len(containers))
+
+    def listing_table(self, listing: InputListing) -> pa.Table:
+        """Also ``span_start``, ``span_end`` (int64: the row and its row group)."""
+        table = super().listing_table(listing)
+        if listing.spans_start is None or listing.spans_end is None:
+            return table
+        return table.append_column("span_start", listing.spans_start).append_column("span_end", listing.spans_end)
+
+    def read_groups(self, image_ids: Sequence[int], uris: Sequence[str],
+                    spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
+        """A Parquet file: the shard's rows of each row group (read in batches of ``READ_BATCH_ROWS``,
+        image and id columns only)."""
+        by_container: dict[str, list[tuple[int, str, tuple[int, int]]]] = {}
+        for image_id, uri, span in zip(image_ids, uris, spans, strict=True):
+            split = split_member_uri(uri)
+            if split is None:
+                raise ValueError(f"{uri} is not a {self.name} entry")
+            by_container.setdefault(split[0], []).append((image_id, uri, span))
+        groups = []
+        for container, entries in by_container.items():
+            entries.sort(key=lambda e: e[2][0])
+            for _, rows in itertools.groupby(entries, key=lambda e: e[2][1]):  # one read per row group
+                rows = list(rows)
+                groups.append(ReadGroup(self.name, container, tuple(e[0] for e in rows), tuple(e[1] for e in rows),
+                                        tuple(e[2] for e in rows)))
+        return groups
+
+    def read_group(self, group: ReadGroup, image_column: str | None = None,
+                   id_column: str | None = None) -> list[RawImage]:
+        t0 = time.perf_counter()
+        assert group.container is not None
+        if image_column is None:
+            raise ValueError("a Parquet input needs job.image_column")
+        return _read_parquet_group(group, image_column, id_column, t0)
+
+    def read_entry(self, container: str, rest: str, image_column: str | None) -> bytes:
+        column = image_column or parquet_images.guess_image_column(container)
+        (row,) = parquet_images.read_rows(container, [int(rest)], column, None)
+        if row.data is None:
+            raise OSError(row.error)
+        return row.data
+
+
+# Asked in this order which kind an input is (``kind_of_input``); loose files take what the others do not.
+INPUT_KINDS: dict[str, InputKind] = {k.name: k for k in (ParquetInput(), TarInput(), FilesInput())}
+
+
+def kind_of_input(uri: str, image_column: str | None) -> InputKind:
+    """The kind of input ``uri`` is (``job.image_column`` set: a Parquet input)."""
+    return next(k for k in INPUT_KINDS.values() if k.claims(uri, image_column))
+
+
+def input_kind(uri: str, image_column: str | None) -> str:
+    """The name of the kind of input ``uri`` is (see the module doc)."""
+    return kind_of_input(uri, image_column).name
+
+
+def list_source(uri: str, extensions: Sequence[str], image_column: str | None = None,
+                id_column: str | None = None,
+                reuse: Callable[[str, int], pa.Table | None] | None = None) -> InputListing:
+    """The sorted listing of any input kind.
+
+    Args:
+        uri: the ``--input``.
+        extensions: image suffixes: files of a folder or glob, members of a tar.
+        image_column, id_column: ``job.image_column`` / ``job.id_column`` (Parquet input).
+        reuse: for a Parquet input, called with (containers digest, number of containers) once the
+            files are listed; the frozen ``listing.parquet`` table it returns is used instead of reading
+            every file's footer again (a resume: ``jobs.planner.list_job_input``).
+
+    Raises:
+        InputError: the input cannot be listed, lists nothing, or lacks a named column.
+    """
+    return kind_of_input(uri, image_column).list(uri, extensions, image_column, id_column, reuse)
+
+
+def listing_table(listing: InputListing) -> pa.Table:
+    """The frozen listing as a table (``listing.parquet``), as its kind writes it."""
+    return INPUT_KINDS[listing.kind].listing_table(listing)
+
+
+def read_groups(kind: str, image_ids: Sequence[int], uris: Sequence[str],
+                spans: Sequence[tuple[int, int]]) -> list[ReadGroup]:
+    """Cut a shard of loose files or Parquet rows into what is read together, in the order to read it
+    (``InputKind.read_groups``). A tar is not cut: it is streamed (``stream_tar``)."""
+    return INPUT_KINDS[kind].read_groups(image_ids, uris, spans)
+
+
+def read_group(group: ReadGroup, image_column: str | None = None, id_column: str | None = None) -> list[RawImage]:
+    """The bytes of every entry of a group (errors as ``RawImage.error``, never raised for one entry)."""
+    return INPUT_KINDS[group.kind].read_group(group, image_column, id_column)

@@ -21,7 +21,7 @@ def build_models(cfg: ModelsConfig) -> BmpModels:
 
         return build_bmp_models(cfg)
     if cfg.kind == "lite":
-        from bmp_core.models.lite.blazepose import build_lite_models  # mediapipe (the lite extra)
+        from bmp_core.models.lite import build_lite_models  # mediapipe (the lite extra)
 
         return build_lite_models(cfg)
     raise ValueError(f"unknown models.kind {cfg.kind!r}")

@@ -26,16 +26,16 @@ The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_con
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bmp_core.coco_meta import FLIP_INDICES
+from bmp_core.coco_meta import flip_indices  # the flip test's left/right swap (coco_meta: one place)
 from bmp_core.config import PoseModelConfig
 from bmp_core.models import _compat
+from bmp_core.models.conditioning import blend_tables
 from bmp_core.models.device import autocast
 from bmp_core.records import NUM_KEYPOINTS, PoseOutput
 
@@ -51,20 +51,8 @@ _VIT_ARCHS: dict[str, tuple[dict[str, int], float]] = {
 ARCHITECTURES = {f"{family}-{size}": size for family in ("maskpose", "vitpose") for size in _VIT_ARCHS} | {
     f"maskpose-{size}-1.1": size for size in _VIT_ARCHS
 }
-
-# Left/right swap for the flip test: COCO-17 pairs, then the midline extras of the COCO+MPII+AIC
-# space (21 channels: thorax, neck, head top, pelvis; 23 channels: thorax, pelvis, neck, head top and
-# the AIC neck and head top) map to themselves.
-COCO_FLIP_INDICES = list(FLIP_INDICES)
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-
-
-def flip_indices(num_keypoints: int) -> list[int]:
-    """Flip permutation for a head of ``num_keypoints`` >= 17 channels (extras beyond COCO are midline)."""
-    if num_keypoints < NUM_KEYPOINTS:
-        raise ValueError(f"the pose head needs >= {NUM_KEYPOINTS} channels, got {num_keypoints}")
-    return COCO_FLIP_INDICES + list(range(NUM_KEYPOINTS, num_keypoints))
 
 
 def vitpose_model_config(arch: str, num_keypoints: int, input_size_wh: tuple[int, int]) -> dict[str, Any]:
@@ -154,24 +142,6 @@ def udp_warp_matrix(center: np.ndarray, scale: np.ndarray, input_size_wh: tuple[
     return get_udp_warp_matrix(center, scale, 0.0, output_size=tuple(input_size_wh))
 
 
-@functools.lru_cache(maxsize=8)
-def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(256,) uint8 look-up tables of ``cv2.addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0.
-
-    The reference conditions with ``cv2.addWeighted``, which rounds to nearest (a float cast would truncate:
-    at alpha 0.2, the background values with ``4 v mod 5`` in {3, 4}, two in five, would come out one grey
-    level darker). ``addWeighted``
-    is elementwise and its second input is either the pixel itself (mask) or 0 (background), so two tables
-    built with ``addWeighted`` itself give its exact result for every value.
-    """
-    import cv2
-
-    values = np.arange(256, dtype=np.uint8)[None]
-    foreground = cv2.addWeighted(values, 1.0 - alpha, values, alpha, 0.0)[0]
-    background = cv2.addWeighted(values, 1.0 - alpha, np.zeros_like(values), alpha, 0.0)[0]
-    return foreground, background
-
-
 def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     """MaskPose conditioning: ``(1 - alpha) * img + alpha * img * mask``, rounded as cv2.addWeighted rounds.
 
@@ -187,7 +157,7 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
 
     if image_bgr.size == 0:  # a crop wholly outside the image reads no pixel (OpenCV refuses empty arrays)
         return image_bgr.copy()
-    foreground, background = _blend_tables(float(alpha))
+    foreground, background = blend_tables(float(alpha))
     out = cv2.LUT(image_bgr, background)  # a table look-up per byte: no float arithmetic per pixel
     # alpha 0.2: 0.8 v + 0.2 v rounds back to v, so the person's pixels are copied as they are.
     person = image_bgr if np.array_equal(foreground, np.arange(256)) else cv2.LUT(image_bgr, foreground)
@@ -231,39 +201,13 @@ class BoxedMask:
         return out
 
 
-def outer_polygon_mask(mask: np.ndarray, min_points: int = 4) -> np.ndarray:
-    """The conditioning mask as the reference builds it: outer contours only, rasterised as polygons.
-
-    MaskPose was trained on COCO polygon masks, and the reference's inference turns a binary mask into
-    its outer contours (``RETR_EXTERNAL``; contours with fewer than 4 points dropped) and rasterises those
-    polygons with pycocotools. Holes inside the mask are therefore filled, and specks vanish.
-
-    This full-image version is the plain definition; the adapter uses ``outer_polygon_boxed_mask``, which
-    gives the same pixels without touching the whole image.
-
-    Args:
-        mask: (H, W) bool.
-        min_points: contours with fewer points are dropped (a polygon needs more than 3).
-
-    Returns:
-        (H, W) bool; all False when no contour survives (the instance is then posed from its box).
-    """
-    import cv2
-    from pycocotools import mask as mask_utils
-
-    h, w = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = [c.reshape(-1).astype(np.float64).tolist() for c in contours if len(c) >= min_points]
-    if not polygons:
-        return np.zeros((h, w), bool)
-    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
-    return mask_utils.decode(rle).astype(bool)
-
-
 def outer_polygon_boxed_mask(
     mask: BoxedMask, image_hw: tuple[int, int], min_points: int = 4
 ) -> BoxedMask | None:
-    """``outer_polygon_mask`` of the full-image mask that ``mask`` stands for, computed inside its box.
+    """The reference's conditioning mask (outer contours only, rasterised as polygons by pycocotools: holes
+    filled, specks of fewer than ``min_points`` points dropped) of the full-image mask that ``mask`` stands
+    for, computed inside its box (``bmp_core.testing.pose_reference.outer_polygon_mask``: the whole-image
+    definition it equals).
 
     Why the result is pixel-identical: every contour of the mask lies inside its box, so tracing it on the
     box grown by one zero row/column (kept inside the image, so a mask touching the image border still
@@ -325,20 +269,13 @@ def crop_to_input(image_bgr: np.ndarray, warp: np.ndarray, input_size_wh: tuple[
     return cv2.warpAffine(image_bgr, warp, tuple(input_size_wh), flags=cv2.INTER_LINEAR)
 
 
-def crops_to_tensor(crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 3, h, w) float32 network input: BGR -> RGB, ImageNet mean/std (the plain numpy definition;
-    the adapter normalises on its device with ``normalize_on_device``, which gives the same values)."""
-    batch = np.stack(crops_bgr)[..., ::-1].astype(np.float32)
-    batch = (batch - np.float32(IMAGENET_MEAN_RGB)) / np.float32(IMAGENET_STD_RGB)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
 def normalize_on_device(crops_bgr: np.ndarray, device: Any) -> Any:
     """(N, 3, h, w) float32 torch tensor on ``device`` from (N, h, w, 3) uint8 BGR crops.
 
     The crops travel as uint8 (a quarter of the float32 bytes) and are converted there: BGR -> RGB,
     ``(x - mean) / std`` with float32 tensors of the per-channel constants. Those are the same IEEE
-    float32 subtraction and division per element as ``crops_to_tensor``, so on CPU the values are
+    float32 subtraction and division per element as ``testing.pose_reference.crops_to_tensor``, so on CPU
+    the values are
     identical (tested); CUDA's float32 ``-`` and ``/`` on tensors are also correctly rounded, so the
     same holds there unless torch is built with fast math.
     """

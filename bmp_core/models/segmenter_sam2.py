@@ -39,6 +39,7 @@ import numpy as np
 from bmp_core.config import SegmenterModelConfig
 from bmp_core.models.device import autocast
 from bmp_core.models.windows import tight_windows
+from bmp_core.ports import Segmenter
 from bmp_core.records import SegmentOutput
 
 # SAM2Transforms' ImageNet statistics (RGB, on [0, 1] pixels).
@@ -134,7 +135,7 @@ def fill_holes_and_sprinkles(
     return torch.where(torch.from_numpy(sprinkles).to(logits.device), mask_threshold - 10.0, out)
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(Segmenter):
     """``Segmenter`` port on a SAM 2 model (held by a ``SAM2ImagePredictor``, whose state we do not use).
 
     Args:

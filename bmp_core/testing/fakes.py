@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bmp_core.config import FakeModelsConfig
-from bmp_core.ports import BmpModels
+from bmp_core.ports import BmpModels, Segmenter
 from bmp_core.records import Detections, PoseOutput, SegmentOutput
 
 # A standing person in box-normalised (x, y) for COCO-17, and each keypoint's base confidence.
@@ -257,7 +257,7 @@ class FakePrepared:
     lit: np.ndarray  # (H, W) bool non-black pixels
 
 
-class FakeSegmenter:
+class FakeSegmenter(Segmenter):
     """Mask = ellipse around the prompt points' extent (grown 30% + 6 px), on lit pixels only.
 
     Score = 0.55 + 0.4 x (1 - exp(-K / 3)) + a small position term, so more points -> higher score
@@ -345,7 +345,7 @@ class _RecordingPose:
         return out
 
 
-class _RecordingSegmenter:
+class _RecordingSegmenter(Segmenter):
     def __init__(self, rec: ModelRecording) -> None:
         self.rec = rec
 
@@ -380,7 +380,7 @@ class _Replay:
         return self._next(len(images_bgr))
 
 
-class _ReplaySegmenter:
+class _ReplaySegmenter(Segmenter):
     def __init__(self, outputs: list[SegmentOutput]) -> None:
         self.outputs = outputs
         self.calls = 0

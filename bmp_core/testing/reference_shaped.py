@@ -56,7 +56,7 @@ class _Lazy:
     image_bgr: np.ndarray
 
 
-class ReEncodingSegmenter:
+class ReEncodingSegmenter(Segmenter):
     """Re-computes the image embedding on every ``segment`` call (= every BMP iteration) and
     prompts one instance per decoder call."""
 

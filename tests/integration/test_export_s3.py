@@ -58,7 +58,7 @@ def test_export_s3_to_s3_matches_the_local_export(s3_endpoint: str, tmp_path: Pa
     listed = s3.get_object(Bucket=BUCKET, Key="exports/yolo/train.txt")["Body"].read().decode().split()
     assert listed and all(u.startswith(f"s3://{BUCKET}/photos/") for u in listed)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="exports/yolo/labels/")["Contents"]}
-    assert len(keys) == sum(yolo.counts["images"].values())
+    assert len(keys) == sum(yolo.counts.images.values())
 
     review = export_output(src, f"s3://{BUCKET}/exports/review", "label-studio", policy, ExportOptions(review=2))
     tasks = json.loads(s3.get_object(Bucket=BUCKET, Key="exports/review/tasks.json")["Body"].read())

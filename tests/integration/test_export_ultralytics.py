@@ -69,8 +69,8 @@ def test_ultralytics_reads_the_pose_export(output: str, tmp_path: Path) -> None:
     seen = _ultralytics(tmp_path / "pose" / "data.yaml", "pose")
     assert seen["kpt_shape"] == [17, 3] and seen["names"] == {"0": "person"}
     for split in ("train", "val"):
-        assert seen[split]["images"] == manifest.counts["images"][split] > 0
-        assert seen[split]["instances"] == manifest.counts["people_by_split"][split]["kept"]
+        assert seen[split]["images"] == manifest.counts.images[split] > 0
+        assert seen[split]["instances"] == manifest.counts.people_by_split[split]["kept"]
         kp = np.array([k for per_image in seen[split]["keypoints"] for k in per_image])
         assert kp.shape[1:] == (17, 3) and set(np.unique(kp[:, :, 2])) <= {0.0, 2.0}
     assert seen["train"]["sample_keys"]  # one sample through its transforms
@@ -83,7 +83,7 @@ def test_ultralytics_reads_the_seg_export_and_its_polygons_fill_back(output: str
     job = load_output(output)
     uris = job.images.column("uri").to_pylist()
     for split in ("train", "val"):
-        assert seen[split]["instances"] == manifest.counts["people_by_split"][split]["kept"]
+        assert seen[split]["instances"] == manifest.counts.people_by_split[split]["kept"]
         for im_file, segments in zip(seen[split]["im_files"], seen[split]["segments"], strict=True):
             image_id = uris.index(os.path.realpath(im_file))
             rows = job.instances_of(image_id)

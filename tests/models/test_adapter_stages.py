@@ -1,4 +1,5 @@
-"""benchmarks/adapter_stages.py on the COCO-size case, one run: every stage's output equals the old way's.
+"""The adapter-stage harness (tests/models/adapter_stages.py, what benchmarks/adapter_stages.py prints) on the
+COCO-size case, one run: every stage's output equals the old way's.
 
 The equivalence itself is tested on real photos and border cases in test_maskpose_parity.py (a)-(c) and
 test_sam_detector_speed_paths.py (d), (e); this keeps the benchmark's rows honest (no timing asserted).
@@ -6,11 +7,7 @@ test_sam_detector_speed_paths.py (d), (e); this keeps the benchmark's rows hones
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-
-from tests.models.conftest import REPO
 
 pytestmark = pytest.mark.models
 pytest.importorskip("torch")
@@ -19,10 +16,7 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmpose")
 pytest.importorskip("sam2")
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import adapter_stages as bench
+from tests.models import adapter_stages as bench  # noqa: E402  (after the stack checks)
 
 
 def test_every_adapter_stage_row_is_identical_to_the_old_way() -> None:

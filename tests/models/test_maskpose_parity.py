@@ -30,6 +30,7 @@ from bmp_core.models import _compat
 _compat.apply()
 
 from bmp_core.models import pose_maskpose as pm
+from bmp_core.testing.pose_reference import crops_to_tensor, whole_image_crop
 from tests.conftest import read_bgr
 
 INPUT_WH = (192, 256)
@@ -114,28 +115,13 @@ def _estimator(**overrides: Any) -> pm.MaskPoseEstimator:
     return pm.MaskPoseEstimator(_NoNetwork(), torch.device("cpu"), cfg)
 
 
-def _reference_polygon_mask(mask: np.ndarray) -> np.ndarray:
-    """The reference's conditioning mask on the whole image: outer contours (> 3 points) -> pycocotools."""
-    h, w = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) > 3]
-    if not polygons:
-        return np.zeros((h, w), bool)
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))) > 0
-
-
 def _reference_crop(
     image: np.ndarray, box: np.ndarray, mask: np.ndarray | None, polygons: bool
 ) -> np.ndarray:
     """Whole image blended with cv2.addWeighted, then mmpose's UDP crop (the plain, unwindowed path)."""
-    source = image
-    if mask is not None:
-        cond = _reference_polygon_mask(mask) if polygons else mask
-        if cond.any():
-            source = cv2.addWeighted(image, 0.8, image * cond[..., None].astype(np.uint8), 0.2, 0)
     center, scale = pm.box_center_scale(box, 1.25, INPUT_WH[0] / INPUT_WH[1])
     warp = pm.udp_warp_matrix(center, scale, INPUT_WH)
-    return cv2.warpAffine(source, warp, INPUT_WH, flags=cv2.INTER_LINEAR)
+    return whole_image_crop(image, warp, INPUT_WH, mask, 0.2, polygons)
 
 
 def _border_cases(image: np.ndarray, people: list[Person]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -200,7 +186,7 @@ def test_crops_normalised_on_the_device_equal_the_numpy_definition(real_people: 
     image, people = real_people[0]
     crops, _, _ = estimator.prepare_crops(image, np.stack([p.box_xyxy for p in people]), None)
     on_device = pm.normalize_on_device(crops, torch.device("cpu"))
-    expected = torch.from_numpy(pm.crops_to_tensor(list(crops)))
+    expected = torch.from_numpy(crops_to_tensor(list(crops), pm.IMAGENET_MEAN_RGB, pm.IMAGENET_STD_RGB))
     assert on_device.dtype == torch.float32 and on_device.shape == expected.shape
     assert torch.equal(on_device, expected)  # identical on CPU, not merely close
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("mmpose")
 F = torch.nn.functional
 
-from bmp_core.coco_meta import FLIP_INDICES  # noqa: E402
+from bmp_core.coco_meta import FLIP_INDICES, flip_indices  # noqa: E402
 from bmp_core.config import ConfigError, PoseModelConfig  # noqa: E402
 from bmp_core.models import pose_maskpose as pm  # noqa: E402
 from bmp_core.models import pose_pmpose as pp  # noqa: E402
@@ -202,9 +202,9 @@ def test_under_mixed_precision_only_the_backbone_is_autocast(
 
 
 def test_flip_table_has_the_head_length_and_swaps_only_coco_pairs() -> None:
-    table = pm.flip_indices(23)
+    table = flip_indices(23)
     assert table == list(FLIP_INDICES) + [17, 18, 19, 20, 21, 22]
-    assert len(pm.flip_indices(21)) == 21 and pm.flip_indices(21) == table[:21]
+    assert len(flip_indices(21)) == 21 and flip_indices(21) == table[:21]
 
 
 def _random_crops(n: int, seed: int) -> np.ndarray:
@@ -218,7 +218,7 @@ def test_a_mirrored_crop_gives_mirrored_keypoints_and_swapped_scalars(pmpose_s: 
     crops = _random_crops(2, seed=4)
     plain = pmpose_s.crop_poses(crops)
     mirrored = pmpose_s.crop_poses(np.ascontiguousarray(crops[:, :, ::-1]))
-    flip = pm.flip_indices(23)
+    flip = flip_indices(23)
     np.testing.assert_allclose(mirrored.heatmaps, plain.heatmaps[:, flip, :, ::-1], atol=1e-6)
     for name in ("presence", "visibility", "oks"):
         np.testing.assert_allclose(getattr(mirrored, name), getattr(plain, name)[:, flip], atol=1e-6, err_msg=name)

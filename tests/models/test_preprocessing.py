@@ -21,6 +21,7 @@ from bmp_core.models import _compat
 _compat.apply()
 
 from bmp_core.models import pose_maskpose as pm
+from bmp_core.testing.pose_reference import crops_to_tensor, outer_polygon_mask
 
 INPUT_WH = (192, 256)
 HEATMAP_WH = (48, 64)
@@ -62,7 +63,7 @@ def test_blend_background_dims_only_outside_the_mask() -> None:
 def test_crops_to_tensor_is_rgb_and_normalised() -> None:
     crop = np.zeros((256, 192, 3), np.uint8)
     crop[..., 0], crop[..., 1], crop[..., 2] = 10, 20, 30  # B, G, R
-    x = pm.crops_to_tensor([crop])
+    x = crops_to_tensor([crop], pm.IMAGENET_MEAN_RGB, pm.IMAGENET_STD_RGB)
     assert x.shape == (1, 3, 256, 192) and x.dtype == np.float32
     np.testing.assert_allclose(
         x[0, :, 0, 0], [(30 - 123.675) / 58.395, (20 - 116.28) / 57.12, (10 - 103.53) / 57.375], rtol=1e-6
@@ -174,10 +175,10 @@ def test_outer_polygon_mask_fills_holes_and_drops_specks() -> None:
     mask[10:30, 10:30] = True
     mask[18:22, 18:22] = False  # a hole: the reference's outer contours fill it
     mask[2, 35] = True  # a 1-pixel speck: a contour of 1 point is no polygon
-    out = pm.outer_polygon_mask(mask)
+    out = outer_polygon_mask(mask)
     assert out[19, 19] and out[20, 20]
     assert not out[2, 35]
     assert not out[:8].any() and not out[32:].any() and not out[:, :8].any() and not out[:, 32:].any()
     # The rasterised polygon through the boundary pixels' indices keeps the square up to its last row/column.
     assert abs(int(out[10:30, 10:30].sum()) - 400) <= 2 * 20
-    assert not pm.outer_polygon_mask(np.zeros((5, 5), bool)).any()
+    assert not outer_polygon_mask(np.zeros((5, 5), bool)).any()

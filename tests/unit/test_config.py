@@ -68,6 +68,7 @@ def test_overrides_parse_yaml_values_and_reject_bad_ones() -> None:
         ("models.kind=yolo", "models.kind"),
         ("loop.masks.exclusive=3", "expected true/false"),
         ("job.shard_size=0", "job.shard_size"),
+        ("job.mask_pool_mb=-1", r"job\.mask_pool_mb must be >= 0"),
     ],
 )
 def test_invalid_values_are_refused(override: str, message: str) -> None:

@@ -150,8 +150,8 @@ def test_predictions_are_ranked_by_the_documented_score(tmp_path: Path, iou_type
     predictions = _predictions()
     output = _output([f"/data/coco/{n}" for n in names], predictions)
     result = evaluate_output(output, gt, iou_types=(iou_type,), per_iteration=False)
-    assert result["images"]["matched"] == 2
-    ours = np.array(list(result["overall"][iou_type].values()))
+    assert result.images.matched == 2
+    ours = np.array(list(result.overall.stats[iou_type].values()))
     expected = _direct_stats(gt, tmp_path / "gt.json", predictions, [1, 2], iou_type, right)
     otherwise = _direct_stats(gt, tmp_path / "gt.json", predictions, [1, 2], iou_type, wrong)
     assert expected[0] == pytest.approx(1.0)  # every hit ranked before every miss
@@ -181,8 +181,8 @@ def test_eval_scores_only_the_images_of_the_same_split() -> None:
     output = _output(["/data/coco/val2017/000000000001.jpg", "/data/coco/train2017/000000000002.jpg"],
                      _predictions())
     result = evaluate_output(output, gt, iou_types=("segm",), per_iteration=False)
-    images = result["images"]
-    assert (images["matched"], images["num_missing_in_gt"], images["num_missing_in_output"]) == (1, 1, 1)
-    assert images["missing_in_gt"] == ["/data/coco/train2017/000000000002.jpg"]
-    assert result["overall"]["num_predictions"] == len(_predictions())  # image 1's predictions only
-    assert result["overall"]["segm"]["AR100"] == pytest.approx(1.0)  # scored on image 1 alone
+    images = result.images
+    assert (images.matched, images.num_missing_in_gt, images.num_missing_in_output) == (1, 1, 1)
+    assert images.missing_in_gt == ["/data/coco/train2017/000000000002.jpg"]
+    assert result.overall.num_predictions == len(_predictions())  # image 1's predictions only
+    assert result.overall.stats["segm"]["AR100"] == pytest.approx(1.0)  # scored on image 1 alone

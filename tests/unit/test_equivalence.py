@@ -151,16 +151,16 @@ def test_store_growth_and_removed_old_instances_equal_the_whole_image_loop() -> 
 
 
 def test_mask_store_spare_rows_are_bounded_for_huge_images(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bmp_core import loop
+    from bmp_core import mask_store
 
-    assert len(loop._MaskStore.for_rows((1080, 1920), 20).masks) == 20 + 60  # room for RTMDet's 40 more
-    assert len(loop._MaskStore.for_rows((10_000, 10_000), 20).masks) == 20 + 5  # 100 MP: ~512 MB of spare
+    assert len(mask_store.MaskStore.for_rows((1080, 1920), 20).masks) == 20 + 60  # room for RTMDet's 40 more
+    assert len(mask_store.MaskStore.for_rows((10_000, 10_000), 20).masks) == 20 + 5  # 100 MP: ~512 MB of spare
     # with the minimum spare (4 rows) the second pass grows the store, and the results stay the same
-    monkeypatch.setattr(loop, "_SPARE_BYTES", 0)
+    monkeypatch.setattr(mask_store, "SPARE_BYTES", 0)
     test_store_growth_and_removed_old_instances_equal_the_whole_image_loop()
 
 
-# --- mask stores lent again to later images (loop._StorePool) ---
+# --- mask stores lent again to later images (mask_store.MaskStorePool) ---
 
 
 def test_lent_mask_stores_give_identical_results_and_leave_live_results_alone(
@@ -168,24 +168,23 @@ def test_lent_mask_stores_give_identical_results_and_leave_live_results_alone(
     """Images of several sizes through one pool, results dropped as a worker drops them: every result is
     byte-identical to the plain loop's, stores were lent again (also to another image size), and a
     result still held is never written into."""
-    from bmp_core import loop
+    from bmp_core.mask_store import DEFAULT_POOL_BYTES, MaskStore, MaskStorePool
 
-    pool = loop._StorePool(loop._POOL_BYTES)
-    monkeypatch.setattr(loop, "_STORE_POOL", pool)
+    pool = MaskStorePool(DEFAULT_POOL_BYTES)
     fresh, reshaped = [], []
-    for_rows, reshape = loop._MaskStore.for_rows, loop._MaskStore.reshaped
-    monkeypatch.setattr(loop._MaskStore, "for_rows", staticmethod(lambda *a: fresh.append(a) or for_rows(*a)))
-    monkeypatch.setattr(loop._MaskStore, "reshaped", lambda self, hw: reshaped.append(hw) or reshape(self, hw))
+    for_rows, reshape = MaskStore.for_rows, MaskStore.reshaped
+    monkeypatch.setattr(MaskStore, "for_rows", staticmethod(lambda *a: fresh.append(a) or for_rows(*a)))
+    monkeypatch.setattr(MaskStore, "reshaped", lambda self, hw: reshaped.append(hw) or reshape(self, hw))
     crowd = [np.random.default_rng(k).integers(1, 256, (540, 960, 3), dtype=np.uint8) for k in range(2)]
     photos = _images(testdata)
     cases = [(crowd[0], _crowd(12, 0)), (photos[0], build_fake_models()), (crowd[1], _crowd(8, 1)),
              (photos[1], build_fake_models()), (crowd[0], _crowd(12, 0)), (photos[0], build_fake_models())]
     cfg = LoopConfig()
-    kept = run_bmp(crowd[1], _crowd(10, 1), cfg).instances  # held to the end: its store is never lent
+    kept = run_bmp(crowd[1], _crowd(10, 1), cfg, mask_pool=pool).instances  # held to the end: its store is never lent
     snapshot = {name: getattr(kept, name).copy() for name in ("masks", "det_masks")}
     for image, models in cases:
         recording = ModelRecording(models)
-        got = run_bmp(image, recording.models, cfg).instances
+        got = run_bmp(image, recording.models, cfg, mask_pool=pool).instances
         _assert_identical(got, run_bmp_dense(image, recording.replay(), cfg))
         del got
     for name, before in snapshot.items():
@@ -197,10 +196,10 @@ def test_lent_mask_stores_give_identical_results_and_leave_live_results_alone(
 
 
 def test_a_store_is_in_use_while_any_view_of_it_is_alive() -> None:
-    from bmp_core import loop
+    from bmp_core.mask_store import MaskStore, MaskStorePool, refcounts_track_views, shared_pool
 
-    assert loop._refcounts_track_views()  # CPython: the pool is on
-    store = loop._MaskStore.for_rows((6, 7), 2)
+    assert refcounts_track_views() and shared_pool().enabled  # CPython: the pool is on
+    store = MaskStore.for_rows((6, 7), 2)
     assert not store.in_use()
     view = store.det_masks[:1]
     assert store.in_use()
@@ -214,12 +213,12 @@ def test_a_store_is_in_use_while_any_view_of_it_is_alive() -> None:
     del store
     assert not other.in_use()
     # a pool that cannot see views lends nothing; a full pool forgets its oldest stores
-    disabled = loop._StorePool(1 << 30, enabled=False)
+    disabled = MaskStorePool(1 << 30, enabled=False)
     disabled.give(other)
     assert disabled.take((3, 5), 1) is not other
-    small = loop._StorePool(max_bytes=100)
-    stores = [loop._MaskStore.for_rows((5, 5), 1) for _ in range(3)]
+    small = MaskStorePool(max_bytes=100)
+    stores = [MaskStore.for_rows((5, 5), 1) for _ in range(3)]
     for s in stores:
         s.note_written(1)  # 2 x 25 bytes each
         small.give(s)
-    assert small._stores == stores[1:]
+    assert small.stores() == stores[1:]

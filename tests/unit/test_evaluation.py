@@ -132,12 +132,12 @@ def coco_gt_path(testdata: Path) -> Path:
 def test_ground_truth_as_predictions_scores_ap_one(coco_gt_path: Path) -> None:
     gt = _load(coco_gt_path)
     result = evaluate_output(gt_as_output(gt), gt)
-    assert result["backend"]["keypoints"] == "pycocotools"
-    assert result["images"]["matched"] == 4 and result["images"]["num_missing_in_gt"] == 0
-    assert result["overall"]["num_predictions"] == len(gt["annotations"]) == 14
+    assert result.backend["keypoints"] == "pycocotools"
+    assert result.images.matched == 4 and result.images.num_missing_in_gt == 0
+    assert result.overall.num_predictions == len(gt["annotations"]) == 14
     for iou_type in ("keypoints", "segm", "bbox"):
-        assert result["overall"][iou_type]["AP"] == pytest.approx(1.0), iou_type
-        assert result["overall"][iou_type]["AP50"] == pytest.approx(1.0), iou_type
+        assert result.overall.stats[iou_type]["AP"] == pytest.approx(1.0), iou_type
+        assert result.overall.stats[iou_type]["AP50"] == pytest.approx(1.0), iou_type
 
 
 def test_jittered_keypoints_score_lower_exactly_as_pycocotools(coco_gt_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_jittered_keypoints_score_lower_exactly_as_pycocotools(coco_gt_path: Pat
         for a in gt["annotations"]
     ]
     expected = pycocotools_stats(coco_gt_path, direct, "keypoints")
-    ours = result["overall"]["keypoints"]
+    ours = result.overall.stats["keypoints"]
     assert ours["AP"] == pytest.approx(expected[0], abs=1e-12)
     assert ours["AP50"] == pytest.approx(expected[1], abs=1e-12)
     assert ours["AR"] == pytest.approx(expected[5], abs=1e-12)
@@ -170,12 +170,12 @@ def test_missing_images_are_reported_not_fatal(coco_gt_path: Path) -> None:
         gt, skip_file_names=("000000000785.jpg",), extra_uris=("/data/elsewhere/not_in_gt.jpg",)
     )
     result = evaluate_output(output, gt)
-    images = result["images"]
-    assert images["matched"] == 3
-    assert images["missing_in_output"] == ["000000000785.jpg"]
-    assert images["missing_in_gt"] == ["/data/elsewhere/not_in_gt.jpg"]
+    images = result.images
+    assert images.matched == 3
+    assert images.missing_in_output == ["000000000785.jpg"]
+    assert images.missing_in_gt == ["/data/elsewhere/not_in_gt.jpg"]
     # Scored on the 3 matched images only, where the predictions are perfect.
-    assert result["overall"]["keypoints"]["AP"] == pytest.approx(1.0)
+    assert result.overall.stats["keypoints"]["AP"] == pytest.approx(1.0)
     table = format_table(result)
     assert "1 of the output not in the GT" in table and "1 of the GT not in the output" in table
 
@@ -184,8 +184,8 @@ def test_no_matching_image_gives_empty_scores(coco_gt_path: Path) -> None:
     gt = _load(coco_gt_path)
     output = gt_as_output(gt, skip_file_names=tuple(i["file_name"] for i in gt["images"]), extra_uris=("/x/a.jpg",))
     result = evaluate_output(output, gt)
-    assert result["images"]["matched"] == 0
-    assert result["overall"]["keypoints"] is None and result["overall"]["num_predictions"] == 0
+    assert result.images.matched == 0
+    assert result.overall.stats["keypoints"] is None and result.overall.num_predictions == 0
     assert "-" in format_table(result)
 
 
@@ -194,20 +194,20 @@ def test_matched_images_without_predictions_score_zero(coco_gt_path: Path) -> No
     output = gt_as_output(gt)
     output = JobOutput(output.uri, output.images, output.instances.slice(0, 0), None, None)
     result = evaluate_output(output, gt)
-    assert result["images"]["matched"] == 4
+    assert result.images.matched == 4
     for iou_type, recall in (("keypoints", "AR"), ("segm", "AR100"), ("bbox", "AR100")):
-        assert result["overall"][iou_type]["AP"] == 0.0
-        assert result["overall"][iou_type][recall] == 0.0
+        assert result.overall.stats[iou_type]["AP"] == 0.0
+        assert result.overall.stats[iou_type][recall] == 0.0
 
 
 def test_per_iteration_prefixes(coco_gt_path: Path) -> None:
     gt = _load(coco_gt_path)
     # Every third person "found in pass 2": after pass 1 recall is lower, after pass 2 it is complete.
     result = evaluate_output(gt_as_output(gt, iteration_of=lambda k: 1 if k % 3 == 2 else 0), gt)
-    first, second = result["per_iteration"]
-    assert first["num_predictions"] == 14 - 4 and second["num_predictions"] == 14
-    assert first["segm"]["AR100"] < second["segm"]["AR100"] == pytest.approx(1.0)
-    assert second["segm"] == result["overall"]["segm"]
+    first, second = result.per_iteration
+    assert first.num_predictions == 14 - 4 and second.num_predictions == 14
+    assert first.stats["segm"]["AR100"] < second.stats["segm"]["AR100"] == pytest.approx(1.0)
+    assert second.stats["segm"] == result.overall.stats["segm"]
     assert "after pass 2" in format_table(result)
 
 
@@ -237,9 +237,9 @@ def test_ochuman_style_gt_without_area_goes_through_xtcocotools(testdata: Path) 
     pytest.importorskip("xtcocotools")
     assert choose_backend(gt) == "xtcocotools"
     result = evaluate_output(gt_as_output(gt), gt)
-    assert result["backend"] == {"keypoints": "xtcocotools", "segm": "pycocotools", "bbox": "pycocotools"}
+    assert result.backend == {"keypoints": "xtcocotools", "segm": "pycocotools", "bbox": "pycocotools"}
     for iou_type in ("keypoints", "segm", "bbox"):
-        assert result["overall"][iou_type]["AP"] == pytest.approx(1.0), iou_type
+        assert result.overall.stats[iou_type]["AP"] == pytest.approx(1.0), iou_type
 
 
 def test_ochuman_gt_with_area_matches_pycocotools_direct(testdata: Path) -> None:
@@ -261,7 +261,7 @@ def test_ochuman_gt_with_area_matches_pycocotools_direct(testdata: Path) -> None
         {"image_id": a["image_id"], "category_id": 1, "keypoints": kpts[k].tolist(), "score": 1.0}
         for k, a in enumerate(gt["annotations"])
     ]
-    assert result["overall"]["keypoints"]["AP"] == pytest.approx(pycocotools_stats(gt_path, direct, "keypoints")[0])
+    assert result.overall.stats["keypoints"]["AP"] == pytest.approx(pycocotools_stats(gt_path, direct, "keypoints")[0])
 
 
 def test_cli_eval_writes_eval_json_from_parquet_parts(tmp_path: Path, coco_gt_path: Path) -> None:
@@ -289,7 +289,21 @@ def test_gt_people_without_a_mask_are_crowd_regions_for_mask_ap(testdata: Path) 
     output = gt_as_output(gt)  # predictions made while every GT person still had a mask
     gt["annotations"][1]["segmentation"] = None
     result = evaluate_output(output, gt, iou_types=("segm", "keypoints"))
-    assert result["gt_without_mask"] == 1
+    assert result.gt_without_mask == 1
     # The person without a mask neither counts as missed nor makes its prediction a false positive.
-    assert result["overall"]["segm"]["AP"] == pytest.approx(1.0)
-    assert result["overall"]["keypoints"]["AP"] == pytest.approx(1.0)
+    assert result.overall.stats["segm"]["AP"] == pytest.approx(1.0)
+    assert result.overall.stats["keypoints"]["AP"] == pytest.approx(1.0)
+
+
+def test_the_result_round_trips_through_eval_json(coco_gt_path: Path) -> None:
+    """``eval.json`` is ``to_dict()``; the report reads it back with ``from_dict`` into the same result."""
+    from bmp_core.analysis.evaluation import EvaluationResult
+
+    gt = _load(coco_gt_path)
+    result = evaluate_output(gt_as_output(gt), gt, iou_types=("keypoints", "bbox"))
+    written = json.loads(json.dumps(result.to_dict()))
+    assert list(written) == ["backend", "box_source", "iou_types", "images", "gt_without_mask", "keypoint_layout",
+                             "overall", "per_iteration", "oks_scale", "visibility"]
+    assert list(written["overall"]) == ["num_predictions", "keypoints", "bbox"]
+    assert EvaluationResult.from_dict(written) == result
+    assert format_table(EvaluationResult.from_dict(written)) == format_table(result)

@@ -144,14 +144,14 @@ def test_perfect_predictions_score_one_in_every_crowd_split(coco_gt: dict[str, A
     pytest.importorskip("xtcocotools")
     gt = to_crowdpose_gt(coco_gt)
     result = evaluate_output(gt_as_output(coco_gt), gt, iou_types=("keypoints", "bbox"))
-    assert result["backend"]["keypoints"] == "xtcocotools"  # CrowdPose files have no area
-    layout = result["keypoint_layout"]
+    assert result.backend["keypoints"] == "xtcocotools"  # CrowdPose files have no area
+    layout = result.keypoint_layout
     assert layout["name"] == "crowdpose" and layout["skipped"] == ["head"] and "neck" in layout["derived"]
     assert layout["split_images"] == {"easy": 1, "medium": 2, "hard": 1}
-    stats = result["overall"]["keypoints"]
+    stats = result.overall.stats["keypoints"]
     for name in ("AP", "AP50", "AP75", "AR", "AP_easy", "AP_medium", "AP_hard"):
         assert stats[name] == pytest.approx(1.0), name
-    assert result["overall"]["bbox"]["AP"] == pytest.approx(1.0)
+    assert result.overall.stats["bbox"]["AP"] == pytest.approx(1.0)
     table = format_table(result)
     assert "APeasy" in table and "skipped: head" in table and "easy 1, medium 2, hard 1" in table
 
@@ -196,7 +196,7 @@ def test_jittered_predictions_match_xtcocotools_crowdpose_eval_and_pycocotools(
     assert [im["id"] for im in coco_gt["images"]] == sorted(CROWD_INDEX)  # gt_as_output's id order
     output = gt_as_output(coco_gt, keypoints_of=jittered)
     gt = to_crowdpose_gt(coco_gt)
-    ours = evaluate_output(output, gt, iou_types=("keypoints",), per_iteration=False)["overall"]["keypoints"]
+    ours = evaluate_output(output, gt, iou_types=("keypoints",), per_iteration=False).overall.stats["keypoints"]
     assert 0.05 < ours["AP"] < 0.95  # the jitter matters: a comparison of real numbers, not of 1s
     direct = _direct_predictions(output)
     sigmas = np.delete(np.asarray(CROWDPOSE_SIGMAS), HEAD)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bmp_core.analysis.evaluation import box_oks_scale, evaluate_output, format_table, is_ochuman_pose
+from bmp_core.analysis.evaluation import EvaluationResult, box_oks_scale, evaluate_output, format_table, is_ochuman_pose
 from bmp_core.analysis.visibility import average_precision
 from bmp_core.output.tables import INSTANCES_SCHEMA
 from bmp_core.testing.fakes import _TEMPLATE_XY
@@ -95,14 +95,15 @@ def test_visibility_ap_on_oks_matched_people_equals_brute_force() -> None:
     result = evaluate_output(_with_visibility(base, vis), gt, iou_types=("keypoints",))
     labeled = v_gt > 0
     want = brute_force_ap(vis[labeled].tolist(), (v_gt[labeled] == 2).tolist())
-    got = result["visibility"]
-    assert got["ap"] == pytest.approx(want)
-    assert got["num_people"] == 3 and got["num_keypoints"] == int(labeled.sum())
-    assert got["num_occluded"] == int((v_gt == 1).sum())
+    got = result.visibility
+    assert got.ap == pytest.approx(want)
+    assert got.num_people == 3 and got.num_keypoints == int(labeled.sum())
+    assert got.num_occluded == int((v_gt == 1).sum())
     assert "keypoint visibility: AP" in format_table(result)
+    assert EvaluationResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result  # eval.json keeps it
     from bmp_core.analysis.report import evaluation_section
 
-    assert f"keypoint visibility: AP {want:.3f}" in evaluation_section(result)  # the report shows it too
+    assert f"keypoint visibility: AP {want:.3f}" in evaluation_section(result.to_dict())  # the report shows it too
 
     # a person predicted far from everyone is matched to nobody: its visibility does not count
     moved = copy.deepcopy(gt)
@@ -111,12 +112,12 @@ def test_visibility_ap_on_oks_matched_people_equals_brute_force() -> None:
     moved["annotations"][2]["bbox"][0] += 400
     result = evaluate_output(_with_visibility(base, vis), moved, iou_types=("keypoints",))
     two = labeled[:2]
-    assert result["visibility"]["num_people"] == 2
-    assert result["visibility"]["ap"] == pytest.approx(brute_force_ap(vis[:2][two].tolist(),
+    assert result.visibility.num_people == 2
+    assert result.visibility.ap == pytest.approx(brute_force_ap(vis[:2][two].tolist(),
                                                                       (v_gt[:2][two] == 2).tolist()))
     # no predicted visibility (MaskPose, v1 outputs): not computed, no line
     plain = evaluate_output(base, gt, iou_types=("keypoints",))
-    assert plain["visibility"] is None and "visibility" not in format_table(plain)
+    assert plain.visibility is None and "visibility" not in format_table(plain)
 
 
 def test_ochuman_pose_in_coco_format_evaluates_like_ochuman(tmp_path: Path) -> None:
@@ -135,18 +136,19 @@ def test_ochuman_pose_in_coco_format_evaluates_like_ochuman(tmp_path: Path) -> N
     for ann in ochuman_style["annotations"]:
         del ann["area"]
     as_ochuman = evaluate_output(output, ochuman_style, iou_types=("keypoints",))
-    assert as_ochuman["oks_scale"] == "box" and as_ochuman["backend"]["keypoints"] == "xtcocotools"
+    assert as_ochuman.oks_scale == "box" and as_ochuman.backend["keypoints"] == "xtcocotools"
     # OCHuman-Pose, COCO format with areas: recognised by name (file or info), scored the same way
     assert is_ochuman_pose(gt, "/data/OCHuman-Pose/ochuman_pose_val.json")
     assert is_ochuman_pose({**gt, "info": {"description": "OCHuman-Pose val"}})
     assert not is_ochuman_pose(gt, "/data/ochuman/test_ochuman.json")  # OCHuman itself: by its missing areas
     by_name = evaluate_output(output, gt, iou_types=("keypoints",), gt_path="ochuman_pose_val.json")
     by_flag = evaluate_output(output, gt, iou_types=("keypoints",), oks_scale="box")
-    assert by_name["overall"]["keypoints"] == by_flag["overall"]["keypoints"] == as_ochuman["overall"]["keypoints"]
+    assert (by_name.overall.stats["keypoints"] == by_flag.overall.stats["keypoints"]
+            == as_ochuman.overall.stats["keypoints"])
     # ... which differs from COCO's area scale on the same file under another name
     coco_way = evaluate_output(output, gt, iou_types=("keypoints",))
-    assert coco_way["oks_scale"] == "area" and coco_way["backend"]["keypoints"] == "pycocotools"
-    assert coco_way["overall"]["keypoints"]["AP"] != pytest.approx(by_name["overall"]["keypoints"]["AP"])
+    assert coco_way.oks_scale == "area" and coco_way.backend["keypoints"] == "pycocotools"
+    assert coco_way.overall.stats["keypoints"]["AP"] != pytest.approx(by_name.overall.stats["keypoints"]["AP"])
     assert not box_oks_scale(gt) and box_oks_scale(ochuman_style)
 
     # the CLI: --oks-scale, and the name of the --gt file
@@ -165,4 +167,4 @@ def test_ochuman_pose_in_coco_format_evaluates_like_ochuman(tmp_path: Path) -> N
         assert args.func(args) == 0
     written = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert written["oks_scale"] == "box"
-    assert written["overall"]["keypoints"]["AP"] == pytest.approx(as_ochuman["overall"]["keypoints"]["AP"])
+    assert written["overall"]["keypoints"]["AP"] == pytest.approx(as_ochuman.overall.stats["keypoints"]["AP"])

@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 
 from bmp_core.coco_meta import FLIP_INDICES, KEYPOINT_NAMES
 from bmp_core.output.coco import coco_dataset
+from bmp_core.output.export.manifest import ExportManifest
 from bmp_core.output.export.policy import ExportPolicy, PolicyError, split_of, split_score
 from bmp_core.output.export.run import ExportOptions, export_output
 from bmp_core.output.reader import load_output
@@ -63,8 +64,11 @@ def output(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _export(output: str, dest: Path, fmt: str = "coco", **policy) -> dict:
-    export_output(output, str(dest), fmt, ExportPolicy(**policy), ExportOptions(review=3))
-    return json.loads((dest / "export.json").read_text())
+    manifest = export_output(output, str(dest), fmt, ExportPolicy(**policy), ExportOptions(review=3))
+    written = json.loads((dest / "export.json").read_text())
+    # export.json is the returned manifest, and reads back into it (counts typed: an ExportTally)
+    assert written == manifest.to_dict() and ExportManifest.from_dict(written) == manifest
+    return written
 
 
 def _crowd_names(coco: COCO) -> dict[tuple[int, str], int]:

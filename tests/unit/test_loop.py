@@ -297,3 +297,28 @@ def test_bad_image_input_is_refused() -> None:
         run_bmp(np.zeros((10, 10), np.uint8), build_fake_models(), CFG)
     with pytest.raises(ValueError, match="uint8 BGR"):
         run_bmp(np.zeros((10, 10, 3), np.float32), build_fake_models(), CFG)
+
+
+def test_stage_timings_name_every_stage_and_count_each_second_once() -> None:
+    """timings_s has every LOOP_STAGES key; a stage timed inside another (segment inside masks) is not
+    counted twice, so an image's stages add up to no more than its share of the batch's wall time."""
+    import time
+
+    from bmp_core.records import LOOP_STAGES
+
+    class SlowSegmenter(FakeSegmenter):  # SAM's calls take long enough that counting them twice shows
+        def segment(self, prepared, points_xy):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.02:
+                pass
+            return super().segment(prepared, points_xy)
+
+    fakes = build_fake_models()
+    images = [synthetic_people_bgr(240, 320, num_people=3, seed=k) for k in range(3)]
+    results = run_bmp_batch(images, BmpModels(fakes.detector, fakes.pose, SlowSegmenter()), LoopConfig())
+    for r in results:
+        assert list(r.timings_s) == list(LOOP_STAGES)
+        stages = {k: v for k, v in r.timings_s.items() if k != "total"}
+        assert min(stages.values()) >= -1e-9 and r.timings_s["segment"] > 0 and r.timings_s["masks"] > 0
+    batch_s = sum(r.timings_s["total"] for r in results)
+    assert sum(v for r in results for k, v in r.timings_s.items() if k != "total") <= batch_s + 1e-6

@@ -87,3 +87,8 @@ def test_config_digest_of_an_output_from_before_the_v2_keys_is_unchanged() -> No
         assert config_digest(cfg) == hashlib.sha256(canonical.encode()).hexdigest()
         for override in ("loop.pose_nms.remove_losing_old=true", "models.fake.visibility=true"):
             assert config_digest(config_from_dict({}, [f"models.kind={kind}", override])) != config_digest(cfg)
+
+
+def test_the_mask_pool_size_does_not_change_the_plan() -> None:
+    """job.mask_pool_mb only changes how fast a worker runs: an output resumes under another value."""
+    assert config_digest(config_from_dict({}, ["job.mask_pool_mb=0"])) == config_digest(config_from_dict({}, []))

@@ -94,3 +94,18 @@ def test_pose_output_checks_its_shapes() -> None:
         PoseOutput(np.zeros((2, 23, 3), np.float32))
     with pytest.raises(ValueError, match=r"visibility must be \(2, 17\)"):
         PoseOutput(kps, None, np.zeros((2, 23), np.float32))
+
+
+def test_flip_indices_mirror_the_keypoint_names_and_keep_extra_channels() -> None:
+    """coco_meta.flip_indices(K): channel k's mirror by name (left <-> right), extras past 17 unmoved."""
+    from bmp_core.coco_meta import KEYPOINT_NAMES, flip_indices
+
+    def mirror(name: str) -> str:
+        return name.replace("left", "@").replace("right", "left").replace("@", "right")
+
+    for k in (17, 21, 23):
+        idx = flip_indices(k)
+        assert [KEYPOINT_NAMES[i] for i in idx[:17]] == [mirror(n) for n in KEYPOINT_NAMES]
+        assert idx[17:] == list(range(17, k)) and sorted(idx) == list(range(k))
+    with pytest.raises(ValueError, match=">= 17"):
+        flip_indices(16)

@@ -159,11 +159,20 @@ def test_given_boxes_keys_are_in_the_plan_fingerprint() -> None:
         assert config_digest(config_from_dict({}, ["job.given_boxes=a.json", override])) != config_digest(base)
 
 
-def test_cli_makes_local_given_boxes_paths_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from jobs.cli import _absolute_given_boxes
+def test_every_entry_point_makes_local_given_boxes_paths_absolute(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    from bmp_core.io.given_boxes import with_absolute_paths
+    from jobs.ray_data import BmpPredictor
 
     monkeypatch.chdir(tmp_path)
-    cfg = _absolute_given_boxes(config_from_dict({}, ["job.given_boxes=dets.json",
-                                                      "job.given_boxes_images=s3://b/gt.json"]))
+    cfg = with_absolute_paths(config_from_dict({}, ["job.given_boxes=dets.json",
+                                                    "job.given_boxes_images=s3://b/gt.json"]))
     assert cfg.job.given_boxes == str(tmp_path / "dets.json")  # workers need not share the driver's cwd
     assert cfg.job.given_boxes_images == "s3://b/gt.json"
+    # the CLI (_load) and the Ray Data UDF resolve them the same way (run_job: tests/integration)
+    (tmp_path / "dets.json").write_text((REPO / "examples" / "detections.json").read_text())
+    (tmp_path / "gt.json").write_text((REPO / "examples" / "ground_truth.json").read_text())
+    predictor = BmpPredictor(config_from_dict({}, ["models.kind=fake", "job.given_boxes=dets.json",
+                                                   "job.given_boxes_images=gt.json"]))
+    assert predictor.cfg.job.given_boxes == str(tmp_path / "dets.json")
+    assert predictor.cfg.job.given_boxes_images == str(tmp_path / "gt.json")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bmp_core.config import LiteModelsConfig, ModelsConfig
+from bmp_core.config import LiteModelsConfig
 from bmp_core.models.lite.cache import CachedPerson, PersonCache, image_key
 from bmp_core.models.lite.crops import (
     NUM_BLAZEPOSE_LANDMARKS,
@@ -43,7 +43,7 @@ from bmp_core.models.lite.crops import (
     paste_crop_mask,
     pasted_window,
 )
-from bmp_core.ports import BmpModels
+from bmp_core.ports import Segmenter
 from bmp_core.records import NUM_KEYPOINTS, PoseOutput, SegmentOutput
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class BlazePosePrepared:
     image_bgr: np.ndarray
 
 
-class BlazePoseSegmenter:
+class BlazePoseSegmenter(Segmenter):
     """``Segmenter`` port stand-in: the BlazePose person mask of the prompted person's crop.
 
     Not a promptable segmenter: the points only select which posed person's mask to return.
@@ -261,15 +261,3 @@ def _points_box(points_xy: np.ndarray, padding: float) -> np.ndarray:
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     side = max(x2 - x1, y2 - y1, 32.0) * padding
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
-
-
-def build_lite_models(cfg: ModelsConfig) -> BmpModels:
-    """BlazePose pose estimator + BlazePose segmenter sharing one person cache, and BlazePose's own
-    person detector (``detector.py``) unless ``models.lite.detect_people`` is false."""
-    estimator = BlazePoseEstimator(cfg.lite)
-    detector = None
-    if cfg.lite.detect_people:
-        from bmp_core.models.lite.detector import BlazePersonDetector
-
-        detector = BlazePersonDetector(cfg.lite, estimator)
-    return BmpModels(detector=detector, pose=estimator, segmenter=BlazePoseSegmenter(estimator))

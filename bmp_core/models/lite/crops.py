@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bmp_core.models.conditioning import blend_tables
+
 # BlazePose landmark index of each COCO-17 keypoint, in COCO order. BlazePose uses the same
 # convention as COCO (left = the person's left), so no swap is needed:
 #   nose 0, left_eye 2, right_eye 5, left_ear 7, right_ear 8, left/right shoulder 11/12,
@@ -72,7 +74,8 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     Background pixels keep ``1 - alpha`` of their intensity (80% at alpha 0.2), the person is
     unchanged. Rounded to nearest as ``cv2.addWeighted`` rounds, like the MaskPose adapter
     (``pose_maskpose.blend_background``, which uses addWeighted itself), so both backends see the same
-    conditioned pixels; here in numpy (two 256-entry tables), so this module needs no OpenCV.
+    conditioned pixels; here in numpy (the same two 256-entry tables, ``conditioning.blend_tables``), so
+    this module needs no OpenCV.
 
     Args:
         image_bgr: (H, W, 3) uint8.
@@ -82,18 +85,8 @@ def blend_background(image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> n
     Returns:
         (H, W, 3) uint8 blended image.
     """
-    person, background = _blend_tables(float(alpha))
+    person, background = blend_tables(float(alpha))
     return np.where(mask[:, :, None], person[image_bgr], background[image_bgr])
-
-
-def _blend_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(256,) uint8 ``addWeighted(v, 1 - alpha, v * m, alpha, 0)`` for m = 1 and m = 0: float32 products,
-    summed, rounded half to even (OpenCV's ``cvRound``) and saturated, as OpenCV computes 8-bit inputs."""
-    v = np.arange(256, dtype=np.float32)
-    keep, add = np.float32(1.0 - alpha), np.float32(alpha)
-    person = np.clip(np.rint(v * keep + v * add), 0, 255).astype(np.uint8)
-    background = np.clip(np.rint(v * keep), 0, 255).astype(np.uint8)
-    return person, background
 
 
 def coco17_of(per_landmark: np.ndarray) -> np.ndarray:

@@ -59,6 +59,11 @@ class ExportTally:
     def add_format_drop(self, what: str, n: int = 1) -> None:
         self.format_dropped[what] = self.format_dropped.get(what, 0) + n
 
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ExportTally:
+        """``export.json``'s ``counts`` read back (keys this version does not know are left out)."""
+        return ExportTally(**{k: v for k, v in data.items() if k in ExportTally.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ExportManifest:
@@ -70,7 +75,7 @@ class ExportManifest:
         policy: the ``ExportPolicy`` applied.
         policy_source: where it came from: ``default:<backend>`` (the backend's default policy,
             docs/exports.md), ``export.json:<uri>``, ``options``; ``+options`` when options changed some.
-        counts: the ``ExportTally`` as a dict.
+        counts: the ``ExportTally`` of the finished export (``export.json``'s ``counts``).
         files: the export's files (paths inside DEST) with their own counts.
         options: format options (images per file, review selection, link mode).
         bmp_label_version: the package version that wrote it.
@@ -80,7 +85,7 @@ class ExportManifest:
     source: str
     plan_id: str
     policy: ExportPolicy
-    counts: dict[str, Any]
+    counts: ExportTally
     files: list[dict[str, Any]]
     options: dict[str, Any]
     bmp_label_version: str
@@ -99,7 +104,7 @@ class ExportManifest:
     def from_dict(data: dict[str, Any]) -> ExportManifest:
         return ExportManifest(
             format=data["format"], source=data["source"], plan_id=data["plan_id"],
-            policy=ExportPolicy(**data["policy"]), counts=data["counts"], files=data["files"],
+            policy=ExportPolicy(**data["policy"]), counts=ExportTally.from_dict(data["counts"]), files=data["files"],
             options=data["options"], bmp_label_version=data["bmp_label_version"],
             format_version=int(data.get("format_version", EXPORT_FORMAT_VERSION)),
             policy_source=data.get("policy_source", "options"),  # older exports: what the options gave

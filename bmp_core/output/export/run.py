@@ -123,7 +123,7 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
                     "image_url_prefix": options.image_url_prefix}
     manifest = ExportManifest(format=fmt, source=src.uri, plan_id=plan.plan_id, policy=policy,
                               policy_source=policy_source,
-                              counts=tally.__dict__, files=files, options=recorded,
+                              counts=tally, files=files, options=recorded,
                               bmp_label_version=package_version())
     dest.write_bytes(EXPORT_JSON, manifest.to_json())
     return manifest
