@@ -35,13 +35,7 @@ from bmp_core.config import LoopConfig
 from bmp_core.errors import check_given_boxes, check_given_scores, check_image_bgr
 from bmp_core.mask_store import MaskStore, MaskStorePool, copy_window, shared_pool
 from bmp_core.ops.boxes import box_nms
-from bmp_core.ops.masks import (
-    exclusive_masks,
-    mask_iou,
-    mask_out,
-    mask_windows,
-    window_boxes_xyxy,
-)
+from bmp_core.ops.masks import exclusive_masks, mask_iou, mask_out, mask_windows, window_boxes_xyxy
 from bmp_core.ops.pose_nms import keep_old_unless_new_survives, pose_nms
 from bmp_core.ops.prompts import K_MOST_VISIBLE, has_prompt, select_most_visible, select_prompt_keypoints
 from bmp_core.ports import BmpModels
@@ -246,7 +240,7 @@ def _pose_and_refine_step(
                 [s.new.boxes_xyxy for s in with_people],
                 [s.new.masks for s in with_people],
             )
-    poses = {id(s): k for s, k in zip(with_people, keypoints_per_image, strict=True)}
+    poses = {id(s): _checked_pose(k, len(s.new)) for s, k in zip(with_people, keypoints_per_image, strict=True)}
     _prepare_segmenter(with_people, poses, models, cfg)
 
     for s in states:
@@ -256,8 +250,7 @@ def _pose_and_refine_step(
                                     detections.masks.copy())
         num_new = num_removed = 0
         if len(detections):
-            num_new, num_removed = _merge_new(s, models, cfg, iteration, s.new, _checked_pose(poses[id(s)],
-                                                                                                len(detections)))
+            num_new, num_removed = _merge_new(s, models, cfg, iteration, s.new, poses[id(s)])
         if trace:
             s.traces.append(IterationTrace(iteration, s.detector_input_bgr, detections, num_new, num_removed))
         if iteration + 1 < cfg.iterations:  # after the last pass nobody reads the next detector input
@@ -294,7 +287,7 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, PoseOutput], 
     for s in states:
         if s.prepared is not None:
             continue
-        pose = _checked_pose(poses[id(s)], len(s.new))
+        pose = poses[id(s)]
         if has_prompt(pose.keypoints_xys[:, :, 2], p.confidence_thr, p.visibility_thr, pose.visibility,
                       p.selection_method).any():
             todo.append(s)
@@ -309,14 +302,8 @@ def _prepare_segmenter(states: list[_ImageState], poses: dict[int, PoseOutput], 
         s.prepared = handle
 
 
-def _merge_new(
-    s: _ImageState,
-    models: BmpModels,
-    cfg: LoopConfig,
-    iteration: int,
-    dets: Detections,
-    pose_new: PoseOutput,
-) -> tuple[int, int]:
+def _merge_new(s: _ImageState, models: BmpModels, cfg: LoopConfig, iteration: int, dets: Detections,
+               pose_new: PoseOutput) -> tuple[int, int]:
     """Pose-NMS, SAM refinement and merge of one image's new detections. Returns (added, removed_old)."""
     with _timed([s], "pose_nms"):
         old, keep_old, dets, det_windows, pose_new = _pose_nms(s, cfg, dets, pose_new)
@@ -340,9 +327,8 @@ def _pose_nms(s: _ImageState, cfg: LoopConfig, dets: Detections, pose_new: PoseO
     this pass's rows. Returns the kept old instances, the (N_old,) keep mask of the old ones, the kept
     detections, their windows and their pose."""
     old = s.instances
-    kpts_new = pose_new.keypoints_xys
     keep = pose_nms(
-        np.concatenate([old.keypoints, kpts_new]),
+        np.concatenate([old.keypoints, pose_new.keypoints_xys]),
         np.concatenate([old.boxes_xyxy, dets.boxes_xyxy]),
         cfg.pose_nms.oks_thr,
         cfg.pose_nms.keypoint_thr,
@@ -358,8 +344,7 @@ def _pose_nms(s: _ImageState, cfg: LoopConfig, dets: Detections, pose_new: PoseO
     kept = np.flatnonzero(keep_new)
     det_windows = s.new_windows[kept]
     dets = Detections(dets.boxes_xyxy[kept], dets.scores[kept], dets.labels[kept], rows)
-    return old, keep_old, dets, det_windows, PoseOutput(*(None if a is None else a[kept]
-                                                          for a in (kpts_new, pose_new.presence, pose_new.visibility)))
+    return old, keep_old, dets, det_windows, pose_new.take(kept)
 
 
 _NOT_MASKS = tuple(name for name in Instances.__dataclass_fields__ if name not in ("masks", "det_masks"))
@@ -371,16 +356,8 @@ def _with_masks(fields: dict[str, np.ndarray], store: MaskStore) -> Instances:
     return Instances(masks=masks, det_masks=det_masks, **fields)
 
 
-def _refine_with_sam(
-    s: _ImageState,
-    models: BmpModels,
-    cfg: LoopConfig,
-    iteration: int,
-    dets: Detections,
-    det_windows: np.ndarray,
-    pose: PoseOutput,
-    old: Instances,
-) -> tuple[Instances, np.ndarray]:
+def _refine_with_sam(s: _ImageState, models: BmpModels, cfg: LoopConfig, iteration: int, dets: Detections,
+                     det_windows: np.ndarray, pose: PoseOutput, old: Instances) -> tuple[Instances, np.ndarray]:
     """SAM masks for the new instances (old ones as context) -> the new ``Instances`` rows and (N, 4)
     windows enclosing their masks.
 

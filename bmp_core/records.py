@@ -136,6 +136,11 @@ class PoseOutput:
             if value is not None and value.shape != (n, 17):
                 raise ValueError(f"PoseOutput.{name} must be ({n}, 17), got {value.shape}")
 
+    def take(self, index: np.ndarray) -> PoseOutput:
+        """People ``index`` (int indices or a bool mask), in that order."""
+        return PoseOutput(*(None if a is None else a[index] for a in (self.keypoints_xys, self.presence,
+                                                                       self.visibility)))
+
 
 @dataclass(frozen=True)
 class Instances:
