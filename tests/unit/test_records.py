@@ -94,6 +94,13 @@ def test_pose_output_checks_its_shapes() -> None:
         PoseOutput(np.zeros((2, 23, 3), np.float32))
     with pytest.raises(ValueError, match=r"visibility must be \(2, 17\)"):
         PoseOutput(kps, None, np.zeros((2, 23), np.float32))
+    # take: the chosen people of every array, an absent one stays absent
+    both = PoseOutput(np.arange(102, dtype=np.float32).reshape(2, 17, 3), np.zeros((2, 17), np.float32),
+                      np.arange(34, dtype=np.float32).reshape(2, 17))
+    second = both.take(np.array([1]))
+    assert np.array_equal(second.keypoints_xys, both.keypoints_xys[1:])
+    assert np.array_equal(second.visibility, both.visibility[1:]) and second.presence.shape == (1, 17)
+    assert PoseOutput(kps).take(np.array([False, True])).visibility is None
 
 
 def test_flip_indices_mirror_the_keypoint_names_and_keep_extra_channels() -> None:
