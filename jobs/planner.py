@@ -48,6 +48,13 @@ OPTIONAL_RESULT_JOB_KEYS = ("image_column", "id_column")
 # reproduces what those outputs did, so an output started before the upgrade still resumes (dotted key ->
 # that value). The v2 keys: the pruning rule and the fake pose's visibility (docs/output.md).
 NEUTRAL_NEW_KEYS = {"loop.pose_nms.remove_losing_old": False, "models.fake.visibility": False}
+# models.* keys that never change what an output holds (where the checkpoints are staged).
+NEVER_RESULT_MODEL_KEYS = ("stage_uri",)
+# The lite person detector's keys (added after outputs were made): they shape the output only when the lite
+# backend runs its detector, so they are left out of the digest otherwise (a bmp or fake output, or lite with
+# given boxes only, as every lite output was before the detector existed) and resume as before.
+LITE_DETECTOR_KEYS = ("detect_people", "detector_windows", "detector_overlap", "detector_score_thr",
+                      "detector_merge_dist", "detector_duplicate_overlap")
 # job.* keys naming input files whose content the output depends on.
 PINNED_FILE_KEYS = ("given_boxes", "given_boxes_images")
 
@@ -64,7 +71,13 @@ def result_config(cfg: BmpConfig) -> dict[str, Any]:
             node = node[part]
         if node[leaf] == neutral:
             del node[leaf]
-    return {"models": data["models"], "loop": data["loop"], "job": job}
+    models = data["models"]
+    for key in NEVER_RESULT_MODEL_KEYS:
+        models.pop(key, None)
+    if models["kind"] != "lite" or not models["lite"]["detect_people"]:
+        for key in LITE_DETECTOR_KEYS:
+            models["lite"].pop(key, None)
+    return {"models": models, "loop": data["loop"], "job": job}
 
 
 def config_digest(cfg: BmpConfig, file_sha256: dict[str, str] | None = None) -> str:

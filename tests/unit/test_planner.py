@@ -80,6 +80,10 @@ def test_config_digest_of_an_output_from_before_the_v2_keys_is_unchanged() -> No
         cfg = config_from_dict({}, [f"models.kind={kind}"])
         data = config_to_dict(cfg)
         del data["loop"]["pose_nms"]["remove_losing_old"], data["models"]["fake"]["visibility"]
+        del data["models"]["stage_uri"]  # added later too, and never a result key
+        for key in ("detect_people", "detector_windows", "detector_overlap", "detector_score_thr",
+                    "detector_merge_dist", "detector_duplicate_overlap"):  # the lite detector's, added later
+            del data["models"]["lite"][key]
         old = {"models": data["models"], "loop": data["loop"],
                "job": {k: data["job"][k] for k in RESULT_JOB_KEYS
                        if k not in OPTIONAL_RESULT_JOB_KEYS or data["job"][k] is not None}}
@@ -87,6 +91,20 @@ def test_config_digest_of_an_output_from_before_the_v2_keys_is_unchanged() -> No
         assert config_digest(cfg) == hashlib.sha256(canonical.encode()).hexdigest()
         for override in ("loop.pose_nms.remove_losing_old=true", "models.fake.visibility=true"):
             assert config_digest(config_from_dict({}, [f"models.kind={kind}", override])) != config_digest(cfg)
+        # where checkpoints are staged, and the lite detector's settings of another backend, change nothing
+        for override in ("models.stage_uri=s3://b/weights", "models.lite.detector_overlap=0.25"):
+            assert config_digest(config_from_dict({}, [f"models.kind={kind}", override])) == config_digest(cfg)
+
+
+def test_the_lite_detector_settings_are_in_the_digest_only_when_it_runs() -> None:
+    detect = config_from_dict({}, ["models.kind=lite", "loop.iterations=2"])
+    given = config_from_dict({}, ["models.kind=lite", "models.lite.detect_people=false", "loop.iterations=1",
+                                  "job.given_boxes=x.json"])
+    assert config_digest(config_from_dict({}, ["models.kind=lite", "loop.iterations=2",
+                                               "models.lite.detector_overlap=0.25"])) != config_digest(detect)
+    assert config_digest(config_from_dict({}, ["models.kind=lite", "models.lite.detect_people=false",
+                                               "loop.iterations=1", "job.given_boxes=x.json",
+                                               "models.lite.detector_overlap=0.25"])) == config_digest(given)
 
 
 def test_the_mask_pool_size_does_not_change_the_plan() -> None:
