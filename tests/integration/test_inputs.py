@@ -181,8 +181,9 @@ def test_missing_parquet_column_is_one_clear_line(tmp_path: Path, capsys: pytest
     code = main(["run", "--config", config, "--input", str(tmp_path / "t.parquet"), "--output",
                  str(tmp_path / "out"), "--image-column", "image", "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err
-    assert "--image-column 'image': no such column" in err and "its columns are: img, id" in err
+    message, hint = err.splitlines()  # one line, then the hint's (bmp_core.errors.UserError)
+    assert code == 2 and message.startswith("bmp-label run: ") and hint.startswith("  hint: ")
+    assert "--image-column 'image': no such column" in message and "its columns are: img, id" in message
 
 
 def test_worker_killed_mid_shard_of_a_tar(ray_cluster: object, testdata: Path, tmp_path: Path) -> None:
