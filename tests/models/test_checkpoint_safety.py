@@ -1,0 +1,284 @@
+"""The safe checkpoint loader and the strict layout check, on small files written by ``torch.save`` (seconds).
+
+What a checkpoint may construct while it is read (the allow-list), whether a wrong-shaped checkpoint is
+refused and how, and the failures users meet (a GPU-saved file on a CPU worker, a torch environment that
+turns full unpickling on). Written for mutation testing (docs/development.md "Mutation testing"): each test
+fails on a planted bug in ``bmp_core/models/checkpoints.py``; every check goes through the public
+functions and ``torch``'s own reader/writer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.models
+torch = pytest.importorskip("torch")
+
+from bmp_core.models.checkpoints import CheckpointError, load_state_dict, load_strict
+
+
+class _RunsACommand:
+    """Pickles as a call of ``func(command)``: what a malicious checkpoint does on a full unpickle."""
+
+    def __init__(self, func: Any, command: str) -> None:
+        self.func, self.command = func, command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (self.func, (self.command,))
+
+
+class _Opaque:
+    """A harmless custom class: not on the allow-list, so only a full unpickle can rebuild it."""
+
+
+def _as_if_saved_on_cuda(src: Path, dst: Path) -> Path:
+    """``src`` with every storage tagged ``cuda`` instead of ``cpu``: what ``torch.save`` writes for GPU
+    tensors (the tag is the pickled storage location, a protocol-2 unicode string in ``data.pkl``)."""
+    with zipfile.ZipFile(src) as archive:
+        entries = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in entries:
+            if name.endswith("/data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x04\x00\x00\x00cuda")
+            archive.writestr(name, data)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+# What a file may construct
+
+
+def test_a_gpu_saved_checkpoint_loads_onto_the_cpu(tmp_path: Path) -> None:
+    sd = {"w": torch.arange(4.0)}
+    torch.save({"state_dict": sd}, tmp_path / "a.pth")
+    cuda_file = _as_if_saved_on_cuda(tmp_path / "a.pth", tmp_path / "cuda.pth")
+    if not torch.cuda.is_available():  # the file really asks for a GPU: torch's plain load fails here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda_file, weights_only=True)
+    got = load_state_dict(cuda_file)
+    assert got["w"].device.type == "cpu" and torch.equal(got["w"], sd["w"])
+    # The opt-in full unpickle lands on the CPU too.
+    torch.save({"meta": {"x": _Opaque()}, "state_dict": sd}, tmp_path / "b.pth")
+    got = load_state_dict(_as_if_saved_on_cuda(tmp_path / "b.pth", tmp_path / "cuda_b.pth"), allow_pickle=True)
+    assert got["w"].device.type == "cpu" and torch.equal(got["w"], sd["w"])
+
+
+def test_the_safe_loader_stays_safe_when_the_environment_turns_full_unpickling_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch reads this variable on every load that does not pass weights_only itself.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    file = tmp_path / "evil.pth"
+    torch.save({"meta": {"hook": _RunsACommand(os.system, f"touch {marker}")}, "state_dict": {}}, file)
+    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+        load_state_dict(file)
+    assert not marker.exists()
+
+
+def test_the_published_mmengine_format_loads_safely_and_quietly(tmp_path: Path) -> None:
+    """numpy 1.x's names (``numpy.core.multiarray``), numpy scalars and arrays, mmengine's HistoryBuffer and
+    its statistics methods through ``getattr``: all on the allow-list, read without a full unpickle and
+    without numpy's deprecation warning for the old module name."""
+    pytest.importorskip("mmengine")
+    from tests.models import published_format as pf
+
+    sd = {"backbone.w": torch.arange(6.0).reshape(2, 3), "head.b": torch.ones(2)}
+    file = pf.save_mmengine(tmp_path / "mm.pth", pf.mmengine_checkpoint(sd, num_keypoints=17))
+    needs = set(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+    assert {"numpy.core.multiarray._reconstruct", "builtins.getattr"} <= needs  # the file is what we mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        got = load_state_dict(file)  # allow_pickle=False
+    assert sorted(got) == sorted(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("code", list("?bBhHiIlLqQefdgFDG") + ["S5", "U5"])
+def test_numpy_arrays_and_scalars_of_plain_dtypes_are_allowed(tmp_path: Path, code: str) -> None:
+    array = np.zeros(3, dtype=code)
+    meta = {"a": array} if code[0] in "SU" else {"a": array, "s": array[0]}  # S/U items are bytes/str
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    assert sorted(load_state_dict(tmp_path / "f.pth")) == ["w"]
+
+
+@pytest.mark.parametrize("dtype", [object, [("x", "i4"), ("y", "f4")]], ids=["object", "structured"])
+def test_numpy_object_and_structured_arrays_are_refused(tmp_path: Path, dtype: Any) -> None:
+    torch.save({"meta": {"a": np.zeros(2, dtype=dtype)}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+        load_state_dict(tmp_path / "f.pth")
+
+
+@pytest.mark.parametrize("name", ["mean", "min", "max", "current", "__init__", "__class__"])
+def test_getattr_is_allowed_only_for_the_history_buffer_statistics(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("mmengine")
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    gadget: Any = type("G", (), {"__reduce__": lambda self: (getattr, (HistoryBuffer, name))})()
+    torch.save({"meta": {"m": gadget}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    if name in ("mean", "min", "max", "current"):
+        assert sorted(load_state_dict(tmp_path / "f.pth")) == ["w"]
+        return
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(tmp_path / "f.pth")
+    # The refusal says which call, whole, on one line.
+    message = str(err.value)
+    assert re.search(rf"the file asks for getattr\(<class '[\w.]*HistoryBuffer'>, '{name}'\) is not on the "
+                     r"allow-list, which unpickling", message), message
+    assert "\n" not in message
+
+
+def test_getattr_on_another_class_is_refused(tmp_path: Path) -> None:
+    gadget: Any = type("G", (), {"__reduce__": lambda self: (getattr, (np.ndarray, "mean"))})()
+    torch.save({"meta": {"m": gadget}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    with pytest.raises(CheckpointError, match=r"getattr\(<class 'numpy.ndarray'>, 'mean'\) is not on the allow"):
+        load_state_dict(tmp_path / "f.pth")
+
+
+def test_the_refusal_names_the_globals_and_its_conversion_command_works(tmp_path: Path) -> None:
+    sd = {"w": torch.arange(3.0)}
+    file = tmp_path / "custom.pth"
+    torch.save({"meta": {"x": _Opaque(), "y": _RunsACommand(print, "hi")}, "state_dict": sd}, file)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(file)
+    message = str(err.value)
+    # (_RunsACommand pickles as the call it makes: print("hi"))
+    assert f"the file asks for builtins.print, {__name__}._Opaque, which unpickling would import or call" in message
+    assert "If you trust where the file comes from, set models.allow_pickle_checkpoints: true (full " in message
+    # The command the message gives, run where the file is trusted, makes a file the safe loader reads.
+    command = re.search(r"torch\.save\(torch\.load\(path, weights_only=False\)\['state_dict'\], new_path\)\.$",
+                        message)
+    assert command is not None
+    path, new_path = file, tmp_path / "converted.pth"  # noqa: F841 - the names the command uses
+    eval(command.group(0).rstrip("."), {"torch": torch, "path": path, "new_path": new_path})
+    assert torch.equal(load_state_dict(new_path)["w"], sd["w"])
+
+
+def test_the_full_unpickle_warning_names_what_the_file_asks_for(tmp_path: Path, caplog: Any) -> None:
+    torch.save({"meta": {"x": _Opaque()}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    with caplog.at_level("WARNING", logger="bmp_core.models.checkpoints"):
+        load_state_dict(tmp_path / "f.pth", allow_pickle=True)
+    (record,) = [r for r in caplog.records if "FULLY" in r.getMessage()]
+    assert record.getMessage() == (
+        f"{tmp_path / 'f.pth'}: the safe loader refused it (it asks for {__name__}._Opaque); unpickling it "
+        "FULLY because models.allow_pickle_checkpoints is true: this runs any code the file contains"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What counts as a state dict
+
+
+def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path) -> None:
+    file = tmp_path / "truncated.pth"
+    file.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(file))}: not a readable torch checkpoint: "
+                       r"RuntimeError: .*zip"):
+        load_state_dict(file)
+
+
+def test_a_file_without_a_state_dict_names_its_top_level(tmp_path: Path) -> None:
+    keys = [f"k{i:02d}" for i in range(14, 0, -1)]
+    torch.save({k: 1 for k in keys}, tmp_path / "many.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(tmp_path / "many.pth")
+    assert str(err.value).endswith(f"no state dict of tensors found (top level: {sorted(keys)[:12]})")
+    torch.save([torch.ones(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=r"no state dict of tensors found \(top level: list\)$"):
+        load_state_dict(tmp_path / "list.pth")
+    torch.save({"state_dict": {"w": torch.ones(1), "step": 3}}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="no state dict of tensors"):
+        load_state_dict(tmp_path / "mixed.pth")
+
+
+def test_state_dict_is_preferred_to_model_and_only_a_leading_module_prefix_goes(tmp_path: Path) -> None:
+    torch.save({"state_dict": {"module.a": torch.ones(1), "b.module.c": torch.zeros(1)}, "model": {"x": torch.ones(1)}},
+               tmp_path / "both.pth")
+    assert sorted(load_state_dict(tmp_path / "both.pth")) == ["a", "b.module.c"]
+    # A 'state_dict' entry that is not a mapping: the sam2-style 'model' is used.
+    torch.save({"state_dict": "none", "model": {"x": torch.ones(1)}}, tmp_path / "sam.pth")
+    assert sorted(load_state_dict(tmp_path / "sam.pth")) == ["x"]
+
+
+# --------------------------------------------------------------------------------------------
+# Strict layout
+
+
+class _Rtm(torch.nn.Module):
+    """The parameter names of an RTMDet head (``bbox_head.rtm_cls.<level>``), small."""
+
+    def __init__(self, num_classes: int = 80, width: int = 8) -> None:
+        super().__init__()
+        self.neck = torch.nn.BatchNorm2d(width)
+        self.bbox_head = torch.nn.Module()
+        self.bbox_head.rtm_cls = torch.nn.ModuleList(torch.nn.Conv2d(width, num_classes, 1) for _ in range(3))
+        self.bbox_head.rtm_reg = torch.nn.ModuleList(torch.nn.Conv2d(width, 4, 1) for _ in range(3))
+
+
+def test_load_strict_copies_every_value_into_the_model() -> None:
+    torch.manual_seed(0)
+    model, source = _Rtm(), _Rtm()
+    load_strict(model, source.state_dict(), "detector")
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_a_person_only_head_gets_the_num_classes_hint() -> None:
+    person_only = _Rtm(num_classes=1).state_dict()
+    with pytest.raises(CheckpointError) as err:
+        load_strict(_Rtm(), person_only, "detector")
+    message = str(err.value)
+    assert message.startswith("detector: checkpoint does not match the model architecture; shape mismatches (6): ")
+    assert "bbox_head.rtm_cls.0.weight (1, 8, 1, 1) vs model (80, 8, 1, 1), " in message
+    assert message.endswith(
+        "bbox_head.rtm_cls.2.weight (1, 8, 1, 1) vs model (80, 8, 1, 1). "
+        "The checkpoint's detector head has 1 classes: set models.detector.num_classes: 1. "
+        "Check that the config names the architecture this checkpoint was trained with."
+    )
+    # With an extra key besides: still the hint (only keys both sides have are compared).
+    with pytest.raises(CheckpointError, match="set models.detector.num_classes: 1"):
+        load_strict(_Rtm(), dict(person_only, **{"bbox_head.extra.weight": torch.ones(1, 8, 1, 1)}), "detector")
+
+
+@pytest.mark.parametrize("case", ["wider_neck", "levels_disagree", "reg_mis_shaped"])
+def test_no_class_count_hint_when_the_head_is_not_the_difference(case: str) -> None:
+    sd = dict(_Rtm().state_dict())
+    if case == "wider_neck":  # only the (1-D) normalisation differs
+        sd["neck.weight"], sd["neck.bias"] = torch.ones(16), torch.zeros(16)
+    elif case == "levels_disagree":
+        sd["bbox_head.rtm_cls.0.weight"] = torch.ones(1, 8, 1, 1)
+        sd["bbox_head.rtm_cls.1.weight"] = torch.ones(2, 8, 1, 1)
+    else:  # a 4-D .weight outside rtm_cls
+        sd["bbox_head.rtm_reg.0.weight"] = torch.ones(1, 8, 1, 1)
+    with pytest.raises(CheckpointError) as err:
+        load_strict(_Rtm(), sd, "detector")
+    message = str(err.value)
+    assert "num_classes" not in message and "classes:" not in message
+    assert re.search(r"vs model \([0-9, ]+\)\. Check that the config names the architecture", message), message
+
+
+def test_the_first_twelve_keys_of_each_kind_are_named() -> None:
+    model = torch.nn.ModuleList(torch.nn.Linear(1, 1, bias=False) for _ in range(13))
+    sd = dict(model.state_dict())
+    thirteen = sorted(sd)
+    with pytest.raises(CheckpointError) as err:
+        load_strict(model, {}, "toy")
+    assert f"missing keys (13): {', '.join(thirteen[:12])} (+1 more). " in str(err.value)
+    with pytest.raises(CheckpointError) as err:
+        load_strict(model, {k: v for k, v in sd.items() if k != thirteen[-1]}, "toy")
+    assert str(err.value).startswith(f"toy: checkpoint does not match the model architecture; missing keys (1): "
+                                     f"{thirteen[-1]}. Check")
+    twelve = dict(list(sd.items())[:12])
+    with pytest.raises(CheckpointError) as err:
+        load_strict(torch.nn.Linear(1, 1), twelve, "toy")
+    message = str(err.value)
+    assert f"unexpected keys (12): {', '.join(sorted(twelve))}. " in message and "more)" not in message
+    assert "missing keys (2): bias, weight; unexpected keys" in message
