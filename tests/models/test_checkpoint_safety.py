@@ -9,12 +9,18 @@ functions and ``torch``'s own reader/writer.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import re
+import threading
+import time
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -22,7 +28,14 @@ import pytest
 pytestmark = pytest.mark.models
 torch = pytest.importorskip("torch")
 
-from bmp_core.models.checkpoints import CheckpointError, load_state_dict, load_strict
+from bmp_core.models.checkpoints import (
+    CheckpointError,
+    cache_path_for,
+    hf_to_https,
+    load_state_dict,
+    load_strict,
+    resolve_checkpoint,
+)
 
 
 class _RunsACommand:
@@ -282,3 +295,134 @@ def test_the_first_twelve_keys_of_each_kind_are_named() -> None:
     message = str(err.value)
     assert f"unexpected keys (12): {', '.join(sorted(twelve))}. " in message and "more)" not in message
     assert "missing keys (2): bias, weight; unexpected keys" in message
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving a reference: offline switches, headers, names in the cache
+
+
+class _Recorder(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; records (path, headers) of every GET; waits ``delay_s`` before answering."""
+
+    seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
+    delay_s: ClassVar[float] = 0.0
+
+    def do_GET(self) -> None:
+        type(self).seen.append((self.path, dict(self.headers)))
+        time.sleep(type(self).delay_s)
+        super().do_GET()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Recorder]]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (_Recorder,), {"seen": [], "delay_s": 0.0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+@pytest.mark.parametrize("variable", ["BMP_OFFLINE", "HF_HUB_OFFLINE"])
+def test_either_offline_variable_stops_downloads(served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 variable: str, value: str) -> None:
+    base, root, handler = served
+    (root / "w.pth").write_bytes(b"w")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(CheckpointError, match="offline"):
+        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache")
+    assert handler.seen == []
+    # An explicit offline=False wins over the environment.
+    assert resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache", offline=False).read_bytes() == b"w"
+
+
+def test_other_values_of_the_offline_variables_download(served: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root, handler = served
+    (root / "w.pth").write_bytes(b"w")
+    monkeypatch.setenv("BMP_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "no")
+    assert resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache").read_bytes() == b"w"
+    with pytest.raises(CheckpointError, match="offline"):
+        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache2", offline=True)
+    assert len(handler.seen) == 1
+
+
+def test_the_hub_token_goes_to_the_hub_only(served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root, handler = served
+    (root / "o" / "r" / "resolve" / "main").mkdir(parents=True)
+    (root / "o" / "r" / "resolve" / "main" / "w.pth").write_bytes(b"hub")
+    (root / "plain.pth").write_bytes(b"plain")
+    monkeypatch.setenv("HF_TOKEN", "secret-token")
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    # Another host than the Hub's: no token.
+    assert resolve_checkpoint(f"{base}/plain.pth", tmp_path / "cache").read_bytes() == b"plain"
+    monkeypatch.setenv("HF_ENDPOINT", base + "/")
+    assert resolve_checkpoint("hf://o/r/w.pth", tmp_path / "cache").read_bytes() == b"hub"
+    (plain_path, plain_headers), (hub_path, hub_headers) = handler.seen
+    assert plain_path == "/plain.pth" and "Authorization" not in plain_headers
+    assert hub_path == "/o/r/resolve/main/w.pth" and hub_headers["Authorization"] == "Bearer secret-token"
+    assert plain_headers["User-Agent"] == hub_headers["User-Agent"] == "bmp-label"
+    monkeypatch.delenv("HF_TOKEN")
+    assert resolve_checkpoint("hf://o/r/w.pth", tmp_path / "cache2").read_bytes() == b"hub"
+    assert "Authorization" not in handler.seen[-1][1]
+
+
+def test_a_slow_server_fails_after_the_timeout(served: Any, tmp_path: Path) -> None:
+    base, root, handler = served
+    (root / "w.pth").write_bytes(b"w")
+    handler.delay_s = 2.0
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=rf"could not download checkpoint {base}/w.pth: \w*Timeout\w*: "):
+        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache", timeout_s=0.3)
+    assert time.monotonic() - start < 1.9
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("uri", ["hf://org/repo", "hf://org//w.pth", "hf://org/repo/", "hf:///repo/w.pth"])
+def test_malformed_hub_references_are_refused(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"must look like hf://ORG/REPO/path/to/file\[@revision\]"):
+        resolve_checkpoint(uri, tmp_path / "cache", offline=False)
+
+
+def test_hub_urls_keep_folders_revisions_and_quote_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert hf_to_https("hf://o/r/a/b c.pt") == "https://huggingface.co/o/r/resolve/main/a/b%20c.pt"
+    assert hf_to_https("hf://o/r/a/b.pt@refs/pr/1") == "https://huggingface.co/o/r/resolve/refs/pr/1/a/b.pt"
+    assert hf_to_https("hf://o/r/x@y/b.pt@v2") == "https://huggingface.co/o/r/resolve/v2/x%40y/b.pt"
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.local:8080/")
+    assert hf_to_https("hf://o/r/b.pt") == "http://mirror.local:8080/o/r/resolve/main/b.pt"
+
+
+def test_cache_entries_are_named_after_the_file_and_apart_per_uri(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    a = cache_path_for("https://h/x/model%20v1.pth?download=1", "~/cache")
+    b = cache_path_for("https://h/y/model%20v1.pth", "~/cache")
+    assert a.name == b.name == "model v1.pth" and a.parent != b.parent
+    assert a.parent.parent == b.parent.parent == tmp_path / "cache"
+    assert len(a.parent.name) == 16 and int(a.parent.name, 16) >= 0
+    assert cache_path_for("s3://bucket/dir/", tmp_path).name == "dir"
+    assert cache_path_for("https://h/", tmp_path).name == "checkpoint"
+
+
+def test_unsupported_schemes_and_uppercase_digests(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"ftp://h/w.pth: unsupported checkpoint scheme 'ftp' \(use a path"):
+        resolve_checkpoint("ftp://h/w.pth", tmp_path / "cache")
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert resolve_checkpoint(str(f), tmp_path / "cache", sha256=digest.upper()) == f
+    with pytest.raises(CheckpointError, match=rf"sha256 mismatch: expected {'a' * 64}, got {digest}$"):
+        resolve_checkpoint(f"file://{f}", tmp_path / "cache", sha256="A" * 64)
+    big = tmp_path / "big.pth"
+    big.write_bytes(b"x" * ((1 << 20) + 5))  # more than one read chunk
+    assert resolve_checkpoint(str(big), tmp_path, sha256=hashlib.sha256(big.read_bytes()).hexdigest()) == big
