@@ -63,18 +63,21 @@ def test_committed_markers_reads_only_this_plans_markers_sorted(tmp_path: Path, 
                                                                 ) -> None:
     store = OutputStore(str(tmp_path))
     empty = INSTANCES_SCHEMA.empty_table()
-    for shard in (3, 0, 2):
+    for shard in (3, 5, 2):
         commit_shard(store, "p", shard, "a1-x", _images([shard]), empty)
     commit_shard(store, "other", 1, "a1-x", _images([1]), empty)
     (tmp_path / "_commits" / "notes.txt").write_text("not a marker")
+    # Unreadable markers sort first and in between: each is skipped, the rest still read.
+    (tmp_path / "_commits" / "shard-000000.json").write_text("[1, 2]")
     (tmp_path / "_commits" / "shard-000004.json").write_text(json.dumps({"plan_id": "p", "shard_id": 4}))
-    (tmp_path / "_commits" / "shard-000005.json").write_text("[1, 2]")
     with caplog.at_level(logging.WARNING, logger="bmp_core.output.commits"):
         markers = committed_markers(store, "p")
-    assert list(markers) == [0, 2, 3]
+    assert list(markers) == [2, 3, 5]
     assert all(m.plan_id == "p" and m.shard_id == s for s, m in markers.items())
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "shard-000004.json" in warned and "shard-000005.json" in warned and "notes.txt" not in warned
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all(w.startswith("ignoring unreadable commit marker _commits/shard-00000")
+                                    for w in warned)
+    assert warned[1].endswith("shard-000004.json: 'attempt_id'")  # the reason: the first missing field
 
 
 def test_a_marker_without_optional_fields_still_reads(tmp_path: Path) -> None:
