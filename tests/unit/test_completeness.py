@@ -178,3 +178,34 @@ def test_check_complete_of_tars_counts_each_tars_images() -> None:
         check_complete(plan, pa.table({"image_id": pa.array(good, pa.int64())}))
     with pytest.raises(OutputStateError, match=r"^1 of the 2 tars have no committed shard \(e.g. shard 1\)$"):
         check_complete(plan, pa.table({"image_id": pa.array(good, pa.int64())}), {0: markers[0]})
+
+
+def test_finalize_counts_the_people_and_coco_json_names_its_source(tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
+    from bmp_core.output.plan import load_plan
+    from tests.export_fixtures import Image, Person, box_mask, write_output
+
+    people = [Person(box_mask(48, 64, 2, 3, 20, 30)), Person(box_mask(48, 64, 30, 5, 60, 40))]
+    images = [Image("/in/a.jpg", people=people), Image("/in/b.jpg", error="decode"),
+              Image("/in/c.jpg", people=people[:1])]
+    uri = write_output(str(tmp_path / "out"), images, shard_size=2)
+    store = OutputStore(uri)
+    plan = load_plan(store)
+    counts = finalize_output(store, plan, keypoint_thr=0.3)
+    assert counts == FinalCounts(images=3, images_ok=2, images_error=1, instances=3, coco_images=2,
+                                 coco_annotations=3, orphan_parts_removed=0)
+    coco = COCO(str(tmp_path / "out" / "coco.json"))
+    by_name = {img["file_name"]: len(coco.getAnnIds(imgIds=[img["id"]])) for img in coco.loadImgs(coco.getImgIds())}
+    assert by_name == {"/in/a.jpg": 2, "/in/c.jpg": 1}
+    info = json.loads((tmp_path / "out" / "coco.json").read_text())["info"]
+    assert info["source"] == store.uri and info["plan_id"] == plan.plan_id
+
+
+def test_finalize_logs_how_many_orphan_parts_it_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, plan = _listed_output(tmp_path, 2)
+    commit_shard(store, plan.plan_id, 0, "a0-old", _images([0, 1]), INSTANCES_SCHEMA.empty_table())
+    commit_shard(store, plan.plan_id, 0, "a1-new", _images([0, 1]), INSTANCES_SCHEMA.empty_table())
+    with caplog.at_level(logging.INFO, logger="jobs.finalize"):
+        assert finalize_output(store, plan, keypoint_thr=0.3).orphan_parts_removed == 2
+    assert "removed 2 part(s) of failed or duplicate attempts" in [r.getMessage() for r in caplog.records]
