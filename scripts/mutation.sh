@@ -42,7 +42,7 @@ declare -A TESTS=(
 )
 # module -> a pytest -k expression deselecting the slow tests of those files.
 declare -A DESELECT=(
-    [bmp_core/models/checkpoints.py]="not (reproduce or published or builder or vitpose or person_only or one_renamed or s3)"
+    [bmp_core/models/checkpoints.py]="not (test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models or test_a_renamed_key_fails_loudly_through_the_builder or test_published_layouts_load_strictly_into_bmp_d3_with_the_default_settings or test_vitpose_multi_layout_is_the_maskpose_network or test_one_renamed_key_or_one_changed_shape_is_refused_naming_it or test_a_person_only_rtmdet_layout_gets_the_num_classes_hint or test_s3_download_through_moto)"
 )
 # The order the modules were prioritised in (what a wrong result there costs), for "all" and --list.
 ORDER=(

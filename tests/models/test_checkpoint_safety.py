@@ -98,7 +98,7 @@ def test_the_safe_loader_stays_safe_when_the_environment_turns_full_unpickling_o
     assert not marker.exists()
 
 
-def test_the_published_mmengine_format_loads_safely_and_quietly(tmp_path: Path) -> None:
+def test_mmengine_checkpoints_as_released_load_safely_and_quietly(tmp_path: Path) -> None:
     """numpy 1.x's names (``numpy.core.multiarray``), numpy scalars and arrays, mmengine's HistoryBuffer and
     its statistics methods through ``getattr``: all on the allow-list, read without a full unpickle and
     without numpy's deprecation warning for the old module name."""
@@ -131,7 +131,7 @@ def test_numpy_object_and_structured_arrays_are_refused(tmp_path: Path, dtype: A
 
 
 @pytest.mark.parametrize("name", ["mean", "min", "max", "current", "__init__", "__class__"])
-def test_getattr_is_allowed_only_for_the_history_buffer_statistics(tmp_path: Path, name: str) -> None:
+def test_getattr_is_allowed_only_for_the_history_buffer_statistics(tmp_path: Path, name: str, caplog: Any) -> None:
     pytest.importorskip("mmengine")
     from mmengine.logging.history_buffer import HistoryBuffer
 
@@ -142,11 +142,15 @@ def test_getattr_is_allowed_only_for_the_history_buffer_statistics(tmp_path: Pat
         return
     with pytest.raises(CheckpointError) as err:
         load_state_dict(tmp_path / "f.pth")
-    # The refusal says which call, whole, on one line.
+    # The refusal says which call, whole, on one line ...
     message = str(err.value)
-    assert re.search(rf"the file asks for getattr\(<class '[\w.]*HistoryBuffer'>, '{name}'\) is not on the "
-                     r"allow-list, which unpickling", message), message
+    call = rf"getattr\(<class '[\w.]*HistoryBuffer'>, '{name}'\) is not on the allow-list"
+    assert re.search(rf"the file asks for {call}, which unpickling", message), message
     assert "\n" not in message
+    # ... and so does the warning of an opted-in full unpickle.
+    with caplog.at_level("WARNING", logger="bmp_core.models.checkpoints"):
+        assert sorted(load_state_dict(tmp_path / "f.pth", allow_pickle=True)) == ["w"]
+    assert any(re.search(rf"\(it asks for {call}\); unpickling it FULLY", r.getMessage()) for r in caplog.records)
 
 
 def test_getattr_on_another_class_is_refused(tmp_path: Path) -> None:
@@ -173,6 +177,19 @@ def test_the_refusal_names_the_globals_and_its_conversion_command_works(tmp_path
     path, new_path = file, tmp_path / "converted.pth"  # noqa: F841 - the names the command uses
     eval(command.group(0).rstrip("."), {"torch": torch, "path": path, "new_path": new_path})
     assert torch.equal(load_state_dict(new_path)["w"], sd["w"])
+
+
+def test_a_legacy_format_file_is_refused_naming_the_global(tmp_path: Path) -> None:
+    """torch's pre-1.6 (non-zip) format: torch cannot list its globals, its own refusal names the one met."""
+    file = tmp_path / "legacy.pth"
+    torch.save({"meta": {"x": _Opaque()}, "state_dict": {"w": torch.ones(1)}}, file,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict(file)
+    assert re.search(rf"the file asks for Unsupported global: GLOBAL {__name__}._Opaque was not an allowed global",
+                     str(err.value)), str(err.value)
+    torch.save({"state_dict": {"w": torch.ones(1)}}, file, _use_new_zipfile_serialization=False)
+    assert sorted(load_state_dict(file)) == ["w"]
 
 
 def test_the_full_unpickle_warning_names_what_the_file_asks_for(tmp_path: Path, caplog: Any) -> None:
@@ -244,7 +261,7 @@ def test_load_strict_copies_every_value_into_the_model() -> None:
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_a_person_only_head_gets_the_num_classes_hint() -> None:
+def test_a_one_class_head_gets_the_num_classes_hint() -> None:
     person_only = _Rtm(num_classes=1).state_dict()
     with pytest.raises(CheckpointError) as err:
         load_strict(_Rtm(), person_only, "detector")
@@ -261,10 +278,13 @@ def test_a_person_only_head_gets_the_num_classes_hint() -> None:
         load_strict(_Rtm(), dict(person_only, **{"bbox_head.extra.weight": torch.ones(1, 8, 1, 1)}), "detector")
 
 
-@pytest.mark.parametrize("case", ["wider_neck", "levels_disagree", "reg_mis_shaped"])
+@pytest.mark.parametrize("case", ["wider_neck", "levels_disagree", "reg_mis_shaped", "no_head"])
 def test_no_class_count_hint_when_the_head_is_not_the_difference(case: str) -> None:
-    sd = dict(_Rtm().state_dict())
-    if case == "wider_neck":  # only the (1-D) normalisation differs
+    model = _Rtm()
+    sd = dict(model.state_dict())
+    if case == "no_head":  # another network (no rtm_cls) with a wider norm layer
+        model, sd = torch.nn.BatchNorm1d(8), dict(torch.nn.BatchNorm1d(16).state_dict())
+    elif case == "wider_neck":  # only the (1-D) normalisation differs
         sd["neck.weight"], sd["neck.bias"] = torch.ones(16), torch.zeros(16)
     elif case == "levels_disagree":
         sd["bbox_head.rtm_cls.0.weight"] = torch.ones(1, 8, 1, 1)
@@ -272,7 +292,7 @@ def test_no_class_count_hint_when_the_head_is_not_the_difference(case: str) -> N
     else:  # a 4-D .weight outside rtm_cls
         sd["bbox_head.rtm_reg.0.weight"] = torch.ones(1, 8, 1, 1)
     with pytest.raises(CheckpointError) as err:
-        load_strict(_Rtm(), sd, "detector")
+        load_strict(model, sd, "detector")
     message = str(err.value)
     assert "num_classes" not in message and "classes:" not in message
     assert re.search(r"vs model \([0-9, ]+\)\. Check that the config names the architecture", message), message
