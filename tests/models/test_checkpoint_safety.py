@@ -273,9 +273,9 @@ def test_a_one_class_head_gets_the_num_classes_hint() -> None:
         "The checkpoint's detector head has 1 classes: set models.detector.num_classes: 1. "
         "Check that the config names the architecture this checkpoint was trained with."
     )
-    # With an extra key besides: still the hint (only keys both sides have are compared).
+    # With a level the model lacks besides: still the hint (only keys both sides have are compared).
     with pytest.raises(CheckpointError, match="set models.detector.num_classes: 1"):
-        load_strict(_Rtm(), dict(person_only, **{"bbox_head.extra.weight": torch.ones(1, 8, 1, 1)}), "detector")
+        load_strict(_Rtm(), dict(person_only, **{"bbox_head.rtm_cls.3.weight": torch.ones(1, 8, 1, 1)}), "detector")
 
 
 @pytest.mark.parametrize("case", ["wider_neck", "levels_disagree", "reg_mis_shaped", "no_head"])
@@ -394,16 +394,21 @@ def test_the_hub_token_goes_to_the_hub_only(served: Any, tmp_path: Path, monkeyp
     monkeypatch.delenv("HF_TOKEN")
     assert resolve_checkpoint("hf://o/r/w.pth", tmp_path / "cache2").read_bytes() == b"hub"
     assert "Authorization" not in handler.seen[-1][1]
+    # No HF_ENDPOINT: the Hub is huggingface.co, so a token never goes to this server.
+    monkeypatch.setenv("HF_TOKEN", "secret-token")
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert resolve_checkpoint(f"{base}/plain.pth", tmp_path / "cache3").read_bytes() == b"plain"
+    assert "Authorization" not in handler.seen[-1][1]
 
 
 def test_a_slow_server_fails_after_the_timeout(served: Any, tmp_path: Path) -> None:
     base, root, handler = served
     (root / "w.pth").write_bytes(b"w")
-    handler.delay_s = 2.0
+    handler.delay_s = 1.0
     start = time.monotonic()
     with pytest.raises(CheckpointError, match=rf"could not download checkpoint {base}/w.pth: \w*Timeout\w*: "):
-        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache", timeout_s=0.3)
-    assert time.monotonic() - start < 1.9
+        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache", timeout_s=0.2)
+    assert time.monotonic() - start < 0.9
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
 
 
@@ -441,8 +446,63 @@ def test_unsupported_schemes_and_uppercase_digests(tmp_path: Path) -> None:
     f.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
     assert resolve_checkpoint(str(f), tmp_path / "cache", sha256=digest.upper()) == f
-    with pytest.raises(CheckpointError, match=rf"sha256 mismatch: expected {'a' * 64}, got {digest}$"):
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(f))}: sha256 mismatch: expected {'a' * 64}, "
+                       rf"got {digest}$"):
         resolve_checkpoint(f"file://{f}", tmp_path / "cache", sha256="A" * 64)
+    odd = tmp_path / "w#1;v=2?.pth"  # URL delimiters in a plain path are part of the file name
+    odd.write_bytes(b"odd")
+    assert resolve_checkpoint(str(odd), tmp_path / "cache") == odd
+    # Every remote scheme is accepted (offline: not cached, rather than unsupported).
+    for uri in ("https://h/w.pth", "http://h/w.pth", "s3://b/w.pth", "hf://o/r/w.pth"):
+        with pytest.raises(CheckpointError, match=r"^offline and checkpoint .* is not cached at .*"
+                           r"or point the config at a local path or an s3:// copy the cluster can read\.$"):
+            resolve_checkpoint(uri, tmp_path / "cache", offline=True)
     big = tmp_path / "big.pth"
     big.write_bytes(b"x" * ((1 << 20) + 5))  # more than one read chunk
     assert resolve_checkpoint(str(big), tmp_path, sha256=hashlib.sha256(big.read_bytes()).hexdigest()) == big
+
+
+def test_a_download_is_written_beside_its_target_and_renamed_whole(served: Any, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """While the bytes arrive they are in ``<name>.<random>.part`` in the target's folder, never at the
+    target's name (a reader never sees half a file); a wrong digest leaves neither."""
+    base, root, handler = served
+    payload = os.urandom(300_000)
+    (root / "w.pth").write_bytes(payload)
+    cache = tmp_path / "cache"
+    target = cache_path_for(f"{base}/w.pth", cache)
+    seen_while_downloading: list[list[str]] = []
+    import urllib.request
+
+    real_urlopen = urllib.request.urlopen
+
+    class _Watch:
+        def __init__(self, response: Any) -> None:
+            self.response = response
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.response.close()
+
+        def read(self, n: int = -1) -> bytes:
+            seen_while_downloading.append(sorted(p.name for p in target.parent.iterdir()))
+            return self.response.read(n)
+
+    def watching(*args: Any, **kwargs: Any) -> Any:
+        return _Watch(real_urlopen(*args, **kwargs))
+
+    import unittest.mock
+
+    with unittest.mock.patch("urllib.request.urlopen", watching), caplog.at_level("INFO",
+                                                                                  logger="bmp_core.models.checkpoints"):
+        assert resolve_checkpoint(f"{base}/w.pth", cache).read_bytes() == payload
+    assert seen_while_downloading
+    for names in seen_while_downloading:
+        parts = [n for n in names if n.endswith(".part")]
+        assert "w.pth" not in names and len(parts) == 1 and parts[0].startswith("w.pth."), names
+    assert sorted(p.name for p in target.parent.iterdir()) == ["w.pth", "w.pth.lock"]
+    assert f"downloading checkpoint {base}/w.pth -> {target}" in [r.getMessage() for r in caplog.records]
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(base)}/w.pth: sha256 mismatch"):
+        resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache2", sha256="0" * 64)
