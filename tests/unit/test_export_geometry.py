@@ -1,0 +1,100 @@
+"""COCO export geometry and fields as pycocotools reads them: where each box is, which keypoints are
+labeled, what an ignore region holds, and the scores a labeling tool shows.
+
+Written for mutation testing of ``bmp_core/output/export/coco.py`` (docs/development.md "Mutation
+testing"); the outputs are hand-built (tests/export_fixtures.py) and exported through ``export_output``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from bmp_core.coco_meta import KEYPOINT_NAMES
+from bmp_core.output.export.policy import ExportPolicy
+from bmp_core.output.export.run import ExportOptions, export_output
+from tests.export_fixtures import Image, Person, box_mask, default_keypoints, write_output
+
+H, W = 48, 64
+
+
+def _export(tmp_path: Path, people: list[Person], policy: ExportPolicy, **options: object) -> COCO:
+    src = write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=people)], shard_size=4)
+    export_output(src, str(tmp_path / "export"), "coco", policy, ExportOptions(**options))  # type: ignore[arg-type]
+    return COCO(str(tmp_path / "export" / "train.json"))
+
+
+def _by_area(coco: COCO) -> list[dict]:
+    return sorted(coco.loadAnns(coco.getAnnIds()), key=lambda a: a["area"])
+
+
+def test_an_empty_mask_keeps_its_detector_box_and_the_others_their_mask_box(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 10, 5, 30, 25)
+    det = (10.126, 5.333, 40.777, 30.5)  # the detector box differs from the mask's on purpose
+    empty = Person(np.zeros((H, W), bool), box_xyxy=det, keypoints=default_keypoints(mask))
+    solid = Person(mask, box_xyxy=(0.0, 0.0, 50.0, 40.0))
+    coco = _export(tmp_path, [solid, empty], ExportPolicy())
+    first, second = _by_area(coco)
+    assert first["area"] == 0 and coco.annToMask(first).sum() == 0
+    np.testing.assert_allclose(first["bbox"], [det[0], det[1], det[2] - det[0], det[3] - det[1]], atol=0.005)
+    assert second["bbox"] == [10, 5, 20, 20]  # the mask's tight box, not the detector's
+    assert coco.annToMask(second).astype(bool).tolist() == mask.tolist()
+
+
+def test_keypoints_at_the_threshold_are_labeled_and_below_it_are_not(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 4, 4, 40, 40)
+    kp = default_keypoints(mask, 0.5)
+    kp[:5, 2] = 0.25  # five below the threshold
+    kp[5:8, 2] = 0.75
+    coco = _export(tmp_path, [Person(mask, keypoints=kp)], ExportPolicy(keypoint_thr=0.5))
+    (ann,) = coco.loadAnns(coco.getAnnIds())
+    triples = np.asarray(ann["keypoints"], np.float64).reshape(17, 3)
+    assert triples[:5].tolist() == [[0, 0, 0]] * 5
+    assert triples[5:, 2].tolist() == [2] * 12 and ann["num_keypoints"] == 12
+    np.testing.assert_allclose(triples[5:, :2], kp[5:, :2], atol=0.005)
+
+
+def test_an_ignore_region_is_a_crowd_without_keypoints(tmp_path: Path) -> None:
+    unsure = Person(box_mask(H, W, 2, 2, 20, 20), det_score=0.4, pose_score=0.7, sam_score=0.6)
+    sure = Person(box_mask(H, W, 30, 2, 60, 40), det_score=0.9, pose_score=0.8, sam_score=0.95)
+    coco = _export(tmp_path, [unsure, sure], ExportPolicy(min_det_score=0.5))
+    crowd, kept = _by_area(coco)
+    assert (crowd["iscrowd"], crowd["num_keypoints"], crowd["keypoints"]) == (1, 0, [0] * 51)
+    assert coco.annToMask(crowd).astype(bool).tolist() == unsure.mask.tolist()
+    assert (kept["iscrowd"], kept["num_keypoints"]) == (0, 17)
+    for ann, person in ((crowd, unsure), (kept, sure)):
+        assert ann["score"] == pytest.approx(person.pose_score, abs=1e-6)
+        assert ann["det_score"] == pytest.approx(person.det_score, abs=1e-6)
+        assert ann["sam_score"] == pytest.approx(person.sam_score, abs=1e-6)
+
+
+def test_a_dropped_person_does_not_hide_the_next_one(tmp_path: Path) -> None:
+    dropped = Person(np.zeros((H, W), bool), det_score=0.1, box_xyxy=(1.0, 1.0, 5.0, 5.0))  # unsure and empty
+    kept = Person(box_mask(H, W, 30, 2, 60, 40))
+    coco = _export(tmp_path, [dropped, kept], ExportPolicy(min_det_score=0.5))
+    (ann,) = coco.loadAnns(coco.getAnnIds())
+    assert coco.annToMask(ann).astype(bool).tolist() == kept.mask.tolist()
+
+
+def test_the_person_category_and_the_files_head(tmp_path: Path) -> None:
+    coco = _export(tmp_path, [Person(box_mask(H, W, 4, 4, 40, 40))], ExportPolicy())
+    assert coco.getCatIds() == [1]
+    (cat,) = coco.loadCats([1])
+    assert cat["name"] == "person" and cat["keypoints"] == list(KEYPOINT_NAMES)
+    head = json.loads((tmp_path / "export" / "train.json").read_text())
+    assert head["info"]["description"] == "BMP pseudo-labels (bmp-label)" and head["licenses"] == []
+
+
+def test_polygon_segmentation_fills_back_to_the_mask(tmp_path: Path) -> None:
+    ell = box_mask(H, W, 5, 5, 15, 40) | box_mask(H, W, 5, 30, 40, 40)  # not convex
+    tiny = box_mask(H, W, 50, 2, 51, 3)  # one pixel
+    coco = _export(tmp_path, [Person(ell), Person(tiny)], ExportPolicy(), coco_segmentation="polygon",
+                   polygon_tolerance_px=0.0)
+    small, large = _by_area(coco)
+    assert isinstance(large["segmentation"], list) and len(large["segmentation"]) == 1
+    assert coco.annToMask(large).astype(bool).tolist() == ell.tolist()
+    assert coco.annToMask(small).astype(bool).tolist() == tiny.tolist()
