@@ -342,7 +342,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Recorder]]]:
     root.mkdir()
     handler = type("Handler", (_Recorder,), {"seen": [], "delay_s": 0.0})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
     finally:
