@@ -98,3 +98,37 @@ def test_polygon_segmentation_fills_back_to_the_mask(tmp_path: Path) -> None:
     assert isinstance(large["segmentation"], list) and len(large["segmentation"]) == 1
     assert coco.annToMask(large).astype(bool).tolist() == ell.tolist()
     assert coco.annToMask(small).astype(bool).tolist() == tiny.tolist()
+
+
+def _three_shards(tmp_path: Path) -> str:
+    people = [Person(box_mask(H, W, 2, 2, 20, 20), det_score=0.4), Person(box_mask(H, W, 30, 2, 60, 40))]
+    images = [Image(f"/in/{i}.jpg", W, H, people=people) for i in range(6)]
+    return write_output(str(tmp_path / "out"), images, shard_size=2)
+
+
+def test_annotation_ids_count_from_one_and_the_index_counts_ignore_regions(tmp_path: Path) -> None:
+    src = _three_shards(tmp_path)
+    export_output(src, str(tmp_path / "export"), "coco", ExportPolicy(min_det_score=0.5),
+                  ExportOptions(images_per_file=4))
+    index = json.loads((tmp_path / "export" / "index.json").read_text())
+    ids, crowds = [], []
+    for entry in index["files"]:
+        coco = COCO(str(tmp_path / "export" / entry["file"]))
+        ids += sorted(coco.getAnnIds())
+        crowds.append(len(coco.getAnnIds(iscrowd=True)))
+        assert entry["split"] == "train"
+        # Every file names its source and the policy it was made with.
+        info = coco.dataset["info"]
+        assert info["description"] == "BMP pseudo-labels (bmp-label)" and info["source"] == src
+        assert info["policy"]["min_det_score"] == 0.5
+    assert ids == list(range(1, 13))
+    assert [e["ignore_regions"] for e in index["files"]] == crowds == [4, 2]
+
+
+def test_a_failed_export_leaves_no_half_written_coco_file(tmp_path: Path) -> None:
+    src = _three_shards(tmp_path)
+    (part,) = (Path(src) / "instances").glob("shard-000002-*.parquet")
+    part.unlink()  # the last shard cannot be read: the export fails after writing two shards
+    with pytest.raises(FileNotFoundError):
+        export_output(src, str(tmp_path / "export"), "coco", ExportPolicy(), ExportOptions())
+    assert sorted(p.name for p in (tmp_path / "export").rglob("*.json*")) == []
