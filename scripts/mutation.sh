@@ -120,10 +120,15 @@ EOF
     echo "== $module  (tests: ${selection[*]}; budget ${BUDGET_S} s, $JOBS jobs)"
     start=$(date +%s)
     set +e
-    # PYTHONPATH cleared: the tests must import the mutated copy, never the checkout.
-    (cd "$work" && PYTHONPATH= timeout "$BUDGET_S" nice -n 10 "$VENV/bin/mutmut" run --max-children "$JOBS" \
-        >"$work/mutmut-run.log" 2>&1)
+    # PYTHONPATH cleared: the tests must import the mutated copy, never the checkout. timeout runs in its
+    # own process group: stopping this script (Ctrl-C, kill) stops that group, mutmut's workers included.
+    (cd "$work" && PYTHONPATH= exec timeout "$BUDGET_S" nice -n 10 "$VENV/bin/mutmut" run --max-children "$JOBS" \
+        >"$work/mutmut-run.log" 2>&1) &
+    runner=$!
+    trap 'kill -- -"$runner" 2>/dev/null; exit 130' INT TERM
+    wait "$runner"
     rc=$?
+    trap - INT TERM
     set -e
     elapsed=$(( $(date +%s) - start ))
     if [[ $rc == 124 ]]; then
