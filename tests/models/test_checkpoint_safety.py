@@ -506,3 +506,27 @@ def test_a_download_is_written_beside_its_target_and_renamed_whole(served: Any, 
     assert f"downloading checkpoint {base}/w.pth -> {target}" in [r.getMessage() for r in caplog.records]
     with pytest.raises(CheckpointError, match=rf"^{re.escape(base)}/w.pth: sha256 mismatch"):
         resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache2", sha256="0" * 64)
+
+
+def test_s3_storage_options_reach_the_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint given as ``storage_options`` (not through AWS_ENDPOINT_URL) is the one used."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                           AWS_DEFAULT_REGION="us-east-1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="bmp-options")
+        client.put_object(Bucket="bmp-options", Key="k/sam.pt", Body=b"by option")
+        path = resolve_checkpoint("s3://bmp-options/k/sam.pt", tmp_path / "cache",
+                                  storage_options={"endpoint_url": endpoint})
+        assert path.read_bytes() == b"by option"
+    finally:
+        server.stop()
