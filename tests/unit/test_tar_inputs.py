@@ -128,7 +128,7 @@ def test_a_cut_in_a_sidecar_ends_the_stream_with_a_warning_naming_where(tmp_path
     (message,) = [r.getMessage() for r in caplog.records]
     size = cut.stat().st_size
     assert message.startswith(f"tar {cut} is cut short after byte {side_end} of {size} (")
-    assert message.endswith("): nothing after it is read") and "()" not in message
+    assert message.endswith(" end of data): nothing after it is read")  # tarfile's own reason
 
 
 def test_reading_one_member_back_and_a_missing_one(tmp_path: Path) -> None:
