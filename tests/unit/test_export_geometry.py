@@ -92,12 +92,17 @@ def test_the_person_category_and_the_files_head(tmp_path: Path) -> None:
 def test_polygon_segmentation_fills_back_to_the_mask(tmp_path: Path) -> None:
     ell = box_mask(H, W, 5, 5, 15, 40) | box_mask(H, W, 5, 30, 40, 40)  # not convex
     tiny = box_mask(H, W, 50, 2, 51, 3)  # one pixel
-    coco = _export(tmp_path, [Person(ell), Person(tiny)], ExportPolicy(), coco_segmentation="polygon",
-                   polygon_tolerance_px=0.0)
-    small, large = _by_area(coco)
+    yy, xx = np.mgrid[:H, :W]
+    disk = (yy - 24) ** 2 + (xx - 50) ** 2 <= 8**2  # curved: any simplification loses pixels
+    empty = np.zeros((H, W), bool)  # no polygon: its (empty) RLE stays
+    coco = _export(tmp_path, [Person(ell), Person(tiny), Person(disk), Person(empty, box_xyxy=(1.0, 1.0, 4.0, 4.0))],
+                   ExportPolicy(), coco_segmentation="polygon", polygon_tolerance_px=0.0)
+    nothing, small, round_, large = _by_area(coco)
     assert isinstance(large["segmentation"], list) and len(large["segmentation"]) == 1
     assert coco.annToMask(large).astype(bool).tolist() == ell.tolist()
     assert coco.annToMask(small).astype(bool).tolist() == tiny.tolist()
+    assert coco.annToMask(round_).astype(bool).tolist() == disk.tolist()  # tolerance 0: exact
+    assert isinstance(nothing["segmentation"], dict) and coco.annToMask(nothing).sum() == 0
 
 
 def _three_shards(tmp_path: Path) -> str:
