@@ -159,3 +159,39 @@ def test_parts_from_before_a_nullable_column_read_with_nulls(tmp_path: Path, out
     assert got.images.column("container_uri").null_count == got.images.num_rows
     assert json.dumps(got.images.drop_columns(["container_uri"]).to_pydict()) == json.dumps(old.to_pydict())
     assert isinstance(got.images, pa.Table)
+
+
+def test_an_output_whose_images_have_no_people_yet(tmp_path: Path, output: tuple[str, list[Image]]) -> None:
+    """Parts of ``images`` only (a folder of parts without any ``instances``): empty tables of the right
+    columns, and no people for any image."""
+    uri, _ = output
+    full = load_output(uri)
+    hand = tmp_path / "no_people"
+    (hand / "images").mkdir(parents=True)
+    pq.write_table(full.images, hand / "images" / "p.parquet")
+    for full_instances, names in ((True, INSTANCES_SCHEMA.names), (False, list(SUMMARY_INSTANCE_COLUMNS))):
+        got = load_output(str(hand), full_instances=full_instances)
+        assert got.instances.num_rows == 0 and got.instances.column_names == names
+        assert got.instances_of(1).num_rows == 0 and got.instances_of(1).schema.equals(INSTANCES_SCHEMA)
+
+
+def test_parts_of_a_failed_attempt_are_not_read(output: tuple[str, list[Image]]) -> None:
+    """Before the end-of-job clean-up, a shard's earlier attempt leaves parts no marker names."""
+    from bmp_core.output.tables import ImageRow, images_table
+
+    uri, _ = output
+    store = OutputStore(uri)
+    before = load_output(uri)
+    stale = images_table([ImageRow(0, "/in/0.jpg", error="old attempt"), ImageRow(1, "/in/1.jpg")], shard_id=0)
+    store.write_table("images/shard-000000-a0-stale.parquet", stale)
+    store.write_table("instances/shard-000000-a0-stale.parquet", INSTANCES_SCHEMA.empty_table())
+    got = load_output(uri)
+    assert got.images.column("image_id").to_pylist() == list(range(5))  # once each
+    assert got.images.to_pydict() == before.images.to_pydict()
+
+
+@pytest.mark.parametrize("size", [(1, 3), (3, 1)])
+def test_read_image_rgb_reads_any_image_the_job_accepted(tmp_path: Path, size: tuple[int, int]) -> None:
+    rgb = np.arange(size[0] * size[1] * 3, dtype=np.uint8).reshape(*size, 3)
+    PILImage.fromarray(rgb).save(tmp_path / "thin.png")
+    assert np.array_equal(read_image_rgb(str(tmp_path / "thin.png")), rgb)
