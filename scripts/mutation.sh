@@ -63,7 +63,7 @@ while [[ $# -gt 0 ]]; do
         --venv) VENV="$2"; shift 2 ;;
         --budget) BUDGET_S="$2"; shift 2 ;;
         --jobs) JOBS="$2"; shift 2 ;;
-        --list) for m in "${ORDER[@]}"; do echo "$m: ${TESTS[$m]}"; done; exit 0 ;;
+        --list) for m in "${ORDER[@]}"; do echo "$m: ${TESTS[$m]}${DESELECT[$m]:+ -k \"${DESELECT[$m]}\"}"; done; exit 0 ;;
         -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         all) MODULES+=("${ORDER[@]}"); shift ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
