@@ -137,3 +137,71 @@ def test_a_failed_export_leaves_no_half_written_coco_file(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError):
         export_output(src, str(tmp_path / "export"), "coco", ExportPolicy(), ExportOptions())
     assert sorted(p.name for p in (tmp_path / "export").rglob("*.json*")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# YOLO: the label lines read back by the format's documented rules (class, then x/y normalised by the
+# image width/height: pose ``cx cy w h`` + 17 ``x y v``; seg one polygon ``x1 y1 x2 y2 ...``)
+
+
+def _yolo(tmp_path: Path, people: list[Person], kind: str, policy: ExportPolicy | None = None
+          ) -> tuple[list[list[float]], dict]:
+    src = write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=people)], shard_size=4)
+    dest = tmp_path / "yolo"
+    export_output(src, str(dest), f"yolo-{kind}", policy or ExportPolicy(), ExportOptions(link="list"))
+    (label_file,) = (dest / "labels" / "train").glob("*.txt")
+    rows = [[float(v) for v in line.split()] for line in label_file.read_text().splitlines()]
+    assert all(row[0] == 0 for row in rows)  # class 0: person
+    return [row[1:] for row in rows], json.loads((dest / "export.json").read_text())
+
+
+def _pixels(row: list[float]) -> np.ndarray:
+    return np.asarray(row[:4]) * [W, H, W, H]
+
+
+def test_yolo_pose_boxes_are_clipped_to_the_image_and_empty_ones_left_out(tmp_path: Path) -> None:
+    nothing = np.zeros((H, W), bool)
+    over_every_edge = Person(nothing, box_xyxy=(-5.0, -3.0, W + 7.0, H + 2.0))
+    right_of_image = Person(nothing, box_xyxy=(W + 1.0, 5.0, W + 9.0, 20.0))  # width 0 once clipped
+    below_image = Person(nothing, box_xyxy=(5.0, H + 1.0, 20.0, H + 9.0))  # height 0 once clipped
+    inside = Person(box_mask(H, W, 10, 5, 30, 25))
+    rows, _ = _yolo(tmp_path, [over_every_edge, right_of_image, below_image, inside], "pose")
+    assert len(rows) == 2
+    boxes = sorted(_pixels(r).round(3).tolist() for r in rows)
+    assert boxes == [[20.0, 15.0, 20.0, 20.0], [W / 2, H / 2, W, H]]  # (cx, cy, w, h) in pixels
+
+
+def test_yolo_pose_keypoints_on_the_border_count_and_outside_do_not(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 4, 4, 40, 40)
+    kp = default_keypoints(mask, 0.8)
+    kp[0, :2] = (0, 10)
+    kp[1, :2] = (W, 10)
+    kp[2, :2] = (10, 0)
+    kp[3, :2] = (10, H)
+    kp[4, :2] = (-0.5, 10)
+    kp[5, :2] = (W + 0.5, 10)
+    kp[6, :2] = (10, -0.5)
+    kp[7, :2] = (10, H + 0.5)
+    kp[8, 2] = 0.5  # at the threshold: labeled
+    kp[9, 2] = 0.49
+    (row,), _ = _yolo(tmp_path, [Person(mask, keypoints=kp)], "pose", ExportPolicy(keypoint_thr=0.5))
+    triples = np.asarray(row[4:]).reshape(17, 3)
+    assert triples[:, 2].tolist() == [2, 2, 2, 2, 0, 0, 0, 0, 2, 0] + [2] * 7
+    np.testing.assert_allclose(triples[:4, :2] * [W, H], kp[:4, :2], atol=1e-3)
+    assert triples[4:8, :2].tolist() == [[0, 0]] * 4 and triples[9, :2].tolist() == [0, 0]
+
+
+def test_yolo_of_an_image_without_people_is_an_empty_label_file(tmp_path: Path) -> None:
+    for kind in ("pose", "seg"):
+        rows, manifest = _yolo(tmp_path / kind, [], kind)
+        assert rows == [] and manifest["counts"]["images"]["train"] == 1
+
+
+def test_yolo_seg_skips_an_empty_mask_and_keeps_the_next_person(tmp_path: Path) -> None:
+    solid = box_mask(H, W, 30, 10, W, H)  # touches the right and bottom edges
+    rows, manifest = _yolo(tmp_path, [Person(np.zeros((H, W), bool), box_xyxy=(1.0, 1.0, 5.0, 5.0)), Person(solid)],
+                           "seg")
+    (poly,) = rows
+    xy = np.asarray(poly).reshape(-1, 2) * [W, H]
+    assert xy.min(axis=0).round(3).tolist() == [30, 10] and xy.max(axis=0).round(3).tolist() == [W, H]
+    assert manifest["counts"]["format_dropped"]["empty_masks"] == 1
