@@ -8,7 +8,7 @@ Usage:
 Both models have random weights (seeded) and the same ViT trunk; v1 is the 21-channel heatmap head
 (``MaskPoseEstimator``, DARK with ``inv``), v2 the 23-channel ProbPose head (sparsemax heatmaps + presence,
 visibility and OKS branches on the backbone map, flip-averaged; DARK with ``pinv``). The input is
-adapter_stages.py's COCO-size case (``examples/images/000000000785.jpg``, 8 synthetic people with masks).
+tests/models/adapter_stages.py's COCO-size case (``examples/images/000000000785.jpg``, 8 synthetic people with masks).
 
 Rows (ms per image, min and median over ``--repeat`` runs, v1 and v2 interleaved run by run, one warm-up
 each), and v2/v1:
@@ -34,9 +34,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import adapter_stages  # benchmarks/ is not a package: imported from its folder, put on sys.path above
+from tests.models import adapter_stages  # noqa: E402  (the cases and stack check live with the parity tests)
 
 
 def build_pair(size: str, device: str) -> tuple[Any, Any]:
