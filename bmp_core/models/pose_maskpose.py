@@ -26,7 +26,7 @@ The plain ViTPose-b multi-dataset checkpoint is the same network: use ``mask_con
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -477,6 +477,27 @@ class MaskPoseEstimator:
             B ``PoseOutput``: (N_i, 17, 3) float32 ``(x, y, score)`` in original-image pixels; MaskPose
             predicts no presence / visibility (None).
         """
+        counts, crops, centers, scales = self.batch_crops(images_bgr, boxes_xyxy, masks)
+        if not counts:
+            return []
+        keypoints = np.zeros((sum(counts), NUM_KEYPOINTS, 3), np.float32)
+        if sum(counts):
+            heatmaps = self.heatmaps(crops)[:, :NUM_KEYPOINTS]  # 21 -> 17: COCO first
+            keypoints = self.decode(heatmaps, centers, scales)
+        return [PoseOutput(k) for k in np.split(keypoints, np.cumsum(counts)[:-1])]
+
+    def batch_crops(
+        self,
+        images_bgr: Sequence[np.ndarray],
+        boxes_xyxy: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray | None],
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """Every box's crop of a batch of images, as one batch for the network.
+
+        Returns:
+            (crops per image, (N, h, w, 3) uint8 BGR crops, (N, 2) crop centres, (N, 2) crop sizes); the
+            arrays are empty (None-free, length 0) when no image has a box.
+        """
         if not (len(images_bgr) == len(boxes_xyxy) == len(masks)):
             raise ValueError("images_bgr, boxes_xyxy and masks must have one entry per image")
         prepared = [
@@ -484,29 +505,29 @@ class MaskPoseEstimator:
             for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True)
         ]
         counts = [len(crops) for crops, _, _ in prepared]
-        if not prepared:
-            return []
-        keypoints = np.zeros((sum(counts), NUM_KEYPOINTS, 3), np.float32)
-        if sum(counts):
-            crops = np.concatenate([crops for crops, _, _ in prepared])
-            heatmaps = self.heatmaps(crops)[:, :NUM_KEYPOINTS]  # 21 -> 17: COCO first
-            centers = np.concatenate([c for _, c, _ in prepared])
-            scales = np.concatenate([s for _, _, s in prepared])
-            keypoints = self.decode(heatmaps, centers, scales)
-        return [PoseOutput(k) for k in np.split(keypoints, np.cumsum(counts)[:-1])]
+        if not sum(counts):
+            return counts, np.zeros((0,), np.uint8), np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+        crops = np.concatenate([crops for crops, _, _ in prepared])
+        centers = np.concatenate([c for _, c, _ in prepared])
+        scales = np.concatenate([s for _, _, s in prepared])
+        return counts, crops, centers, scales
 
     # -- model ---------------------------------------------------------------------------------
 
-    def heatmaps(self, crops_bgr: np.ndarray) -> np.ndarray:
-        """(N, K, h/4, w/4) float32 heatmaps of (N, h, w, 3) uint8 BGR crops, flip-averaged if enabled.
+    def forward_chunks(self, crops_bgr: np.ndarray) -> Iterator[tuple[int, Any]]:
+        """The head's raw output for each chunk of ``batch_size`` crops of (N, h, w, 3) uint8 BGR.
 
-        Each chunk of ``batch_size`` crops is uploaded as uint8 and normalised on the model's device. Under
-        ``precision`` bf16/fp16 only the backbone runs in autocast; the heatmap head runs in fp32.
+        Each chunk is uploaded as uint8 and normalised on the model's device; with ``flip_test`` its mirrored
+        crops go through the same forward (the output then holds 2n rows: plain, then mirrored). Under
+        ``precision`` bf16/fp16 only the backbone runs in autocast; the head runs in fp32: its outputs are
+        the keypoint scores, thresholded downstream (prompts, pose-NMS, COCO v), and bf16 keeps only ~3
+        significant digits of them.
+
+        Yields:
+            (n, head output) per chunk: n crops, the output in inference mode on the device.
         """
         import torch
-        from mmpose.models.utils.tta import flip_heatmaps
 
-        out = []
         bs = max(1, int(self.cfg.batch_size))
         for start in range(0, len(crops_bgr), bs):
             x = normalize_on_device(crops_bgr[start : start + bs], self.device)
@@ -516,9 +537,16 @@ class MaskPoseEstimator:
             with torch.inference_mode():
                 with autocast(self.device, self.precision):
                     feats = self.model.extract_feat(x)
-                # The head in fp32: its maxima are the keypoint scores, thresholded downstream (prompts,
-                # pose-NMS, COCO v), and bf16 keeps only ~3 significant digits of them.
-                hm = self.model.head.forward(tuple(f.float() for f in feats)).float()
+                out = self.model.head.forward(tuple(f.float() for f in feats))
+            yield n, out
+
+    def heatmaps(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(N, K, h/4, w/4) float32 heatmaps of (N, h, w, 3) uint8 BGR crops, flip-averaged if enabled."""
+        from mmpose.models.utils.tta import flip_heatmaps
+
+        out = []
+        for n, head_out in self.forward_chunks(crops_bgr):
+            hm = head_out.float()
             if self.cfg.flip_test:
                 flipped = flip_heatmaps(
                     hm[n:], flip_indices=self.flip_indices, flip_mode="heatmap", shift_heatmap=False

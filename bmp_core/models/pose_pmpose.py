@@ -31,12 +31,10 @@ import numpy as np
 
 from bmp_core.config import PoseModelConfig
 from bmp_core.models import _compat
-from bmp_core.models.device import autocast
 from bmp_core.models.pose_maskpose import (
     _VIT_ARCHS,
     MaskPoseEstimator,
     build_maskpose,
-    normalize_on_device,
     udp_codec_config,
     vit_backbone_config,
 )
@@ -231,13 +229,7 @@ class PMPoseEstimator(MaskPoseEstimator):
         masks: Sequence[np.ndarray | None],
     ) -> list[PoseOutput]:
         """17 COCO keypoints per box, with presence and visibility where the model predicts them."""
-        if not (len(images_bgr) == len(boxes_xyxy) == len(masks)):
-            raise ValueError("images_bgr, boxes_xyxy and masks must have one entry per image")
-        prepared = [
-            self.prepare_crops(image, boxes, image_masks)
-            for image, boxes, image_masks in zip(images_bgr, boxes_xyxy, masks, strict=True)
-        ]
-        counts = [len(crops) for crops, _, _ in prepared]
+        counts, crops, centers, scales = self.batch_crops(images_bgr, boxes_xyxy, masks)
         total = sum(counts)
         keypoints = np.zeros((total, NUM_KEYPOINTS, 3), np.float32)
         presence = visibility = None
@@ -245,9 +237,7 @@ class PMPoseEstimator(MaskPoseEstimator):
             presence = np.zeros((total, NUM_KEYPOINTS), np.float32)
             visibility = np.zeros((total, NUM_KEYPOINTS), np.float32)
         if total:
-            poses = self.crop_poses(np.concatenate([crops for crops, _, _ in prepared]))
-            centers = np.concatenate([c for _, c, _ in prepared])
-            scales = np.concatenate([s for _, _, s in prepared])
+            poses = self.crop_poses(crops)
             keypoints = self.decode(poses.heatmaps[:, :NUM_KEYPOINTS], centers, scales)  # COCO first
             if poses.oks is not None:
                 keypoints[..., 2] = poses.oks[:, :NUM_KEYPOINTS]  # the score: predicted OKS, not the maximum
@@ -276,16 +266,7 @@ class PMPoseEstimator(MaskPoseEstimator):
         from mmpose.models.utils.tta import flip_heatmaps
 
         heatmaps, scalars = [], []
-        bs = max(1, int(self.cfg.batch_size))
-        for start in range(0, len(crops_bgr), bs):
-            x = normalize_on_device(crops_bgr[start : start + bs], self.device)
-            n = len(x)
-            if self.cfg.flip_test:
-                x = torch.cat([x, x.flip(-1)])  # plain + mirrored crops in one forward
-            with torch.inference_mode():
-                with autocast(self.device, self.precision):
-                    feats = self.model.extract_feat(x)
-                out = self.model.head.forward(tuple(f.float() for f in feats))
+        for n, out in self.forward_chunks(crops_bgr):
             if isinstance(out, ProbPoseHeadOutput):
                 hm = out.heatmaps.float()
                 values = torch.stack([out.presence, out.visibility, out.oks]).float()  # (3, B, K)

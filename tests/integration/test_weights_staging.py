@@ -4,14 +4,11 @@ there. The tiny real models on CPU (configs/tiny_random.yaml) with a synthetic R
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -19,6 +16,7 @@ from bmp_core.config import load_config
 from bmp_core.models.checkpoints import cache_key, cache_path_for
 from bmp_core.testing.images import synthetic_people_bgr
 from jobs.ray_runner import RunOptions, run_job
+from tests.http_folder import RecordingHandler, serve_folder
 
 from .conftest import BUCKET
 
@@ -30,30 +28,13 @@ pytest.importorskip("sam2")
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    requests: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        type(self).requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture()
-def origin(tmp_path: Path) -> Iterator[tuple[str, Path, type[_CountingHandler]]]:
+def origin(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
     """(base URL, served folder, handler with .requests): the checkpoints' origin on 127.0.0.1."""
     root = tmp_path / "origin"
     root.mkdir()
-    handler = type("Handler", (_CountingHandler,), {"requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_folder(root) as (base, handler):
+        yield base, root, handler
 
 
 def test_two_workers_stage_each_checkpoint_once(ray_cluster: object, origin: Any, tmp_path: Path,

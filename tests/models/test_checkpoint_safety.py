@@ -9,18 +9,15 @@ functions and ``torch``'s own reader/writer.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
 import re
-import threading
 import time
 import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,20 +33,8 @@ from bmp_core.models.checkpoints import (
     load_strict,
     resolve_checkpoint,
 )
-
-
-class _RunsACommand:
-    """Pickles as a call of ``func(command)``: what a malicious checkpoint does on a full unpickle."""
-
-    def __init__(self, func: Any, command: str) -> None:
-        self.func, self.command = func, command
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (self.func, (self.command,))
-
-
-class _Opaque:
-    """A harmless custom class: not on the allow-list, so only a full unpickle can rebuild it."""
+from tests.http_folder import RecordingHandler, serve_folder  # noqa: E402
+from tests.models.pickle_payloads import Opaque, RunsACommand  # noqa: E402
 
 
 def _as_if_saved_on_cuda(src: Path, dst: Path) -> Path:
@@ -80,7 +65,7 @@ def test_a_gpu_saved_checkpoint_loads_onto_the_cpu(tmp_path: Path) -> None:
     got = load_state_dict(cuda_file)
     assert got["w"].device.type == "cpu" and torch.equal(got["w"], sd["w"])
     # The opt-in full unpickle lands on the CPU too.
-    torch.save({"meta": {"x": _Opaque()}, "state_dict": sd}, tmp_path / "b.pth")
+    torch.save({"meta": {"x": Opaque()}, "state_dict": sd}, tmp_path / "b.pth")
     got = load_state_dict(_as_if_saved_on_cuda(tmp_path / "b.pth", tmp_path / "cuda_b.pth"), allow_pickle=True)
     assert got["w"].device.type == "cpu" and torch.equal(got["w"], sd["w"])
 
@@ -92,7 +77,7 @@ def test_the_safe_loader_stays_safe_when_the_environment_turns_full_unpickling_o
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"
     file = tmp_path / "evil.pth"
-    torch.save({"meta": {"hook": _RunsACommand(os.system, f"touch {marker}")}, "state_dict": {}}, file)
+    torch.save({"meta": {"hook": RunsACommand(os.system, f"touch {marker}")}, "state_dict": {}}, file)
     with pytest.raises(CheckpointError, match="refused by the safe loader"):
         load_state_dict(file)
     assert not marker.exists()
@@ -163,12 +148,13 @@ def test_getattr_on_another_class_is_refused(tmp_path: Path) -> None:
 def test_the_refusal_names_the_globals_and_its_conversion_command_works(tmp_path: Path) -> None:
     sd = {"w": torch.arange(3.0)}
     file = tmp_path / "custom.pth"
-    torch.save({"meta": {"x": _Opaque(), "y": _RunsACommand(print, "hi")}, "state_dict": sd}, file)
+    torch.save({"meta": {"x": Opaque(), "y": RunsACommand(print, "hi")}, "state_dict": sd}, file)
     with pytest.raises(CheckpointError) as err:
         load_state_dict(file)
     message = str(err.value)
-    # (_RunsACommand pickles as the call it makes: print("hi"))
-    assert f"the file asks for builtins.print, {__name__}._Opaque, which unpickling would import or call" in message
+    # (RunsACommand pickles as the call it makes: print("hi"))
+    asked = f"the file asks for builtins.print, {Opaque.__module__}.Opaque, which unpickling would import or call"
+    assert asked in message
     assert "If you trust where the file comes from, set models.allow_pickle_checkpoints: true (full " in message
     # The command the message gives, run where the file is trusted, makes a file the safe loader reads.
     command = re.search(r"torch\.save\(torch\.load\(path, weights_only=False\)\['state_dict'\], new_path\)\.$",
@@ -182,23 +168,23 @@ def test_the_refusal_names_the_globals_and_its_conversion_command_works(tmp_path
 def test_a_legacy_format_file_is_refused_naming_the_global(tmp_path: Path) -> None:
     """torch's pre-1.6 (non-zip) format: torch cannot list its globals, its own refusal names the one met."""
     file = tmp_path / "legacy.pth"
-    torch.save({"meta": {"x": _Opaque()}, "state_dict": {"w": torch.ones(1)}}, file,
+    torch.save({"meta": {"x": Opaque()}, "state_dict": {"w": torch.ones(1)}}, file,
                _use_new_zipfile_serialization=False)
     with pytest.raises(CheckpointError) as err:
         load_state_dict(file)
-    assert re.search(rf"the file asks for Unsupported global: GLOBAL {__name__}._Opaque was not an allowed global",
-                     str(err.value)), str(err.value)
+    asked = rf"the file asks for Unsupported global: GLOBAL {Opaque.__module__}.Opaque was not an allowed global"
+    assert re.search(asked, str(err.value)), str(err.value)
     torch.save({"state_dict": {"w": torch.ones(1)}}, file, _use_new_zipfile_serialization=False)
     assert sorted(load_state_dict(file)) == ["w"]
 
 
 def test_the_full_unpickle_warning_names_what_the_file_asks_for(tmp_path: Path, caplog: Any) -> None:
-    torch.save({"meta": {"x": _Opaque()}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
+    torch.save({"meta": {"x": Opaque()}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "f.pth")
     with caplog.at_level("WARNING", logger="bmp_core.models.checkpoints"):
         load_state_dict(tmp_path / "f.pth", allow_pickle=True)
     (record,) = [r for r in caplog.records if "FULLY" in r.getMessage()]
     assert record.getMessage() == (
-        f"{tmp_path / 'f.pth'}: the safe loader refused it (it asks for {__name__}._Opaque); unpickling it "
+        f"{tmp_path / 'f.pth'}: the safe loader refused it (it asks for {Opaque.__module__}.Opaque); unpickling it "
         "FULLY because models.allow_pickle_checkpoints is true: this runs any code the file contains"
     )
 
@@ -321,33 +307,12 @@ def test_the_first_twelve_keys_of_each_kind_are_named() -> None:
 # Resolving a reference: offline switches, headers, names in the cache
 
 
-class _Recorder(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; records (path, headers) of every GET; waits ``delay_s`` before answering."""
-
-    seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
-    delay_s: ClassVar[float] = 0.0
-
-    def do_GET(self) -> None:
-        type(self).seen.append((self.path, dict(self.headers)))
-        time.sleep(type(self).delay_s)
-        super().do_GET()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Recorder]]]:
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
     root = tmp_path / "served"
     root.mkdir()
-    handler = type("Handler", (_Recorder,), {"seen": [], "delay_s": 0.0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_folder(root) as (base, handler):
+        yield base, root, handler
 
 
 @pytest.mark.parametrize("value", ["1", "true", "YES"])

@@ -4,15 +4,12 @@ loading of random-init checkpoints written in the published formats."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import http.server
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,40 +25,20 @@ from bmp_core.models.checkpoints import (
     load_strict,
     resolve_checkpoint,
 )
+from tests.http_folder import RecordingHandler, serve_folder  # noqa: E402
+from tests.models.pickle_payloads import Opaque, RunsACommand  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # A local http server that counts requests
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    requests: ClassVar[list[str]] = []
-    delay_s = 0.0
-
-    def do_GET(self) -> None:
-        type(self).requests.append(self.path)
-        time.sleep(type(self).delay_s)
-        super().do_GET()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture()
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Handler]]]:
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
     """(base URL, served folder, handler class with .requests/.delay_s) on 127.0.0.1, random port."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = type("Handler", (_Handler,), {"requests": [], "delay_s": 0.0})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_folder(root) as (base, handler):
+        yield base, root, handler
 
 
 def _leftovers(cache: Path) -> list[str]:
@@ -232,18 +209,6 @@ def test_s3_download_through_moto(tmp_path: Path, moto_s3: Any) -> None:
 # Reading and strict loading
 
 
-class _RunsACommand:
-    """Pickles as a call of ``func(command)``: what a malicious checkpoint does on a full unpickle."""
-
-    def __init__(self, func: Any, command: str) -> None:
-        self.func, self.command = func, command
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (self.func, (self.command,))
-
-
-class _Opaque:
-    """A harmless custom class: not on the allow-list, so only a full unpickle can rebuild it."""
 
 
 def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path, caplog: Any) -> None:
@@ -259,10 +224,10 @@ def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path, caplog: Any) 
         got = load_state_dict(tmp_path / name)
         assert sorted(got) == sorted(sd) and torch.equal(got["a.weight"], sd["a.weight"])
     # Anything else is refused by default, naming the file and what it asks for ...
-    torch.save({"meta": {"x": _Opaque()}, "state_dict": sd}, tmp_path / "custom.pth")
+    torch.save({"meta": {"x": Opaque()}, "state_dict": sd}, tmp_path / "custom.pth")
     with pytest.raises(CheckpointError) as err:
         load_state_dict(tmp_path / "custom.pth")
-    assert str(tmp_path / "custom.pth") in str(err.value) and "_Opaque" in str(err.value)
+    assert str(tmp_path / "custom.pth") in str(err.value) and "Opaque" in str(err.value)
     assert "models.allow_pickle_checkpoints: true" in str(err.value)
     # ... and read only on opt-in, with a warning naming the file.
     with caplog.at_level("WARNING", logger="bmp_core.models.checkpoints"):
@@ -279,8 +244,8 @@ def test_load_state_dict_formats_and_pickle_policy(tmp_path: Path, caplog: Any) 
 def test_a_checkpoint_that_runs_code_is_refused_and_runs_nothing(tmp_path: Path, func: str) -> None:
     marker = tmp_path / "pwned"
     payloads = {
-        "os.system": _RunsACommand(os.system, f"touch {marker}"),
-        "builtins.exec": _RunsACommand(exec, f"open({str(marker)!r}, 'w').close()"),
+        "os.system": RunsACommand(os.system, f"touch {marker}"),
+        "builtins.exec": RunsACommand(exec, f"open({str(marker)!r}, 'w').close()"),
     }
     if func == "getattr gadget":
         # getattr is on the allow-list only as HistoryBuffer's statistics methods; anything else is refused.

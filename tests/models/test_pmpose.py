@@ -175,7 +175,7 @@ def test_under_mixed_precision_only_the_backbone_is_autocast(
     """The head (sparsemax, sigmoids read by 0.5 thresholds) gets fp32 features and runs in fp32."""
     estimator = pp.PMPoseEstimator(pmpose_s.model, CPU, pmpose_s.cfg, "bf16")
     # autocast is a no-op on CPU in the adapter (device.autocast); force CPU bf16 autocast to see the split.
-    monkeypatch.setattr(pp, "autocast", lambda device, precision: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(pm, "autocast", lambda device, precision: torch.autocast("cpu", dtype=torch.bfloat16))
     seen: dict[str, Any] = {}
     hooks = [
         estimator.model.backbone.layers[0].attn.qkv.register_forward_hook(
