@@ -37,8 +37,8 @@ declare -A TESTS=(
     [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py"
     [bmp_core/io/parquet_images.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py"
     [jobs/pricing.py]="tests/unit/test_pricing.py"
-    [jobs/path_probe.py]="tests/unit/test_path_probe.py"
-    [jobs/ray_data.py]="tests/unit/test_ray_data.py"
+    [jobs/path_probe.py]="tests/unit/test_path_probe.py tests/unit/test_mutation_path_probe.py"
+    [jobs/ray_data.py]="tests/unit/test_ray_data.py tests/unit/test_mutation_ray_data.py"
 )
 # module -> a pytest -k expression deselecting the slow tests of those files.
 declare -A DESELECT=(
