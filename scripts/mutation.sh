@@ -36,7 +36,7 @@ declare -A TESTS=(
     [bmp_core/output/reader.py]="tests/unit/test_commit.py tests/unit/test_export.py tests/unit/test_evaluation.py tests/unit/test_worker.py"
     [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py"
     [bmp_core/io/parquet_images.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py"
-    [jobs/pricing.py]="tests/unit/test_pricing.py"
+    [jobs/pricing.py]="tests/unit/test_pricing.py tests/unit/test_mutation_pricing.py"
     [jobs/path_probe.py]="tests/unit/test_path_probe.py tests/unit/test_mutation_path_probe.py"
     [jobs/ray_data.py]="tests/unit/test_ray_data.py tests/unit/test_mutation_ray_data.py"
 )
