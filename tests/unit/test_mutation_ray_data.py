@@ -89,8 +89,8 @@ def test_messages_for_values_that_are_not_images() -> None:
 
 
 def test_size_limits_at_their_bounds() -> None:
-    pixels = np.zeros((20, 24, 3), np.uint8)
-    assert pixels_to_bgr(pixels, 480, 20).shape == (20, 24, 3)  # exactly the limits: accepted
+    for shape in ((20, 24, 3), (24, 20, 3)):  # exactly the limits (pixels, either side): accepted
+        assert pixels_to_bgr(np.zeros(shape, np.uint8), 480, 20).shape == shape
     for shape in ((19, 24, 3), (24, 19, 3)):  # one side short, the other long enough
         with pytest.raises(ImageDecodeError, match="too small"):
             pixels_to_bgr(np.zeros(shape, np.uint8), 10**6, 20)
