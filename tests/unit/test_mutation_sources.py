@@ -1,0 +1,114 @@
+"""Input listing and reading edges that mutation testing (scripts/mutation.sh) found unchecked, checked
+against independent readers (tarfile, pyarrow, hashlib, the OS): names with ``#``, brace names that are
+folders, the hint for a folder of containers, reading any entry back, and a Parquet group's errors and
+read times."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bmp_core.io.sources import (
+    KIND_PARQUET,
+    list_source,
+    read_entry_bytes,
+    read_group,
+    read_groups,
+    split_member_uri,
+)
+from bmp_core.io.uris import InputError
+
+EXTS = (".jpg",)
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_only_a_container_before_the_first_hash_makes_a_member_uri(tmp_path: Path) -> None:
+    assert split_member_uri("/d/s.tar#a/b#1.jpg") == ("/d/s.tar", "a/b#1.jpg")  # a member name may hold '#'
+    assert split_member_uri("/d/t.PARQUET#000000000003") == ("/d/t.PARQUET", "000000000003")
+    assert split_member_uri("/d/photo#1.jpg") is None and split_member_uri("/d/s.tar") is None
+    _write_tar(tmp_path / "s.tar", [("a/b#1.jpg", b"member bytes")])
+    assert read_entry_bytes(f"{tmp_path / 's.tar'}#a/b#1.jpg") == b"member bytes"
+    (tmp_path / "photo#1.jpg").write_bytes(b"a loose file")  # a '#' in a loose file's name: still that file
+    assert read_entry_bytes(str(tmp_path / "photo#1.jpg")) == b"a loose file"
+
+
+def test_a_parquet_row_is_read_back_with_its_column_or_the_only_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": pa.array([b"row 0", None, b"row 2"], pa.binary()), "n": [0, 1, 2]}), path)
+    assert read_entry_bytes(f"{path}#000000000002") == b"row 2"
+    with pytest.raises(OSError, match=r"^null image \(the image column is null in this row\)$"):
+        read_entry_bytes(f"{path}#000000000001")
+    # Two binary columns: the one to read must be named.
+    pq.write_table(pa.table({"image": [b"image 0"], "thumb": [b"thumb 0"]}), path)
+    with pytest.raises(InputError, match="cannot tell the image column"):
+        read_entry_bytes(f"{path}#000000000000")
+    assert read_entry_bytes(f"{path}#000000000000", image_column="thumb") == b"thumb 0"
+
+
+def test_brace_names_that_are_folders_are_missing(tmp_path: Path) -> None:
+    _write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
+    (tmp_path / "s-1.tar").mkdir()
+    with pytest.raises(InputError, match=r"^2 of the 3 files .* do not exist, e.g. .*s-1.tar, .*s-2.tar$"):
+        list_source(str(tmp_path / "s-{0..2}.tar"), EXTS)
+
+
+def test_a_folder_without_images_hints_at_its_containers(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as empty:
+        list_source(str(tmp_path / "empty"), EXTS)
+    assert "it holds" not in str(empty.value)
+    with pytest.raises(InputError, match=r"\(expected a folder, a glob, a .txt list file or an image\)$"):
+        list_source(str(tmp_path / "missing"), EXTS)
+    (tmp_path / "shards" / "sub").mkdir(parents=True)
+    _write_tar(tmp_path / "shards" / "sub" / "s-0.tar", [("a.jpg", b"x")])
+    with pytest.raises(InputError, match=rf"; it holds .tar files: for those use --input '{tmp_path}/shards/\*.tar'$"):
+        list_source(f"{tmp_path}/shards/", EXTS)
+    (tmp_path / "tables").mkdir()
+    pq.write_table(pa.table({"image": [b"x"]}), tmp_path / "tables" / "t.parquet")
+    with pytest.raises(InputError, match=r"; it holds .parquet files: for those use --image-column COL$"):
+        list_source(str(tmp_path / "tables"), EXTS)
+
+
+def test_a_parquet_groups_rows_errors_and_read_times(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": pa.array([b"r0", None, b"r2", b"r3"], pa.binary())}), path, row_group_size=2)
+    listing = list_source(str(path), EXTS, "image")
+    uris = listing.uris.to_pylist()
+    spans = list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
+    groups = read_groups(KIND_PARQUET, [10, 11, 12, 13], uris, spans)
+    assert [g.kind for g in groups] == [KIND_PARQUET] * 2 and [g.container for g in groups] == [str(path)] * 2
+    column = pq.read_table(path).column("image").to_pylist()
+    for group in groups:
+        t0 = time.perf_counter()
+        got = read_group(group, "image")
+        wall = time.perf_counter() - t0
+        assert [(r.image_id, r.uri, r.data, r.container_uri) for r in got] == [
+            (i, u, column[i - 10], str(path)) for i, u in zip(group.image_ids, group.uris, strict=True)]
+        ok = [r for r in got if r.error is None]
+        assert all(r.read_s is None for r in got if r.error is not None)
+        assert all(r.read_s is not None and r.read_s > 0 for r in ok) and sum(r.read_s for r in ok) <= wall
+    # A file that is not Parquet (any more): every row of the group is an error row naming the reason.
+    path.write_bytes(b"no longer parquet")
+    got = read_group(groups[1], "image")
+    assert [(r.image_id, r.uri, r.data, r.container_uri) for r in got] == [(12, uris[2], None, str(path)),
+                                                                           (13, uris[3], None, str(path))]
+    assert all((r.error or "").startswith("read failed: ArrowInvalid: ") for r in got)
+
+
+def test_loose_files_that_cannot_be_read_are_error_rows(tmp_path: Path) -> None:
+    (tmp_path / "dir.jpg").mkdir()
+    groups = read_groups("files", [0, 1], [str(tmp_path / "gone.jpg"), str(tmp_path / "dir.jpg")], [])
+    assert [read_group(g)[0].error for g in groups] == ["missing file (not found)", "not a file (a directory)"]
