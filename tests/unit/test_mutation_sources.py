@@ -6,6 +6,9 @@ read times."""
 from __future__ import annotations
 
 import io
+import logging
+import shutil
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -16,11 +19,15 @@ import pytest
 
 from bmp_core.io.sources import (
     KIND_PARQUET,
+    InputChangedError,
+    check_unchanged,
+    expand_braces,
     list_source,
     read_entry_bytes,
     read_group,
     read_groups,
     split_member_uri,
+    stream_tar,
 )
 from bmp_core.io.uris import InputError
 
@@ -112,3 +119,58 @@ def test_loose_files_that_cannot_be_read_are_error_rows(tmp_path: Path) -> None:
     (tmp_path / "dir.jpg").mkdir()
     groups = read_groups("files", [0, 1], [str(tmp_path / "gone.jpg"), str(tmp_path / "dir.jpg")], [])
     assert [read_group(g)[0].error for g in groups] == ["missing file (not found)", "not a file (a directory)"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash's brace expansion is the reference")
+def test_brace_patterns_expand_as_bash_expands_them() -> None:
+    for pattern in ("s-{000000..000003}.tar", "s{-2..1}.tar", "x{3..3}", "{001..3}", "{a,b}{1..2}.tar",
+                    "{8..11}", "p{0..2}", "plain.tar", "a{x}b{1..2}"):
+        bash = subprocess.run(["bash", "-c", f"printf '%s\\n' {pattern}"], capture_output=True, text=True,
+                              check=True).stdout.split()
+        assert expand_braces(pattern) == bash, pattern
+    with pytest.raises(InputError, match=r"^brace range \{3..1\} in s-\{3..1\}.tar runs backwards$"):
+        expand_braces("s-{3..1}.tar")
+
+
+def test_a_missing_brace_name_list_names_three(tmp_path: Path) -> None:
+    _write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
+    with pytest.raises(InputError) as err:
+        list_source(str(tmp_path / "s-{0..5}.tar"), EXTS)
+    named = str(err.value).split("e.g. ", 1)[1].split(", ")
+    assert str(err.value).startswith("5 of the 6 files") and named == [str(tmp_path / f"s-{i}.tar") for i in (1, 2, 3)]
+
+
+def test_tar_members_read_times_errors_and_a_damaged_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "s.tar"
+    _write_tar(path, [("a.jpg", b"A" * 3000), ("b.jpg", b"B" * 100), ("a.jpg", b"again")])
+    with tarfile.open(path) as reference:
+        last = reference.getmembers()[-1]
+    end = -(-(last.offset_data + last.size) // 512) * 512
+    path.write_bytes(path.read_bytes()[:end] + b"\x01" * 65536)  # garbage where the next header would be
+    (tar,) = list_source(str(path), EXTS).tars
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+        got = list(stream_tar(tar, EXTS, 40))
+    wall = time.perf_counter() - t0
+    assert [(r.image_id, r.uri, r.data, r.container_uri) for r in got] == [
+        (40, f"{path}#a.jpg", b"A" * 3000, str(path)), (41, f"{path}#b.jpg", b"B" * 100, str(path)),
+        (42, f"{path}#a.jpg", None, str(path))]
+    assert got[2].error.startswith("duplicate member a.jpg") and got[2].read_s is None
+    assert all(r.read_s is not None and r.read_s > 0 for r in got[:2]) and got[0].read_s + got[1].read_s <= wall
+    assert f"tar {path}: its headers stop making sense" in caplog.text  # the warning names the damaged tar
+
+    (tmp_path / "bad.tar").write_bytes(b"no tar at all" * 100)
+    (bad,) = list_source(str(tmp_path / "bad.tar"), EXTS).tars
+    (row,) = stream_tar(bad, EXTS, 0)
+    assert (row.uri, row.container_uri, row.data) == (bad.uri, bad.uri, None)
+
+
+def test_a_changed_tar_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "s.tar"
+    _write_tar(path, [("a.jpg", b"x")])
+    (tar,) = list_source(str(path), EXTS).tars
+    check_unchanged(tar)
+    _write_tar(path, [("a.jpg", b"x"), ("b.jpg", b"y")])
+    with pytest.raises(InputChangedError, match=r"Restore it, or label the changed input into a new --output \(or "
+                                                r"pass --force to start this one over\)$"):
+        check_unchanged(tar)
