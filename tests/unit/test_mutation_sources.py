@@ -115,10 +115,34 @@ def test_a_parquet_groups_rows_errors_and_read_times(tmp_path: Path) -> None:
     assert all((r.error or "").startswith("read failed: ArrowInvalid: ") for r in got)
 
 
-def test_loose_files_that_cannot_be_read_are_error_rows(tmp_path: Path) -> None:
+def test_loose_files_one_group_each_and_unreadable_ones_are_error_rows(tmp_path: Path) -> None:
     (tmp_path / "dir.jpg").mkdir()
-    groups = read_groups("files", [0, 1], [str(tmp_path / "gone.jpg"), str(tmp_path / "dir.jpg")], [])
-    assert [read_group(g)[0].error for g in groups] == ["missing file (not found)", "not a file (a directory)"]
+    (tmp_path / "ok.jpg").write_bytes(b"image")
+    uris = [str(tmp_path / "gone.jpg"), str(tmp_path / "dir.jpg"), str(tmp_path / "ok.jpg")]
+    groups = read_groups("files", [5, 6, 7], uris, [])
+    t0 = time.perf_counter()
+    got = [row for g in groups for row in read_group(g)]
+    wall = time.perf_counter() - t0
+    assert [(r.image_id, r.uri, r.data, r.error) for r in got] == [
+        (5, uris[0], None, "missing file (not found)"), (6, uris[1], None, "not a file (a directory)"),
+        (7, uris[2], b"image", None)]
+    assert got[2].read_s is not None and 0 < got[2].read_s <= wall
+
+
+def test_parquet_rows_are_grouped_in_row_order_whatever_order_they_come_in(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": [f"r{i}".encode() for i in range(6)]}), path, row_group_size=3)
+    listing = list_source(str(path), EXTS, "image")
+    uris = listing.uris.to_pylist()
+    spans = list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
+    order = [4, 2, 5, 0, 3, 1]  # image ids falling as rows rise, and rows out of order within a row group
+    groups = read_groups(KIND_PARQUET, [10 - r for r in order], [uris[r] for r in order], [spans[r] for r in order])
+    assert [[s[0] for s in g.spans] for g in groups] == [[0, 1, 2], [3, 4, 5]]
+    assert [g.image_ids for g in groups] == [(10, 9, 8), (7, 6, 5)]
+    with pytest.raises(ValueError, match=r"^read_groups: a tar input is not read in groups$"):
+        read_groups("tar", [0], [uris[0]], [spans[0]])
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/a.jpg is not a parquet entry$"):
+        read_groups(KIND_PARQUET, [0], [str(tmp_path / "a.jpg")], [(0, 0)])
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash's brace expansion is the reference")
