@@ -5,8 +5,10 @@ read times."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import shutil
 import subprocess
 import tarfile
@@ -22,6 +24,7 @@ from bmp_core.io.sources import (
     InputChangedError,
     check_unchanged,
     expand_braces,
+    list_containers,
     list_source,
     read_entry_bytes,
     read_group,
@@ -198,3 +201,65 @@ def test_a_changed_tar_is_refused_with_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(InputChangedError, match=r"Restore it, or label the changed input into a new --output \(or "
                                                 r"pass --force to start this one over\)$"):
         check_unchanged(tar)
+
+
+def test_a_parquet_group_needs_the_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": [b"r0"]}), path)
+    listing = list_source(str(path), EXTS, "image")
+    (group,) = read_groups(KIND_PARQUET, [0], listing.uris.to_pylist(), [(0, 0)])
+    with pytest.raises(ValueError, match=r"^a Parquet input needs job.image_column$"):
+        read_group(group)
+
+
+def test_which_files_a_container_input_names(tmp_path: Path) -> None:
+    for rel in ("d/b.tar", "d/sub/a.TAR", "d/c.tar.gz", "d/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_tar(tmp_path / rel, [("a.jpg", b"x")])
+    (tmp_path / "d" / "dir.tar").mkdir()  # a folder named like a tar: never a container
+    folder = list_containers(str(tmp_path / "d"), ".tar")  # recursive, any case of the suffix
+    assert [c.uri for c in folder] == [str(tmp_path / "d/b.tar"), str(tmp_path / "d/sub/a.TAR")]
+    glob = list_source(str(tmp_path / "d" / "*.tar"), EXTS)
+    assert glob.uris.to_pylist() == [str(tmp_path / "d/b.tar")]
+    # A list file: the input kind comes from its first entry, comments and blank lines skipped.
+    (tmp_path / "tars.txt").write_text(f"# shards\n\n{tmp_path}/d/sub/a.TAR\n{tmp_path}/d/b.tar\n{tmp_path}/d/b.tar\n")
+    listed = list_source(str(tmp_path / "tars.txt"), EXTS)
+    assert listed.kind == "tar"
+    assert listed.uris.to_pylist() == [str(tmp_path / "d/b.tar"), str(tmp_path / "d/sub/a.TAR")]
+    assert listed.containers_sha256 == hashlib.sha256("".join(
+        f"{t.uri}\t{os.stat(t.uri).st_size}\t{os.stat(t.uri).st_mtime}\n" for t in listed.tars).encode()).hexdigest()
+    (tmp_path / "mixed.txt").write_text(f"{tmp_path}/d/b.tar\n{tmp_path}/d/x.jpg\n")
+    with pytest.raises(InputError, match=rf"^list file {tmp_path}/mixed.txt mixes .tar files with others \(e.g. "
+                                         rf"{tmp_path}/d/x.jpg\); list only .tar files, or only images$"):
+        list_source(str(tmp_path / "mixed.txt"), EXTS)
+    single = list_source(str(tmp_path / "d" / "b.tar"), EXTS)
+    assert single.num_containers == 1 and single.total_bytes == os.stat(tmp_path / "d" / "b.tar").st_size
+    with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/none.tar$"):
+        list_source(str(tmp_path / "none.tar"), EXTS)
+    with pytest.raises(InputError, match=rf"^input {tmp_path}/d/\*x.tar names no .tar files$"):
+        list_source(str(tmp_path / "d" / "*x.tar"), EXTS)
+    with pytest.raises(InputError, match="pass --image-column"):
+        list_source(str(tmp_path / "t.PARQUET/"), EXTS)
+    # A list file that cannot be read is listed as images, whose listing names the problem.
+    with pytest.raises(InputError, match="gone.txt"):
+        list_source(str(tmp_path / "gone.txt"), EXTS)
+
+
+def test_a_parquet_listing_reuses_a_frozen_one_for_unchanged_files(tmp_path: Path) -> None:
+    for name, n in (("a.parquet", 3), ("b.parquet", 2)):
+        pq.write_table(pa.table({"image": [b"x"] * n}), tmp_path / name, row_group_size=2)
+    fresh = list_source(str(tmp_path), EXTS, "image")
+    assert fresh.kind == KIND_PARQUET and fresh.num_containers == 2 and len(fresh.uris) == 5
+    assert fresh.spans_end.to_pylist() == [0, 0, 1, 0, 0]  # each row's row group, as pyarrow's metadata says
+    calls = []
+
+    def reuse(kind: str, digest: str, n: int) -> object:
+        calls.append((kind, digest, n))
+        return fresh
+
+    assert list_source(str(tmp_path), EXTS, "image", reuse=reuse) is fresh
+    assert calls == [(KIND_PARQUET, fresh.containers_sha256, 2)]
+    assert list_source(str(tmp_path), EXTS, "image", reuse=lambda *a: None).uris.equals(fresh.uris)
+    pq.write_table(pa.table({"image": pa.array([], pa.binary())}), tmp_path / "empty.parquet")
+    with pytest.raises(InputError, match=r"^input .*empty.parquet: its 1 .parquet file\(s\) hold no rows$"):
+        list_source(str(tmp_path / "empty.parquet"), EXTS, "image")
