@@ -234,6 +234,8 @@ def test_which_files_a_container_input_names(tmp_path: Path) -> None:
         list_source(str(tmp_path / "mixed.txt"), EXTS)
     single = list_source(str(tmp_path / "d" / "b.tar"), EXTS)
     assert single.num_containers == 1 and single.total_bytes == os.stat(tmp_path / "d" / "b.tar").st_size
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert [t.size for t in list_source(str(tmp_path / "empty.tar"), EXTS).tars] == [0]
     with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/none.tar$"):
         list_source(str(tmp_path / "none.tar"), EXTS)
     with pytest.raises(InputError, match=rf"^input {tmp_path}/d/\*x.tar names no .tar files$"):
