@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -24,6 +25,7 @@ from bmp_core.io.sources import (
     InputChangedError,
     check_unchanged,
     expand_braces,
+    input_kind,
     list_containers,
     list_source,
     read_entry_bytes,
@@ -265,3 +267,49 @@ def test_a_parquet_listing_reuses_a_frozen_one_for_unchanged_files(tmp_path: Pat
     pq.write_table(pa.table({"image": pa.array([], pa.binary())}), tmp_path / "empty.parquet")
     with pytest.raises(InputError, match=r"^input .*empty.parquet: its 1 .parquet file\(s\) hold no rows$"):
         list_source(str(tmp_path / "empty.parquet"), EXTS, "image")
+
+
+def test_the_input_kind_of_a_name(tmp_path: Path) -> None:
+    assert input_kind(f"{tmp_path}/shards.tar/", None) == "tar"  # a trailing slash is not part of the name
+    assert input_kind(f"{tmp_path}/photos/", None) == "files" and input_kind("/x", "image") == KIND_PARQUET
+    (tmp_path / "comments.txt").write_text("# nothing listed yet\n\n")
+    assert input_kind(str(tmp_path / "comments.txt"), None) == "files"
+    (tmp_path / "latin1.txt").write_bytes(b"# caf\xe9 shards\n/data/a.tar\n")  # not UTF-8: read all the same
+    assert input_kind(str(tmp_path / "latin1.txt"), None) == "tar"
+
+
+def test_listing_relative_list_entries_and_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "d").mkdir()
+    for name in ("a.tar", "b.tar"):
+        _write_tar(tmp_path / "d" / name, [("x.jpg", b"x" * 100)])
+    (tmp_path / "d" / "tars.txt").write_text("a.tar\nb.tar\n")  # relative to the list file's folder
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="bmp_core.io.sources"):
+        listing = list_source(str(tmp_path / "d" / "tars.txt"), EXTS)
+    wall = time.perf_counter() - t0
+    assert listing.uris.to_pylist() == [str(tmp_path / "d" / "a.tar"), str(tmp_path / "d" / "b.tar")]
+    (message,) = [r.getMessage() for r in caplog.records]
+    match = re.fullmatch(r"listed 2 tar file\(s\), (\d+) bytes, in ([\d.]+) s", message)
+    assert match and int(match[1]) == listing.total_bytes and float(match[2]) <= wall + 0.05
+
+    (tmp_path / "p").mkdir()
+    for name, n in (("a.parquet", 3), ("b.parquet", 2)):
+        pq.write_table(pa.table({"image": [b"x"] * n}), tmp_path / "p" / name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bmp_core.io.sources"):
+        fresh = list_source(str(tmp_path / "p"), EXTS, "image")
+        list_source(str(tmp_path / "p"), EXTS, "image", reuse=lambda *a: fresh)
+    first, second = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"listed 5 parquet entries in 2 .parquet file\(s\) in [\d.]+ s", first)
+    assert second == "2 .parquet file(s) unchanged since the plan: their 5 entries are the frozen listing's"
+
+
+def test_a_folder_of_images_is_a_files_listing(tmp_path: Path) -> None:
+    for name in ("b.jpg", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = list_source(str(tmp_path), EXTS)
+    assert listing.kind == "files" and listing.uris.to_pylist() == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as err:
+        list_source(str(tmp_path / "empty"), EXTS)
+    assert str(err.value) == f"input {tmp_path / 'empty'} lists no images (extensions: .jpg)"
