@@ -140,3 +140,55 @@ def test_an_input_image_is_read_back_as_pil_decodes_it(tmp_path: Path) -> None:
         info.size = len(buf.getvalue())
         tar.addfile(info, io.BytesIO(buf.getvalue()))
     np.testing.assert_array_equal(read_image_rgb(f"{tmp_path / 's.tar'}#m/x.png"), rgb)
+
+
+def test_people_are_read_from_memory_or_from_their_shard_only(tmp_path: Path) -> None:
+    """A summary load reads one image's people from that image's shard alone; a full load from memory."""
+    uri = _output(tmp_path)
+    full, summary = load_output(uri), load_output(uri, full_instances=False)
+    expected = {i: full.instances_of(i) for i in range(5)}
+    # Shard 2 (image 4) loses its instances part: images 0 to 3 still read; a full load needs no part.
+    (part,) = [p for p in (Path(uri) / "instances").glob("*.parquet") if "shard-000002" in p.name]
+    part.unlink()
+    for i in range(4):
+        assert summary.instances_of(i).equals(expected[i]), i
+    for p in (Path(uri) / "instances").glob("*.parquet"):
+        p.unlink()
+    assert all(full.instances_of(i).equals(expected[i]) for i in range(5))
+
+
+def test_only_committed_parts_and_the_summaries_are_read(tmp_path: Path) -> None:
+    uri = _output(tmp_path)
+    stray = pa.table({f.name: pa.array(["x"] if pa.types.is_string(f.type) else [99], f.type) for f in IMAGES_SCHEMA})
+    (Path(uri) / "images" / "shard-000000-crashed.parquet").write_bytes(_parquet_bytes(stray))  # no marker names it
+    store = OutputStore(uri)
+    store.write_json(layout.RUN_JSON, {"num_images": 5})
+    store.write_json(layout.EVAL_JSON, {"AP": 0.5})
+    job = load_output(uri)
+    assert job.images.column("image_id").to_pylist() == [0, 1, 2, 3, 4]
+    assert job.run_info == {"num_images": 5} and job.eval_info == {"AP": 0.5}
+
+
+def test_a_summary_load_does_not_read_masks_or_keypoints(tmp_path: Path) -> None:
+    """Damaged mask and keypoint columns do not stop a summary load (only its columns are fetched)."""
+    uri = _output(tmp_path)
+    for part in (Path(uri) / "instances").glob("*.parquet"):
+        meta = pq.ParquetFile(part).metadata
+        data = bytearray(part.read_bytes())
+        for name in ("mask_rle_counts", "keypoints"):
+            chunk = next(meta.row_group(0).column(c) for c in range(meta.num_columns)
+                         if meta.row_group(0).column(c).path_in_schema.split(".")[0] == name)
+            start = min(o for o in (chunk.dictionary_page_offset, chunk.data_page_offset) if o)
+            data[start:start + 16] = b"\xff" * 16
+        part.write_bytes(bytes(data))
+    with pytest.raises((OSError, pa.ArrowException)):
+        load_output(uri)  # every column: fails on the damaged ones ...
+    summary = load_output(uri, full_instances=False)  # ... the summary columns alone do not
+    assert summary.instances.column("image_id").to_pylist() == [0, 2, 4, 4]
+
+
+def test_tiny_and_large_images_are_read_back(tmp_path: Path) -> None:
+    for h, w in ((1, 1), (16, 24)):
+        rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), np.uint8)
+        PILImage.fromarray(rgb).save(tmp_path / f"{h}.png")
+        np.testing.assert_array_equal(read_image_rgb(str(tmp_path / f"{h}.png")), rgb)
