@@ -34,12 +34,12 @@ declare -A TESTS=(
     [bmp_core/output/export/manifest.py]="tests/unit/test_export.py"
     [bmp_core/output/export/run.py]="tests/unit/test_export.py"
     [bmp_core/output/export/source.py]="tests/unit/test_export.py"
-    [bmp_core/output/reader.py]="tests/unit/test_output_reader.py tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_export.py tests/unit/test_evaluation.py tests/unit/test_worker.py"
-    [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py"
-    [bmp_core/io/parquet_images.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py"
-    [jobs/pricing.py]="tests/unit/test_pricing.py"
-    [jobs/path_probe.py]="tests/unit/test_path_probe.py"
-    [jobs/ray_data.py]="tests/unit/test_ray_data.py"
+    [bmp_core/output/reader.py]="tests/unit/test_output_reader.py tests/unit/test_completeness.py tests/unit/test_commit.py tests/unit/test_export.py tests/unit/test_evaluation.py tests/unit/test_worker.py tests/unit/test_mutation_reader.py"
+    [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py tests/unit/test_mutation_sources.py"
+    [bmp_core/io/parquet_images.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_mutation_parquet_images.py"
+    [jobs/pricing.py]="tests/unit/test_pricing.py tests/unit/test_mutation_pricing.py"
+    [jobs/path_probe.py]="tests/unit/test_path_probe.py tests/unit/test_mutation_path_probe.py"
+    [jobs/ray_data.py]="tests/unit/test_ray_data.py tests/unit/test_mutation_ray_data.py"
 )
 # module -> a pytest -k expression deselecting the slow tests of those files.
 declare -A DESELECT=(
