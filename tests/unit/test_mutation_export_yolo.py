@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 import pytest
 import yaml
+from pycocotools import mask as mask_utils
 
 from bmp_core.coco_meta import FLIP_INDICES
 from bmp_core.output.export.policy import ExportPolicy, split_score
@@ -161,3 +162,26 @@ def test_ignore_area_at_the_fraction_is_kept_and_drops_are_counted(tmp_path: Pat
     assert manifest.to_dict()["counts"]["format_dropped"] == {"ignored_people_omitted": 2, "boxes_outside_image": 2}
     lines = (tmp_path / "y" / "labels" / "train" / "000000000_a.txt").read_text().splitlines()
     assert len(lines) == 2 and manifest.files[1]["labels"] == 2
+
+
+def test_boxes_left_of_and_above_the_image_are_left_out(tmp_path: Path) -> None:
+    nothing = np.zeros((H, W), bool)
+    left = Person(nothing, box_xyxy=(-9.0, 5.0, -1.0, 20.0))  # both edges clip to 0: width 0
+    above = Person(nothing, box_xyxy=(5.0, -9.0, 20.0, -1.0))
+    src = write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=[left, above, *_people(1)])])
+    manifest = export_output(src, str(tmp_path / "y"), "yolo-pose", ExportPolicy(), ExportOptions(link="list"))
+    (line,) = (tmp_path / "y" / "labels" / "train" / "000000000_a.txt").read_text().splitlines()
+    np.testing.assert_allclose(np.array(line.split(), float)[1:5] * [W, H, W, H], [9, 22, 10, 36], atol=1e-3)
+    assert manifest.to_dict()["counts"]["format_dropped"] == {"boxes_outside_image": 2}
+
+
+def test_seg_polygon_at_tolerance_zero_fills_back_to_a_round_mask(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[:H, :W]
+    disk = (xx - 30) ** 2 + (yy - 22) ** 2 <= 15**2  # curved: any simplification changes its fill
+    src = write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=[Person(disk)])])
+    export_output(src, str(tmp_path / "s"), "yolo-seg", ExportPolicy(), ExportOptions(link="list",
+                                                                                       polygon_tolerance_px=0))
+    (line,) = (tmp_path / "s" / "labels" / "train" / "000000000_a.txt").read_text().splitlines()
+    poly = (np.array(line.split(), float)[1:].reshape(-1, 2) * [W, H]).reshape(-1).tolist()
+    filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], H, W)))
+    np.testing.assert_array_equal(filled.astype(bool), disk)
