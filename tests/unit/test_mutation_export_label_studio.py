@@ -1,0 +1,158 @@
+"""The Label Studio review export read back by Label Studio's documented task format
+(labelstud.io/guide/predictions and /guide/export: a task's ``data`` holds the ``$image`` value, a
+prediction holds ``model_version``, ``score`` and ``result`` regions; a region's ``from_name`` /
+``to_name`` name a control and the image of the labeling config, ``original_width`` /
+``original_height`` are pixels, and ``x``, ``y``, ``width``, ``height`` and polygon points are
+percentages of the image size), its labeling config parsed as XML, ``review_coco.json`` read with
+pycocotools and ``export.json``'s file summary.
+
+Written for mutation testing of ``bmp_core/output/export/label_studio.py`` (scripts/mutation.sh,
+docs/mutation-scores.md). The outputs are hand-built (tests/export_fixtures.py) and exported through
+``export_output``.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from bmp_core.coco_meta import KEYPOINT_NAMES
+from bmp_core.output.export.policy import ExportPolicy
+from bmp_core.output.export.run import ExportOptions, export_output
+from tests.export_fixtures import Image, Person, box_mask, default_keypoints, write_output
+
+H, W = 40, 80
+
+
+def _export(tmp_path: Path, images: list[Image], policy: ExportPolicy, **options: object) -> tuple[list, dict]:
+    src = write_output(str(tmp_path / "out"), images, shard_size=2)
+    dest = tmp_path / "ls"
+    export_output(src, str(dest), "label-studio", policy, ExportOptions(**options))  # type: ignore[arg-type]
+    return json.loads((dest / "tasks.json").read_text()), json.loads((dest / "export.json").read_text())
+
+
+def _regions(task: dict, type_: str) -> list[dict]:
+    return [r for r in task["predictions"][0]["result"] if r["type"] == type_]
+
+
+def test_one_task_region_by_region(tmp_path: Path) -> None:
+    kept_mask = box_mask(H, W, 8, 4, 28, 36)
+    kp = default_keypoints(kept_mask, 0.9)
+    kp[0, 2] = 0.2  # below keypoint_thr: not shown
+    kp[1, :2] = (W + 3.0, 10.0)  # outside the image: not shown
+    kp[2, :2] = (W, H)  # on the corner: shown
+    kept = Person(kept_mask, det_score=0.75, pose_score=0.625, keypoints=kp, box_xyxy=(-4.0, 2.0, 30.0, H + 6.0))
+    ignored = Person(box_mask(H, W, 40, 10, 60, 30), det_score=0.5, pose_score=0.25)  # below min_pose_score
+    dropped = Person(np.zeros((H, W), bool), pose_score=0.125, box_xyxy=(70.0, 1.0, 75.0, 5.0))  # no mask: dropped
+    uri = "/data/in/some dir/photo.jpg"
+    tasks, manifest = _export(tmp_path, [Image(uri, W, H, people=[kept, ignored, dropped])],
+                              ExportPolicy(min_pose_score=0.5, keypoint_thr=0.5), review=5,
+                              image_url_prefix="/data/local-files/?d=")
+    (task,) = tasks
+    assert task["id"] == 0
+    assert task["data"] == {"image": "/data/local-files/?d=" + uri, "uri": uri, "image_id": 0, "split": "train",
+                            "review_key": 0.25}  # low-confidence: the lowest pose score of the shown people
+    (prediction,) = task["predictions"]
+    assert prediction["model_version"] == "bmp-label"
+    assert prediction["score"] == pytest.approx((0.625 + 0.25) / 2, abs=1e-4)
+    for r in prediction["result"]:
+        assert (r["to_name"], r["original_width"], r["original_height"], r["image_rotation"]) == ("image", W, H, 0)
+
+    boxes = _regions(task, "rectanglelabels")
+    assert [(b["id"], b["from_name"], b["value"]["rectanglelabels"]) for b in boxes] == [
+        ("0_0", "box", ["person"]), ("0_1", "box", ["ignore"])]
+    assert [b["score"] for b in boxes] == pytest.approx([0.75, 0.5])
+    # the box clipped to the image, in percent of its size
+    assert {k: boxes[0]["value"][k] for k in ("x", "y", "width", "height", "rotation")} == pytest.approx(
+        {"x": 0.0, "y": 5.0, "width": 30 * 100 / W, "height": 95.0, "rotation": 0})
+    assert {k: boxes[1]["value"][k] for k in ("x", "y", "width", "height")} == pytest.approx(
+        {"x": 50.0, "y": 25.0, "width": 25.0, "height": 50.0})
+
+    polygons = _regions(task, "polygonlabels")
+    assert [(p["id"], p["parentID"], p["from_name"], p["value"]["polygonlabels"]) for p in polygons] == [
+        ("0_0_mask", "0_0", "mask", ["person"]), ("0_1_mask", "0_1", "mask", ["ignore"])]
+    assert [p["score"] for p in polygons] == pytest.approx([0.625, 0.25])
+    for p, mask in zip(polygons, [kept_mask, ignored.mask], strict=True):
+        pixels = (np.asarray(p["value"]["points"]) / 100 * [W, H]).reshape(-1).tolist()
+        filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], H, W)))
+        np.testing.assert_array_equal(filled.astype(bool), mask)
+
+    points = _regions(task, "keypointlabels")  # the kept person's labeled keypoints inside the image only
+    assert [p["value"]["keypointlabels"] for p in points] == [[n] for n in KEYPOINT_NAMES[2:]]
+    assert [p["id"] for p in points] == [f"0_0_kp{j}" for j in range(2, 17)]
+    assert all(p["parentID"] == "0_0" and p["from_name"] == "keypoints" and p["value"]["width"] == 0.5
+               for p in points)
+    np.testing.assert_allclose([(p["value"]["x"], p["value"]["y"]) for p in points],
+                               kp[2:, :2] * [100 / W, 100 / H], atol=1e-4)
+    assert [p["score"] for p in points] == pytest.approx(kp[2:, 2].tolist())
+
+    assert manifest["files"][:2] == [{"file": "tasks.json", "tasks": 1, "review_by": "low-confidence"},
+                                     {"file": "labeling_config.xml"}]
+    coco = COCO(str(tmp_path / "ls" / "review_coco.json"))
+    assert coco.dataset["images"] == [{"id": 0, "file_name": "photo.jpg", "width": W, "height": H}]
+    assert manifest["files"][2]["file"] == "review_coco.json"
+
+
+def test_the_labeling_config_names_what_the_regions_use(tmp_path: Path) -> None:
+    export_output(write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=[Person(box_mask(H, W, 1, 1,
+                                                                                                       9, 9))])]),
+                  str(tmp_path / "ls"), "label-studio", ExportPolicy())
+    root = ET.fromstring((tmp_path / "ls" / "labeling_config.xml").read_text())
+    assert root.tag == "View"
+    (image,) = root.iter("Image")
+    assert (image.get("name"), image.get("value")) == ("image", "$image")
+    by_tag = {el.tag: el for el in root if el.tag != "Image"}
+    assert set(by_tag) == {"RectangleLabels", "PolygonLabels", "KeyPointLabels"}
+    assert {t: (el.get("name"), el.get("toName")) for t, el in by_tag.items()} == {
+        "RectangleLabels": ("box", "image"), "PolygonLabels": ("mask", "image"),
+        "KeyPointLabels": ("keypoints", "image")}
+    for tag in ("RectangleLabels", "PolygonLabels"):
+        assert [lbl.get("value") for lbl in by_tag[tag].iter("Label")] == ["person", "ignore"]
+    assert [lbl.get("value") for lbl in by_tag["KeyPointLabels"].iter("Label")] == list(KEYPOINT_NAMES)
+
+
+def _pose_people(scores: list[float]) -> list[Person]:
+    return [Person(box_mask(H, W, 2 + 10 * k, 2, 10 + 10 * k, 30), pose_score=s) for k, s in enumerate(scores)]
+
+
+@pytest.mark.parametrize(("review_by", "expected"), [("low-confidence", [3, 0, 4]), ("crowded", [4, 0, 2])])
+def test_the_review_selection_and_its_order(tmp_path: Path, review_by: str, expected: list[int]) -> None:
+    images = [Image("/in/0.jpg", W, H, people=_pose_people([0.3, 0.9])),      # min 0.3, 2 people
+              Image("/in/1.jpg", W, H, people=[]),                            # no people: never a candidate
+              Image("/in/2.jpg", W, H, people=_pose_people([0.8, 0.9])),      # min 0.8, 2 people
+              Image("/in/3.jpg", W, H, people=_pose_people([0.2])),           # min 0.2, 1 person
+              Image("/in/4.jpg", W, H, people=_pose_people([0.3, 0.5, 0.6])),  # min 0.3 (tie: id 0 first), 3
+              Image("/in/5.jpg", error="unreadable", people=_pose_people([0.1]))]  # failed: never
+    tasks, manifest = _export(tmp_path, images, ExportPolicy(), review=3, review_by=review_by)
+    assert [t["id"] for t in tasks] == expected
+    keys = [t["data"]["review_key"] for t in tasks]
+    if review_by == "crowded":
+        assert keys == [-3.0, -2.0, -2.0]
+    else:
+        assert keys == pytest.approx([0.2, 0.3, 0.3])
+    assert manifest["files"][0] == {"file": "tasks.json", "tasks": 3, "review_by": review_by}
+    coco = COCO(str(tmp_path / "ls" / "review_coco.json"))
+    assert sorted(coco.getImgIds()) == sorted(expected)
+
+
+def test_random_review_is_stable_and_in_the_unit_interval(tmp_path: Path) -> None:
+    images = [Image(f"/in/{i}.jpg", W, H, people=_pose_people([0.5])) for i in range(6)]
+    tasks, _ = _export(tmp_path, images, ExportPolicy(), review=4, review_by="random")
+    keys = [t["data"]["review_key"] for t in tasks]
+    assert len(tasks) == 4 and keys == sorted(keys) and all(0 <= k < 1 for k in keys)
+    assert len(set(keys)) == 4
+    again, _ = _export(tmp_path / "again", images, ExportPolicy(), review=6, review_by="random")
+    # the same hash: the 4 picked are the 4 smallest of all 6
+    assert [t["id"] for t in again][:4] == [t["id"] for t in tasks]
+    assert [t["data"]["review_key"] for t in again][:4] == keys
+
+
+def test_prediction_score_is_clipped_to_one(tmp_path: Path) -> None:
+    tasks, _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=_pose_people([1.5, 1.25]))], ExportPolicy())
+    assert tasks[0]["predictions"][0]["score"] == 1.0
