@@ -96,7 +96,15 @@ def test_one_task_region_by_region(tmp_path: Path) -> None:
                                      {"file": "labeling_config.xml"}]
     coco = COCO(str(tmp_path / "ls" / "review_coco.json"))
     assert coco.dataset["images"] == [{"id": 0, "file_name": "photo.jpg", "width": W, "height": H}]
-    assert manifest["files"][2]["file"] == "review_coco.json"
+    assert manifest["files"][2] == {"file": "review_coco.json", "split": "review", "images": 1, "annotations": 2,
+                                    "ignore_regions": 1}
+    assert coco.dataset["info"]["source"] == manifest["source"] and coco.dataset["info"]["plan_id"] == manifest[
+        "plan_id"]
+    person, crowd = sorted(coco.loadAnns(coco.getAnnIds()), key=lambda a: a["iscrowd"])
+    assert (person["iscrowd"], crowd["iscrowd"]) == (0, 1)  # the ignore region: a crowd, the dropped one absent
+    assert person["bbox"] == pytest.approx([8, 4, 20, 32]) and crowd["area"] == 400  # the masks' boxes / areas
+    v = np.asarray(person["keypoints"]).reshape(17, 3)[:, 2]
+    assert v[0] == 0 and (v[3:] == 2).all()  # below keypoint_thr: unlabeled, as in the tasks
 
 
 def test_the_labeling_config_names_what_the_regions_use(tmp_path: Path) -> None:
