@@ -129,24 +129,47 @@ def _pose_people(scores: list[float]) -> list[Person]:
     return [Person(box_mask(H, W, 2 + 10 * k, 2, 10 + 10 * k, 30), pose_score=s) for k, s in enumerate(scores)]
 
 
-@pytest.mark.parametrize(("review_by", "expected"), [("low-confidence", [3, 0, 4]), ("crowded", [4, 0, 2])])
-def test_the_review_selection_and_its_order(tmp_path: Path, review_by: str, expected: list[int]) -> None:
-    images = [Image("/in/0.jpg", W, H, people=_pose_people([0.3, 0.9])),      # min 0.3, 2 people
-              Image("/in/1.jpg", W, H, people=[]),                            # no people: never a candidate
-              Image("/in/2.jpg", W, H, people=_pose_people([0.8, 0.9])),      # min 0.8, 2 people
-              Image("/in/3.jpg", W, H, people=_pose_people([0.2])),           # min 0.2, 1 person
-              Image("/in/4.jpg", W, H, people=_pose_people([0.3, 0.5, 0.6])),  # min 0.3 (tie: id 0 first), 3
-              Image("/in/5.jpg", error="unreadable", people=_pose_people([0.1]))]  # failed: never
-    tasks, manifest = _export(tmp_path, images, ExportPolicy(), review=3, review_by=review_by)
+# shards of 3: an image without people first in shard 0 (it must not end the shard's scan), and in shard 1
+# one that does not beat the full heap before one that does
+SELECTION_IMAGES = [Image("/in/0.jpg", W, H, people=[]),                              # never a candidate
+                    Image("/in/1.jpg", W, H, people=_pose_people([0.3, 0.9])),        # min 0.3, 2 people
+                    Image("/in/2.jpg", W, H, people=_pose_people([0.8, 0.9])),        # min 0.8, 2
+                    Image("/in/3.jpg", W, H, people=_pose_people([0.2])),             # min 0.2, 1
+                    Image("/in/4.jpg", W, H, people=_pose_people([0.9, 0.95])),       # min 0.9, 2
+                    Image("/in/5.jpg", W, H, people=_pose_people([0.3, 0.5, 0.6])),   # min 0.3 (tie: 1 first), 3
+                    Image("/in/6.jpg", error="unreadable", people=_pose_people([0.1]))]  # failed: never
+
+
+@pytest.mark.parametrize(("review_by", "review", "expected", "keys"), [
+    ("low-confidence", 3, [3, 1, 5], [0.2, 0.3, 0.3]), ("crowded", 3, [5, 1, 2], [-3.0, -2.0, -2.0]),
+    ("low-confidence", 1, [3], [0.2]), ("crowded", 10, [5, 1, 2, 4, 3], [-3.0, -2.0, -2.0, -2.0, -1.0])])
+def test_the_review_selection_and_its_order(tmp_path: Path, review_by: str, review: int, expected: list[int],
+                                            keys: list[float]) -> None:
+    src = write_output(str(tmp_path / "out"), SELECTION_IMAGES, shard_size=3)
+    export_output(src, str(tmp_path / "ls"), "label-studio", ExportPolicy(), ExportOptions(review=review,
+                                                                                           review_by=review_by))
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     assert [t["id"] for t in tasks] == expected
-    keys = [t["data"]["review_key"] for t in tasks]
-    if review_by == "crowded":
-        assert keys == [-3.0, -2.0, -2.0]
-    else:
-        assert keys == pytest.approx([0.2, 0.3, 0.3])
-    assert manifest["files"][0] == {"file": "tasks.json", "tasks": 3, "review_by": review_by}
+    assert [t["data"]["review_key"] for t in tasks] == pytest.approx(keys)
+    manifest = json.loads((tmp_path / "ls" / "export.json").read_text())
+    assert manifest["files"][0] == {"file": "tasks.json", "tasks": len(expected), "review_by": review_by}
     coco = COCO(str(tmp_path / "ls" / "review_coco.json"))
     assert sorted(coco.getImgIds()) == sorted(expected)
+
+
+def test_occluded_keypoints_are_shown_and_absent_ones_are_not(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 8, 4, 28, 36)
+    presence, visibility = np.ones(17, np.float32), np.ones(17, np.float32)
+    presence[5] = 0.1  # confident, but predicted outside the crop: unlabeled (v = 0)
+    visibility[6] = 0.1  # present but occluded: shown (v = 1 in the COCO file)
+    person = Person(mask, keypoints=default_keypoints(mask, 0.9), visibility=visibility, presence=presence)
+    policy = ExportPolicy(keypoint_thr=0.5, keypoint_presence_thr=0.5, keypoint_visibility_thr=0.5)
+    (task,), _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=[person])], policy)
+    shown = [p["value"]["keypointlabels"][0] for p in _regions(task, "keypointlabels")]
+    assert shown == [n for j, n in enumerate(KEYPOINT_NAMES) if j != 5]
+    (ann,) = COCO(str(tmp_path / "ls" / "review_coco.json")).dataset["annotations"]
+    v = np.asarray(ann["keypoints"]).reshape(17, 3)[:, 2]
+    assert v[5] == 0 and v[6] == 1 and ann["num_keypoints"] == 16
 
 
 def test_random_review_is_stable_and_in_the_unit_interval(tmp_path: Path) -> None:
