@@ -184,6 +184,17 @@ def test_random_review_is_stable_and_in_the_unit_interval(tmp_path: Path) -> Non
     assert [t["data"]["review_key"] for t in again][:4] == keys
 
 
+def test_a_mask_on_the_image_edges_keeps_its_polygon_on_them(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 0, 0, 24, H)  # touches the left, top and bottom edges
+    (task,), _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=[Person(mask)])], ExportPolicy())
+    (polygon,) = _regions(task, "polygonlabels")
+    points = np.asarray(polygon["value"]["points"])
+    assert points.min(axis=0).tolist() == [0, 0] and points.max(axis=0).tolist() == [30.0, 100.0]
+    pixels = (points / 100 * [W, H]).reshape(-1).tolist()
+    filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], H, W)))
+    np.testing.assert_array_equal(filled.astype(bool), mask)
+
+
 def test_prediction_score_is_clipped_to_one(tmp_path: Path) -> None:
     tasks, _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=_pose_people([1.5, 1.25]))], ExportPolicy())
     assert tasks[0]["predictions"][0]["score"] == 1.0
