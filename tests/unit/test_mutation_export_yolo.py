@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 from bmp_core.coco_meta import FLIP_INDICES
 from bmp_core.output.export.policy import ExportPolicy, split_score
 from bmp_core.output.export.run import ExportOptions, ExportUsageError, export_output
-from tests.export_fixtures import Image, Person, box_mask, write_output
+from tests.export_fixtures import Image, Person, box_mask, default_keypoints, write_output
 
 H, W = 48, 64
 
@@ -115,7 +115,7 @@ def test_seg_export_to_a_remote_dest_lists_the_source_uris(tmp_path: Path, memor
     uri, root = memory_dest
     uris = ["/in/a.jpg", "s3://bucket/b.png", "/in/c.jpg"]
     src = write_output(str(tmp_path / "out"), [Image(u, W, H, people=_people(k + 1)) for k, u in enumerate(uris)])
-    with pytest.raises(ExportUsageError, match="--link symlink needs a local --to folder"):
+    with pytest.raises(ExportUsageError, match="^--link symlink needs a local --to folder$"):
         export_output(src, uri, "yolo-seg", ExportPolicy(), ExportOptions(link="symlink"))
     manifest = export_output(src, uri, "yolo-seg", ExportPolicy(), ExportOptions(link="auto"))
     fs = fsspec.filesystem("memory")
@@ -145,7 +145,7 @@ def test_auto_links_local_images_and_lists_remote_ones(tmp_path: Path) -> None:
     export_output(src, str(dest), "yolo-pose", ExportPolicy(), ExportOptions(link="auto"))
     assert (dest / "train.txt").read_text().splitlines() == ["./images/train/000000000_a.jpg", uris[1]]
     assert os.path.realpath(dest / "images" / "train" / "000000000_a.jpg") == os.path.realpath(local)
-    with pytest.raises(ExportUsageError, match="--link symlink needs local images; s3://bucket/b.jpg is not"):
+    with pytest.raises(ExportUsageError, match="^--link symlink needs local images; s3://bucket/b.jpg is not$"):
         export_output(src, str(tmp_path / "y2"), "yolo-pose", ExportPolicy(), ExportOptions(link="symlink"))
 
 
@@ -185,3 +185,28 @@ def test_seg_polygon_at_tolerance_zero_fills_back_to_a_round_mask(tmp_path: Path
     poly = (np.array(line.split(), float)[1:].reshape(-1, 2) * [W, H]).reshape(-1).tolist()
     filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], H, W)))
     np.testing.assert_array_equal(filled.astype(bool), disk)
+
+
+def test_one_val_image_is_a_val_split(tmp_path: Path) -> None:
+    uris = ["/in/a.jpg", "/in/b.jpg", "/in/c.jpg"]
+    first = min(uris, key=split_score)
+    src = write_output(str(tmp_path / "out"), [Image(u, W, H, people=_people(1)) for u in uris])
+    policy = ExportPolicy(val_fraction=(split_score(first) + sorted(map(split_score, uris))[1]) / 2)
+    export_output(src, str(tmp_path / "y"), "yolo-pose", policy, ExportOptions(link="list"))
+    assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["val"] == "val.txt"
+    assert (tmp_path / "y" / "val.txt").read_text() == first + "\n"
+
+
+def test_pose_flags_occluded_keypoints_1_and_absent_ones_0(tmp_path: Path) -> None:
+    mask = box_mask(H, W, 8, 4, 28, 36)
+    presence, visibility = np.ones(17, np.float32), np.ones(17, np.float32)
+    presence[5] = 0.1  # confident, but predicted outside the crop: unlabeled
+    visibility[6] = 0.1  # present but occluded
+    person = Person(mask, keypoints=default_keypoints(mask, 0.9), visibility=visibility, presence=presence)
+    src = write_output(str(tmp_path / "out"), [Image("/in/a.jpg", W, H, people=[person])])
+    policy = ExportPolicy(keypoint_thr=0.5, keypoint_presence_thr=0.5, keypoint_visibility_thr=0.5)
+    export_output(src, str(tmp_path / "y"), "yolo-pose", policy, ExportOptions(link="list"))
+    (line,) = (tmp_path / "y" / "labels" / "train" / "000000000_a.txt").read_text().splitlines()
+    triples = np.array(line.split(), float)[5:].reshape(17, 3)
+    assert triples[:, 2].tolist() == [2] * 5 + [0, 1] + [2] * 10
+    assert triples[5].tolist() == [0, 0, 0] and (triples[6, :2] > 0).all()
