@@ -42,11 +42,13 @@ def _regions(task: dict, type_: str) -> list[dict]:
 
 
 def test_one_task_region_by_region(tmp_path: Path) -> None:
-    kept_mask = box_mask(H, W, 8, 4, 28, 36)
+    kept_mask = box_mask(H, W, 9, 5, 27, 35)  # edges at fractional percents (11.25 %, 12.5 %, ...)
     kp = default_keypoints(kept_mask, 0.9)
     kp[0, 2] = 0.2  # below keypoint_thr: not shown
     kp[1, :2] = (W + 3.0, 10.0)  # outside the image: not shown
     kp[2, :2] = (W, H)  # on the corner: shown
+    kp[3, :2] = (0.0, 10.0)  # on the left edge: shown
+    kp[4, :2] = (10.0, 0.0)  # on the top edge: shown
     kept = Person(kept_mask, det_score=0.75, pose_score=0.625, keypoints=kp, box_xyxy=(-4.0, 2.0, 30.0, H + 6.0))
     ignored = Person(box_mask(H, W, 40, 10, 60, 30), det_score=0.5, pose_score=0.25)  # below min_pose_score
     dropped = Person(np.zeros((H, W), bool), pose_score=0.125, box_xyxy=(70.0, 1.0, 75.0, 5.0))  # no mask: dropped
@@ -102,7 +104,7 @@ def test_one_task_region_by_region(tmp_path: Path) -> None:
         "plan_id"]
     person, crowd = sorted(coco.loadAnns(coco.getAnnIds()), key=lambda a: a["iscrowd"])
     assert (person["iscrowd"], crowd["iscrowd"]) == (0, 1)  # the ignore region: a crowd, the dropped one absent
-    assert person["bbox"] == pytest.approx([8, 4, 20, 32]) and crowd["area"] == 400  # the masks' boxes / areas
+    assert person["bbox"] == pytest.approx([9, 5, 18, 30]) and crowd["area"] == 400  # the masks' boxes / areas
     v = np.asarray(person["keypoints"]).reshape(17, 3)[:, 2]
     assert v[0] == 0 and (v[3:] == 2).all()  # below keypoint_thr: unlabeled, as in the tasks
 
@@ -120,6 +122,7 @@ def test_the_labeling_config_names_what_the_regions_use(tmp_path: Path) -> None:
     assert {t: (el.get("name"), el.get("toName")) for t, el in by_tag.items()} == {
         "RectangleLabels": ("box", "image"), "PolygonLabels": ("mask", "image"),
         "KeyPointLabels": ("keypoints", "image")}
+    assert all(not (el.tail or "").strip() and not (el.text or "").strip() for el in root.iter())  # no stray text
     for tag in ("RectangleLabels", "PolygonLabels"):
         assert [lbl.get("value") for lbl in by_tag[tag].iter("Label")] == ["person", "ignore"]
     assert [lbl.get("value") for lbl in by_tag["KeyPointLabels"].iter("Label")] == list(KEYPOINT_NAMES)
@@ -193,6 +196,16 @@ def test_a_mask_on_the_image_edges_keeps_its_polygon_on_them(tmp_path: Path) -> 
     pixels = (points / 100 * [W, H]).reshape(-1).tolist()
     filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], H, W)))
     np.testing.assert_array_equal(filled.astype(bool), mask)
+
+
+def test_boxes_outside_the_image_are_clipped_onto_its_edges(tmp_path: Path) -> None:
+    nothing = np.zeros((H, W), bool)
+    people = [Person(nothing, box_xyxy=(-9.0, 4.0, -1.0, 20.0)),
+              Person(nothing, box_xyxy=(W + 1.0, 4.0, W + 9.0, 20.0))]
+    (task,), _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=people)], ExportPolicy())
+    values = [{k: b["value"][k] for k in ("x", "y", "width", "height")} for b in _regions(task, "rectanglelabels")]
+    assert values == [{"x": 0.0, "y": 10.0, "width": 0.0, "height": 40.0},
+                      {"x": 100.0, "y": 10.0, "width": 0.0, "height": 40.0}]
 
 
 def test_prediction_score_is_clipped_to_one(tmp_path: Path) -> None:
