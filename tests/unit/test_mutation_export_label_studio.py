@@ -80,6 +80,9 @@ def test_one_task_region_by_region(tmp_path: Path) -> None:
     assert [(p["id"], p["parentID"], p["from_name"], p["value"]["polygonlabels"]) for p in polygons] == [
         ("0_0_mask", "0_0", "mask", ["person"]), ("0_1_mask", "0_1", "mask", ["ignore"])]
     assert [p["score"] for p in polygons] == pytest.approx([0.625, 0.25])
+    # a box mask's outline: its four pixel corners, in percent of the image size
+    np.testing.assert_allclose(sorted(map(tuple, polygons[0]["value"]["points"])),
+                               [(11.25, 12.5), (11.25, 87.5), (33.75, 12.5), (33.75, 87.5)], atol=1e-4)
     for p, mask in zip(polygons, [kept_mask, ignored.mask], strict=True):
         pixels = (np.asarray(p["value"]["points"]) / 100 * [W, H]).reshape(-1).tolist()
         filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], H, W)))
