@@ -214,3 +214,21 @@ def test_boxes_outside_the_image_are_clipped_onto_its_edges(tmp_path: Path) -> N
 def test_prediction_score_is_clipped_to_one(tmp_path: Path) -> None:
     tasks, _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=_pose_people([1.5, 1.25]))], ExportPolicy())
     assert tasks[0]["predictions"][0]["score"] == 1.0
+
+
+def test_the_polygon_tolerance_option_reaches_the_review_polygons(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[:H, :W]
+    disk = (xx - 40) ** 2 + (yy - 20) ** 2 <= 15**2  # curved: any simplification changes its fill
+
+    def filled(tolerance: float) -> tuple[np.ndarray, dict]:
+        (task,), manifest = _export(tmp_path / str(tolerance), [Image("/in/a.jpg", W, H, people=[Person(disk)])],
+                                    ExportPolicy(), polygon_tolerance_px=tolerance)
+        (polygon,) = _regions(task, "polygonlabels")
+        pixels = (np.asarray(polygon["value"]["points"]) / 100 * [W, H]).reshape(-1).tolist()
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], H, W))).astype(bool), manifest
+
+    exact, manifest = filled(0.0)
+    np.testing.assert_array_equal(exact, disk)  # tolerance 0: the outline as traced
+    assert manifest["options"]["polygon_tolerance_px"] == 0.0
+    coarse, _ = filled(4.0)
+    assert not np.array_equal(coarse, disk)  # a coarser tolerance simplifies it

@@ -204,14 +204,18 @@ def review_coco(images: list[ReviewImage], policy: ExportPolicy, fp, info: dict[
 
 
 def write_review_export(shards: Iterable[ExportShard], dest, policy: ExportPolicy, n: int, review_by: str,
-                        tally, image_url_prefix: str = "", info: dict[str, Any] | None = None) -> list[dict]:
-    """Select and write the review subset into ``dest`` (an ``OutputStore``); returns its files' summary."""
+                        tally, image_url_prefix: str = "", info: dict[str, Any] | None = None,
+                        polygon_tolerance_px: float = 1.5) -> list[dict]:
+    """Select and write the review subset into ``dest`` (an ``OutputStore``); returns its files' summary.
+
+    ``polygon_tolerance_px``: the Douglas-Peucker tolerance of the tasks' mask polygons.
+    """
     import json
 
     if review_by not in REVIEW_BY:
         raise ValueError(f"--review-by must be one of {', '.join(REVIEW_BY)}, got {review_by!r}")
     images = select_review(shards, n, review_by, tally)
-    tasks = [task_of(im, policy, image_url_prefix) for im in images]
+    tasks = [task_of(im, policy, image_url_prefix, polygon_tolerance_px) for im in images]
     dest.write_bytes(TASKS_JSON, json.dumps(tasks, indent=1).encode())
     dest.write_bytes(CONFIG_XML, labeling_config_xml().encode())
     buf = io.StringIO()

@@ -118,9 +118,10 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
         if options.review_by not in REVIEW_BY:
             raise ExportUsageError(f"--review-by must be one of {', '.join(REVIEW_BY)}, got {options.review_by!r}")
         files = write_review_export(shards, dest, policy, options.review, options.review_by, tally,
-                                    options.image_url_prefix, info)
+                                    options.image_url_prefix, info, options.polygon_tolerance_px)
         recorded = {"review": options.review, "review_by": options.review_by,
-                    "image_url_prefix": options.image_url_prefix}
+                    "image_url_prefix": options.image_url_prefix,
+                    "polygon_tolerance_px": options.polygon_tolerance_px}
     manifest = ExportManifest(format=fmt, source=src.uri, plan_id=plan.plan_id, policy=policy,
                               policy_source=policy_source,
                               counts=tally, files=files, options=recorded,
