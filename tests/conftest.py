@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,3 +79,15 @@ def read_bgr(path: Path) -> np.ndarray:
 def image_004806(testdata: Path) -> np.ndarray:
     """OCHuman 004806 (the BMP paper's demo image); skips without the shared set."""
     return read_bgr(require_shared(testdata, "ochuman") / "004806.jpg")
+
+
+@pytest.fixture()
+def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path, Any]]:
+    """(base URL, served folder, handler class with .requests / .seen / .delay_s): a checkpoint host on
+    127.0.0.1 serving an empty folder the test fills (tests/http_folder.py)."""
+    from tests.http_folder import serve_folder
+
+    root = tmp_path / "served"
+    root.mkdir()
+    with serve_folder(root) as (base, handler):
+        yield base, root, handler

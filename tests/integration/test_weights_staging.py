@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from bmp_core.config import load_config
 from bmp_core.models.checkpoints import cache_key, cache_path_for
 from bmp_core.testing.images import synthetic_people_bgr
 from jobs.ray_runner import RunOptions, run_job
-from tests.http_folder import RecordingHandler, serve_folder
 
 from .conftest import BUCKET
 
@@ -28,23 +26,14 @@ pytest.importorskip("sam2")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def origin(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
-    """(base URL, served folder, handler with .requests): the checkpoints' origin on 127.0.0.1."""
-    root = tmp_path / "origin"
-    root.mkdir()
-    with serve_folder(root) as (base, handler):
-        yield base, root, handler
-
-
-def test_two_workers_stage_each_checkpoint_once(ray_cluster: object, origin: Any, tmp_path: Path,
+def test_two_workers_stage_each_checkpoint_once(ray_cluster: object, http_folder: Any, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import cv2
     import fsspec
 
     from bmp_core.models.detector_rtmdet import build_rtmdet
 
-    base, root, handler = origin
+    base, root, handler = http_folder
     tiny = REPO / "configs" / "tiny_random.yaml"
     torch.manual_seed(1)
     detector = build_rtmdet(load_config(tiny).models.detector, torch.device("cpu"), None, "fp32")

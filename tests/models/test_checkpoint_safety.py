@@ -15,7 +15,6 @@ import re
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from bmp_core.models.checkpoints import (
     load_strict,
     resolve_checkpoint,
 )
-from tests.http_folder import RecordingHandler, serve_folder  # noqa: E402
 from tests.models.pickle_payloads import Opaque, RunsACommand  # noqa: E402
 
 
@@ -308,19 +306,11 @@ def test_the_first_twelve_keys_of_each_kind_are_named() -> None:
 # Resolving a reference: offline switches, headers, names in the cache
 
 
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
-    root = tmp_path / "served"
-    root.mkdir()
-    with serve_folder(root) as (base, handler):
-        yield base, root, handler
-
-
 @pytest.mark.parametrize("value", ["1", "true", "YES"])
 @pytest.mark.parametrize("variable", ["BMP_OFFLINE", "HF_HUB_OFFLINE"])
-def test_either_offline_variable_stops_downloads(served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_either_offline_variable_stops_downloads(http_folder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  variable: str, value: str) -> None:
-    base, root, handler = served
+    base, root, handler = http_folder
     (root / "w.pth").write_bytes(b"w")
     monkeypatch.setenv(variable, value)
     with pytest.raises(CheckpointError, match="offline"):
@@ -330,9 +320,9 @@ def test_either_offline_variable_stops_downloads(served: Any, tmp_path: Path, mo
     assert resolve_checkpoint(f"{base}/w.pth", tmp_path / "cache", offline=False).read_bytes() == b"w"
 
 
-def test_other_values_of_the_offline_variables_download(served: Any, tmp_path: Path,
+def test_other_values_of_the_offline_variables_download(http_folder: Any, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    base, root, handler = served
+    base, root, handler = http_folder
     (root / "w.pth").write_bytes(b"w")
     monkeypatch.setenv("BMP_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "no")
@@ -342,8 +332,8 @@ def test_other_values_of_the_offline_variables_download(served: Any, tmp_path: P
     assert len(handler.seen) == 1
 
 
-def test_the_hub_token_goes_to_the_hub_only(served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    base, root, handler = served
+def test_the_hub_token_goes_to_the_hub_only(http_folder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root, handler = http_folder
     (root / "o" / "r" / "resolve" / "main").mkdir(parents=True)
     (root / "o" / "r" / "resolve" / "main" / "w.pth").write_bytes(b"hub")
     (root / "plain.pth").write_bytes(b"plain")
@@ -367,8 +357,8 @@ def test_the_hub_token_goes_to_the_hub_only(served: Any, tmp_path: Path, monkeyp
     assert "Authorization" not in handler.seen[-1][1]
 
 
-def test_a_slow_server_fails_after_the_timeout(served: Any, tmp_path: Path) -> None:
-    base, root, handler = served
+def test_a_slow_server_fails_after_the_timeout(http_folder: Any, tmp_path: Path) -> None:
+    base, root, handler = http_folder
     (root / "w.pth").write_bytes(b"w")
     handler.delay_s = 1.0
     start = time.monotonic()
@@ -428,11 +418,11 @@ def test_unsupported_schemes_and_uppercase_digests(tmp_path: Path) -> None:
     assert resolve_checkpoint(str(big), tmp_path, sha256=hashlib.sha256(big.read_bytes()).hexdigest()) == big
 
 
-def test_a_download_is_written_beside_its_target_and_renamed_whole(served: Any, tmp_path: Path,
+def test_a_download_is_written_beside_its_target_and_renamed_whole(http_folder: Any, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """While the bytes arrive they are in ``<name>.<random>.part`` in the target's folder, never at the
     target's name (a reader never sees half a file); a wrong digest leaves neither."""
-    base, root, handler = served
+    base, root, handler = http_folder
     payload = os.urandom(300_000)
     (root / "w.pth").write_bytes(payload)
     cache = tmp_path / "cache"

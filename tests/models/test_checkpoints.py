@@ -25,20 +25,10 @@ from bmp_core.models.checkpoints import (
     load_strict,
     resolve_checkpoint,
 )
-from tests.http_folder import RecordingHandler, serve_folder  # noqa: E402
 from tests.models.pickle_payloads import Opaque, RunsACommand  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # A local http server that counts requests
-
-
-@pytest.fixture()
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, type[RecordingHandler]]]:
-    """(base URL, served folder, handler class with .requests/.delay_s) on 127.0.0.1, random port."""
-    root = tmp_path / "served"
-    root.mkdir()
-    with serve_folder(root) as (base, handler):
-        yield base, root, handler
 
 
 def _leftovers(cache: Path) -> list[str]:
@@ -57,8 +47,8 @@ def test_local_path_and_sha256(tmp_path: Path) -> None:
         resolve_checkpoint(str(tmp_path / "missing.pth"), tmp_path / "cache")
 
 
-def test_http_download_once_then_cache_hit(tmp_path: Path, http_root: Any) -> None:
-    base, root, handler = http_root
+def test_http_download_once_then_cache_hit(tmp_path: Path, http_folder: Any) -> None:
+    base, root, handler = http_folder
     (root / "model.pth").write_bytes(b"x" * 3_000_000)
     cache = tmp_path / "cache"
     first = resolve_checkpoint(
@@ -72,8 +62,8 @@ def test_http_download_once_then_cache_hit(tmp_path: Path, http_root: Any) -> No
     assert _leftovers(cache) == ["model.pth"]
 
 
-def test_sha256_mismatch_leaves_nothing_in_the_cache(tmp_path: Path, http_root: Any) -> None:
-    base, root, _ = http_root
+def test_sha256_mismatch_leaves_nothing_in_the_cache(tmp_path: Path, http_folder: Any) -> None:
+    base, root, _ = http_folder
     (root / "model.pth").write_bytes(b"tampered")
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
@@ -81,15 +71,15 @@ def test_sha256_mismatch_leaves_nothing_in_the_cache(tmp_path: Path, http_root: 
     assert _leftovers(cache) == []
 
 
-def test_failed_download_names_the_url_and_leaves_no_partial_file(tmp_path: Path, http_root: Any) -> None:
-    base, _, _ = http_root
+def test_failed_download_names_the_url_and_leaves_no_partial_file(tmp_path: Path, http_folder: Any) -> None:
+    base, _, _ = http_folder
     with pytest.raises(CheckpointError, match=r"could not download checkpoint .*/absent\.pth"):
         resolve_checkpoint(f"{base}/absent.pth", tmp_path / "cache")
     assert _leftovers(tmp_path / "cache") == []
 
 
-def test_offline_without_cache_is_one_clear_error(tmp_path: Path, http_root: Any, monkeypatch: Any) -> None:
-    base, root, handler = http_root
+def test_offline_without_cache_is_one_clear_error(tmp_path: Path, http_folder: Any, monkeypatch: Any) -> None:
+    base, root, handler = http_folder
     (root / "model.pth").write_bytes(b"w")
     uri = f"{base}/model.pth"
     with pytest.raises(CheckpointError) as err:
@@ -109,8 +99,8 @@ def test_offline_without_cache_is_one_clear_error(tmp_path: Path, http_root: Any
     assert resolve_checkpoint(uri, tmp_path / "cache") == staged
 
 
-def test_concurrent_resolvers_download_once(tmp_path: Path, http_root: Any) -> None:
-    base, root, handler = http_root
+def test_concurrent_resolvers_download_once(tmp_path: Path, http_folder: Any) -> None:
+    base, root, handler = http_folder
     payload = os.urandom(2_000_000)
     (root / "big.pth").write_bytes(payload)
     handler.delay_s = 0.5  # every resolver arrives while the first download is still running
@@ -131,8 +121,8 @@ def test_concurrent_resolvers_download_once(tmp_path: Path, http_root: Any) -> N
     assert handler.requests == ["/big.pth"]
 
 
-def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_root: Any, monkeypatch: Any) -> None:
-    base, root, handler = http_root
+def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_folder: Any, monkeypatch: Any) -> None:
+    base, root, handler = http_folder
     target = root / "vrg-prague" / "BBoxMaskPose" / "resolve" / "main" / "MaskPose"
     target.mkdir(parents=True)
     (target / "MaskPose-b-1.0.0.pth").write_bytes(b"hf")
@@ -147,12 +137,12 @@ def test_hf_uri_goes_to_the_hub_resolve_url(tmp_path: Path, http_root: Any, monk
 
 
 def test_an_encoded_plus_in_the_url_is_fetched_and_cached_under_the_plain_name(
-    tmp_path: Path, http_root: Any, monkeypatch: Any
+    tmp_path: Path, http_folder: Any, monkeypatch: Any
 ) -> None:
     """SAM-pose2seg's published URL ends in ``SAM-pose2seg_hiera_b%2B.pt`` (``+`` encoded): the request keeps
     the encoding, the cache file is named ``...b+.pt``, and the ``hf://`` spelling with a literal ``+``
     resolves to the same request."""
-    base, root, handler = http_root
+    base, root, handler = http_folder
     (root / "SAM-pose2seg_hiera_b+.pt").write_bytes(b"sam-pose2seg")
     url = f"{base}/SAM-pose2seg_hiera_b%2B.pt"
     path = resolve_checkpoint(url, tmp_path / "cache")
@@ -289,7 +279,7 @@ def test_load_strict_names_renamed_and_mis_shaped_keys() -> None:
 
 def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
     tmp_path: Path,
-    http_root: Any,
+    http_folder: Any,
     moto_s3: Any,
     tiny_cfg: Any,
     tiny_models: Any,
@@ -297,7 +287,7 @@ def test_checkpoints_via_path_http_and_s3_reproduce_the_in_memory_models(
 ) -> None:
     from bmp_core.models.build import build_bmp_models
 
-    base, root, _ = http_root
+    base, root, _ = http_folder
     # Published formats: mmengine {'meta', 'state_dict'} for RTMDet and MaskPose, sam2 {'model'}.
     meta = {"epoch": np.int64(300), "mmdet_version": "3.3.0"}
     # (The smallest file, RTMDet tiny's ~22 MB, goes through moto, the slowest of the three transports.)

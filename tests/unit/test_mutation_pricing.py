@@ -4,8 +4,6 @@ the measured seconds bounded by the wall clock around the call, and the GPU flag
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from bmp_core.io.sources import list_source
 from bmp_core.output.plan import Plan
 from bmp_core.testing.images import SyntheticImage, write_synthetic_images
 from jobs.pricing import SampleTiming, SampleWorker, format_duration, project, sample_ids, sample_inputs, sample_tars
+from tests.tar_files import write_tar
 
 TIMING = SampleTiming(num_images=40, num_errors=0, labeling_s=20.0, num_warmup=8, warmup_s=5.0,
                       worker_start_s=30.0, worker="h:1", device="1 GPU")
@@ -47,14 +46,6 @@ def test_the_gpu_flag_reaches_the_worker() -> None:
     assert SampleWorker(cfg, gpu_assigned=True).gpu_assigned is True
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_the_measured_seconds_are_within_the_call(tmp_path: Path) -> None:
     photos = write_synthetic_images(tmp_path / "photos", tuple(SyntheticImage(f"p{i}.jpg", 96, 80, 1, i)
                                                                 for i in range(3)))
@@ -68,7 +59,7 @@ def test_the_measured_seconds_are_within_the_call(tmp_path: Path) -> None:
     wall = time.perf_counter() - t0
     assert 0 < seconds <= wall and 0 < warmup_s <= wall and seconds + warmup_s <= wall
 
-    _write_tar(tmp_path / "s-0.tar", [(p.name, p.read_bytes()) for p in photos])
+    write_tar(tmp_path / "s-0.tar", [(p.name, p.read_bytes()) for p in photos])
     tars = sample_tars(list_source(str(tmp_path / "s-0.tar"), (".jpg",)), seed=0)
     t0 = time.perf_counter()
     n, seconds, _, warmup_s, _ = worker.time_tar_sample(tars, 3, 1)

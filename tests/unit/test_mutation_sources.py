@@ -6,7 +6,6 @@ read times."""
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
@@ -36,23 +35,16 @@ from bmp_core.io.sources import (
     stream_tar,
 )
 from bmp_core.io.uris import InputError
+from tests.tar_files import write_tar
 
 EXTS = (".jpg",)
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def test_only_a_container_before_the_first_hash_makes_a_member_uri(tmp_path: Path) -> None:
     assert split_member_uri("/d/s.tar#a/b#1.jpg") == ("/d/s.tar", "a/b#1.jpg")  # a member name may hold '#'
     assert split_member_uri("/d/t.PARQUET#000000000003") == ("/d/t.PARQUET", "000000000003")
     assert split_member_uri("/d/photo#1.jpg") is None and split_member_uri("/d/s.tar") is None
-    _write_tar(tmp_path / "s.tar", [("a/b#1.jpg", b"member bytes")])
+    write_tar(tmp_path / "s.tar", [("a/b#1.jpg", b"member bytes")])
     assert read_entry_bytes(f"{tmp_path / 's.tar'}#a/b#1.jpg") == b"member bytes"
     (tmp_path / "photo#1.jpg").write_bytes(b"a loose file")  # a '#' in a loose file's name: still that file
     assert read_entry_bytes(str(tmp_path / "photo#1.jpg")) == b"a loose file"
@@ -72,7 +64,7 @@ def test_a_parquet_row_is_read_back_with_its_column_or_the_only_image_column(tmp
 
 
 def test_brace_names_that_are_folders_are_missing(tmp_path: Path) -> None:
-    _write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
+    write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
     (tmp_path / "s-1.tar").mkdir()
     with pytest.raises(InputError, match=r"^2 of the 3 files .* do not exist, e.g. .*s-1.tar, .*s-2.tar$"):
         list_source(str(tmp_path / "s-{0..2}.tar"), EXTS)
@@ -86,7 +78,7 @@ def test_a_folder_without_images_hints_at_its_containers(tmp_path: Path) -> None
     with pytest.raises(InputError, match=r"\(expected a folder, a glob, a .txt list file or an image\)$"):
         list_source(str(tmp_path / "missing"), EXTS)
     (tmp_path / "shards" / "sub").mkdir(parents=True)
-    _write_tar(tmp_path / "shards" / "sub" / "s-0.tar", [("a.jpg", b"x")])
+    write_tar(tmp_path / "shards" / "sub" / "s-0.tar", [("a.jpg", b"x")])
     with pytest.raises(InputError, match=rf"; it holds .tar files: for those use --input '{tmp_path}/shards/\*.tar'$"):
         list_source(f"{tmp_path}/shards/", EXTS)
     (tmp_path / "tables").mkdir()
@@ -163,7 +155,7 @@ def test_brace_patterns_expand_as_bash_expands_them() -> None:
 
 
 def test_a_missing_brace_name_list_names_three(tmp_path: Path) -> None:
-    _write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
+    write_tar(tmp_path / "s-0.tar", [("a.jpg", b"x")])
     with pytest.raises(InputError) as err:
         list_source(str(tmp_path / "s-{0..5}.tar"), EXTS)
     named = str(err.value).split("e.g. ", 1)[1].split(", ")
@@ -172,7 +164,7 @@ def test_a_missing_brace_name_list_names_three(tmp_path: Path) -> None:
 
 def test_tar_members_read_times_errors_and_a_damaged_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "s.tar"
-    _write_tar(path, [("a.jpg", b"A" * 3000), ("b.jpg", b"B" * 100), ("a.jpg", b"again")])
+    write_tar(path, [("a.jpg", b"A" * 3000), ("b.jpg", b"B" * 100), ("a.jpg", b"again")])
     with tarfile.open(path) as reference:
         last = reference.getmembers()[-1]
     end = -(-(last.offset_data + last.size) // 512) * 512
@@ -197,10 +189,10 @@ def test_tar_members_read_times_errors_and_a_damaged_tail(tmp_path: Path, caplog
 
 def test_a_changed_tar_is_refused_with_the_way_out(tmp_path: Path) -> None:
     path = tmp_path / "s.tar"
-    _write_tar(path, [("a.jpg", b"x")])
+    write_tar(path, [("a.jpg", b"x")])
     (tar,) = list_source(str(path), EXTS).tars
     check_unchanged(tar)
-    _write_tar(path, [("a.jpg", b"x"), ("b.jpg", b"y")])
+    write_tar(path, [("a.jpg", b"x"), ("b.jpg", b"y")])
     with pytest.raises(InputChangedError, match=r"Restore it, or label the changed input into a new --output \(or "
                                                 r"pass --force to start this one over\)$"):
         check_unchanged(tar)
@@ -218,7 +210,7 @@ def test_a_parquet_group_needs_the_image_column(tmp_path: Path) -> None:
 def test_which_files_a_container_input_names(tmp_path: Path) -> None:
     for rel in ("d/b.tar", "d/sub/a.TAR", "d/c.tar.gz", "d/x.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_tar(tmp_path / rel, [("a.jpg", b"x")])
+        write_tar(tmp_path / rel, [("a.jpg", b"x")])
     (tmp_path / "d" / "dir.tar").mkdir()  # a folder named like a tar: never a container
     folder = list_containers(str(tmp_path / "d"), ".tar")  # recursive, any case of the suffix
     assert [c.uri for c in folder] == [str(tmp_path / "d/b.tar"), str(tmp_path / "d/sub/a.TAR")]
@@ -285,7 +277,7 @@ def test_the_input_kind_of_a_name(tmp_path: Path) -> None:
 def test_listing_relative_list_entries_and_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "d").mkdir()
     for name in ("a.tar", "b.tar"):
-        _write_tar(tmp_path / "d" / name, [("x.jpg", b"x" * 100)])
+        write_tar(tmp_path / "d" / name, [("x.jpg", b"x" * 100)])
     (tmp_path / "d" / "tars.txt").write_text("a.tar\nb.tar\n")  # relative to the list file's folder
     t0 = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="bmp_core.io.sources"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import tarfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from jobs.pricing import (
     sample_inputs,
     sample_tars,
 )
+from tests.tar_files import write_tar
 
 
 def _closed_form_makespan(num_images: int, shard_size: int, num_workers: int, rate: float) -> float:
@@ -90,21 +90,13 @@ def test_sample_worker_times_scattered_parquet_rows(testdata: Path, tmp_path: Pa
     assert (n, errors) == (4, 1) and seconds > 0 and warmup_s > 0
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_a_tar_sample_streams_seeded_tars_and_counts_the_bytes_it_spans(tmp_path: Path) -> None:
     from bmp_core.testing.images import SyntheticImage, write_synthetic_images
 
     photos = write_synthetic_images(tmp_path / "photos", tuple(SyntheticImage(f"p{i}.jpg", 160 + 8 * i, 120, 1, i)
                                                                 for i in range(4)))
     for t in range(3):
-        _write_tar(tmp_path / f"s-{t}.tar", [(f"{t}{i}.jpg", p.read_bytes()) for i, p in enumerate(photos)] +
+        write_tar(tmp_path / f"s-{t}.tar", [(f"{t}{i}.jpg", p.read_bytes()) for i, p in enumerate(photos)] +
                    [(f"{t}9.jpg", b"corrupt: not a jpeg")])
     listing = list_source(str(tmp_path / "s-{0..2}.tar"), (".jpg",))
     order = sample_tars(listing, seed=3)
