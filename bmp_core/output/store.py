@@ -131,9 +131,18 @@ class OutputStore:
 
     def read_parquet(self, rel: str, columns: Sequence[str] | None = None,
                      filters: list[Any] | None = None) -> pa.Table:
-        """One Parquet file; through a file object, so only ``columns`` are fetched."""
+        """One Parquet file; through a file object, so only ``columns`` are fetched.
+
+        A column of ``columns`` the file does not have is left out rather than refused: a part written before
+        a nullable column existed (the reader adds it as nulls, ``reader._cast``) reads like a newer one.
+        """
         with self.fs.open(self.path(rel), "rb") as f:
-            return pq.read_table(f, columns=None if columns is None else list(columns), filters=filters)
+            if columns is None:
+                return pq.read_table(f, filters=filters)
+            parquet = pq.ParquetFile(f)
+            present = set(parquet.schema_arrow.names)
+            f.seek(0)
+            return pq.read_table(f, columns=[c for c in columns if c in present], filters=filters)
 
     def list_dir(self, rel: str) -> list[str]:
         """Names (not paths) of the objects directly under ``rel``; [] when it does not exist."""

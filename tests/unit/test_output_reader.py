@@ -18,7 +18,14 @@ import pytest
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
-from bmp_core.output.reader import SUMMARY_INSTANCE_COLUMNS, image_labels, iter_shards, load_output, read_image_rgb
+from bmp_core.output.reader import (
+    SUMMARY_INSTANCE_COLUMNS,
+    image_labels,
+    iter_shards,
+    load_output,
+    read_image_rgb,
+    read_table,
+)
 from bmp_core.output.store import OutputStore
 from bmp_core.output.tables import IMAGES_SCHEMA, INSTANCES_SCHEMA
 from tests.export_fixtures import Image, Person, box_mask, write_output
@@ -159,6 +166,13 @@ def test_parts_from_before_a_nullable_column_read_with_nulls(tmp_path: Path, out
     assert got.images.column("container_uri").null_count == got.images.num_rows
     assert json.dumps(got.images.drop_columns(["container_uri"]).to_pydict()) == json.dumps(old.to_pydict())
     assert isinstance(got.images, pa.Table)
+    # Asking for the missing column by name (what a caller of read_table(columns=...) does) reads it as nulls
+    # too, instead of failing in pyarrow on the old part.
+    store = OutputStore(str(hand))
+    named = read_table(store, ["images/p.parquet"], "images", columns=["image_id", "container_uri"])
+    assert named.column_names == ["image_id", "container_uri"]
+    assert named.column("image_id").to_pylist() == old.column("image_id").to_pylist()
+    assert named.column("container_uri").null_count == named.num_rows
 
 
 def test_an_output_whose_images_have_no_people_yet(tmp_path: Path, output: tuple[str, list[Image]]) -> None:
