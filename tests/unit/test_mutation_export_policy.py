@@ -30,6 +30,8 @@ from bmp_core.output.export.policy import (
     keypoint_flags,
     policy_backend,
     resolve_policy,
+    split_of,
+    split_score,
 )
 from bmp_core.output.export.run import export_output
 from bmp_core.output.reader import load_output
@@ -126,6 +128,14 @@ def test_resolve_policy_replaces_only_the_given_values() -> None:
     assert given.source == "default:lite+options"
     assert given.policy.to_dict() == {**base.to_dict(), "min_det_score": 0.25}
     assert [f.name for f in fields(ExportPolicy)] == list(given.policy.to_dict())
+
+
+def test_an_image_is_in_val_only_when_its_score_is_below_the_fraction() -> None:
+    for uri in ("/data/a.jpg", "s3://bucket/photos/00042.jpg"):
+        score = split_score(uri)
+        assert 0.0 < score < 1.0
+        # "in val when [its score] is below F": equal to F is train, the next float above it val
+        assert split_of(uri, score) == "train" and split_of(uri, float(np.nextafter(score, 1.0))) == "val"
 
 
 def _kp_scores(scores: list[float]) -> np.ndarray:
