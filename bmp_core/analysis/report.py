@@ -193,7 +193,7 @@ def policy_rows(output: JobOutput, policy: Any) -> list[list[Any]]:
     checks = (
         ("min_det_score", policy.min_det_score, inst.column("det_score").to_numpy(zero_copy_only=False)),
         ("min_pose_score", policy.min_pose_score, inst.column("pose_score").to_numpy(zero_copy_only=False)),
-        ("min_sam_score", policy.min_sam_score, np.nan_to_num(sam.astype(np.float64), nan=-1.0)),
+        ("min_sam_score", policy.min_sam_score, np.nan_to_num(sam.astype(np.float32), nan=-1.0)),
         ("min_mask_area_px", policy.min_mask_area_px, inst.column("mask_area").to_numpy(zero_copy_only=False)),
     )
     failed = np.zeros(inst.num_rows, bool)

@@ -207,10 +207,13 @@ def decide(instances: pa.Table, policy: ExportPolicy) -> PersonDecisions:
     from bmp_core.output.tables import keypoints_array, per_keypoint_array
 
     n = instances.num_rows
-    det = instances.column("det_score").to_numpy(zero_copy_only=False).astype(np.float64)
-    pose = instances.column("pose_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    # The stored float32 scores against a Python float compare in float32 (NEP 50), as in ``keypoint_flags``:
+    # a score stored as the float32 nearest the minimum passes (inclusive), also where the minimum has no
+    # exact float32 (0.7 is stored as 0.69999999; in float64 it would fail ``min_pose_score=0.7``).
+    det = instances.column("det_score").to_numpy(zero_copy_only=False).astype(np.float32)
+    pose = instances.column("pose_score").to_numpy(zero_copy_only=False).astype(np.float32)
     sam_col = instances.column("sam_score").combine_chunks() if n else pa.array([], pa.float32())
-    sam = sam_col.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    sam = sam_col.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32)
     area = instances.column("mask_area").to_numpy(zero_copy_only=False).astype(np.int64)
     flags = keypoint_flags(keypoints_array(instances), per_keypoint_array(instances, "keypoint_visibility"),
                            per_keypoint_array(instances, "keypoint_presence"), policy)
