@@ -41,7 +41,8 @@ def add_policy_options(parser: argparse.ArgumentParser, title: str, splits: bool
     pol.add_argument("--min-sam-score", type=float, default=None,
                      help="SAM score; > 0 also fails people SAM never prompted")
     pol.add_argument("--keypoint-thr", type=float, default=None,
-                     help="keypoints at or above are labeled (v=2) and drawn")
+                     help="keypoints scoring at or above are labeled (v=2, or v=1 when predicted occluded: "
+                     "--keypoint-visibility-thr) and drawn")
     pol.add_argument("--keypoint-visibility-thr", type=float, default=None,
                      help="labeled keypoints with predicted visibility at or above are v=2, below v=1 (occluded); "
                      "runs without visibility: always v=2 (default 0.5)")
