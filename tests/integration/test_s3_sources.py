@@ -1,8 +1,10 @@
 """Tars on S3 (the moto server of conftest.py; no Ray): listed by glob, brace pattern and list file
 as boto3 lists them, pinned by the ETag S3 reports (the MD5 of a single-part upload), a rewrite noticed, and
-streamed as tarfile reads the same bytes, front to back in bounded ranged GETs.
+streamed as tarfile reads the same bytes, front to back in bounded ranged GETs. Each listing and pin check
+sees the bucket as it is now, also after an earlier listing in the same process (s3fs caches listings).
 
-Fast (about a second): scripts/mutation.sh runs it for every mutant of ``bmp_core/io/sources.py``.
+A few seconds, the server's start included: scripts/mutation.sh runs it for the mutants of
+``bmp_core/io/sources.py`` (docs/mutation-scores.md).
 """
 
 from __future__ import annotations
