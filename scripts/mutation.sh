@@ -20,8 +20,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$HERE"
 
 # module -> the fast test files (and pytest selection) that exercise it. Slow tests (real-size models,
-# Ray, most moto servers) are left out: mutmut reruns a mutant's tests once per mutant. (The one moto test
-# of checkpoints.py stays: it alone reaches the s3:// download.)
+# Ray, most moto servers) are left out: mutmut reruns a mutant's tests once per mutant. (The moto tests of
+# checkpoints.py and sources.py stay, a second or two each: they alone reach the s3:// download / listing.)
 declare -A TESTS=(
     [bmp_core/models/checkpoints.py]="tests/models/test_checkpoint_safety.py tests/models/test_checkpoints.py"
     [bmp_core/output/commits.py]="tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_worker.py tests/unit/test_edges_io.py"
@@ -35,7 +35,7 @@ declare -A TESTS=(
     [bmp_core/output/export/run.py]="tests/unit/test_export.py"
     [bmp_core/output/export/source.py]="tests/unit/test_export.py"
     [bmp_core/output/reader.py]="tests/unit/test_output_reader.py tests/unit/test_completeness.py tests/unit/test_commit.py tests/unit/test_export.py tests/unit/test_evaluation.py tests/unit/test_worker.py tests/unit/test_mutation_reader.py"
-    [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py tests/unit/test_mutation_sources.py"
+    [bmp_core/io/sources.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_path_probe.py tests/unit/test_mutation_sources.py tests/integration/test_s3_sources.py"
     [bmp_core/io/parquet_images.py]="tests/unit/test_io_sources.py tests/unit/test_worker_inputs.py tests/unit/test_mutation_parquet_images.py"
     [jobs/pricing.py]="tests/unit/test_pricing.py tests/unit/test_mutation_pricing.py"
     [jobs/path_probe.py]="tests/unit/test_path_probe.py tests/unit/test_mutation_path_probe.py"

@@ -190,6 +190,9 @@ def list_containers(uri: str, suffix: str) -> list[Container]:
             listing error (named).
     """
     fs, path = filesystem(uri)
+    # The input as it is now: s3fs answers from the listings it cached earlier in this process (a second
+    # job or a price estimate in one Python process) and would hide a rewritten, added or deleted file.
+    fs.invalidate_cache()
     try:
         if "{" in path and _BRACE.search(path):
             found = _stat_all(fs, [p for p in expand_braces(path)], uri)
@@ -308,7 +311,8 @@ def check_unchanged(tar: Container) -> None:
     """
     fs, path = filesystem(tar.uri)
     try:
-        now = _container(fs, path, fs.info(path))  # type: ignore[attr-defined]
+        # refresh: a HEAD now, not s3fs's listing cache (a listing in this process would hide a rewrite)
+        now = _container(fs, path, fs.info(path, refresh=True))  # type: ignore[attr-defined]
     except FileNotFoundError as err:
         raise InputChangedError(f"the tar {tar.uri} was deleted since the plan froze the input") from err
     if (now.size, now.version) != (tar.size, tar.version):

@@ -190,6 +190,14 @@ def test_random_review_is_stable_and_in_the_unit_interval(tmp_path: Path) -> Non
     assert [t["data"]["review_key"] for t in again][:4] == keys
 
 
+def test_random_review_keys_spread_over_the_unit_interval(tmp_path: Path) -> None:
+    # A uniform hash of the URI: 40 images' keys fill [0, 1), not a corner of it (a key's scale is data.review_key).
+    images = [Image(f"/in/{i:02d}.jpg", W, H, people=_pose_people([0.5])) for i in range(40)]
+    tasks, _ = _export(tmp_path, images, ExportPolicy(), review=40, review_by="random")
+    keys = [t["data"]["review_key"] for t in tasks]
+    assert len(keys) == 40 and all(0 <= k < 1 for k in keys) and min(keys) < 0.25 and max(keys) > 0.75
+
+
 def test_a_mask_on_the_image_edges_keeps_its_polygon_on_them(tmp_path: Path) -> None:
     mask = box_mask(H, W, 0, 0, 24, H)  # touches the left, top and bottom edges
     (task,), _ = _export(tmp_path, [Image("/in/a.jpg", W, H, people=[Person(mask)])], ExportPolicy())

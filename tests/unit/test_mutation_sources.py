@@ -5,6 +5,7 @@ read times."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -13,15 +14,20 @@ import shutil
 import subprocess
 import tarfile
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bmp_core.config import JobConfig
 from bmp_core.io.sources import (
+    INPUT_KINDS,
     KIND_PARQUET,
     InputChangedError,
+    ReadGroup,
+    ShardEntries,
     check_unchanged,
     expand_braces,
     input_kind,
@@ -312,3 +318,112 @@ def test_a_folder_of_images_is_a_files_listing(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         list_source(str(tmp_path / "empty"), EXTS)
     assert str(err.value) == f"input {tmp_path / 'empty'} lists no images (extensions: .jpg)"
+
+
+class InlineExecutor(Executor):
+    """Runs each task when it is submitted: what a read-ahead started is done, and countable, at once."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - handed over as the future's exception
+            future.set_exception(err)
+        return future
+
+
+def _read_ahead(kind: str, shard: ShardEntries, job: JobConfig, window: int) -> tuple[list[int], list]:
+    """(image ids decoded before the first was taken, every decoded RawImage in the order it came);
+    the same read on a thread pool gives the same images in the same order (read times aside)."""
+    decoded: list[int] = []
+
+    def decode(raw):  # type: ignore[no-untyped-def]
+        decoded.append(raw.image_id)
+        return raw
+
+    out = INPUT_KINDS[kind].read_ahead(shard, job, InlineExecutor(), decode, window)
+    ahead = list(decoded)
+    got = list(out)
+    with ThreadPoolExecutor(3) as pool:
+        pooled = list(INPUT_KINDS[kind].read_ahead(shard, job, pool, lambda r: r, window))
+    assert [dataclasses.replace(r, read_s=None) for r in pooled] == [dataclasses.replace(r, read_s=None) for r in got]
+    return ahead, got
+
+
+def test_a_shard_of_loose_files_is_read_ahead_in_order_and_at_most_a_window_ahead(tmp_path: Path) -> None:
+    uris = []
+    for i in range(6):
+        (tmp_path / f"{i}.jpg").write_bytes(b"image %d" % i * (i + 1))
+        uris.append(str(tmp_path / f"{i}.jpg"))
+    uris.insert(2, str(tmp_path / "gone.jpg"))
+    ids = [500 + 3 * k for k in range(len(uris))]
+    ahead, got = _read_ahead("files", ShardEntries(ids, uris), JobConfig(batch_size=2), window=3)
+    assert ahead == ids[:3]  # started before the first image is taken, and no more than the window
+    expected = [(i, u, Path(u).read_bytes() if os.path.exists(u) else None) for i, u in zip(ids, uris, strict=True)]
+    assert [(r.image_id, r.uri, r.data) for r in got] == expected
+    assert [r.error for r in got] == [None, None, "missing file (not found)", None, None, None, None]
+
+
+def test_a_shard_of_parquet_rows_is_read_ahead_as_pyarrow_reads_them(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"image": pa.array([b"a0", b"a1", None, b"a3", b"a4"], pa.binary()),
+                             "key": [f"k-a{i}" for i in range(5)]}), tmp_path / "a.parquet", row_group_size=2)
+    pq.write_table(pa.table({"image": [b"b0", b"b1", b"b2"], "key": ["k-b0", "k-b1", "k-b2"]}),
+                   tmp_path / "b.parquet", row_group_size=2)
+    listing = list_source(str(tmp_path), EXTS, "image", "key")
+    uris = listing.uris.to_pylist()
+    spans = list(zip(listing.spans_start.to_pylist(), listing.spans_end.to_pylist(), strict=True))
+    ids = list(range(1000, 1000 + len(uris)))
+    job = JobConfig(batch_size=2, image_column="image", id_column="key")
+    ahead, got = _read_ahead(KIND_PARQUET, ShardEntries(ids, uris, spans), job, window=3)
+    assert ahead == ids[:3]
+    expected = []
+    for image_id, uri in zip(ids, uris, strict=True):
+        file, row = uri.split("#")
+        table = pq.read_table(file)
+        expected.append((image_id, uri, table.column("image")[int(row)].as_py(), table.column("key")[int(row)].as_py(),
+                         file))
+    assert [(r.image_id, r.uri, r.data, r.key, r.container_uri) for r in got] == expected
+    assert [r.error is None for r in got] == [d is not None for _, _, d, _, _ in expected]
+    # A tar is streamed, never cut into groups: asking for one of its groups is a programming error.
+    with pytest.raises(ValueError, match=r"^read_group: a tar input is not read in groups$"):
+        read_group(ReadGroup("tar", "/d/s.tar", (0,), ("/d/s.tar#a.jpg",)))
+
+
+def test_the_frozen_listing_tables_have_the_documented_columns(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.jpg").write_bytes(b"x")
+    write_tar(tmp_path / "s.tar", [("a.jpg", b"x")])
+    pq.write_table(pa.table({"image": [b"x"]}), tmp_path / "t.parquet")
+    files = listing_table(list_source(str(tmp_path / "img"), EXTS))
+    assert files.schema == pa.schema([("image_id", pa.int64()), ("uri", pa.string())])
+    tar_listing = list_source(str(tmp_path / "s.tar"), EXTS)
+    tar_table = listing_table(tar_listing)
+    assert tar_table.schema == pa.schema([("shard_id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()),
+                                          ("version", pa.string())])
+    assert tar_table.to_pylist() == [{"shard_id": 0, "uri": str(tmp_path / "s.tar"),
+                                      "size": os.stat(tmp_path / "s.tar").st_size,
+                                      "version": tar_listing.tars[0].version}]
+    parquet = listing_table(list_source(str(tmp_path / "t.parquet"), EXTS, "image"))
+    assert parquet.schema == pa.schema([("image_id", pa.int64()), ("uri", pa.string()), ("span_start", pa.int64()),
+                                        ("span_end", pa.int64())])
+
+
+def test_a_reused_parquet_listing_is_the_fresh_one(tmp_path: Path) -> None:
+    for name, n in (("a.parquet", 3), ("b.parquet", 4)):
+        pq.write_table(pa.table({"image": [b"x"] * n}), tmp_path / name, row_group_size=2)
+    fresh = list_source(str(tmp_path), EXTS, "image")
+    again = list_source(str(tmp_path), EXTS, "image", reuse=lambda digest, n: listing_table(fresh))
+    assert again.kind == fresh.kind == KIND_PARQUET
+    assert again.spans_start.equals(fresh.spans_start) and listing_table(again).equals(listing_table(fresh))
+
+
+def test_spark_style_parquet_folders_and_missing_list_files_are_named(tmp_path: Path) -> None:
+    # Spark writes a table as a folder named like a file, "events.parquet/": it needs --image-column too.
+    (tmp_path / "events.parquet").mkdir()
+    pq.write_table(pa.table({"image": [b"x"]}), tmp_path / "events.parquet" / "part-0.parquet")
+    with pytest.raises(InputError, match=r"events.parquet/ is a Parquet input: pass --image-column"):
+        list_source(f"{tmp_path}/events.parquet/", EXTS)
+    # A list file that does not exist is reported as any missing input is, with what an input may be.
+    with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/tars.txt \(expected a folder, a glob, a "
+                                         r"\.txt list file or an image\)$"):
+        list_source(f"{tmp_path}/tars.txt", EXTS)

@@ -136,8 +136,8 @@ def _pct(values: np.ndarray, size: int) -> list[float]:
     return [round(float(v) * 100.0 / size, 4) for v in values]
 
 
-def task_of(image: ReviewImage, policy: ExportPolicy, image_url_prefix: str = "",
-            polygon_tolerance_px: float = 1.5) -> dict[str, Any]:
+def task_of(image: ReviewImage, policy: ExportPolicy, image_url_prefix: str,
+            polygon_tolerance_px: float) -> dict[str, Any]:
     """One Label Studio task: the image and one prediction holding every shown region."""
     w, h = image.width, image.height
     inst = image.instances
@@ -204,11 +204,13 @@ def review_coco(images: list[ReviewImage], policy: ExportPolicy, fp, info: dict[
 
 
 def write_review_export(shards: Iterable[ExportShard], dest, policy: ExportPolicy, n: int, review_by: str,
-                        tally, image_url_prefix: str = "", info: dict[str, Any] | None = None,
-                        polygon_tolerance_px: float = 1.5) -> list[dict]:
+                        tally, image_url_prefix: str, info: dict[str, Any] | None,
+                        polygon_tolerance_px: float) -> list[dict]:
     """Select and write the review subset into ``dest`` (an ``OutputStore``); returns its files' summary.
 
-    ``polygon_tolerance_px``: the Douglas-Peucker tolerance of the tasks' mask polygons.
+    ``polygon_tolerance_px``: the Douglas-Peucker tolerance of the tasks' mask polygons. No defaults here:
+    ``export_output`` passes ``ExportOptions``' values (a second default once made the polygons ignore
+    ``--polygon-tolerance``).
     """
     import json
 
