@@ -115,3 +115,30 @@ def test_column_types_of_an_all_ok_and_an_empty_batch() -> None:
         out = BmpPredictor(CONFIG)({"image": images})
         assert [out[name].type for name in schema.names] == schema.types
         assert {len(out[name]) for name in schema.names} == {len(images)}
+
+
+def test_dict_batches_reach_ray_data_typed_with_nan_where_visibility_is_not_predicted() -> None:
+    """A model without per-keypoint presence/visibility (the fakes' default) leaves those vectors null; a
+    dict batch carries them as NaN vectors, so Ray Data's own conversion of the batch
+    (``BlockAccessor.batch_to_block``) keeps every column's ``prediction_schema`` type (a null inside
+    those lists made it pickle the column: a Parquet file no reader could use). An error row stays null;
+    predicted vectors pass as they are."""
+    block_accessor = pytest.importorskip("ray.data.block").BlockAccessor
+    schema = prediction_schema()
+    pixels = np.ascontiguousarray(synthetic_people_bgr(64, 80, 2, 0)[:, :, ::-1])
+    images = np.array([pixels, b"not an image", pixels], object)
+    for visibility in (False, True):
+        predictor = BmpPredictor(CONFIG, overrides=[f"models.fake.visibility={str(visibility).lower()}"])
+        plain = dict(zip(schema.names, predictor.predict(list(images)), strict=True))  # the typed columns
+        block = block_accessor.batch_to_block(predictor({"image": images}))
+        assert [block.schema.field(name).type for name in schema.names] == schema.types
+        for name in ("keypoint_presence", "keypoint_visibility"):
+            got, want = block.column(name).to_pylist(), plain[name].to_pylist()
+            assert got[1] is None and want[1] is None  # the error row
+            for people, predicted in ((got[0], want[0]), (got[2], want[2])):
+                assert len(people) == len(predicted) > 0
+                if visibility:
+                    assert people == predicted and all(v is not None for v in predicted)
+                else:
+                    assert all(v is None for v in predicted)
+                    assert all(len(v) == 17 and np.isnan(v).all() for v in people)
