@@ -27,7 +27,7 @@ declare -A TESTS=(
     [bmp_core/output/commits.py]="tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_worker.py tests/unit/test_edges_io.py"
     [jobs/finalize.py]="tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_worker_inputs.py"
     [bmp_core/io/tars.py]="tests/unit/test_io_sources.py tests/unit/test_tar_inputs.py tests/unit/test_worker_inputs.py tests/unit/test_pricing.py"
-    [bmp_core/output/export/coco.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_completeness.py"
+    [bmp_core/output/export/coco.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_completeness.py tests/unit/test_export_visibility.py"
     [bmp_core/output/export/yolo.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_yolo.py"
     [bmp_core/output/export/label_studio.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_label_studio.py"
     [bmp_core/output/export/policy.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_yolo.py tests/unit/test_mutation_export_label_studio.py tests/unit/test_mutation_export_policy.py"
@@ -73,6 +73,12 @@ done
 [[ ${#MODULES[@]} -gt 0 ]] || { sed -n '2,18p' "$0"; exit 2; }
 VENV="$(cd "$VENV" 2>/dev/null && pwd)" || { echo "no virtualenv at $VENV: run scripts/setup.sh first" >&2; exit 2; }
 PY="$VENV/bin/python"
+# The scratch copies live in .mutation/<module>/, where the tests' "../shared/testdata beside the checkout"
+# (tests/conftest.py) does not exist: without this, the tests that need the shared photos skip quietly and
+# the modules they reach (e.g. jobs/ray_data.py's decode stage) score low for no reason.
+if [[ -z "${BMP_TESTDATA:-}" && -d "$HERE/../shared/testdata" ]]; then
+    export BMP_TESTDATA="$(cd "$HERE/../shared/testdata" && pwd)"
+fi
 if ! "$VENV/bin/mutmut" --help >/dev/null 2>&1; then
     "$PY" -m pip install --disable-pip-version-check -q -r requirements/mutation.txt
 fi

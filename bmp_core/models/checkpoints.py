@@ -347,6 +347,12 @@ def _refusal(err: Exception) -> str:
         reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
         if reason.strip():
             return " ".join(reason.split())
+    # A global of a blocked module (os, posix, subprocess...) in a file whose globals torch cannot list (the
+    # legacy format): the reason is a paragraph of its own between torch's preamble and its pointer to the docs.
+    reasons = [" ".join(p.split()) for p in text.split("\n\n")
+               if p.strip() and not p.lstrip().startswith(("Weights only load failed", "Check the documentation"))]
+    if reasons:
+        return reasons[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
 

@@ -32,6 +32,7 @@ from bmp_core.models.checkpoints import (
     load_strict,
     resolve_checkpoint,
 )
+from jobs.cli import main  # noqa: E402
 from tests.models.pickle_payloads import Opaque, RunsACommand  # noqa: E402
 
 
@@ -189,6 +190,88 @@ def test_the_full_unpickle_warning_names_what_the_file_asks_for(tmp_path: Path, 
 
 
 # --------------------------------------------------------------------------------------------
+# Mapped reads (the driver's layout check: load_state_dict(mmap=True))
+
+
+def _mapped_from(tensor: Any) -> str:
+    """The path the kernel names for the memory region holding ``tensor``'s bytes (/proc/self/maps): the
+    checkpoint file when torch mapped it, ``[heap]`` or empty when the bytes were read into memory."""
+    address = tensor.untyped_storage().data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
+def _legacy(path: Path, obj: Any) -> Path:
+    """``obj`` in torch's pre-1.6 (non-zip) format, which torch cannot map."""
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's memory map (Linux)")
+def test_a_mapped_read_maps_the_file_and_a_plain_read_does_not(tmp_path: Path) -> None:
+    sd = {"w": torch.arange(4096.0)}
+    torch.save({"state_dict": sd}, tmp_path / "a.pth")
+    mapped = load_state_dict(tmp_path / "a.pth", mmap=True)["w"]
+    assert _mapped_from(mapped) == str(tmp_path / "a.pth") and torch.equal(mapped, sd["w"])
+    read = load_state_dict(tmp_path / "a.pth")["w"]  # the builders' read: in memory, the file free to change
+    assert _mapped_from(read) != str(tmp_path / "a.pth") and torch.equal(read, sd["w"])
+
+
+def test_a_mapped_read_of_a_legacy_file_reads_it_whole_onto_the_cpu(tmp_path: Path) -> None:
+    sd = {"w": torch.arange(4.0), "b": torch.ones(2, 3)}
+    file = _legacy(tmp_path / "legacy.pth", {"state_dict": sd})
+    with pytest.raises(RuntimeError, match="mmap"):  # torch's own refusal to map this format
+        torch.load(file, weights_only=True, mmap=True)
+    got = load_state_dict(file, mmap=True)
+    assert sorted(got) == ["b", "w"] and all(torch.equal(got[k], sd[k]) for k in sd)
+    # Saved from a GPU (the storages' location tag in the pickle says cuda): still lands on the CPU.
+    cuda_file = tmp_path / "legacy_cuda.pth"
+    data = file.read_bytes()
+    assert b"X\x03\x00\x00\x00cpu" in data
+    cuda_file.write_bytes(data.replace(b"X\x03\x00\x00\x00cpu", b"X\x04\x00\x00\x00cuda"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda_file, weights_only=True)
+    got = load_state_dict(cuda_file, mmap=True)
+    assert got["w"].device.type == "cpu" and torch.equal(got["w"], sd["w"])
+
+
+def test_a_mapped_read_of_a_legacy_file_is_as_safe_as_a_plain_one(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry without mapping is the safe loader too, even when the environment turns full unpickling
+    on for every load that does not ask for weights_only itself."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    file = _legacy(tmp_path / "evil.pth", {"meta": {"hook": RunsACommand(os.system, f"touch {marker}")},
+                                          "state_dict": {"w": torch.ones(1)}})
+    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+        load_state_dict(file, mmap=True)
+    assert not marker.exists()
+
+
+def test_a_legacy_file_calling_into_a_blocked_module_is_refused_naming_the_call(tmp_path: Path) -> None:
+    """torch cannot list a legacy file's globals, and its refusal of a blocked module (os, posix,
+    subprocess...) is a paragraph of its own, not a ``WeightsUnpickler error:`` line: that paragraph is
+    what the message names (it named torch's preamble before)."""
+    marker = tmp_path / "pwned"
+    file = _legacy(tmp_path / "evil.pth", {"meta": {"hook": RunsACommand(os.system, f"touch {marker}")},
+                                          "state_dict": {"w": torch.ones(1)}})
+    asked = r"the file asks for Trying to load unsupported GLOBAL (posix|nt)\.system whose module \w+ is blocked"
+    for mmap in (True, False):
+        with pytest.raises(CheckpointError) as err:
+            load_state_dict(file, mmap=mmap)
+        message = str(err.value)
+        assert re.search(rf"refused by the safe loader .*{asked}\.?, which unpickling would", message), message
+        assert "\n" not in message and "Weights only load failed" not in message
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
 # What counts as a state dict
 
 
@@ -261,6 +344,20 @@ def test_a_one_class_head_gets_the_num_classes_hint() -> None:
     # With a level the model lacks besides: still the hint (only keys both sides have are compared).
     with pytest.raises(CheckpointError, match="set models.detector.num_classes: 1"):
         load_strict(_Rtm(), dict(person_only, **{"bbox_head.rtm_cls.3.weight": torch.ones(1, 8, 1, 1)}), "detector")
+
+
+def test_a_layout_mismatch_hints_at_the_architecture_and_names_a_real_command(capsys: Any) -> None:
+    """The file is readable and its digest right: the hint points at the architecture (not the default
+    hint about checkpoint paths and digests), and the command it names is one the CLI has."""
+    with pytest.raises(CheckpointError) as err:
+        load_strict(_Rtm(), _Rtm(num_classes=1).state_dict(), "detector")
+    assert err.value.hint != CheckpointError.default_hint
+    assert err.value.hint == ("point the models section at the checkpoint of the configured architecture (or the "
+                              "architecture of this checkpoint); 'bmp-label weights CONFIG --check' checks every file")
+    with pytest.raises(SystemExit):
+        main(["weights", "--help"])
+    usage = capsys.readouterr().out
+    assert re.search(r"usage: bmp-label weights .*\bCONFIG\b", usage, re.S) and "--check" in usage, usage
 
 
 @pytest.mark.parametrize("case", ["wider_neck", "levels_disagree", "reg_mis_shaped", "no_head"])

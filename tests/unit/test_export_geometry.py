@@ -105,6 +105,18 @@ def test_polygon_segmentation_fills_back_to_the_mask(tmp_path: Path) -> None:
     assert isinstance(nothing["segmentation"], dict) and coco.annToMask(nothing).sum() == 0
 
 
+def test_a_triangle_person_is_a_triangle_polygon(tmp_path: Path) -> None:
+    """Three vertices are a polygon (pycocotools fills it): a kept person is never left as RLE in polygon
+    mode, which trainers reading polygons (mmdet's ``poly2mask=False``) cannot use."""
+    yy, xx = np.mgrid[:H, :W]
+    triangle = (xx >= 10) & (yy >= 5) & (yy < 40) & (xx - 10 <= yy - 5)
+    coco = _export(tmp_path, [Person(triangle)], ExportPolicy(), coco_segmentation="polygon")
+    (ann,) = coco.loadAnns(coco.getAnnIds())
+    assert isinstance(ann["segmentation"], list) and [len(ring) for ring in ann["segmentation"]] == [6]
+    filled = coco.annToMask(ann).astype(bool)
+    assert (filled & triangle).sum() / (filled | triangle).sum() > 0.9
+
+
 def _three_shards(tmp_path: Path) -> str:
     people = [Person(box_mask(H, W, 2, 2, 20, 20), det_score=0.4), Person(box_mask(H, W, 30, 2, 60, 40))]
     images = [Image(f"/in/{i}.jpg", W, H, people=people) for i in range(6)]

@@ -112,3 +112,25 @@ def test_cli_export_options_are_recorded(output: str, tmp_path: Path) -> None:
     ann = min(coco.loadAnns(coco.getAnnIds()), key=lambda a: a["bbox"][0])
     want = np.where(SCORE >= 0.3, np.where(VIS >= 0.9, 2, 1), 0)
     np.testing.assert_array_equal(np.array(ann["keypoints"]).reshape(17, 3)[:, 2], want)
+
+
+def test_coco_keypoints_without_flags_are_the_policys_flags_for_a_model_without_visibility() -> None:
+    """``bmp_core.output.coco.coco_keypoints`` called without flags (its public form) labels exactly what
+    the export policy labels for a model that predicts neither presence nor visibility (v = 2 at or above
+    ``keypoint_thr``, the threshold itself included, else 0, 0, 0)."""
+    from bmp_core.output.coco import coco_keypoints
+    from bmp_core.output.export.policy import keypoint_flags
+
+    rng = np.random.default_rng(3)
+    keypoints = np.concatenate([rng.uniform(1, 60, (4, 17, 2)), rng.choice([0.1, 0.5, 0.75], (4, 17, 1))],
+                               axis=2).astype(np.float32)
+    keypoints[0, :, 2] = 0.5  # all exactly at the threshold
+    unknown = np.full((4, 17), np.nan, np.float32)
+    flags = keypoint_flags(keypoints, unknown, unknown, ExportPolicy(keypoint_thr=0.5))
+    assert set(np.unique(flags)) == {0, 2} and (flags[0] == 2).all()
+    want51, want_count = coco_keypoints(keypoints, 0.5, flags)
+    got51, got_count = coco_keypoints(keypoints, 0.5)
+    np.testing.assert_array_equal(got51, want51)
+    np.testing.assert_array_equal(got_count, want_count)
+    np.testing.assert_array_equal(got51.reshape(4, 17, 3)[:, :, 2], flags)
+    np.testing.assert_array_equal(got51.reshape(4, 17, 3)[flags == 0], 0.0)

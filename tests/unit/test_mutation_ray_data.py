@@ -115,3 +115,78 @@ def test_column_types_of_an_all_ok_and_an_empty_batch() -> None:
         out = BmpPredictor(CONFIG)({"image": images})
         assert [out[name].type for name in schema.names] == schema.types
         assert {len(out[name]) for name in schema.names} == {len(images)}
+
+
+def test_dict_batches_reach_ray_data_typed_with_nan_where_visibility_is_not_predicted() -> None:
+    """A model without per-keypoint presence/visibility (the fakes' default) leaves those vectors null; a
+    dict batch carries them as NaN vectors, so Ray Data's own conversion of the batch
+    (``BlockAccessor.batch_to_block``) keeps every column's ``prediction_schema`` type (a null inside
+    those lists made it pickle the column: a Parquet file no reader could use), one person in the batch
+    as well as many. An error row stays null; predicted vectors pass as they are."""
+    block_accessor = pytest.importorskip("ray.data.block").BlockAccessor
+    schema = prediction_schema()
+    pixels = np.ascontiguousarray(synthetic_people_bgr(64, 80, 2, 0)[:, :, ::-1])
+    cases = [([], [pixels, b"not an image", pixels]), (["models.fake.num_people=1"], [b"not an image", pixels]),
+             (["models.fake.visibility=true"], [pixels, b"not an image", pixels])]
+    for overrides, values in cases:
+        images = np.empty(len(values), object)
+        images[:] = values
+        predicted = "models.fake.visibility=true" in overrides
+        predictor = BmpPredictor(CONFIG, overrides=overrides)
+        plain = dict(zip(schema.names, predictor.predict(list(images)), strict=True))  # the typed columns
+        block = block_accessor.batch_to_block(predictor({"image": images}))
+        assert [block.schema.field(name).type for name in schema.names] == schema.types
+        ok = [i for i, v in enumerate(values) if not isinstance(v, bytes)]
+        people = sum(plain["num_instances"][i].as_py() for i in ok)
+        assert people == 1 if "models.fake.num_people=1" in overrides else people > 1
+        for name in ("keypoint_presence", "keypoint_visibility"):
+            got, want = block.column(name).to_pylist(), plain[name].to_pylist()
+            for i in range(len(values)):
+                if i not in ok:  # the error row
+                    assert got[i] is None and want[i] is None
+                    continue
+                assert len(got[i]) == len(want[i]) > 0
+                if predicted:
+                    assert got[i] == want[i] and all(v is not None for v in want[i])
+                else:
+                    assert all(v is None for v in want[i])
+                    assert all(len(v) == 17 and np.isnan(v).all() for v in got[i])
+
+
+def test_the_decode_stage_in_ray_datas_batch_formats_with_a_bad_row_first() -> None:
+    """``decode_images`` then ``BmpPredictor`` as Ray Data runs them: the decode stage's dict (or pandas)
+    batch becomes a block through Ray Data's own conversion (``BlockAccessor.batch_to_block``: the images a
+    tensor column, which holds no nulls, so a bad row has placeholder pixels) and reaches the predictor as a
+    pyarrow batch (``batch_format="pyarrow"``) or a dict; a bad row first does not stop the rows after it,
+    and it becomes an error row with the decoder's reason. Labels as from the encoded bytes directly."""
+    from jobs.ray_data import decode_images
+
+    block_accessor = pytest.importorskip("ray.data.block").BlockAccessor
+    people = synthetic_people_bgr(96, 128, 1, 0)
+    encoded = [b"\xff\xd8 not a jpeg", encode_image(people, "a.png"), encode_image(people[:, ::-1], "b.jpg")]
+    paths = np.array(["bad.jpg", "a.png", "b.jpg"], object)
+    decoded = decode_images({"path": paths, "bytes": np.array(encoded, object)})
+    from_pandas = decode_images(pd.DataFrame({"path": paths, "bytes": encoded}))
+    for batch in (decoded, from_pandas):
+        assert list(batch) == ["path", "image", "decode_error"] and list(batch["path"]) == list(paths)
+        assert batch["decode_error"][1] is None and batch["decode_error"][2] is None
+        with pytest.raises(ImageDecodeError) as err:
+            to_bgr(encoded[0], 10**8, 16)
+        assert batch["decode_error"][0] == str(err.value)
+        np.testing.assert_array_equal(batch["image"][1], people[:, :, ::-1])
+    block = block_accessor.batch_to_block(decoded)
+    assert isinstance(block.schema.field("image").type, pa.ExtensionType)  # Ray's tensor type, not pickled
+    assert "pickled" not in str(block.schema.field("image").type).lower()
+    assert block.column("decode_error").to_pylist() == list(decoded["decode_error"])
+
+    predictor = BmpPredictor(CONFIG)
+    direct = predictor({"image": np.array(encoded, object), "path": paths})
+    assert direct["num_instances"].to_pylist()[1] > 0 and direct["num_instances"].to_pylist()[2] > 0
+    for out in (predictor(block), predictor(decoded)):
+        assert out["status"].to_pylist() == ["error", "ok", "ok"]
+        assert out["error"].to_pylist() == [decoded["decode_error"][0], None, None]
+        for name in ("num_instances", "width", "height", "bbox_xyxy", "keypoints"):
+            assert out[name].to_pylist()[1:] == direct[name].to_pylist()[1:], name
+    with pytest.raises(KeyError, match=r"decode_images: the batch has no column 'bytes' \(columns: path, data\); "
+                       r"pass bytes_column= in fn_kwargs"):
+        decode_images({"path": paths, "data": np.array(encoded, object)})

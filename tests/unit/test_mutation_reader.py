@@ -192,3 +192,40 @@ def test_tiny_and_large_images_are_read_back(tmp_path: Path) -> None:
         rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), np.uint8)
         PILImage.fromarray(rgb).save(tmp_path / f"{h}.png")
         np.testing.assert_array_equal(read_image_rgb(str(tmp_path / f"{h}.png")), rgb)
+
+
+def test_label_arrays_carry_visibility_and_presence_as_the_part_holds_them(tmp_path: Path) -> None:
+    """``image_labels``' per-keypoint arrays against pyarrow reading the part file: the values of a model that
+    predicts them, NaN for one that does not (null), and NaN for every person of a part written before
+    the two columns existed, whether ``instances_of`` takes the people from memory or from their part."""
+    rng = np.random.default_rng(7)
+    vis, pres = rng.uniform(0, 1, 17).astype(np.float32), rng.uniform(0, 1, 17).astype(np.float32)
+    people = [Person(box_mask(48, 64, 2, 2, 30, 46), visibility=vis, presence=pres),
+              Person(box_mask(48, 64, 34, 2, 62, 46))]  # a model without them: null
+    uri = write_output(str(tmp_path / "out"), [Image("a.jpg", people=people)], shard_size=1)
+    (part,) = (Path(uri) / "instances").glob("*.parquet")
+    raw = pq.read_table(part).sort_by("instance_id")
+    for full in (True, False):
+        labels = image_labels(load_output(uri, full_instances=full).instances_of(0), 48, 64)
+        for name, got in (("keypoint_visibility", labels.keypoint_visibility),
+                          ("keypoint_presence", labels.keypoint_presence)):
+            stored = raw.column(name).to_pylist()
+            assert got.shape == (2, 17) and got.dtype == np.float32 and stored[1] is None
+            np.testing.assert_array_equal(got[0], np.asarray(stored[0], np.float32))
+            assert np.isnan(got[1]).all()
+        np.testing.assert_array_equal(labels.keypoint_visibility[0], vis)
+        np.testing.assert_array_equal(labels.keypoint_presence[0], pres)
+
+    hand = tmp_path / "old"  # the same people in a part from before the columns existed
+    (hand / "images").mkdir(parents=True)
+    (hand / "instances").mkdir()
+    pq.write_table(pq.read_table(next((Path(uri) / "images").glob("*.parquet"))), hand / "images" / "p.parquet")
+    pq.write_table(raw.drop_columns(["keypoint_visibility", "keypoint_presence"]), hand / "instances" / "p.parquet")
+    for full in (True, False):
+        old = load_output(str(hand), full_instances=full).instances_of(0)
+        assert old.schema.equals(INSTANCES_SCHEMA)
+        assert old.column("keypoint_visibility").null_count == old.column("keypoint_presence").null_count == 2
+        assert old.column("keypoints").to_pylist() == raw.column("keypoints").to_pylist()
+        old_labels = image_labels(old, 48, 64)
+        assert np.isnan(old_labels.keypoint_visibility).all() and np.isnan(old_labels.keypoint_presence).all()
+        np.testing.assert_array_equal(old_labels.boxes_xyxy, labels.boxes_xyxy)
