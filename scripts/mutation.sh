@@ -73,11 +73,12 @@ done
 [[ ${#MODULES[@]} -gt 0 ]] || { sed -n '2,18p' "$0"; exit 2; }
 VENV="$(cd "$VENV" 2>/dev/null && pwd)" || { echo "no virtualenv at $VENV: run scripts/setup.sh first" >&2; exit 2; }
 PY="$VENV/bin/python"
-# The scratch copies live in .mutation/<module>/, where the tests' "../shared/testdata beside the checkout"
-# (tests/conftest.py) does not exist: without this, the tests that need the shared photos skip quietly and
-# the modules they reach (e.g. jobs/ray_data.py's decode stage) score low for no reason.
-if [[ -z "${BMP_TESTDATA:-}" && -d "$HERE/../shared/testdata" ]]; then
-    export BMP_TESTDATA="$(cd "$HERE/../shared/testdata" && pwd)"
+# The scratch copies live in .mutation/<module>/, where the shared photos beside the checkout (found by
+# tests/conftest.py) are not: without this, the tests that need them skip quietly and the modules they
+# reach (e.g. jobs/ray_data.py's decode stage) score low for no reason.
+SHARED_PHOTOS="$(dirname "$HERE")/shared/testdata"
+if [[ -z "${BMP_TESTDATA:-}" && -d "$SHARED_PHOTOS" ]]; then
+    export BMP_TESTDATA="$SHARED_PHOTOS"
 fi
 if ! "$VENV/bin/mutmut" --help >/dev/null 2>&1; then
     "$PY" -m pip install --disable-pip-version-check -q -r requirements/mutation.txt
