@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 import yaml
 from pycocotools.coco import COCO
@@ -158,3 +160,18 @@ def test_the_usage_hint_names_a_command_and_a_page_that_exist(tmp_path: Path,
     with pytest.raises(SystemExit) as exc:
         main(command.group(1).split()[1:])
     assert exc.value.code == 0 and "--format" in capsys.readouterr().out
+
+
+def test_a_symlink_export_to_a_remote_dest_is_refused_before_it_is_touched(tmp_path: Path) -> None:
+    out = _output(tmp_path)
+    root = f"/export-{uuid.uuid4().hex[:8]}"  # fsspec's in-memory filesystem: a DEST that is not local
+    fs = fsspec.filesystem("memory")
+    try:
+        export_output(out, f"memory://{root}", "coco", ExportPolicy())
+        before = {p: fs.cat(p) for p in fs.find(root)}
+        with pytest.raises(ExportUsageError, match="^--link symlink needs a local --to folder$"):
+            export_output(out, f"memory://{root}", "yolo-pose", ExportPolicy(), ExportOptions(link="symlink"))
+        assert {p: fs.cat(p) for p in fs.find(root)} == before and any(p.endswith("/export.json") for p in before)
+    finally:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
