@@ -143,11 +143,12 @@ def test_a_symlink_export_of_remote_images_is_a_usage_error(tmp_path: Path) -> N
         export_output(out, str(tmp_path / "y"), "yolo-pose", ExportPolicy(), ExportOptions(link="symlink"))
 
 
-def test_dest_may_be_an_existing_empty_folder(tmp_path: Path) -> None:
+def test_dest_may_be_an_existing_empty_folder_or_one_named_like_the_output(tmp_path: Path) -> None:
     out = _output(tmp_path)
     (tmp_path / "empty").mkdir()
-    export_output(out, str(tmp_path / "empty"), "coco", ExportPolicy())
-    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["export.json", "index.json", "train.json"]
+    for dest in (tmp_path / "empty", Path(out + "X")):  # out, outX: another folder
+        export_output(out, str(dest), "coco", ExportPolicy())
+        assert sorted(p.name for p in dest.iterdir()) == ["export.json", "index.json", "train.json"]
 
 
 def test_the_usage_hint_names_a_command_and_a_page_that_exist(tmp_path: Path,
