@@ -176,3 +176,14 @@ def test_a_symlink_export_to_a_remote_dest_is_refused_before_it_is_touched(tmp_p
     finally:
         if fs.exists(root):
             fs.rm(root, recursive=True)
+
+
+def test_a_folder_holding_no_export_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportUsageError) as err:
+        export_output(_output(tmp_path), str(busy), "coco", ExportPolicy())
+    assert str(err.value) == (f"--to {busy} is not empty and holds no export.json: give a new or empty folder "
+                              "(a previous export there is replaced)")
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
