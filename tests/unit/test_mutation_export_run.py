@@ -146,8 +146,12 @@ def test_a_symlink_export_of_remote_images_is_a_usage_error(tmp_path: Path) -> N
 def test_dest_may_be_an_existing_empty_folder_or_one_named_like_the_output(tmp_path: Path) -> None:
     out = _output(tmp_path)
     (tmp_path / "empty").mkdir()
-    for dest in (tmp_path / "empty", Path(out + "X")):  # out, outX: another folder
-        export_output(out, str(dest), "coco", ExportPolicy())
+    # an output in "labels " exported to "labels": another folder
+    spaced = write_output(str(tmp_path / "labels "), [Image("/in/a.jpg", W, H, people=[
+        Person(box_mask(H, W, 2, 2, 20, 40))])])
+    for src, dest in ((out, tmp_path / "empty"), (out, Path(out + "X")), (out, Path(out + " ")),
+                      (spaced, Path(spaced.rstrip()))):
+        export_output(src, str(dest), "coco", ExportPolicy())
         assert sorted(p.name for p in dest.iterdir()) == ["export.json", "index.json", "train.json"]
 
 
