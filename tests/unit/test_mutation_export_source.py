@@ -20,7 +20,9 @@ import pytest
 
 from bmp_core.output.export.policy import Decision, ExportPolicy
 from bmp_core.output.export.run import ExportOptions, export_output
-from bmp_core.output.export.source import export_shard, export_shards
+from bmp_core.output.export.source import export_shard, export_shards, iter_export_shards
+from bmp_core.output.reader import load_output
+from bmp_core.output.store import OutputStore
 from bmp_core.output.tables import ImageRow, images_table
 from tests.export_fixtures import Image, Person, box_mask, instances_from_people, write_output
 
@@ -103,3 +105,20 @@ def test_the_progress_bar_counts_every_image_of_the_output(fmt: str, tmp_path: P
     assert re.match(rf"export {fmt}: 100%\|.*\| 7/7 \[.*img/s\]$", bar), bar
     export_output(out, str(tmp_path / "q"), fmt, ExportPolicy(), ExportOptions(progress=False, link="list"))
     assert capsys.readouterr().err == ""
+
+
+def test_the_committed_shards_in_order_and_no_bar_unless_asked(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    images = [Image(f"/in/{i}.jpg", error="decode") if i in (1, 5) else
+              Image(f"/in/{i}.jpg", W, H, people=[Person(box_mask(H, W, 2, 2, 20 + i, 40))] * (i % 3))
+              for i in range(8)]
+    out = write_output(str(tmp_path / "out"), images, shard_size=3)
+    capsys.readouterr()
+    shards = list(iter_export_shards(OutputStore(out), ExportPolicy()))  # as the report calls it
+    assert capsys.readouterr().err == ""
+    job = load_output(out)  # the reader's whole-output view
+    assert [i for s in shards for i in s.image_ids] == job.ok_image_ids()
+    shard_images = [images[k:k + 3] for k in (0, 3, 6)]
+    assert [s.num_failed_images for s in shards] == [sum(im.error is not None for im in s) for s in shard_images]
+    assert [s.instances.num_rows for s in shards] == [sum(len(im.people) for im in s if im.error is None)
+                                                      for s in shard_images]
