@@ -146,11 +146,11 @@ def test_a_symlink_export_of_remote_images_is_a_usage_error(tmp_path: Path) -> N
 def test_dest_may_be_an_existing_empty_folder_or_one_named_like_the_output(tmp_path: Path) -> None:
     out = _output(tmp_path)
     (tmp_path / "empty").mkdir()
-    # an output in "labels " exported to "labels": another folder
-    spaced = write_output(str(tmp_path / "labels "), [Image("/in/a.jpg", W, H, people=[
-        Person(box_mask(H, W, 2, 2, 20, 40))])])
+    # outputs in "labels " and "setX" exported to "labels" and "set": other folders
+    one = [Image("/in/a.jpg", W, H, people=[Person(box_mask(H, W, 2, 2, 20, 40))])]
+    spaced, x = write_output(str(tmp_path / "labels "), one), write_output(str(tmp_path / "setX"), one)
     for src, dest in ((out, tmp_path / "empty"), (out, Path(out + "X")), (out, Path(out + " ")),
-                      (spaced, Path(spaced.rstrip()))):
+                      (spaced, tmp_path / "labels"), (x, tmp_path / "set")):
         export_output(src, str(dest), "coco", ExportPolicy())
         assert sorted(p.name for p in dest.iterdir()) == ["export.json", "index.json", "train.json"]
 
