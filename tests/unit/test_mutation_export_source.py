@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,18 @@ def test_export_shards_is_lazy_and_in_order() -> None:
     assert len(list(shards)) == 1 and len(taken) == 2
 
 
+@pytest.fixture
+def tqdm_lock_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tqdm's default lock includes a multiprocessing semaphore that forked processes share, and a bar
+    whose display raises leaves it held: under mutmut (one fork per mutant) one such mutant would stall
+    every later one. A plain thread lock (and no monitor thread) for the bars of these tests."""
+    from tqdm import tqdm as std_tqdm
+
+    monkeypatch.setattr(std_tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(std_tqdm, "monitor_interval", 0)
+
+
+@pytest.mark.usefixtures("tqdm_lock_of_this_process")
 @pytest.mark.parametrize("fmt", ["coco", "yolo-pose", "label-studio"])
 def test_the_progress_bar_counts_every_image_of_the_output(fmt: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
