@@ -11,7 +11,10 @@ docs/mutation-scores.md). The outputs are hand-built (tests/export_fixtures.py) 
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from bmp_core.output.export.manifest import ExportManifest
+from bmp_core.output.export.manifest import ExportManifest, package_version
 from bmp_core.output.export.policy import ExportPolicy
 from bmp_core.output.export.run import ExportOptions, export_output
 from tests.export_fixtures import Image, Person, box_mask, write_output
@@ -170,3 +173,16 @@ def test_export_json_reads_back_old_and_new_versions(tmp_path: Path) -> None:
     assert newer.to_dict()["counts"] == written["counts"]
     with pytest.raises(TypeError):
         ExportManifest.from_dict({**written, "policy": {**written["policy"], "min_tan": 0.5}})
+
+
+def test_without_installed_metadata_the_version_is_a_placeholder_below_any_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout run from its source folder (PYTHONPATH, not installed) has no metadata to name its version."""
+    from packaging.version import Version
+
+    installed = [p for p in sys.path if glob.glob(os.path.join(p or ".", "bmp_label-*.dist-info"))]
+    release = version("bmp-label")
+    assert installed and package_version() == release
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in installed])
+    placeholder = package_version()
+    assert placeholder != release and Version(placeholder) < Version("0.0.1")
