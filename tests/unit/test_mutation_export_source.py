@@ -98,10 +98,12 @@ def tqdm_lock_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """tqdm's default lock includes a multiprocessing semaphore that forked processes share, and a bar
     whose display raises leaves it held: under mutmut (one fork per mutant) one such mutant would stall
     every later one. A plain thread lock (and no monitor thread) for the bars of these tests."""
-    from tqdm import tqdm as std_tqdm
+    import tqdm.auto
+    import tqdm.std
 
-    monkeypatch.setattr(std_tqdm, "_lock", threading.RLock(), raising=False)
-    monkeypatch.setattr(std_tqdm, "monitor_interval", 0)
+    for cls in (tqdm.std.tqdm, tqdm.auto.tqdm):  # get_lock() stores the lock on the class it is called on
+        monkeypatch.setattr(cls, "_lock", threading.RLock(), raising=False)
+        monkeypatch.setattr(cls, "monitor_interval", 0)
 
 
 @pytest.mark.usefixtures("tqdm_lock_of_this_process")
