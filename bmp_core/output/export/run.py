@@ -43,6 +43,29 @@ class ExportUsageError(UserError, ValueError):
     default_hint = "see 'bmp-label export --help' and docs/exports.md"
 
 
+def _check_options(fmt: str, options: ExportOptions, dest) -> None:
+    """Every option the format reads, checked before DEST is touched: a mistake must not cost the
+    previous export there (which ``_prepare_dest`` removes)."""
+    if fmt not in FORMATS:
+        raise ExportUsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if options.images_per_file < 1:
+        raise ExportUsageError(f"--images-per-file must be >= 1, got {options.images_per_file}")
+    if fmt == "coco" and options.coco_segmentation not in ("rle", "polygon"):
+        raise ExportUsageError(f"--coco-segmentation must be rle or polygon, got {options.coco_segmentation!r}")
+    if fmt in ("yolo-pose", "yolo-seg"):
+        if options.link not in ("symlink", "list", "auto"):
+            raise ExportUsageError(f"--link must be symlink, list or auto, got {options.link!r}")
+        if options.link == "symlink" and not dest.is_local:
+            raise ExportUsageError("--link symlink needs a local --to folder")
+    if fmt == "label-studio":
+        from bmp_core.output.export.label_studio import REVIEW_BY
+
+        if options.review < 1:
+            raise ExportUsageError(f"--review must be >= 1, got {options.review}")
+        if options.review_by not in REVIEW_BY:
+            raise ExportUsageError(f"--review-by must be one of {', '.join(REVIEW_BY)}, got {options.review_by!r}")
+
+
 def _prepare_dest(dest) -> None:
     """DEST must be new, empty, or a previous export (it holds ``export.json``), which is replaced
     whole, so no file of an older, larger export is left beside the new one."""
@@ -73,13 +96,8 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
     from bmp_core.output.plan import load_plan
     from bmp_core.output.store import OutputStore
 
-    if fmt not in FORMATS:
-        raise ExportUsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if options.images_per_file < 1:
-        raise ExportUsageError(f"--images-per-file must be >= 1, got {options.images_per_file}")
-    if fmt == "label-studio" and options.review < 1:
-        raise ExportUsageError(f"--review must be >= 1, got {options.review}")
     src, dest = OutputStore(source_uri), OutputStore(dest_uri)
+    _check_options(fmt, options, dest)
     if dest.uri.rstrip("/") == src.uri.rstrip("/"):
         raise ExportUsageError("--to must not be the output itself: give a new folder or prefix")
     plan = load_plan(src)
@@ -89,8 +107,6 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
     info = {"source": src.uri, "plan_id": plan.plan_id, "policy": policy.to_dict()}
     recorded: dict = {}
     if fmt == "coco":
-        if options.coco_segmentation not in ("rle", "polygon"):
-            raise ExportUsageError(f"--coco-segmentation must be rle or polygon, got {options.coco_segmentation!r}")
         total = sum(m.num_images for m in committed_markers(src, plan.plan_id).values())
         files = [f.__dict__ for f in write_coco_export(
             shards, dest, policy.keypoint_thr, options.images_per_file,
@@ -104,8 +120,6 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
 
         yolo = YoloOptions(kind=fmt.split("-")[1], link=options.link,
                            polygon_tolerance_px=options.polygon_tolerance_px)
-        if yolo.link not in ("symlink", "list", "auto"):
-            raise ExportUsageError(f"--link must be symlink, list or auto, got {yolo.link!r}")
         try:
             files = write_yolo_export(shards, dest, policy, yolo, tally)
         except ValueError as err:
@@ -113,10 +127,8 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
         recorded = {"link": yolo.link, "polygon_tolerance_px": yolo.polygon_tolerance_px,
                     "val_is_train": tally.images["val"] == 0}
     else:
-        from bmp_core.output.export.label_studio import REVIEW_BY, write_review_export
+        from bmp_core.output.export.label_studio import write_review_export
 
-        if options.review_by not in REVIEW_BY:
-            raise ExportUsageError(f"--review-by must be one of {', '.join(REVIEW_BY)}, got {options.review_by!r}")
         files = write_review_export(shards, dest, policy, options.review, options.review_by, tally,
                                     options.image_url_prefix, info, options.polygon_tolerance_px)
         recorded = {"review": options.review, "review_by": options.review_by,
