@@ -143,6 +143,20 @@ def test_a_symlink_export_of_remote_images_is_a_usage_error(tmp_path: Path) -> N
         export_output(out, str(tmp_path / "y"), "yolo-pose", ExportPolicy(), ExportOptions(link="symlink"))
 
 
+def test_a_symlink_export_of_remote_images_leaves_the_previous_export_in_dest(tmp_path: Path) -> None:
+    """The first shard's images are checked before DEST is emptied: a previous export there survives."""
+    out = write_output(str(tmp_path / "out"), [Image("s3://bucket/a.jpg", W, H, people=[
+        Person(box_mask(H, W, 2, 2, 20, 40))])])
+    dest = tmp_path / "y"
+    export_output(out, str(dest), "yolo-pose", ExportPolicy(), ExportOptions(link="list"))
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert (dest / "export.json").is_file() and (dest / "data.yaml").is_file()
+    for fmt in ("yolo-pose", "yolo-seg"):
+        with pytest.raises(ExportUsageError, match=r"^--link symlink needs local images; s3://bucket/a\.jpg is not$"):
+            export_output(out, str(dest), fmt, ExportPolicy(), ExportOptions(link="symlink"))
+        assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+
+
 def test_dest_may_be_an_existing_empty_folder_or_one_named_like_the_output(tmp_path: Path) -> None:
     out = _output(tmp_path)
     (tmp_path / "empty").mkdir()

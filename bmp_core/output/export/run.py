@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bmp_core.errors import UserError
+from bmp_core.io.uris import protocol_of
 from bmp_core.output.export.coco import DEFAULT_IMAGES_PER_FILE, write_coco_export
 from bmp_core.output.export.manifest import EXPORT_JSON, ExportManifest, ExportTally, package_version
 from bmp_core.output.export.policy import ExportPolicy
-from bmp_core.output.export.source import iter_export_shards
+from bmp_core.output.export.source import ExportShard, iter_export_shards
 
 FORMATS = ("coco", "yolo-pose", "yolo-seg", "label-studio")
 
@@ -80,6 +83,19 @@ def _prepare_dest(dest) -> None:
         dest.remove(name)
 
 
+def _first_shard_linkable(shards: Iterator[ExportShard]) -> Iterator[ExportShard]:
+    """``--link symlink``: the first shard's images are checked before DEST is emptied, so an S3 input is
+    refused with the previous export still there. (An input mixing local and remote images is refused when
+    the YOLO writer reaches the first remote one.)"""
+    first = next(shards, None)
+    if first is None:
+        return iter(())
+    remote = next((uri for uri in first.uris if protocol_of(uri) != "file"), None)
+    if remote is not None:
+        raise ExportUsageError(f"--link symlink needs local images; {remote} is not")
+    return itertools.chain([first], shards)
+
+
 def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy,
                   options: ExportOptions = ExportOptions(), policy_source: str = "options") -> ExportManifest:
     """Export the output at ``source_uri`` to ``dest_uri`` in ``fmt``; returns the written manifest.
@@ -101,9 +117,11 @@ def export_output(source_uri: str, dest_uri: str, fmt: str, policy: ExportPolicy
     if dest.uri.rstrip("/") == src.uri.rstrip("/"):
         raise ExportUsageError("--to must not be the output itself: give a new folder or prefix")
     plan = load_plan(src)
+    shards = iter_export_shards(src, policy, progress=options.progress, desc=f"export {fmt}")
+    if fmt in ("yolo-pose", "yolo-seg") and options.link == "symlink":
+        shards = _first_shard_linkable(shards)
     _prepare_dest(dest)
     tally = ExportTally()
-    shards = iter_export_shards(src, policy, progress=options.progress, desc=f"export {fmt}")
     info = {"source": src.uri, "plan_id": plan.plan_id, "policy": policy.to_dict()}
     recorded: dict = {}
     if fmt == "coco":
