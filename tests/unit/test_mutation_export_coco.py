@@ -51,7 +51,6 @@ def test_the_disk_full_as_a_files_images_are_written_leaves_no_half_file(tmp_pat
     images = [Image(f"/photos/an-image-with-a-long-name-{i:04d}.jpg", 64, 48) for i in range(300)]
     src = write_output(str(tmp_path / "src"), images, shard_size=300)
     dest = tmp_path / "coco"
-    OutputStore(str(dest))  # (creates nothing; the export makes the folder)
     previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
     previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     # The head and the (no) annotations fit in the write buffer; the images array (~20 KB) does not.
