@@ -23,11 +23,11 @@ cd "$HERE"
 # Ray, most moto servers) are left out: mutmut reruns a mutant's tests once per mutant. (The moto tests of
 # checkpoints.py and sources.py stay, a second or two each: they alone reach the s3:// download / listing.)
 declare -A TESTS=(
-    [bmp_core/models/checkpoints.py]="tests/models/test_checkpoint_safety.py tests/models/test_checkpoints.py"
+    [bmp_core/models/checkpoints.py]="tests/models/test_checkpoint_safety.py tests/models/test_checkpoints.py tests/models/test_checkpoint_hosts.py"
     [bmp_core/output/commits.py]="tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_worker.py tests/unit/test_edges_io.py"
     [jobs/finalize.py]="tests/unit/test_commit.py tests/unit/test_completeness.py tests/unit/test_worker_inputs.py"
     [bmp_core/io/tars.py]="tests/unit/test_io_sources.py tests/unit/test_tar_inputs.py tests/unit/test_worker_inputs.py tests/unit/test_pricing.py"
-    [bmp_core/output/export/coco.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_completeness.py tests/unit/test_export_visibility.py"
+    [bmp_core/output/export/coco.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_completeness.py tests/unit/test_export_visibility.py tests/unit/test_mutation_export_coco.py"
     [bmp_core/output/export/yolo.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_yolo.py"
     [bmp_core/output/export/label_studio.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_label_studio.py"
     [bmp_core/output/export/policy.py]="tests/unit/test_export.py tests/unit/test_export_geometry.py tests/unit/test_mutation_export_yolo.py tests/unit/test_mutation_export_label_studio.py tests/unit/test_mutation_export_policy.py"

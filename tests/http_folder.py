@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -32,13 +33,16 @@ class RecordingHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_folder(root: Path) -> Iterator[tuple[str, type[RecordingHandler]]]:
-    """(base URL, handler class) of a server of ``root`` running for the block."""
+def serve_folder(root: Path, tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, type[RecordingHandler]]]:
+    """(base URL, handler class) of a server of ``root`` running for the block; HTTPS with ``tls`` (a server
+    context holding the certificate)."""
     handler = type("Handler", (RecordingHandler,), {"requests": [], "seen": [], "delay_s": 0.0})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", handler
     finally:
         server.shutdown()
         server.server_close()

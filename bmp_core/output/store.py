@@ -97,8 +97,17 @@ class OutputStore:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
-            with self.fs.open(path, "w", encoding="utf-8") as f:
-                yield f
+            # Not fsspec's text mode: closing that file commits it, so a write that failed half-way would
+            # leave half an object. With autocommit=False closing only uploads (s3fs: parts of a multipart
+            # upload); commit() then makes the object appear whole, discard() aborts the upload.
+            raw = self.fs.open(path, "wb", autocommit=False)
+            try:
+                with io.TextIOWrapper(raw, encoding="utf-8") as f:
+                    yield f
+            except BaseException:
+                raw.discard()
+                raise
+            raw.commit()
 
     def read_bytes(self, rel: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 import yaml
 from pycocotools.coco import COCO
 
@@ -63,3 +64,26 @@ def test_export_s3_to_s3_matches_the_local_export(s3_endpoint: str, tmp_path: Pa
     review = export_output(src, f"s3://{BUCKET}/exports/review", "label-studio", policy, ExportOptions(review=2))
     tasks = json.loads(s3.get_object(Bucket=BUCKET, Key="exports/review/tasks.json")["Body"].read())
     assert len(tasks) == 2 == review.files[0]["tasks"]
+
+
+def test_a_failed_export_to_s3_leaves_no_half_file(s3_endpoint: str, tmp_path: Path) -> None:
+    """A source part unreadable half-way through (here: deleted) fails the export; on S3 the files it had
+    finished stay whole, the one it was writing does not appear (not even as an open multipart upload), and
+    the export does not look finished (no export.json)."""
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    images = [Image(f"s3://{BUCKET}/photos/q{i}.jpg", 64, 48, people=[
+        Person(box_mask(48, 64, 2, 2, 30, 40), pose_score=0.9)]) for i in range(6)]
+    src = write_output(f"s3://{BUCKET}/labels/broken", images, shard_size=2)
+    part = next(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="labels/broken/instances/")["Contents"]
+                if "shard-000002" in o["Key"])
+    s3.delete_object(Bucket=BUCKET, Key=part)
+    # 3 images a file, all train: train-00000.json fills up (2 + 1 images), train-00001.json is being
+    # written (1 image) when the third shard cannot be read.
+    with pytest.raises(FileNotFoundError, match="shard-000002"):
+        export_output(src, f"s3://{BUCKET}/exports/broken", "coco", ExportPolicy(val_fraction=0.0),
+                      ExportOptions(images_per_file=3))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="exports/broken/").get("Contents", [])]
+    assert keys == ["exports/broken/train-00000.json"]
+    assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix="exports/broken/").get("Uploads", []) == []
+    (tmp_path / "t.json").write_bytes(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read())
+    assert len(COCO(str(tmp_path / "t.json")).getImgIds()) == 3

@@ -233,16 +233,18 @@ class CocoSplitWriter:
             self.finish()
 
     def _abort(self, cm) -> None:
-        # Reached only when the export fails with this file open: discard it (no half file is left).
-        if self._file is not None and self._close_fp is not None:
+        # Reached only when the export fails with this file open (``finish`` clears ``_file`` once the file's
+        # last bytes are written): discard it, so no half file is left.
+        if self._file is not None:
             cm.__exit__(RuntimeError, RuntimeError("export aborted"), None)
             self._file = None
 
     def finish(self) -> None:
         if self._file is None:
             return
-        f, self._file = self._file, None
-        f.close()
+        f = self._file
+        f.close()  # the file's end (its images); if this write fails, _file is still set: _abort discards it
+        self._file = None
         assert self._close_fp is not None
         self._close_fp()
         self.files.append(CocoFileInfo(self._rel, self.split, f.num_images, f.annotations, f.ignore_regions))
