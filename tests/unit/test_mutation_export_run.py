@@ -157,6 +157,22 @@ def test_a_symlink_export_of_remote_images_leaves_the_previous_export_in_dest(tm
         assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
 
 
+def test_a_symlink_export_checks_every_shard_and_takes_an_output_without_images(tmp_path: Path) -> None:
+    """The early check sees the first shard; a remote image in a later shard is still refused, naming it,
+    and an output without images exports (empty) with symlinks as with a list."""
+    person = [Person(box_mask(H, W, 2, 2, 20, 40))]
+    out = write_output(str(tmp_path / "mixed"), [Image(str(tmp_path / "a.jpg"), W, H, people=person),
+                                                  Image("s3://bucket/b.jpg", W, H, people=person)], shard_size=1)
+    with pytest.raises(ExportUsageError, match=r"^--link symlink needs local images; s3://bucket/b\.jpg is not$"):
+        export_output(out, str(tmp_path / "y"), "yolo-pose", ExportPolicy(), ExportOptions(link="symlink"))
+    empty = write_output(str(tmp_path / "empty"), [])
+    for link in ("list", "symlink"):
+        export_output(empty, str(tmp_path / link), "yolo-pose", ExportPolicy(), ExportOptions(link=link))
+        assert _written(tmp_path / link)["counts"]["images"] == {"train": 0, "val": 0}
+    assert (tmp_path / "symlink" / "data.yaml").read_text() == (tmp_path / "list" / "data.yaml").read_text().replace(
+        str(tmp_path / "list"), str(tmp_path / "symlink"))
+
+
 def test_dest_may_be_an_existing_empty_folder_or_one_named_like_the_output(tmp_path: Path) -> None:
     out = _output(tmp_path)
     (tmp_path / "empty").mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -427,3 +428,46 @@ def test_spark_style_parquet_folders_and_missing_list_files_are_named(tmp_path: 
     with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/tars.txt \(expected a folder, a glob, a "
                                          r"\.txt list file or an image\)$"):
         list_source(f"{tmp_path}/tars.txt", EXTS)
+
+
+def test_a_tar_with_more_image_members_than_the_id_stride_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tar ``t``'s images are ids ``t * TAR_ID_STRIDE + k``: a tar with more image members than the stride
+    would take the next tar's ids, so it is refused (naming it) once its member ``TAR_ID_STRIDE`` is reached.
+    A stride of 3 stands in for the real ten million; members are counted as tarfile lists them."""
+    from bmp_core.io import tars
+
+    monkeypatch.setattr(tars, "TAR_ID_STRIDE", 3)
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    write_tar(tmp_path / "full.tar", [(n, n.encode()) for n in names[:3]])
+    write_tar(tmp_path / "over.tar", [(n, n.encode()) for n in names])
+    with tarfile.open(tmp_path / "full.tar") as reference:
+        expected = [(m.name, reference.extractfile(m).read()) for m in reference.getmembers()]
+    (full,) = list_source(str(tmp_path / "full.tar"), EXTS).tars
+    got = list(stream_tar(full, EXTS, 6))  # exactly the stride: every member, ids 6, 7, 8
+    assert [(r.image_id, r.uri.split("#", 1)[1], r.data) for r in got] == [
+        (6 + k, name, data) for k, (name, data) in enumerate(expected)]
+    (over,) = list_source(str(tmp_path / "over.tar"), EXTS).tars
+    stream = stream_tar(over, EXTS, 0)
+    assert [r.image_id for r in itertools.islice(stream, 3)] == [0, 1, 2]
+    with pytest.raises(InputError) as err:
+        next(stream)
+    assert str(err.value) == f"the tar {over.uri} holds more than 3 image members: split it into smaller tars"
+
+
+def test_a_listing_the_storage_refuses_for_permission_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests run as root (chmod cannot deny a listing), so the storage's own refusal is raised where
+    fsspec's local filesystem would raise it."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    def denied(self: LocalFileSystem, path: str, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    write_tar(tmp_path / "a.tar", [("a.jpg", b"a")])
+    monkeypatch.setattr(LocalFileSystem, "glob", denied)
+    with pytest.raises(InputError) as err:
+        list_containers(str(tmp_path / "*.tar"), ".tar")
+    pattern = f"{tmp_path}/*.tar"
+    assert str(err.value) == (f"cannot list local filesystem ({pattern}): permission denied "
+                              f"([Errno 13] Permission denied: '{pattern}')")
