@@ -229,3 +229,18 @@ def test_label_arrays_carry_visibility_and_presence_as_the_part_holds_them(tmp_p
         old_labels = image_labels(old, 48, 64)
         assert np.isnan(old_labels.keypoint_visibility).all() and np.isnan(old_labels.keypoint_presence).all()
         np.testing.assert_array_equal(old_labels.boxes_xyxy, labels.boxes_xyxy)
+
+
+def test_read_back_applies_no_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image the job accepted with a raised ``max_image_pixels`` reads back: the decoder's default limit
+    (100 Mpixel, lowered here to 100 pixels so a small image is "too big") is not applied, while the
+    decoder itself still refuses the image at that limit."""
+    from bmp_core.io import images
+    from bmp_core.io.images import ImageDecodeError
+
+    monkeypatch.setattr(images.decode_image_bgr, "__defaults__", (100, images.DEFAULT_MIN_SIDE))
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    PILImage.fromarray(rgb).save(tmp_path / "big.png")
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        images.decode_image_bgr((tmp_path / "big.png").read_bytes())
+    assert np.array_equal(read_image_rgb(str(tmp_path / "big.png")), rgb)
